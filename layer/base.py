@@ -1,0 +1,212 @@
+"""The abstract channel layer: Django Channels 4's interface and every rule shared by backends.
+
+A backend subclasses :class:`BaseChannelLayer` and supplies only storage: push a payload onto a
+channel within a capacity, pop one (waiting), group membership, fan-out, flush and counts. Name
+rules, message validation, serialisation, capacities, expiry settings and statistics live here
+once, so every backend behaves the same and the conformance suite tests all of them alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from layer import names
+from layer.exceptions import ChannelFull
+from layer.messages import DEFAULT_MAX_MESSAGE_SIZE, Message, decode, encode
+from layer.options import byte_size, capacity_patterns, positive_int, positive_number
+
+CapacitySpec = Mapping[str | re.Pattern[str], int] | Iterable[tuple[str | re.Pattern[str], int]]
+
+_CAPACITY_CACHE_SIZE = 4096
+
+
+@dataclass
+class Counters:
+    """What this layer instance has done since it started (exported as metrics by services)."""
+
+    sent: int = 0
+    received: int = 0
+    dropped_full: int = 0
+    expired: int = 0
+    group_sends: int = 0
+
+
+@dataclass(frozen=True)
+class StorageCounts:
+    """What the backend currently holds (as far as this process can see)."""
+
+    queued: int
+    channels: int
+    groups: int
+
+
+class BaseChannelLayer(ABC):
+    """Channels-compatible async channel layer; subclasses implement the ``_``-prefixed storage."""
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+    MAX_NAME_LENGTH: ClassVar[int] = names.MAX_NAME_LENGTH
+
+    def __init__(
+        self,
+        *,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: CapacitySpec | None = None,
+        max_message_size: int | str = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.expiry = positive_number("expiry", expiry)
+        self.group_expiry = positive_number("group_expiry", group_expiry)
+        self.capacity = positive_int("capacity", capacity)
+        self.channel_capacity = capacity_patterns("channel_capacity", channel_capacity)
+        self.max_message_size = byte_size("max_message_size", max_message_size)
+        self.counters = Counters()
+        # Unique across processes and hosts: routes a process's own channels back to it.
+        self.client_id = f"{os.getpid():x}{uuid.uuid4().hex[:8]}"
+        self._capacity_cache: dict[str, int] = {}
+
+    # -- name helpers Channels calls -------------------------------------------------------
+
+    def valid_channel_name(self, name: object, receive: bool = False) -> bool:
+        names.require_valid_channel_name(name)
+        return True
+
+    def valid_group_name(self, name: object) -> bool:
+        names.require_valid_group_name(name)
+        return True
+
+    def valid_channel_names(self, channel_names: Iterable[object], receive: bool = False) -> bool:
+        if isinstance(channel_names, str) or not isinstance(channel_names, Iterable):
+            raise TypeError("channel_names must be a list of channel names")
+        for name in channel_names:
+            names.require_valid_channel_name(name)
+        return True
+
+    require_valid_channel_name = valid_channel_name
+    require_valid_group_name = valid_group_name
+
+    def non_local_name(self, name: str) -> str:
+        return names.non_local_name(name)
+
+    def get_capacity(self, channel: str) -> int:
+        """Capacity of ``channel``: the first matching ``channel_capacity`` pattern, else default.
+
+        Patterns match the routing part of the name (up to ``!``), so every process-specific
+        channel of one prefix shares a capacity, as in Channels.
+        """
+        cached = self._capacity_cache.get(channel)
+        if cached is not None:
+            return cached
+        routed = names.non_local_name(channel)
+        capacity = next(
+            (n for regex, n in self.channel_capacity if regex.match(routed)),
+            self.capacity,
+        )
+        if len(self._capacity_cache) >= _CAPACITY_CACHE_SIZE:
+            self._capacity_cache.clear()
+        self._capacity_cache[channel] = capacity
+        return capacity
+
+    def encode(self, message: Message) -> bytes:
+        return encode(message, self.max_message_size)
+
+    decode = staticmethod(decode)
+
+    # -- the public async API ----------------------------------------------------------------
+
+    async def send(self, channel: str, message: Message) -> None:
+        """Queue ``message`` on ``channel``; raise ``ChannelFull`` rather than wait."""
+        names.require_valid_channel_name(channel)
+        payload = encode(message, self.max_message_size)
+        try:
+            await self._push(channel, payload, self.get_capacity(channel))
+        except ChannelFull:
+            self.counters.dropped_full += 1
+            raise
+        self.counters.sent += 1
+
+    async def receive(self, channel: str) -> Message:
+        """Wait for the next message on ``channel`` (full name, ``!`` part included).
+
+        Cancelling a receive never loses a message: one already taken goes back to the front.
+        """
+        names.require_valid_channel_name(channel)
+        payload = await self._pop(channel)
+        self.counters.received += 1
+        return decode(payload)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A fresh process-specific channel name, unique across processes."""
+        name = f"{prefix}.{self.client_id}!{uuid.uuid4().hex[:12]}"
+        names.require_valid_channel_name(name)
+        return name
+
+    async def group_add(self, group: str, channel: str) -> None:
+        names.require_valid_group_name(group)
+        names.require_valid_channel_name(channel)
+        await self._group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        names.require_valid_group_name(group)
+        names.require_valid_channel_name(channel)
+        await self._group_discard(group, channel)
+
+    async def group_send(self, group: str, message: Message) -> None:
+        """Send to every live member; a full member is skipped (counted), never raised."""
+        names.require_valid_group_name(group)
+        payload = encode(message, self.max_message_size)
+        delivered, dropped = await self._group_send(group, payload)
+        self.counters.group_sends += 1
+        self.counters.sent += delivered
+        self.counters.dropped_full += dropped
+
+    async def flush(self) -> None:
+        """Empty every channel and group of this layer."""
+        await self._flush()
+
+    async def close(self) -> None:
+        """Release connections/handles; data stays for other processes where it is shared."""
+        return None
+
+    async def stats(self) -> dict[str, int]:
+        """Counters of this instance plus what the storage holds now."""
+        counts = await self._storage_counts()
+        return {
+            **self.counters.__dict__,
+            "queued": counts.queued,
+            "channels": counts.channels,
+            "groups": counts.groups,
+        }
+
+    # -- what a backend implements -----------------------------------------------------------
+
+    @abstractmethod
+    async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
+        """Append ``payload`` (expiring after ``self.expiry``) or raise ``ChannelFull``."""
+
+    @abstractmethod
+    async def _pop(self, channel: str) -> bytes:
+        """Remove and return the oldest unexpired payload, waiting for one; cancel-safe."""
+
+    @abstractmethod
+    async def _group_add(self, group: str, channel: str) -> None:
+        """Add (or refresh) ``channel`` in ``group`` until ``self.group_expiry`` passes."""
+
+    @abstractmethod
+    async def _group_discard(self, group: str, channel: str) -> None: ...
+
+    @abstractmethod
+    async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
+        """Push to every unexpired member; return ``(delivered, dropped_because_full)``."""
+
+    @abstractmethod
+    async def _flush(self) -> None: ...
+
+    @abstractmethod
+    async def _storage_counts(self) -> StorageCounts: ...

@@ -1,0 +1,178 @@
+"""Layer configuration files: Django's ``CHANNEL_LAYERS`` shape, in YAML.
+
+```yaml
+default:
+  BACKEND: layer.redis.RedisChannelLayer
+  CONFIG:
+    hosts: ["${REDIS_URL:-redis://127.0.0.1:6379/0}"]
+    expiry: ${LAYER_EXPIRY:-60}
+```
+
+The file comes from an argument or ``LAYER_CONFIG``. ``${VAR}`` and ``${VAR:-default}`` are
+substituted in string values; a value that is exactly one ``${...}`` is then read as YAML, so
+numbers and lists can be injected too. Every mistake raises :class:`ConfigError` naming the
+file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from layer.base import BaseChannelLayer
+from layer.exceptions import ConfigError, InvalidChannelLayerError
+
+ENV_VAR = "LAYER_CONFIG"
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ALIAS_KEYS = {"BACKEND", "CONFIG"}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One alias of a config file: which backend, with which keyword arguments."""
+
+    alias: str
+    backend: str
+    config: dict[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    def backend_class(self) -> type[BaseChannelLayer]:
+        module_name, _, class_name = self.backend.rpartition(".")
+        where = f"{self.source}: {self.alias}.BACKEND"
+        if not module_name:
+            raise InvalidChannelLayerError(f"{where}: {self.backend!r} is not a dotted path")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise InvalidChannelLayerError(
+                f"{where}: cannot import {module_name!r} ({exc}); is its extra installed?"
+            ) from exc
+        cls = getattr(module, class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, BaseChannelLayer)):
+            raise InvalidChannelLayerError(
+                f"{where}: {self.backend!r} is not a channel layer class of this kit"
+            )
+        return cls
+
+    def build(self) -> BaseChannelLayer:
+        """Instantiate the backend; bad keys or values become one :class:`ConfigError`."""
+        cls = self.backend_class()
+        params = inspect.signature(cls.__init__).parameters
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        known = _known_options(cls)
+        for key in self.config:
+            if key not in known and not (accepts_any and not known):
+                raise ConfigError(
+                    f"{self.source}: {self.alias}.CONFIG.{key}: unknown option for "
+                    f"{cls.__name__}; expected one of {', '.join(sorted(known))}"
+                )
+        try:
+            return cls(**self.config)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: {self.alias}.CONFIG: {exc}") from exc
+
+
+def _known_options(cls: type) -> set[str]:
+    """Keyword options along the constructor chain (backends pass ``**options`` to the base)."""
+    known: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if name != "self" and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+                known.add(name)
+    return known
+
+
+def substitute(value: Any, where: str, environ: dict[str, str] | os._Environ[str]) -> Any:
+    """Replace ``${VAR}``/``${VAR:-default}`` in every string of ``value``."""
+    if isinstance(value, dict):
+        return {k: substitute(v, f"{where}.{k}", environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set and has no default")
+        return default
+
+    whole = _VAR_RE.fullmatch(value) is not None
+    text = _VAR_RE.sub(replace, value)
+    if whole:
+        try:
+            return yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            return text
+    return text
+
+
+def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict[str, LayerSpec]:
+    """Validate the ``CHANNEL_LAYERS``-shaped mapping ``data`` read from ``source``."""
+    env = os.environ if environ is None else environ
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(
+            f"{source}: expected a mapping of layer aliases (e.g. 'default:') to "
+            f"{{BACKEND, CONFIG}}, got {type(data).__name__}"
+        )
+    specs: dict[str, LayerSpec] = {}
+    for alias, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {alias}: expected a mapping with BACKEND and CONFIG")
+        unknown = set(body) - _ALIAS_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{source}: {alias}.{sorted(unknown)[0]}: unknown key; expected BACKEND and CONFIG"
+            )
+        backend = body.get("BACKEND")
+        if not isinstance(backend, str):
+            raise ConfigError(f"{source}: {alias}.BACKEND: expected a dotted class path string")
+        config = body.get("CONFIG") or {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"{source}: {alias}.CONFIG: expected a mapping of options")
+        config = substitute(config, f"{source}: {alias}.CONFIG", env)
+        specs[str(alias)] = LayerSpec(str(alias), backend, config, source)
+    return specs
+
+
+def load(path: str | os.PathLike[str] | None = None) -> dict[str, LayerSpec]:
+    """Read a config file (``path`` or ``$LAYER_CONFIG``)."""
+    if path is None:
+        path = os.environ.get(ENV_VAR)
+        if not path:
+            raise ConfigError(f"no layer config given: pass a path or set {ENV_VAR}")
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read layer config: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    return parse(data, str(file))
+
+
+def get_channel_layer(
+    alias: str = "default", path: str | os.PathLike[str] | None = None
+) -> BaseChannelLayer:
+    """Build the layer ``alias`` from a config file."""
+    specs = load(path)
+    if alias not in specs:
+        raise InvalidChannelLayerError(
+            f"{specs[next(iter(specs))].source}: no layer alias {alias!r}; "
+            f"defined: {', '.join(specs)}"
+        )
+    return specs[alias].build()

@@ -1,0 +1,45 @@
+"""Exceptions raised by every backend.
+
+``ChannelFull`` subclasses Django Channels' own exception when Channels is installed, so code
+written against Channels (``except channels.exceptions.ChannelFull``) catches ours unchanged.
+"""
+
+from __future__ import annotations
+
+try:  # pragma: no cover - exercised by whichever environment the tests run in
+    from channels.exceptions import ChannelFull as _ChannelsChannelFull
+except ImportError:  # pragma: no cover
+    _ChannelsChannelFull = Exception
+
+__all__ = [
+    "ChannelFull",
+    "ConfigError",
+    "InvalidChannelLayerError",
+    "InvalidName",
+    "InvalidOption",
+    "MessageTooLarge",
+]
+
+
+class ChannelFull(_ChannelsChannelFull):  # type: ignore[misc]
+    """The channel (or the backend's storage) is at capacity; ``send`` never blocks instead."""
+
+
+class MessageTooLarge(ValueError):
+    """The encoded message is larger than the layer's ``max_message_size``."""
+
+
+class InvalidName(TypeError):
+    """A channel or group name breaks the naming rules (a ``TypeError``, as Channels raises)."""
+
+
+class InvalidOption(ValueError):
+    """A constructor option has the wrong type or an impossible value."""
+
+
+class ConfigError(ValueError):
+    """A layer configuration file is unreadable or wrong; the message names file, key and fix."""
+
+
+class InvalidChannelLayerError(ConfigError):
+    """The configured alias or backend does not exist (Channels' name for this failure)."""

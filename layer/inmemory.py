@@ -1,0 +1,137 @@
+"""In-memory backend: one process, protocol server and worker together (``make run``).
+
+Each channel is a deque of ``(expires_at, payload)`` plus a deque of waiting receivers. A send
+to a channel with a waiter hands the payload straight to it, so the queue and the waiters are
+never both non-empty. Payloads are msgpack bytes, so a sender mutating its dict afterwards never
+changes what is received. All expiries of a channel share one duration, so expired messages are
+always at the head and pruning is O(1) amortised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from layer.base import BaseChannelLayer, StorageCounts
+from layer.exceptions import ChannelFull
+
+
+class _Channel:
+    __slots__ = ("queue", "waiters")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.waiters: deque[asyncio.Future[bytes]] = deque()
+
+
+class InMemoryChannelLayer(BaseChannelLayer):
+    """Channel layer inside one process; it cannot cross processes (use IPC or Redis)."""
+
+    cross_process = False
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._channels: dict[str, _Channel] = {}
+        self._groups: dict[str, dict[str, float]] = {}
+
+    async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
+        self._put(channel, payload, capacity)
+
+    def _put(self, channel: str, payload: bytes, capacity: int) -> None:
+        chan = self._channels.get(channel)
+        if chan is None:
+            chan = self._channels[channel] = _Channel()
+        waiters = chan.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        queue = chan.queue
+        if len(queue) >= capacity:
+            self._prune(queue, time.monotonic())
+            if len(queue) >= capacity:
+                raise ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
+        queue.append((time.monotonic() + self.expiry, payload))
+
+    def _prune(self, queue: deque[tuple[float, bytes]], now: float) -> None:
+        while queue and queue[0][0] <= now:
+            queue.popleft()
+            self.counters.expired += 1
+
+    async def _pop(self, channel: str) -> bytes:
+        chan = self._channels.get(channel)
+        if chan is None:
+            chan = self._channels[channel] = _Channel()
+        queue = chan.queue
+        if queue:
+            self._prune(queue, time.monotonic())
+            if queue:
+                payload = queue.popleft()[1]
+                if not queue and not chan.waiters:
+                    del self._channels[channel]
+                return payload
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        chan.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._requeue(channel, chan, waiter.result())
+            elif waiter in chan.waiters:
+                chan.waiters.remove(waiter)
+            if not chan.queue and not chan.waiters and self._channels.get(channel) is chan:
+                del self._channels[channel]
+            raise
+
+    def _requeue(self, channel: str, chan: _Channel, payload: bytes) -> None:
+        """A cancelled receiver already got ``payload``: give it to the next waiter or the head."""
+        while chan.waiters:
+            waiter = chan.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        chan.queue.appendleft((time.monotonic() + self.expiry, payload))
+        self._channels.setdefault(channel, chan)
+
+    async def _group_add(self, group: str, channel: str) -> None:
+        self._groups.setdefault(group, {})[channel] = time.monotonic() + self.group_expiry
+
+    async def _group_discard(self, group: str, channel: str) -> None:
+        members = self._groups.get(group)
+        if members is not None:
+            members.pop(channel, None)
+            if not members:
+                del self._groups[group]
+
+    async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
+        members = self._groups.get(group)
+        if not members:
+            return 0, 0
+        now = time.monotonic()
+        delivered = dropped = 0
+        for channel, expires_at in list(members.items()):
+            if expires_at <= now:
+                del members[channel]
+                continue
+            try:
+                self._put(channel, payload, self.get_capacity(channel))
+                delivered += 1
+            except ChannelFull:
+                dropped += 1
+        if not members:
+            del self._groups[group]
+        return delivered, dropped
+
+    async def _flush(self) -> None:
+        for channel, chan in list(self._channels.items()):
+            chan.queue.clear()
+            if not chan.waiters:
+                del self._channels[channel]
+        self._groups.clear()
+
+    async def _storage_counts(self) -> StorageCounts:
+        queued = sum(len(chan.queue) for chan in self._channels.values())
+        return StorageCounts(queued=queued, channels=len(self._channels), groups=len(self._groups))
