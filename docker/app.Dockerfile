@@ -1,0 +1,42 @@
+# The kit's application image: protocol server, worker and combined mode are this one image with
+# different commands (`layerkit protocol|worker|combined`). PYTHON_BASE defaults to the public
+# image; the offline build (scripts/images.sh) passes a Debian base built with debootstrap.
+# Dependencies come from .wheelhouse/ when the build context has one (offline, no network), else
+# from the package index, pinned by docker/requirements.lock either way.
+ARG PYTHON_BASE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_BASE} AS build
+COPY . /src
+RUN set -eu; \
+    python3 -m venv /opt/venv; \
+    if ls /src/.wheelhouse/channel_layer_kit-*.whl >/dev/null 2>&1; then \
+        /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /src/.wheelhouse \
+            -r /src/docker/requirements.lock 'channel-layer-kit[redis,ipc,services]'; \
+    else \
+        /opt/venv/bin/pip install --no-cache-dir -r /src/docker/requirements.lock \
+            '/src[redis,ipc,services]'; \
+    fi; \
+    /opt/venv/bin/pip uninstall -q -y setuptools pip; \
+    find /opt/venv -depth -type d -name tests -path '*/site-packages/*/tests' -exec rm -rf {} +; \
+    /opt/venv/bin/python -c 'import layer.inmemory'
+
+FROM ${PYTHON_BASE}
+RUN groupadd --gid 10001 kit \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin kit
+COPY --from=build /opt/venv /opt/venv
+COPY config /app/config
+WORKDIR /app
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    KIT_HOST=0.0.0.0 \
+    KIT_PORT=8000 \
+    KIT_ADMIN_PORT=8081
+USER 10001:10001
+EXPOSE 8000 8081
+# Every role serves /healthz on its admin port; urllib keeps curl out of the image.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=20s --retries=3 CMD ["python3", "-c", \
+    "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('KIT_ADMIN_PORT', '8081') + '/healthz', timeout=2)"]
+ENTRYPOINT ["layerkit"]
+CMD ["combined"]
