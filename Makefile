@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= redis,ipc,services,test,bench
 
-.PHONY: install system-deps lint format test run bench clean
+.PHONY: install system-deps lint format test run bench clean images integration-test
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,14 @@ run: install
 
 bench: install system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Container images built offline (Debian bases from debootstrap, deps from a host wheelhouse).
+images: install
+	PYTHON=$(BIN)/python scripts/images.sh
+
+# Images + docker-compose stack + pytest -m integration against it; always torn down.
+integration-test: images
+	PYTHON=$(BIN)/python scripts/integration.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,170 @@
+"""docker-compose.yml against the Compose Specification schema and the kit's deployment rules.
+
+Runs without Docker: the schema (vendored from the `dclint` npm package, which ships the
+upstream compose-spec schema) checks what `docker compose` v2 accepts even where only
+docker-compose 1.29 is installed; 1.29 itself checks the file too when it is present.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = Path(__file__).with_name("compose-spec.json")
+ENV_EXAMPLE = ROOT / ".env.example"
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}; defaults here never nest another ${...}.
+VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::?-(?P<default>[^}]*))?\}")
+
+APP_SERVICES = {
+    "pod-a-protocol",
+    "pod-a-worker",
+    "pod-b-protocol",
+    "pod-b-worker",
+    "ipc-protocol",
+    "ipc-worker",
+    "combined",
+}
+REDIS_SERVICES = {"redis-0", "redis-1", "redis-2"}
+
+
+def raw_text() -> str:
+    return COMPOSE.read_text()
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """What compose does to the file with an empty environment: every variable's default."""
+    env = env or {}
+
+    def value(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name in env:
+            return env[name]
+        if match["default"] is None:
+            raise AssertionError(f"${{{name}}} has no default in docker-compose.yml")
+        return match["default"]
+
+    return VARIABLE.sub(value, text)
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(interpolate(raw_text()))  # type: ignore[no-any-return]
+
+
+def test_no_version_key() -> None:
+    assert "version" not in yaml.safe_load(raw_text())
+
+
+@pytest.mark.parametrize("interpolated", [False, True], ids=["raw", "interpolated"])
+def test_matches_compose_spec_schema(schema: dict[str, Any], interpolated: bool) -> None:
+    text = interpolate(raw_text()) if interpolated else raw_text()
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(yaml.safe_load(text))
+    ]
+    assert errors == []
+
+
+def test_schema_rejects_what_v2_rejects(schema: dict[str, Any]) -> None:
+    """The vendored schema is strict enough to matter: an unknown service key fails."""
+    bad = yaml.safe_load(interpolate(raw_text()))
+    bad["services"]["combined"]["restart_policy"] = "always"
+    assert not jsonschema.Draft7Validator(schema).is_valid(bad)
+
+
+def test_every_variable_is_in_env_example_with_the_same_default() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    used = {m["name"]: m["default"] for m in VARIABLE.finditer(raw_text())}
+    assert sorted(used) == sorted(example)
+    assert {name: example[name] for name in used} == used
+
+
+def test_services_follow_the_contract(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == APP_SERVICES | REDIS_SERVICES
+
+
+def test_every_container_is_locked_down(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["restart"] in {"always", "unless-stopped", "on-failure"}, name
+        assert service["healthcheck"]["test"], name
+        assert {"mem_limit", "cpus", "pids_limit"} <= set(service), name
+        assert service["tmpfs"], name
+
+
+def test_redis_is_internal_and_unpublished(compose: dict[str, Any]) -> None:
+    assert compose["networks"]["shards"]["internal"] is True
+    for name in REDIS_SERVICES:
+        service = compose["services"][name]
+        assert "ports" not in service
+        assert service["networks"] == ["shards"]
+
+
+def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    published = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
+    assert set(published) == {"pod-a-protocol", "pod-b-protocol", "ipc-protocol", "combined"}
+    for ports in published.values():
+        for port in ports:
+            assert port.startswith("127.0.0.1:")
+            assert port.endswith((":8000", ":8081"))
+
+
+def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency == {"condition": "service_healthy"}, name
+    for pod in ("pod-a", "pod-b"):
+        for role in ("protocol", "worker"):
+            assert set(compose["services"][f"{pod}-{role}"]["depends_on"]) == REDIS_SERVICES
+
+
+def test_ipc_pod_shares_one_ipc_namespace(compose: dict[str, Any]) -> None:
+    protocol = compose["services"]["ipc-protocol"]
+    worker = compose["services"]["ipc-worker"]
+    assert protocol["ipc"] == "shareable"
+    assert protocol["shm_size"]
+    assert worker["ipc"] == "service:ipc-protocol"
+    assert worker["network_mode"] == "none"  # the shared /dev/shm is its only channel
+    assert protocol["environment"]["IPC_PREFIX"] == worker["environment"]["IPC_PREFIX"]
+
+
+def test_layer_configs_exist(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        config = compose["services"][name]["environment"]["LAYER_CONFIG"]
+        assert config.startswith("/app/config/")
+        assert (ROOT / "config" / Path(config).name).is_file(), config
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_1_accepts_it() -> None:
+    result = subprocess.run(
+        ["docker-compose", "--file", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
