@@ -1,0 +1,43 @@
+"""A chat client for the demo app over a real WebSocket (the `websockets` package)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+READ = 15.0  # bound on waiting for one message; a hang fails the test instead of stalling CI
+
+
+def ws_url(http_url: str, room: str) -> str:
+    return http_url.replace("http://", "ws://", 1) + f"/ws/{room}"
+
+
+def new_room(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def join(http_url: str, room: str) -> ClientConnection:
+    return await connect(ws_url(http_url, room), open_timeout=15, close_timeout=5)
+
+
+async def say(ws: ClientConnection, user: str, text: str) -> None:
+    await ws.send(json.dumps({"user": user, "text": text}))
+
+
+async def hear(ws: ClientConnection) -> dict[str, Any]:
+    """The next chat message this client receives."""
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), READ))
+    assert "error" not in message, message
+    return message
+
+
+async def hear_text(ws: ClientConnection, text: str) -> dict[str, Any]:
+    """Read until a message with this text arrives (others in the room may talk meanwhile)."""
+    async with asyncio.timeout(READ):
+        while (message := await hear(ws))["text"] != text:
+            pass
+    return message
