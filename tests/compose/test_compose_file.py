@@ -116,7 +116,9 @@ def test_every_container_is_locked_down(compose: dict[str, Any]) -> None:
 
 
 def test_redis_is_internal_and_unpublished(compose: dict[str, Any]) -> None:
-    assert compose["networks"]["shards"]["internal"] is True
+    shards = compose["networks"]["shards"]
+    assert shards["internal"] is True
+    assert shards["driver_opts"] == {"com.docker.network.bridge.inhibit_ipv4": "true"}
     for name in REDIS_SERVICES:
         service = compose["services"][name]
         assert "ports" not in service

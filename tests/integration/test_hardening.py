@@ -1,0 +1,68 @@
+"""6. Every container runs as uid 10001 with a read-only root filesystem, no capabilities and
+no-new-privileges; Redis is reachable from the pods and from nothing else, the host included."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+
+import pytest
+
+from tests.integration.stack import Stack, docker
+
+pytestmark = pytest.mark.integration
+
+# sh is in every image (redis has no Python): uid, a write to /, effective capabilities.
+CHECK = "id -u; touch /probe 2>&1 || true; grep CapEff /proc/self/status"
+
+
+def test_containers_are_non_root_read_only_and_unprivileged(stack: Stack) -> None:
+    services = stack.services()
+    assert len(services) == 10, services
+    for service in services:
+        info = stack.inspect(service)
+        host = info["HostConfig"]
+        assert host["ReadonlyRootfs"] is True, service
+        assert host["CapDrop"] == ["ALL"], service
+        assert "no-new-privileges:true" in host["SecurityOpt"], service
+        assert host["Memory"] > 0 and host["NanoCpus"] > 0 and host["PidsLimit"] > 0, service
+        uid, touch, caps = stack.exec(service, "sh", "-c", CHECK).splitlines()
+        assert uid == "10001", service
+        assert "Read-only file system" in touch, (service, touch)
+        assert caps.split() == ["CapEff:", "0000000000000000"], service
+
+
+def test_redis_is_reachable_only_from_the_pods(stack: Stack) -> None:
+    redis = [s for s in stack.services() if s.startswith("redis-")]
+    assert len(redis) == 3
+    host_addresses = [
+        ipaddress.ip_address(a["local"])
+        for link in json.loads(
+            subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, check=True).stdout
+        )
+        for a in link.get("addr_info", [])
+    ]
+    for service in redis:
+        info = stack.inspect(service)
+        # Nothing published: no host port leads to it.
+        assert all(not b for b in info["NetworkSettings"]["Ports"].values()), service
+        networks = info["NetworkSettings"]["Networks"]
+        assert len(networks) == 1, networks
+        (network,) = networks
+        details = json.loads(docker("network", "inspect", network).stdout)[0]
+        assert details["Internal"] is True
+        # The host holds no address on the shards' bridge: it has no path to them at all.
+        subnet = ipaddress.ip_network(details["IPAM"]["Config"][0]["Subnet"])
+        assert not [a for a in host_addresses if a in subnet], (subnet, host_addresses)
+    # A pod reaches the shard; the combined container, not on the shards network, does not.
+    reach = (
+        "import socket\n"
+        "try:\n"
+        "    s = socket.create_connection(('redis-0', 6379), timeout=3); s.sendall(b'PING\\r\\n')\n"
+        "    print(s.recv(16).decode().strip())\n"
+        "except OSError as error:\n"
+        "    print(type(error).__name__)\n"
+    )
+    assert stack.python("pod-a-worker", reach).strip() == "+PONG"
+    assert stack.python("combined", reach).strip() == "gaierror"
