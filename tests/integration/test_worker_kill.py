@@ -1,0 +1,127 @@
+"""4. `docker kill` pod A's worker while it holds a WebSocket and an HTTP request: the clients get
+close 1011 / 502 within 5 s (the issue's bound), connections on pod B's worker carry on, and the
+restarted worker serves again without any other container restarting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.chat import hear_text, join, new_room, say
+from tests.integration.stack import Stack, docker, metric_sum
+
+pytestmark = pytest.mark.integration
+
+FAIL_WITHIN = 5.0  # the issue's bound for a killed worker's clients to hear about it
+ATTEMPTS = 20  # connections tried before one lands on a given worker (both take work)
+
+
+async def owned_by(stack: Stack, worker: str, room: str) -> tuple[ClientConnection, list[Any]]:
+    """A WebSocket on pod A whose connection lives on `worker`: the chat echo's `served_by`
+    names the worker that handled the send. Connections that landed elsewhere are returned too."""
+    host = stack.hostname(worker)
+    elsewhere = []
+    for attempt in range(ATTEMPTS):
+        ws = await join(stack.url("pod-a-protocol"), room)
+        await say(ws, "probe", f"who-{attempt}")
+        served_by = (await hear_text(ws, f"who-{attempt}"))["served_by"]
+        if served_by.split(":")[0] == host:
+            return ws, elsewhere
+        elsewhere.append(ws)
+    raise AssertionError(f"no connection out of {ATTEMPTS} landed on {worker}")
+
+
+class SlowPost:
+    """An HTTP/1.1 POST whose chunked body never finishes: the request stays in flight on
+    whichever worker took it. Raw asyncio streams, because an HTTP client library would not
+    read the response before it has sent the whole body."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def start(cls, url: str, room: str) -> SlowPost:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        chunk = b'{"user": "slow", '
+        writer.write(
+            f"POST /rooms/{room}/messages HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + f"{len(chunk):x}\r\n".encode()
+            + chunk
+            + b"\r\n"
+        )
+        await writer.drain()
+        return cls(reader, writer)
+
+    async def status(self) -> int:
+        line = await self.reader.readline()
+        return int(line.split()[1])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def runs(stack: Stack, service: str) -> tuple[str, int]:
+    """When a container last started and how often it restarted: equal means not restarted."""
+    state = stack.state(service)
+    return state["started"], state["restarts"]
+
+
+async def inflight(stack: Stack, worker: str) -> float:
+    text = await asyncio.to_thread(stack.admin_get, worker, "/metrics")
+    return metric_sum(text, "kit_inflight_connections")
+
+
+async def test_killed_worker_fails_fast_and_restarts_alone(stack: Stack) -> None:
+    victim = "pod-a-worker"
+    others = {s: runs(stack, s) for s in stack.services() if s != victim}
+    before = stack.state(victim)
+    room = new_room("kill")
+    owned, elsewhere = await owned_by(stack, victim, room)
+
+    # An HTTP request in flight on the victim: start slow POSTs until its in-flight count rises.
+    posts: list[SlowPost] = []
+    baseline = await inflight(stack, victim)
+    for _ in range(ATTEMPTS):
+        posts.append(await SlowPost.start(stack.url("pod-a-protocol"), room))
+        await asyncio.sleep(0.2)
+        if await inflight(stack, victim) > baseline:
+            break
+    else:
+        raise AssertionError(f"no slow POST out of {ATTEMPTS} landed on {victim}")
+
+    docker("kill", stack.container(victim))
+    killed = time.monotonic()
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(owned.recv(), FAIL_WITHIN)
+    ws_after = time.monotonic() - killed
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    status = await asyncio.wait_for(posts[-1].status(), FAIL_WITHIN - ws_after)
+    http_after = time.monotonic() - killed
+    assert status == 502
+    for post in posts:
+        post.close()
+
+    # Connections held by pod B's worker never noticed.
+    for n, ws in enumerate(elsewhere):
+        await say(ws, "survivor", f"still here {n}")
+        await hear_text(ws, f"still here {n}")
+        await ws.close()
+
+    # Docker's restart policy brings the worker back; nothing else restarted.
+    await asyncio.to_thread(stack.wait_healthy, victim)
+    after = stack.state(victim)
+    assert after["restarts"] == before["restarts"] + 1
+    assert {s: runs(stack, s) for s in others} == others
+    again, rest = await owned_by(stack, victim, new_room("back"))
+    await asyncio.gather(again.close(), *(ws.close() for ws in rest))
+    print(
+        f"kill: WebSocket closed 1011 after {ws_after:.2f} s, HTTP 502 after {http_after:.2f} s; "
+        f"{victim} restarted (restart count {after['restarts']}) and serves again"
+    )
