@@ -119,7 +119,8 @@ build_wheels() {
         log "filling $WHEELHOUSE (pip wheel, host network to the package index only)"
         rm -rf "$WHEELHOUSE"
         mkdir -p "$WHEELHOUSE"
-        "$py" -m pip wheel -q --wheel-dir "$WHEELHOUSE" -r docker/requirements.lock
+        "$py" -m pip wheel -q --wheel-dir "$WHEELHOUSE" -r docker/requirements.lock \
+            >"$WHEELHOUSE/.pip.log" 2>&1 || { cat "$WHEELHOUSE/.pip.log" >&2; die "pip wheel failed"; }
         echo "$key" >"$stamp"
     fi
     # The project's own wheel changes with every source edit; rebuilding it takes a second.
