@@ -1,23 +1,22 @@
 # The kit's application image: protocol server, worker and combined mode are this one image with
 # different commands (`layerkit protocol|worker|combined`). PYTHON_BASE defaults to the public
 # image; the offline build (scripts/images.sh) passes a Debian base built with debootstrap.
-# Dependencies come from .wheelhouse/ when the build context has one (offline, no network), else
-# from the package index, pinned by docker/requirements.lock either way.
+# Dependencies, pinned by docker/requirements.lock, come from .wheelhouse/ when the build context
+# has one (offline: pip never touches the network), else from the package index.
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_BASE} AS build
+# `.wheelhouse*` matches nothing when there is no wheelhouse; the lock alone is then copied.
+COPY docker/requirements.lock .wheelhouse* /wheels/
+RUN set -eu; \
+    if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/pip install --no-cache-dir "$@" -r /wheels/requirements.lock
 COPY . /src
 RUN set -eu; \
-    python3 -m venv /opt/venv; \
-    if ls /src/.wheelhouse/channel_layer_kit-*.whl >/dev/null 2>&1; then \
-        /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /src/.wheelhouse \
-            -r /src/docker/requirements.lock 'channel-layer-kit[redis,ipc,services]'; \
-    else \
-        /opt/venv/bin/pip install --no-cache-dir -r /src/docker/requirements.lock \
-            '/src[redis,ipc,services]'; \
-    fi; \
-    /opt/venv/bin/pip uninstall -q -y setuptools pip; \
-    find /opt/venv -depth -type d -name tests -path '*/site-packages/*/tests' -exec rm -rf {} +; \
+    if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi; \
+    /opt/venv/bin/pip install --no-cache-dir --no-deps "$@" /src; \
+    /opt/venv/bin/pip uninstall -q -y setuptools wheel pip; \
     /opt/venv/bin/python -c 'import layer.inmemory'
 
 FROM ${PYTHON_BASE}

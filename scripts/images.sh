@@ -108,8 +108,8 @@ build_base() {
     echo "$image"
 }
 
-# Host-side wheelhouse: the project's wheel plus every runtime dependency (built here for sdists
-# such as posix_ipc: the host and the image are both Debian bookworm with Python 3.11).
+# Host-side wheelhouse: every pinned dependency as a wheel (built here for sdists such as
+# posix_ipc: the host and the image are both Debian bookworm with Python 3.11).
 build_wheels() {
     local py=${PYTHON:-python3} stamp=$WHEELHOUSE/.stamp key
     key=$(cat pyproject.toml docker/requirements.lock | sha256sum | cut -c1-16)
@@ -123,10 +123,6 @@ build_wheels() {
             >"$WHEELHOUSE/.pip.log" 2>&1 || { cat "$WHEELHOUSE/.pip.log" >&2; die "pip wheel failed"; }
         echo "$key" >"$stamp"
     fi
-    # The project's own wheel changes with every source edit; rebuilding it takes a second.
-    rm -f "$WHEELHOUSE"/channel_layer_kit-*.whl
-    "$py" -m pip wheel -q --no-deps --wheel-dir "$WHEELHOUSE" . >"$WHEELHOUSE/.build.log" 2>&1 \
-        || { cat "$WHEELHOUSE/.build.log" >&2; die "building the project's wheel failed"; }
 }
 
 # Exact pins for the image, resolved from pyproject's runtime extras (commit the result).
@@ -134,8 +130,10 @@ lock_requirements() {
     local py=${PYTHON:-python3} report
     report=$(mktemp)
     # async-timeout: redis-py needs it on Python < 3.11.3, and Debian bookworm ships 3.11.2;
-    # resolving here on a newer host Python would leave it out.
-    "$py" -m pip install -q --dry-run --ignore-installed --report "$report" ".[$EXTRAS]" async-timeout
+    # resolving here on a newer host Python would leave it out. setuptools and wheel build the
+    # project itself inside the image (the build stage drops them).
+    "$py" -m pip install -q --dry-run --ignore-installed --report "$report" ".[$EXTRAS]" \
+        async-timeout "setuptools>=68" wheel
     {
         echo "# Runtime dependencies of the images, pinned (scripts/images.sh lock regenerates)."
         "$py" -c 'import json, sys
@@ -169,15 +167,21 @@ choose_bases() {
     log "bases: $PYTHON_BASE, $REDIS_BASE"
 }
 
+# No network inside the build: whatever the image needs is in its context or its base.
+# The classic builder, since the docker CLI here may have no buildx plugin.
+build() {
+    local image=$1 dockerfile=$2 context=$3 arg=$4 logfile=.cache/images/build-${1%%:*}.log
+    mkdir -p .cache/images
+    log "building $image"
+    DOCKER_BUILDKIT=0 docker build --network none -f "$dockerfile" --build-arg "$arg" \
+        -t "$image" "$context" >"$logfile" 2>&1 || { tail -40 "$logfile" >&2; die "building $image failed"; }
+}
+
 build_images() {
     choose_bases
     build_wheels
-    log "building $APP_IMAGE"
-    DOCKER_BUILDKIT=0 docker build -q -f docker/app.Dockerfile --network none \
-        --build-arg "PYTHON_BASE=$PYTHON_BASE" -t "$APP_IMAGE" . >/dev/null
-    log "building $REDIS_IMAGE"
-    DOCKER_BUILDKIT=0 docker build -q -f docker/redis.Dockerfile --network none \
-        --build-arg "REDIS_BASE=$REDIS_BASE" -t "$REDIS_IMAGE" docker >/dev/null
+    build "$APP_IMAGE" docker/app.Dockerfile . "PYTHON_BASE=$PYTHON_BASE"
+    build "$REDIS_IMAGE" docker/redis.Dockerfile docker "REDIS_BASE=$REDIS_BASE"
     docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
         | grep -E "^(${APP_IMAGE%%:*}|${REDIS_IMAGE%%:*}):$TAG " >&2
 }
