@@ -94,6 +94,14 @@ class Stack:
             "running": info["State"]["Running"],
         }
 
+    def wait_restarted(self, service: str, restarts: int, timeout: float = WAIT) -> None:
+        """Wait until Docker's restart policy has restarted a container `restarts` times."""
+        deadline = time.monotonic() + timeout
+        while (state := self.state(service))["restarts"] < restarts or not state["running"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service} not restarted by its policy: {state}")
+            time.sleep(0.5)
+
     def wait_healthy(self, service: str, timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout
         while (state := self.state(service))["health"] != "healthy":

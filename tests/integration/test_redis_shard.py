@@ -116,7 +116,7 @@ async def test_stopped_shard_fails_only_its_traffic_and_recovers(stack: Stack) -
         await asyncio.sleep(1)
     assert not pending, f"still failing after {redis} came back: {sorted(pending)}"
     assert {s: runs(stack, s) for s in app} == before
-    failed = sorted(k for k, v in results.items() if v != 202)
+    failed = sorted((*k, v) for k, v in results.items() if v != 202)
     print(
         f"shard: stopped {redis} (work channel on redis-{work}, process channels {homes}); "
         f"{len(results) - len(failed)} requests served, failed as routed: {failed}; "
