@@ -29,7 +29,9 @@ log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
 
 apt_install() {
-    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing $*; install it (apt-get install $*)"
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        die "missing $*; install it (apt-get install $*)"
+    fi
     log "installing $*"
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
