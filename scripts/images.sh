@@ -175,7 +175,7 @@ build() {
     local image=$1 dockerfile=$2 context=$3 arg=$4 logfile=.cache/images/build-${1%%:*}.log
     mkdir -p .cache/images
     log "building $image"
-    DOCKER_BUILDKIT=0 docker build --network none -f "$dockerfile" --build-arg "$arg" \
+    DOCKER_BUILDKIT=0 docker build --force-rm --network none -f "$dockerfile" --build-arg "$arg" \
         -t "$image" "$context" >"$logfile" 2>&1 || { tail -40 "$logfile" >&2; die "building $image failed"; }
 }
 
