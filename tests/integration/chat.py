@@ -41,3 +41,20 @@ async def hear_text(ws: ClientConnection, text: str) -> dict[str, Any]:
         while (message := await hear(ws))["text"] != text:
             pass
     return message
+
+
+async def landing_on(
+    http_url: str, room: str, worker_host: str, attempts: int = 20
+) -> tuple[ClientConnection, list[ClientConnection]]:
+    """A WebSocket whose connection lives on the worker with this hostname: the chat echo's
+    `served_by` names the worker that handled the send (several workers take connections from
+    one work channel). The connections that landed elsewhere are returned too, still open."""
+    elsewhere = []
+    for attempt in range(attempts):
+        ws = await join(http_url, room)
+        await say(ws, "probe", f"who-{attempt}")
+        served_by = (await hear_text(ws, f"who-{attempt}"))["served_by"]
+        if served_by.split(":")[0] == worker_host:
+            return ws, elsewhere
+        elsewhere.append(ws)
+    raise AssertionError(f"no connection out of {attempts} landed on {worker_host}")
