@@ -20,6 +20,9 @@ RUN set -eu; \
     /opt/venv/bin/python -c 'import layer.inmemory'
 
 FROM ${PYTHON_BASE}
+LABEL org.opencontainers.image.title="channel-layer-kit" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.description="Protocol server, worker and combined mode (layerkit)"
 RUN groupadd --gid 10001 kit \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin kit

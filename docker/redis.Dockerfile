@@ -3,6 +3,9 @@
 # public image; the offline build passes a Debian base that includes redis-server.
 ARG REDIS_BASE=redis:7-bookworm
 FROM ${REDIS_BASE}
+LABEL org.opencontainers.image.title="channel-layer-kit-redis" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.description="Redis shard for the kit's sharded channel layer"
 RUN groupadd --gid 10001 kit \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin kit \
