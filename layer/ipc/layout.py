@@ -36,10 +36,13 @@ JSTATE_OFF = 128
 FLUSHING = 1
 G_OFF = 192  # the G block: every global word a mutation may touch, journaled as one record
 G_SIZE = 48
-SLOT_FREE, SLOT_FREE_COUNT, SLOT_BUMP = G_OFF, G_OFF + 4, G_OFF + 8
-ENTRY_FREE, ENTRY_BUMP = G_OFF + 12, G_OFF + 16
-NODE_FREE, NODE_BUMP = G_OFF + 20, G_OFF + 24
-QUEUED, CHANNELS, GROUPS, EPOCH = G_OFF + 28, G_OFF + 32, G_OFF + 36, G_OFF + 40
+# slot free head, free count, bump and queued come first: a push or pop changes exactly these
+SLOT_FREE, SLOT_FREE_COUNT, SLOT_BUMP, QUEUED = G_OFF, G_OFF + 4, G_OFF + 8, G_OFF + 12
+ENTRY_FREE, ENTRY_BUMP = G_OFF + 16, G_OFF + 20
+NODE_FREE, NODE_BUMP = G_OFF + 24, G_OFF + 28
+CHANNELS, GROUPS, EPOCH = G_OFF + 32, G_OFF + 36, G_OFF + 40
+SCRATCH = G_OFF + 44  # a word nobody reads: the target of "no link changed" undo records
+G4 = struct.Struct("<IIII")  # slot free head, free count, bump, queued
 JOURNAL_OFF = 512
 JOURNAL_END = HEADER_SIZE
 

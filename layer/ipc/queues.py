@@ -21,6 +21,8 @@ from layer.ipc.layout import (
     ENTRY_SIZE,
     FIRED,
     FIVE,
+    G4,
+    G_OFF,
     MSG,
     NIL,
     NODE,
@@ -28,7 +30,7 @@ from layer.ipc.layout import (
     OWNER_CHANNEL,
     QUEUED,
     RING,
-    SLOT_FREE,
+    SCRATCH,
     U32,
     W_OVERFLOW,
     W_READ,
@@ -60,30 +62,32 @@ class Queues(Table):
     # -- messages ---------------------------------------------------------------------------
 
     def push(self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int) -> int:
-        """Append ``payload``; return the waker index to post (or -1). Raises ChannelFull."""
+        """Append ``payload``; return the waker index to post (or NIL). Raises ChannelFull."""
         name, h = key
         mm = self.mm
         idx = self.find(OWNER_CHANNEL, name, h)
         if idx == NIL:
             idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
         if count >= capacity:
             self.expire(j, idx, count)
-            head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+            five = FIVE.unpack_from(mm, off)
+            head, tail, count, wait_head, wait_tail = five
             if count >= capacity:
                 j.commit()  # keep the expiry; nothing else changed
                 raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
+        g4 = G4.unpack_from(mm, G_OFF)
+        link = self.slots + tail * self.slot_size if count else SCRATCH
+        j.queue_op(off, five, g4, link, _u32_unpack(mm, link)[0])  # before anything changes
         first, last = self.write(j, payload, expires)
-        j.save(off, E_MUTABLE_SIZE)
         if count:
-            at = self.slots + tail * self.slot_size
-            j.save(at, 4)
-            _u32_pack(mm, at, first)
+            _u32_pack(mm, link, first)
         else:
             head = first
         FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        self._count(QUEUED, 1)
+        _u32_pack(mm, QUEUED, g4[3] + 1)
         return NIL if wait_head == NIL else self.fire(j, idx)
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
@@ -94,13 +98,16 @@ class Queues(Table):
         if idx == NIL:
             idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
+        g4 = G4.unpack_from(mm, G_OFF)
+        j.save(G_OFF, 16)
         first, last = self.write(j, payload, expires)
-        j.save(off, E_MUTABLE_SIZE)
-        j.save(self.slots + last * self.slot_size, 4)  # may be a free-list link
-        _u32_pack(mm, self.slots + last * self.slot_size, head)
+        link = self.slots + last * self.slot_size  # may still be a free-list link: journal it
+        j.queue_op(off, five, g4, link, _u32_unpack(mm, link)[0])
+        _u32_pack(mm, link, head)
         FIVE.pack_into(mm, off, first, tail if count else last, count + 1, wait_head, wait_tail)
-        self._count(QUEUED, 1)
+        _u32_pack(mm, QUEUED, g4[3] + 1)
         return NIL if wait_head == NIL else self.fire(j, idx)
 
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
@@ -111,14 +118,18 @@ class Queues(Table):
             return None
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        payload = None
         while True:
             head, _, count, wait_head, _ = FIVE.unpack_from(mm, off)
             if not count:
                 return None
-            length, expires = MSG.unpack_from(mm, self.slots + head * self.slot_size + 4)
+            at = self.slots + head * self.slot_size
+            length, expires = MSG.unpack_from(mm, at + 4)
+            payload = None
             if expires > now:
-                payload = self._read(head, length)
+                if length + 12 <= self.data:
+                    payload = mm[at + 16 : at + 16 + length]
+                else:
+                    payload = self._read(head, length)
             else:
                 self.counters.expired += 1
             self._unqueue(j, off, length)
@@ -144,40 +155,41 @@ class Queues(Table):
     def _unqueue(self, j: Journal, off: int, length: int) -> None:
         """Unlink the head message of the channel at ``off`` and free its slot chain."""
         mm = self.mm
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
         slots, size = self.slots, self.slot_size
         k = (length + 12 + self.data - 1) // self.data
         last = head
         for _ in range(k - 1):
             last = _u32_unpack(mm, slots + last * size)[0]
-        at = slots + last * size
-        j.save(off, E_MUTABLE_SIZE)
-        j.save_g()
-        j.save(at, 4)
-        nxt = _u32_unpack(mm, at)[0]
-        free, nfree, bump = _SLOTS.unpack_from(mm, SLOT_FREE)
-        _u32_pack(mm, at, free)
-        _SLOTS.pack_into(mm, SLOT_FREE, head, nfree + k, bump)
+        link = slots + last * size
+        nxt = _u32_unpack(mm, link)[0]
+        g4 = G4.unpack_from(mm, G_OFF)
+        j.queue_op(off, five, g4, link, nxt)
+        free, nfree, bump, queued = g4
+        _u32_pack(mm, link, free)
+        G4.pack_into(mm, G_OFF, head, nfree + k, bump, queued - 1)
         if count == 1:
             FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
             FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
-        self._count(QUEUED, -1)
 
     def write(self, j: Journal, payload: bytes, expires: float) -> tuple[int, int]:
-        """Copy a message into free slots (unreachable until linked); return (first, last)."""
+        """Copy a message into free slots (unreachable until linked); return (first, last).
+
+        Only the slot pool's head, count and bump change; the caller has journaled them.
+        """
         mm = self.mm
         size, data, slots = self.slot_size, self.data, self.slots
         length = len(payload)
-        k = (length + 12 + data - 1) // data
-        j.save_g()
-        free, nfree, bump = _SLOTS.unpack_from(mm, SLOT_FREE)
-        if k == 1 and nfree:
+        free, nfree, bump, queued = G4.unpack_from(mm, G_OFF)
+        if length + 12 <= data and nfree:
             at = slots + free * size
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
-            _SLOTS.pack_into(mm, SLOT_FREE, _u32_unpack(mm, at)[0], nfree - 1, bump)
+            G4.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued)
             return free, free
+        k = (length + 12 + data - 1) // data
         if nfree + self.geometry.n_slots - bump < k:
             raise ChannelFull(
                 f"IPC segment is full: a {length}-byte message needs {k} slots of {size} bytes "
@@ -210,7 +222,7 @@ class Queues(Table):
                 _u32_pack(mm, slots + slot * size, slot + 1)
             chain.extend(range(bump, bump + extra))
         left = nfree - taken
-        _SLOTS.pack_into(mm, SLOT_FREE, cur if left else NIL, left, bump + extra)
+        _SLOTS.pack_into(mm, G_OFF, cur if left else NIL, left, bump + extra)
         return chain
 
     def _read(self, first: int, length: int) -> bytes:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from layer.exceptions import ChannelFull
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
+    CHANNELS,
     E_A,
     E_B,
     E_C,
@@ -37,8 +38,7 @@ from layer.ipc.layout import (
 from layer.ipc.queues import Queues
 from layer.ipc.table import Key, member_hash
 
-_COUNTS = struct.Struct("<III")  # queued, channels, groups
-_EMPTY_G = struct.Struct("<IIIIIII").pack(NIL, 0, 0, NIL, 0, NIL, 0)
+_EMPTY_G = struct.Struct("<IIIIIIIIII").pack(NIL, 0, 0, 0, NIL, 0, NIL, 0, 0, 0)
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
@@ -160,7 +160,6 @@ class Store(Queues):
         mm = self.mm
         epoch = _u32_unpack(mm, EPOCH)[0]
         mm[G_OFF : G_OFF + len(_EMPTY_G)] = _EMPTY_G
-        _COUNTS.pack_into(mm, QUEUED, 0, 0, 0)
         _u32_pack(mm, EPOCH, (epoch + 1) & 0xFFFFFFFF)
         size = 4 * self.geometry.n_buckets
         mm[self.buckets : self.buckets + size] = b"\xff" * size
@@ -173,5 +172,6 @@ class Store(Queues):
 
     def counts(self) -> tuple[int, int, int]:
         """Queued messages, channels and groups in the segment."""
-        queued, channels, groups = _COUNTS.unpack_from(self.mm, QUEUED)  # consecutive words
-        return queued, channels, groups
+        mm = self.mm
+        return (_u32_unpack(mm, QUEUED)[0], _u32_unpack(mm, CHANNELS)[0],
+                _u32_unpack(mm, GROUPS)[0])  # fmt: skip
