@@ -18,7 +18,16 @@ import mmap
 import struct
 from collections.abc import Callable
 
-from layer.ipc.layout import FLUSHING, G_OFF, G_SIZE, JOURNAL_END, JOURNAL_OFF, JSTATE, JSTATE_OFF
+from layer.ipc.layout import (
+    FLUSHING,
+    G_OFF,
+    G_SIZE,
+    JOURNAL_END,
+    JOURNAL_OFF,
+    JSTATE,
+    JSTATE_OFF,
+    RECOVERIES,
+)
 
 _RECORD = struct.Struct("<QI4x")  # offset, length; then the saved bytes, padded to 8
 _END = struct.Struct("<I")
@@ -125,6 +134,7 @@ class Lock:
     def _recover(self) -> None:
         """A holder died mid-mutation: undo it, or finish its flush."""
         self.recoveries += 1
+        _END.pack_into(self.mm, RECOVERIES, _END.unpack_from(self.mm, RECOVERIES)[0] + 1)
         self.journal.rollback()
         if JSTATE.unpack_from(self.mm, JSTATE_OFF)[1] == FLUSHING:
             self._redo_flush()

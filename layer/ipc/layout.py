@@ -34,6 +34,7 @@ GEOMETRY_OFF = 8
 JSTATE = struct.Struct("<II")  # bytes of undo records in use, flush-in-progress flag
 JSTATE_OFF = 128
 FLUSHING = 1
+RECOVERIES = 136  # u32: how many times a lock holder repaired a dead holder's mutation
 G_OFF = 192  # the G block: every global word a mutation may touch, journaled as one record
 G_SIZE = 48
 # slot free head, free count, bump and queued come first: a push or pop changes exactly these

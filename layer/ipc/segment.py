@@ -63,6 +63,7 @@ class Segment:
     fd: int
     mm: mmap.mmap
     geometry: Geometry
+    initialised: bool  # this attach wrote the empty structure (exactly one of racing starts)
 
     def close(self) -> None:
         self.mm.close()
@@ -72,9 +73,11 @@ class Segment:
 def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
     """Open (creating and initialising if needed) the segment of ``prefix``."""
     name = shm_name(prefix)
+    created = initialised = False
     try:
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode)
         os.fchmod(shm.fd, mode)  # the umask must not strip group access
+        created = True
     except posix_ipc.ExistentialError:
         try:
             shm = posix_ipc.SharedMemory(name)
@@ -93,14 +96,18 @@ def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
                 _reserve(fd, prefix, size)
                 mm = mmap.mmap(fd, size)
                 _initialise(mm, geometry)
+                initialised = True
             else:
                 mm = mmap.mmap(fd, geometry.size)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     except BaseException:
         os.close(fd)
+        if created:
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(name)
         raise
-    return Segment(prefix, fd, mm, geometry)
+    return Segment(prefix, fd, mm, geometry, initialised)
 
 
 def _read_geometry(fd: int, prefix: str) -> Geometry | None:
@@ -121,6 +128,9 @@ def _read_geometry(fd: int, prefix: str) -> Geometry | None:
 
 def _reserve(fd: int, prefix: str, size: int) -> None:
     """Make the segment ``size`` bytes backed by real pages, or explain how to get room."""
+    stat = os.statvfs(SHM_DIR)
+    if size > stat.f_bavail * stat.f_frsize:
+        raise InvalidOption(shm_too_small(prefix, size))
     try:
         os.ftruncate(fd, size)
         os.posix_fallocate(fd, 0, size)

@@ -17,9 +17,7 @@ SHM = "/dev/shm"
 def shm_objects(prefix: str) -> list[str]:
     """What ``prefix`` has in /dev/shm (segment and semaphores)."""
     return sorted(
-        name
-        for name in os.listdir(SHM)
-        if name.startswith((f"{prefix}.", f"sem.{prefix}."))
+        name for name in os.listdir(SHM) if name.startswith((f"{prefix}.", f"sem.{prefix}."))
     )
 
 
