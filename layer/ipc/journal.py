@@ -32,8 +32,8 @@ from layer.ipc.layout import (
 _RECORD = struct.Struct("<QI4x")  # offset, length; then the saved bytes, padded to 8
 _END = struct.Struct("<I")
 # The three records of a push or pop, packed from values the caller already holds: the channel
-# entry's five words, the G block's first four (slots, queued) and one slot link.
-_QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIII" + "QI4xI4x")
+# entry's five words, the G block's first five (slots, counts) and one slot link.
+_QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
 
 
 class Journal:
@@ -62,7 +62,7 @@ class Journal:
         self,
         entry: int,
         five: tuple[int, int, int, int, int],
-        g4: tuple[int, int, int, int],
+        g5: tuple[int, int, int, int, int],
         link: int,
         link_old: int,
     ) -> None:
@@ -70,7 +70,7 @@ class Journal:
         at = JOURNAL_OFF + self.end
         if at + _QUEUE_OP.size > JOURNAL_END:
             raise RuntimeError("IPC journal overflow: one mutation touched too many records")
-        _QUEUE_OP.pack_into(self.mm, at, entry, 20, *five, G_OFF, 16, *g4, link, 4, link_old)
+        _QUEUE_OP.pack_into(self.mm, at, entry, 20, *five, G_OFF, 20, *g5, link, 4, link_old)
         self.end += _QUEUE_OP.size
         _END.pack_into(self.mm, JSTATE_OFF, self.end)
 

@@ -37,13 +37,16 @@ FLUSHING = 1
 RECOVERIES = 136  # u32: how many times a lock holder repaired a dead holder's mutation
 G_OFF = 192  # the G block: every global word a mutation may touch, journaled as one record
 G_SIZE = 48
-# slot free head, free count, bump and queued come first: a push or pop changes exactly these
-SLOT_FREE, SLOT_FREE_COUNT, SLOT_BUMP, QUEUED = G_OFF, G_OFF + 4, G_OFF + 8, G_OFF + 12
-ENTRY_FREE, ENTRY_BUMP = G_OFF + 16, G_OFF + 20
-NODE_FREE, NODE_BUMP = G_OFF + 24, G_OFF + 28
-CHANNELS, GROUPS, EPOCH = G_OFF + 32, G_OFF + 36, G_OFF + 40
+# A push or pop changes exactly the first five: slot free head, free count, bump, queued
+# messages and active channels (with messages or waiters; idle entries are reclaimed lazily).
+SLOT_FREE, SLOT_FREE_COUNT, SLOT_BUMP = G_OFF, G_OFF + 4, G_OFF + 8
+QUEUED, CHANNELS = G_OFF + 12, G_OFF + 16
+ENTRY_FREE, ENTRY_BUMP = G_OFF + 20, G_OFF + 24
+NODE_FREE, NODE_BUMP = G_OFF + 28, G_OFF + 32
+GROUPS, EPOCH = G_OFF + 36, G_OFF + 40
 SCRATCH = G_OFF + 44  # a word nobody reads: the target of "no link changed" undo records
-G4 = struct.Struct("<IIII")  # slot free head, free count, bump, queued
+G5 = struct.Struct("<IIIII")
+SLOTS3 = struct.Struct("<III")  # slot free head, free count, bump
 JOURNAL_OFF = 512
 JOURNAL_END = HEADER_SIZE
 

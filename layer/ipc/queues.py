@@ -16,12 +16,13 @@ from layer.base import Counters
 from layer.exceptions import ChannelFull
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
+    CHANNELS,
     E_MUTABLE,
     E_MUTABLE_SIZE,
     ENTRY_SIZE,
     FIRED,
     FIVE,
-    G4,
+    G5,
     G_OFF,
     MSG,
     NIL,
@@ -31,6 +32,7 @@ from layer.ipc.layout import (
     QUEUED,
     RING,
     SCRATCH,
+    SLOTS3,
     U32,
     W_OVERFLOW,
     W_READ,
@@ -42,7 +44,7 @@ from layer.ipc.layout import (
 )
 from layer.ipc.table import Key, Table
 
-_SLOTS = struct.Struct("<III")  # free head, free count, bump
+_COUNTS = struct.Struct("<II")  # queued, active channels
 _RING_IO = struct.Struct("<II")  # ring read, ring write
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -78,16 +80,16 @@ class Queues(Table):
             if count >= capacity:
                 j.commit()  # keep the expiry; nothing else changed
                 raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
-        g4 = G4.unpack_from(mm, G_OFF)
+        g5 = G5.unpack_from(mm, G_OFF)
         link = self.slots + tail * self.slot_size if count else SCRATCH
-        j.queue_op(off, five, g4, link, _u32_unpack(mm, link)[0])  # before anything changes
+        j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
         first, last = self.write(j, payload, expires)
         if count:
             _u32_pack(mm, link, first)
         else:
             head = first
         FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        _u32_pack(mm, QUEUED, g4[3] + 1)
+        _COUNTS.pack_into(mm, QUEUED, g5[3] + 1, g5[4] + (not count and wait_head == NIL))
         return NIL if wait_head == NIL else self.fire(j, idx)
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
@@ -100,14 +102,14 @@ class Queues(Table):
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
-        g4 = G4.unpack_from(mm, G_OFF)
-        j.save(G_OFF, 16)
+        g5 = G5.unpack_from(mm, G_OFF)
+        j.save(G_OFF, 20)
         first, last = self.write(j, payload, expires)
         link = self.slots + last * self.slot_size  # may still be a free-list link: journal it
-        j.queue_op(off, five, g4, link, _u32_unpack(mm, link)[0])
+        j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])
         _u32_pack(mm, link, head)
         FIVE.pack_into(mm, off, first, tail if count else last, count + 1, wait_head, wait_tail)
-        _u32_pack(mm, QUEUED, g4[3] + 1)
+        _COUNTS.pack_into(mm, QUEUED, g5[3] + 1, g5[4] + (not count and wait_head == NIL))
         return NIL if wait_head == NIL else self.fire(j, idx)
 
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
@@ -119,7 +121,7 @@ class Queues(Table):
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         while True:
-            head, _, count, wait_head, _ = FIVE.unpack_from(mm, off)
+            head, _, count, _, _ = FIVE.unpack_from(mm, off)
             if not count:
                 return None
             at = self.slots + head * self.slot_size
@@ -133,8 +135,6 @@ class Queues(Table):
             else:
                 self.counters.expired += 1
             self._unqueue(j, off, length)
-            if count == 1 and wait_head == NIL:
-                self.delete(j, idx)
             if payload is not None:
                 return payload
 
@@ -164,11 +164,12 @@ class Queues(Table):
             last = _u32_unpack(mm, slots + last * size)[0]
         link = slots + last * size
         nxt = _u32_unpack(mm, link)[0]
-        g4 = G4.unpack_from(mm, G_OFF)
-        j.queue_op(off, five, g4, link, nxt)
-        free, nfree, bump, queued = g4
+        g5 = G5.unpack_from(mm, G_OFF)
+        j.queue_op(off, five, g5, link, nxt)
+        free, nfree, bump, queued, channels = g5
         _u32_pack(mm, link, free)
-        G4.pack_into(mm, G_OFF, head, nfree + k, bump, queued - 1)
+        idle = count == 1 and wait_head == NIL
+        G5.pack_into(mm, G_OFF, head, nfree + k, bump, queued - 1, channels - idle)
         if count == 1:
             FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
@@ -182,12 +183,12 @@ class Queues(Table):
         mm = self.mm
         size, data, slots = self.slot_size, self.data, self.slots
         length = len(payload)
-        free, nfree, bump, queued = G4.unpack_from(mm, G_OFF)
+        free, nfree, bump = SLOTS3.unpack_from(mm, G_OFF)
         if length + 12 <= data and nfree:
             at = slots + free * size
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
-            G4.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued)
+            SLOTS3.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump)
             return free, free
         k = (length + 12 + data - 1) // data
         if nfree + self.geometry.n_slots - bump < k:
@@ -222,7 +223,7 @@ class Queues(Table):
                 _u32_pack(mm, slots + slot * size, slot + 1)
             chain.extend(range(bump, bump + extra))
         left = nfree - taken
-        _SLOTS.pack_into(mm, G_OFF, cur if left else NIL, left, bump + extra)
+        SLOTS3.pack_into(mm, G_OFF, cur if left else NIL, left, bump + extra)
         return chain
 
     def _read(self, first: int, length: int) -> bytes:
@@ -260,6 +261,8 @@ class Queues(Table):
             j.save(at, 4)
             _u32_pack(mm, at, node)
         FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
+        if not count and wait_tail == NIL:  # the channel was idle
+            self._count(CHANNELS, 1)  # G was saved by alloc_node
         return node
 
     def fired(self, node: int) -> bool:
@@ -273,20 +276,15 @@ class Queues(Table):
         if prev != FIRED:
             self._unlink(j, node)
             self.free_node(j, node)
-            self._drop_if_idle(j, idx)
         else:
             self.free_node(j, node)
             self.pass_on(j, idx)
 
     def pass_on(self, j: Journal, idx: int) -> int:
         """A wake for channel ``idx`` went unused: fire the next waiter if messages remain."""
-        count, wait_head = FIVE.unpack_from(self.mm, self.entries + idx * ENTRY_SIZE + E_MUTABLE)[
-            2:4
-        ]
-        if count and wait_head != NIL:
-            return self.fire(j, idx)
-        self._drop_if_idle(j, idx)
-        return NIL
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        count, wait_head = FIVE.unpack_from(self.mm, off)[2:4]
+        return self.fire(j, idx) if count and wait_head != NIL else NIL
 
     def fire(self, j: Journal, idx: int) -> int:
         """Hand a wake to the first live waiter of channel ``idx``; return its waker or NIL."""
@@ -336,10 +334,6 @@ class Queues(Table):
             j.save(self.nodes + nxt * NODE_SIZE, 4)
             _u32_pack(mm, self.nodes + nxt * NODE_SIZE, prev)
         FIVE.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
-
-    def _drop_if_idle(self, j: Journal, idx: int) -> None:
-        count, wait_head = FIVE.unpack_from(self.mm, self.entries + idx * ENTRY_SIZE + E_MUTABLE)[
-            2:4
-        ]
         if not count and wait_head == NIL:
-            self.delete(j, idx)
+            j.save_g()
+            self._count(CHANNELS, -1)

@@ -38,7 +38,7 @@ from layer.ipc.layout import (
 from layer.ipc.queues import Queues
 from layer.ipc.table import Key, member_hash
 
-_EMPTY_G = struct.Struct("<IIIIIIIIII").pack(NIL, 0, 0, 0, NIL, 0, NIL, 0, 0, 0)
+_EMPTY_G = struct.Struct("<IIIIIIIIII").pack(NIL, 0, 0, 0, 0, NIL, 0, NIL, 0, 0)
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 

@@ -14,9 +14,10 @@ import zlib
 from layer.exceptions import ChannelFull
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
-    CHANNELS,
+    E_MUTABLE,
     E_NAME,
     E_NEXT,
+    E_OWNER,
     ENTRY_BUMP,
     ENTRY_FREE,
     ENTRY_SIZE,
@@ -84,6 +85,9 @@ class Table:
         mm = self.mm
         idx = self._alloc(j, ENTRY_FREE, ENTRY_BUMP, self.entries, ENTRY_SIZE, E_NEXT,
                           self.geometry.n_entries)  # fmt: skip
+        if idx == NIL and self._reclaim(j):
+            idx = self._alloc(j, ENTRY_FREE, ENTRY_BUMP, self.entries, ENTRY_SIZE, E_NEXT,
+                              self.geometry.n_entries)  # fmt: skip
         if idx == NIL:
             raise ChannelFull(
                 f"IPC segment has no free entries ({self.geometry.n_entries} channels, groups "
@@ -96,15 +100,13 @@ class Table:
         mm[off + E_NAME : off + E_NAME + len(name)] = name
         j.save(bucket, 4)
         _u32_pack(mm, bucket, idx)
-        if owner == OWNER_CHANNEL:
-            self._count(CHANNELS, 1)
         return idx
 
     def delete(self, j: Journal, idx: int) -> None:
         """Unlink entry ``idx`` from its hash chain and return it to the pool."""
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE
-        nxt, h, owner, _ = KEY.unpack_from(mm, off)
+        nxt, h, _, _ = KEY.unpack_from(mm, off)
         link = self.buckets + ((h & self.mask) << 2)
         cur = _u32_unpack(mm, link)[0]
         while cur != idx:
@@ -112,9 +114,28 @@ class Table:
             cur = _u32_unpack(mm, link)[0]
         j.save(link, 4)
         _u32_pack(mm, link, nxt)
+        j.save(off + E_OWNER, 4)
+        _u32_pack(mm, off + E_OWNER, NIL)  # free: a reclaim scan must not take it for idle
         self._free(j, ENTRY_FREE, self.entries, ENTRY_SIZE, E_NEXT, idx)
-        if owner == OWNER_CHANNEL:
-            self._count(CHANNELS, -1)
+
+    def _reclaim(self, j: Journal) -> int:
+        """The pool ran dry: delete idle channel entries (no messages, no waiters).
+
+        Emptied channels keep their entry (a queue that empties and refills, as most do, costs
+        no delete and insert); this amortised sweep frees them only when space is needed.
+        """
+        mm = self.mm
+        freed = 0
+        j.commit()
+        for idx in range(_u32_unpack(mm, ENTRY_BUMP)[0]):
+            off = self.entries + idx * ENTRY_SIZE
+            if _u32_unpack(mm, off + E_OWNER)[0] == OWNER_CHANNEL:
+                _, _, count, wait_head, _ = FIVE.unpack_from(mm, off + E_MUTABLE)
+                if not count and wait_head == NIL:
+                    self.delete(j, idx)
+                    j.commit()
+                    freed += 1
+        return freed
 
     def entry_name(self, idx: int) -> bytes:
         off = self.entries + idx * ENTRY_SIZE

@@ -324,3 +324,23 @@ def test_config_file_builds_the_ipc_layer(monkeypatch: pytest.MonkeyPatch, ipc_p
     monkeypatch.setenv("IPC_SIZE", "huge")
     with pytest.raises(ConfigError, match="size"):
         load(ROOT / "config" / "ipc.yaml")["default"].build()
+
+
+async def test_emptied_channels_are_reclaimed_when_entries_run_out(
+    ipc_layer_factory: Factory,
+) -> None:
+    layer = ipc_layer_factory(size="1MB")  # 1,024 entries
+    assert layer._store.geometry.n_entries == 1024
+    for n in range(3000):
+        await layer.send(f"once.{n}", {"type": "x", "n": n})
+        assert (await receive_soon(layer, f"once.{n}"))["n"] == n
+    stats = await layer.stats()
+    assert stats["channels"] == 0 and stats["queued"] == 0
+    kept = [f"kept.{n}" for n in range(1000)]
+    for name in kept:
+        await layer.send(name, {"type": "k"})
+    with pytest.raises(ChannelFull, match="no free entries"):
+        for n in range(100):
+            await layer.send(f"more.{n}", {"type": "m"})
+    for name in kept:
+        assert (await receive_soon(layer, name))["type"] == "k"
