@@ -306,9 +306,7 @@ class Queues(Table):
             _u32_pack(mm, at, FIRED)
             read, write = _RING_IO.unpack_from(mm, wat + W_READ)
             if write - read < RING:
-                slot = wat + W_RING + (write % RING) * 4
-                j.save(slot, 4)
-                _u32_pack(mm, slot, node)
+                _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
                 j.save(wat + W_WRITE, 4)
                 _u32_pack(mm, wat + W_WRITE, write + 1)
             else:

@@ -18,7 +18,7 @@ from layer.ipc import IPCChannelLayer
 from layer.ipc.layout import RECOVERIES
 from layer.ipc.table import make_key
 
-SIZE = "64MB"
+SIZE = "16MB"
 
 
 def say(line: object) -> None:
@@ -121,7 +121,7 @@ def hold(layer: IPCChannelLayer, what: str) -> None:
 async def main(role: str, prefix: str, args: list[str]) -> None:
     if role == "start":  # attach only after the parent says go: all at the same instant
         sys.stdin.readline()
-    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=100_000)
+    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=10_000)
     try:
         if role == "produce":
             await produce(layer, int(args[0]), int(args[1]), int(args[2]))

@@ -82,7 +82,7 @@ async def test_four_producers_four_consumers_exactly_once_in_order(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
 ) -> None:
     producers, consumers, count, group_every = 4, 4, 25_000, 50
-    layer = ipc_layer_factory(size="64MB")
+    layer = ipc_layer_factory()
     group_total = producers * len(range(0, count, group_every))
     for c in range(consumers):
         workers.append(Worker("consume", ipc_prefix, c, group_total))
@@ -116,7 +116,7 @@ async def test_sigkill_at_random_moments_never_stops_or_tears(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
 ) -> None:
     """Victims in tight mutation loops die 30 times; a checked stream flows throughout."""
-    layer = ipc_layer_factory(size="64MB")
+    layer = ipc_layer_factory()
     count = 6_000
     receiver = Worker("stream", ipc_prefix, "receive", count)
     workers.append(receiver)
@@ -344,3 +344,17 @@ async def test_emptied_channels_are_reclaimed_when_entries_run_out(
             await layer.send(f"more.{n}", {"type": "m"})
     for name in kept:
         assert (await receive_soon(layer, name))["type"] == "k"
+
+
+async def test_more_wakes_than_the_ring_holds(ipc_layer_factory: Factory) -> None:
+    """200 receivers of one instance woken by one group send: the ring (64) overflows."""
+    layer, sender = ipc_layer_factory(), ipc_layer_factory()
+    members = [f"ring.{n}" for n in range(200)]
+    waiting = [asyncio.ensure_future(layer.receive(member)) for member in members]
+    await asyncio.sleep(0.1)
+    for member in members:
+        await sender.group_add("ring-group", member)
+    await sender.group_send("ring-group", {"type": "wake"})
+    done = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [m["type"] for m in done] == ["wake"] * 200
+    assert (await layer.stats())["queued"] == 0
