@@ -81,15 +81,26 @@ class Queues(Table):
                 j.commit()  # keep the expiry; nothing else changed
                 raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
         g5 = G5.unpack_from(mm, G_OFF)
-        link = self.slots + tail * self.slot_size if count else SCRATCH
+        free, nfree, bump, queued, channels = g5
+        slots, size = self.slots, self.slot_size
+        link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
-        first, last = self.write(j, payload, expires)
+        channels += not count and wait_head == NIL
+        length = len(payload)
+        if length + 12 <= self.data and nfree:  # one slot from the free list: the hot path
+            first = last = free
+            at = slots + free * size
+            MSG.pack_into(mm, at + 4, length, expires)
+            mm[at + 16 : at + 16 + length] = payload
+            G5.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels)
+        else:
+            first, last = self.write(j, payload, expires)
+            _COUNTS.pack_into(mm, QUEUED, queued + 1, channels)
         if count:
             _u32_pack(mm, link, first)
         else:
             head = first
         FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        _COUNTS.pack_into(mm, QUEUED, g5[3] + 1, g5[4] + (not count and wait_head == NIL))
         return NIL if wait_head == NIL else self.fire(j, idx)
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
@@ -121,7 +132,8 @@ class Queues(Table):
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         while True:
-            head, _, count, _, _ = FIVE.unpack_from(mm, off)
+            five = FIVE.unpack_from(mm, off)
+            head, _, count, _, _ = five
             if not count:
                 return None
             at = self.slots + head * self.slot_size
@@ -134,7 +146,7 @@ class Queues(Table):
                     payload = self._read(head, length)
             else:
                 self.counters.expired += 1
-            self._unqueue(j, off, length)
+            self._unqueue(j, off, length, five)
             if payload is not None:
                 return payload
 
@@ -144,24 +156,27 @@ class Queues(Table):
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         now = time.monotonic()
         while count:
-            head = _u32_unpack(mm, off)[0]
-            length, expires = MSG.unpack_from(mm, self.slots + head * self.slot_size + 4)
+            five = FIVE.unpack_from(mm, off)
+            length, expires = MSG.unpack_from(mm, self.slots + five[0] * self.slot_size + 4)
             if expires > now:
                 return
-            self._unqueue(j, off, length)
+            self._unqueue(j, off, length, five)
             self.counters.expired += 1
             count -= 1
 
-    def _unqueue(self, j: Journal, off: int, length: int) -> None:
-        """Unlink the head message of the channel at ``off`` and free its slot chain."""
+    def _unqueue(
+        self, j: Journal, off: int, length: int, five: tuple[int, int, int, int, int]
+    ) -> None:
+        """Unlink the head message of the channel at ``off`` (whose words are ``five``) and
+        free its slot chain."""
         mm = self.mm
-        five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
         slots, size = self.slots, self.slot_size
         k = (length + 12 + self.data - 1) // self.data
         last = head
-        for _ in range(k - 1):
-            last = _u32_unpack(mm, slots + last * size)[0]
+        if k > 1:
+            for _ in range(k - 1):
+                last = _u32_unpack(mm, slots + last * size)[0]
         link = slots + last * size
         nxt = _u32_unpack(mm, link)[0]
         g5 = G5.unpack_from(mm, G_OFF)
