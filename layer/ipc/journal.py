@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import fcntl
 import mmap
+import os
 import struct
+import weakref
 from collections.abc import Callable
 
 from layer.ipc.layout import (
@@ -107,7 +109,7 @@ class Journal:
 class Lock:
     """``with lock:`` holds the segment exclusively; on entry repairs what a dead holder left."""
 
-    __slots__ = ("_fd", "_redo_flush", "journal", "mm", "recoveries")
+    __slots__ = ("__weakref__", "_fd", "_redo_flush", "forked", "journal", "mm", "recoveries")
 
     def __init__(self, fd: int, mm: mmap.mmap, redo_flush: Callable[[], None]) -> None:
         self._fd = fd
@@ -115,8 +117,15 @@ class Lock:
         self.journal = Journal(mm)
         self._redo_flush = redo_flush
         self.recoveries = 0
+        self.forked = False
+        _LOCKS.add(self)
 
     def __enter__(self) -> Journal:
+        if self.forked:
+            raise RuntimeError(
+                "this IPC layer was created before os.fork(): parent and child would share one "
+                "lock; create channel layers in the process that uses them"
+            )
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         if JSTATE.unpack_from(self.mm, JSTATE_OFF) != (0, 0):
             self._recover()
@@ -145,3 +154,13 @@ class Lock:
 
     def end_flush(self) -> None:
         JSTATE.pack_into(self.mm, JSTATE_OFF, 0, 0)
+
+
+def _mark_forked() -> None:
+    """In a fork child every inherited lock is shared with the parent: refuse to use it."""
+    for lock in _LOCKS:
+        lock.forked = True
+
+
+_LOCKS: weakref.WeakSet[Lock] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_mark_forked)

@@ -358,3 +358,17 @@ async def test_more_wakes_than_the_ring_holds(ipc_layer_factory: Factory) -> Non
     done = await asyncio.wait_for(asyncio.gather(*waiting), 10)
     assert [m["type"] for m in done] == ["wake"] * 200
     assert (await layer.stats())["queued"] == 0
+
+
+def test_a_layer_inherited_through_fork_refuses_to_work(ipc_prefix: str) -> None:
+    layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    child = os.fork()
+    if child == 0:  # the child: its inherited layer must not share the parent's lock
+        try:
+            asyncio.run(layer.send("forked", {"type": "x"}))
+        except RuntimeError as exc:
+            os._exit(0 if "before os.fork()" in str(exc) else 1)
+        os._exit(2)
+    assert os.waitpid(child, 0)[1] == 0
+    asyncio.run(layer.send("forked", {"type": "x"}))  # the parent is unaffected
+    asyncio.run(layer.close(unlink=True))
