@@ -33,6 +33,7 @@ from layer.options import byte_size, positive_int
 POLL = 0.25  # seconds between liveness checks while this instance has waiting receivers
 IDLE = 5.0  # semaphore timeout with nobody waiting: the thread just re-checks it is needed
 _KEY_CACHE = 8192
+_SPARE_NODES = 64
 
 
 class IPCChannelLayer(BaseChannelLayer):
@@ -72,6 +73,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._local: dict[str, deque[asyncio.Future[bytes]]] = {}
         self._node_of: dict[str, int] = {}
         self._chan_of: dict[int, str] = {}
+        self._spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._wake_pending = False
@@ -156,7 +158,7 @@ class IPCChannelLayer(BaseChannelLayer):
         wake: list[int] = []
         with self._lock as j:
             if not self._check_epoch(j):
-                for node in list(self._chan_of):
+                for node in [*self._chan_of, *self._spare]:
                     self._store.unregister(j, node)
                     j.commit()
             self._wakers.release(j, self._waker)
@@ -175,7 +177,8 @@ class IPCChannelLayer(BaseChannelLayer):
     def _register(self, j: Journal, channel: str, key: Key) -> None:
         self._check_epoch(j)
         if channel not in self._node_of:
-            node = self._store.register(j, key, self._waker, self._gen)
+            spare = self._spare.pop() if self._spare else NIL
+            node = self._store.register(j, key, self._waker, self._gen, spare)
             self._node_of[channel] = node
             self._chan_of[node] = channel
 
@@ -187,6 +190,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._epoch = epoch
         self._node_of.clear()
         self._chan_of.clear()
+        self._spare.clear()  # the flush emptied the node pool
         for channel in self._local:
             self._register(j, channel, self._key(channel))
         return True
@@ -257,8 +261,11 @@ class IPCChannelLayer(BaseChannelLayer):
                 if channel is None or not store.fired(node):
                     continue  # a stale ring entry
                 del self._chan_of[node], self._node_of[channel]
-                store.free_node(j, node)
-                j.commit()
+                if len(self._spare) < _SPARE_NODES:
+                    self._spare.append(node)
+                else:
+                    store.free_node(j, node)
+                    j.commit()
                 self._deliver(j, channel, wake)
         self._post(wake)
 

@@ -257,14 +257,21 @@ class Queues(Table):
 
     # -- waiting receivers ------------------------------------------------------------------
 
-    def register(self, j: Journal, key: Key, waker: int, gen: int) -> int:
-        """Add a node "waker waits on this channel" at the tail of its wait list."""
+    def register(self, j: Journal, key: Key, waker: int, gen: int, spare: int) -> int:
+        """Add a node "waker waits on this channel" at the tail of its wait list.
+
+        ``spare`` is a fired node of the same waker to reuse, or NIL to allocate one.
+        """
         name, h = key
         mm = self.mm
         idx = self.find(OWNER_CHANNEL, name, h)
         if idx == NIL:
             idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
-        node = self.alloc_node(j)
+        if spare == NIL:
+            node = self.alloc_node(j)
+        else:
+            node = spare
+            j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
         NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
@@ -277,7 +284,8 @@ class Queues(Table):
             _u32_pack(mm, at, node)
         FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
         if not count and wait_tail == NIL:  # the channel was idle
-            self._count(CHANNELS, 1)  # G was saved by alloc_node
+            j.save_g()
+            self._count(CHANNELS, 1)
         return node
 
     def fired(self, node: int) -> bool:
