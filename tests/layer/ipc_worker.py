@@ -94,7 +94,8 @@ async def victim(layer: IPCChannelLayer) -> None:
     n = 0
     while True:
         n += 1
-        await layer.send(mine, {"type": "v", "data": os.urandom(100 + n % 2000)})
+        # big messages: most of the time under the lock is spent half way through a write
+        await layer.send(mine, {"type": "v", "data": bytes(20_000 + n % 50_000)})
         await layer.group_send("k.group", {"type": "g", "n": n})
         await layer.receive(mine)
         await layer.receive(mine)
