@@ -218,6 +218,28 @@ async def test_full_segment_raises_channel_full_and_recovers(ipc_layer_factory: 
     assert (await receive_soon(layer, "full"))["n"] == -1
 
 
+async def test_group_send_into_a_full_segment_skips_and_recovers(
+    ipc_layer_factory: Factory,
+) -> None:
+    layer = ipc_layer_factory(size="1MB", capacity=100_000)
+    for member in ("gf.a", "gf.b"):
+        await layer.group_add("gf", member)
+    blob = os.urandom(20_000)
+    with pytest.raises(ChannelFull):
+        while True:
+            await layer.send("gf.filler", {"type": "f", "data": blob})
+    before = await layer.stats()
+    await layer.group_send("gf", {"type": "g", "data": blob})  # no room: both skipped
+    after = await layer.stats()
+    assert after["queued"] == before["queued"]
+    assert after["dropped_full"] == before["dropped_full"] + 2
+    for _ in range(before["queued"]):
+        assert (await receive_soon(layer, "gf.filler"))["data"] == blob
+    await layer.group_send("gf", {"type": "g", "data": blob})
+    assert (await receive_soon(layer, "gf.a"))["type"] == "g"
+    assert (await receive_soon(layer, "gf.b"))["type"] == "g"
+
+
 def test_undersized_dev_shm_is_a_clear_error(ipc_prefix: str) -> None:
     free = os.statvfs(SHM).f_bavail * os.statvfs(SHM).f_frsize
     with pytest.raises(InvalidOption) as info:
