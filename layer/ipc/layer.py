@@ -159,10 +159,10 @@ class IPCChannelLayer(BaseChannelLayer):
         with self._lock as j:
             if not self._check_epoch(j):
                 for node in [*self._chan_of, *self._spare]:
-                    self._store.unregister(j, node)
+                    wake.append(self._store.unregister(j, node))
                     j.commit()
             self._wakers.release(j, self._waker)
-        self._post([w for w in wake if w != self._waker])
+        self._post([w for w in wake if w not in (NIL, self._waker)])
         for local in self._local.values():
             for future in local:
                 future.cancel()
@@ -310,6 +310,8 @@ class IPCChannelLayer(BaseChannelLayer):
                 woke = True
             except posix_ipc.BusyError:
                 woke = False
+            except posix_ipc.SignalError:  # EINTR: a signal arrived on this thread
+                continue
             if self._closed or self._loop is None or self._wake_pending:
                 continue
             if woke or self._local:

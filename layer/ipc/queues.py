@@ -292,16 +292,17 @@ class Queues(Table):
         """True once a send has taken ``node`` off its list and queued it in its waker's ring."""
         return bool(_u32_unpack(self.mm, self.nodes + node * NODE_SIZE)[0] == FIRED)
 
-    def unregister(self, j: Journal, node: int) -> None:
-        """Withdraw a node: unlink and free it; a fired one passes its wake on."""
+    def unregister(self, j: Journal, node: int) -> int:
+        """Withdraw a node: unlink and free it; a fired one passes its wake on (the waker to
+        post is returned, or NIL)."""
         at = self.nodes + node * NODE_SIZE
         prev, _, idx, _, _ = NODE.unpack_from(self.mm, at)
         if prev != FIRED:
             self._unlink(j, node)
             self.free_node(j, node)
-        else:
-            self.free_node(j, node)
-            self.pass_on(j, idx)
+            return NIL
+        self.free_node(j, node)
+        return self.pass_on(j, idx)
 
     def pass_on(self, j: Journal, idx: int) -> int:
         """A wake for channel ``idx`` went unused: fire the next waiter if messages remain."""
