@@ -248,9 +248,10 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._closed:
             return
         store, wake = self._store, list[int]()
+        dead = self._wakers.dead(self._waker) if reap else []  # syscalls outside the lock
         with self._lock as j:
-            if reap:
-                self._wakers.reap_dead(j, self._waker, wake)
+            if dead:
+                self._wakers.reap_dead(j, dead, wake)
             self._check_epoch(j)
             nodes, overflow = self._wakers.drain(j, self._waker)
             j.commit()

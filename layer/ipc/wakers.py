@@ -80,17 +80,25 @@ class Wakers:
         mm[at + W_READ : at + W_READ + 12] = bytes(12)  # the ring restarts at 0: no wrap-around
         return nodes, bool(overflow)
 
-    def reap_dead(self, j: Journal, me: int, wake: list[int]) -> int:
-        """Reap every record in use whose instance died; return how many."""
+    def dead(self, me: int) -> list[int]:
+        """Records in use whose instance died; a hint read without the lock (see reap_dead)."""
         mm = self.store.mm
-        reaped = 0
-        for waker in range(self.count):
-            if waker == me or not U32.unpack_from(mm, self.base + waker * WAKER_SIZE)[0]:
-                continue
-            if not segment.is_held(self.fd, waker):
+        return [
+            waker
+            for waker in range(self.count)
+            if waker != me
+            and U32.unpack_from(mm, self.base + waker * WAKER_SIZE)[0]
+            and not segment.is_held(self.fd, waker)
+        ]
+
+    def reap_dead(self, j: Journal, candidates: list[int], wake: list[int]) -> None:
+        """Reap those of ``candidates`` still in use and unheld now that we hold the lock."""
+        mm = self.store.mm
+        for waker in candidates:
+            if U32.unpack_from(mm, self.base + waker * WAKER_SIZE)[0] and not segment.is_held(
+                self.fd, waker
+            ):
                 self.reap(j, waker, wake)
-                reaped += 1
-        return reaped
 
     def reap(self, j: Journal, waker: int, wake: list[int]) -> None:
         """Free a dead instance's nodes (passing on wakes it never used), then its record."""
