@@ -52,6 +52,13 @@ def main(role, prefix, count, depth):
         handshake()
         for _ in range(count):
             send(layer, "bench.stream", MESSAGE)
+    elif role == "solo":
+        handshake()
+        started = time.perf_counter()
+        for _ in range(count):
+            send(layer, "bench.solo", MESSAGE)
+            receive(layer, "bench.solo")
+        print(json.dumps({"rate": count / (time.perf_counter() - started)}), flush=True)
     elif role == "consume":
         handshake()
         started = time.perf_counter()

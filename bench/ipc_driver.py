@@ -1,8 +1,9 @@
 """One side of a cross-process IPC benchmark: ``python -m bench.ipc_driver ROLE PREFIX N [DEPTH]``.
 
-Roles: ``echo``/``ping`` (roundtrip), ``produce``/``consume`` (streamed), ``idle`` (CPU while a
-receive waits). Each prints ``ready`` once attached (and prefilled), waits for ``go`` on stdin,
-and the timing side prints one JSON line with its result.
+Roles: ``echo``/``ping`` (roundtrip), ``produce``/``consume`` (streamed), ``solo`` (send then
+receive in one process, how the issue quoted ``asgi_ipc``), ``idle`` (CPU while a receive
+waits). Each prints ``ready`` once attached (and prefilled), waits for ``go`` on stdin, and the
+timing side prints one JSON line with its result.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ async def main(role: str, prefix: str, count: int, depth: int) -> None:
             started = time.perf_counter()
             for _ in range(count):
                 await layer.receive("bench.stream")
+            print(json.dumps({"rate": count / (time.perf_counter() - started)}), flush=True)
+        elif role == "solo":
+            handshake()
+            started = time.perf_counter()
+            for _ in range(count):
+                await layer.send("bench.solo", MESSAGE)
+                await layer.receive("bench.solo")
             print(json.dumps({"rate": count / (time.perf_counter() - started)}), flush=True)
         elif role == "idle":
             handshake()
