@@ -105,7 +105,7 @@ class Geometry:
 
     @classmethod
     def plan(cls, size: int, slot_size: int) -> Geometry:
-        """Lay out ``size`` bytes: about 6% for tables, the rest for message slots."""
+        """Lay out ``size`` bytes: about 5% for tables, the rest for message slots."""
         n_entries = max(1024, min(size // 4096, 1 << 20))
         n_buckets = 1 << (n_entries - 1).bit_length()
         n_nodes = n_entries
