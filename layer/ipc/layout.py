@@ -39,8 +39,7 @@ G_OFF = 192  # the G block: every global word a mutation may touch, journaled as
 G_SIZE = 48
 # A push or pop changes exactly the first five: slot free head, free count, bump, queued
 # messages and active channels (with messages or waiters; idle entries are reclaimed lazily).
-SLOT_FREE, SLOT_FREE_COUNT, SLOT_BUMP = G_OFF, G_OFF + 4, G_OFF + 8
-QUEUED, CHANNELS = G_OFF + 12, G_OFF + 16
+QUEUED, CHANNELS = G_OFF + 12, G_OFF + 16  # after the slot pool's head, count, bump
 ENTRY_FREE, ENTRY_BUMP = G_OFF + 20, G_OFF + 24
 NODE_FREE, NODE_BUMP = G_OFF + 28, G_OFF + 32
 GROUPS, EPOCH = G_OFF + 36, G_OFF + 40
@@ -52,10 +51,10 @@ JOURNAL_END = HEADER_SIZE
 
 # -- entries: channels, groups, members --------------------------------------------------------
 ENTRY_SIZE = 160
-E_NEXT, E_HASH, E_OWNER, E_NLEN = 0, 4, 8, 12
+E_NEXT, E_OWNER = 0, 8  # then hash at 4, name length at 12
 # channel: head, tail, count, wait_head, wait_tail | group: first, last, members |
 # member: prev, next, channel hash (prev/next link the group's member list)
-E_A, E_B, E_C, E_D, E_E = 16, 20, 24, 28, 32
+E_A, E_B, E_C = 16, 20, 24  # and wait_head, wait_tail at 28, 32
 E_MUTABLE, E_MUTABLE_SIZE = 16, 24
 E_EXPIRES = 40  # f64, members only
 E_NAME = 48
@@ -73,7 +72,7 @@ FIRED = 0xFFFFFFFE  # a node's prev once a send has fired it (it is then in its 
 RING = 64
 WAKER_SIZE = 64 + 4 * RING
 WAKER = struct.Struct("<IIIII")  # in use, generation, ring read, ring write, overflowed
-W_STATE, W_GEN, W_READ, W_WRITE, W_OVERFLOW = 0, 4, 8, 12, 16
+W_STATE, W_READ, W_WRITE, W_OVERFLOW = 0, 8, 12, 16  # generation at 4
 W_RING = 64
 MAX_WAKERS = 256
 

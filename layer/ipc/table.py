@@ -137,11 +137,6 @@ class Table:
                     freed += 1
         return freed
 
-    def entry_name(self, idx: int) -> bytes:
-        off = self.entries + idx * ENTRY_SIZE
-        size = KEY.unpack_from(self.mm, off)[3]
-        return self.mm[off + E_NAME : off + E_NAME + size]
-
     # -- pools ------------------------------------------------------------------------------
 
     def alloc_node(self, j: Journal) -> int:
