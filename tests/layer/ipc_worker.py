@@ -7,8 +7,10 @@ Each role attaches its own ``IPCChannelLayer`` (a real, separate process) and re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import sys
 import time
 import zlib
@@ -86,6 +88,25 @@ async def checked_stream(layer: IPCChannelLayer, role: str, count: int) -> None:
     say({"received": count, "max_stall": stall, "recoveries": recoveries})
 
 
+async def impatient(layer: IPCChannelLayer, count: int) -> None:
+    """Receive ``count`` messages through receives that time out at random moments."""
+    rng = random.Random(5)
+    got: list[int] = []
+    timeouts = 0
+    for _ in range(20):  # nothing is sent yet: these leave withdrawn waiters behind
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(layer.receive("c.flaky"), 0.001)
+    say("ready")
+    while len(got) < count:
+        try:
+            message = await asyncio.wait_for(layer.receive("c.flaky"), rng.uniform(0, 0.002))
+        except TimeoutError:
+            timeouts += 1
+        else:
+            got.append(message["i"])
+    say({"got": got, "timeouts": timeouts})
+
+
 async def victim(layer: IPCChannelLayer) -> None:
     """A tight loop of every kind of mutation, to be SIGKILLed at a random moment."""
     mine = f"k.victim.{os.getpid()}"
@@ -130,6 +151,8 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
             await consume(layer, int(args[0]), int(args[1]))
         elif role == "stream":
             await checked_stream(layer, args[0], int(args[1]))
+        elif role == "impatient":
+            await impatient(layer, int(args[0]))
         elif role == "victim":
             await victim(layer)
         elif role == "hold":

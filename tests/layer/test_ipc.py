@@ -109,6 +109,23 @@ async def test_four_producers_four_consumers_exactly_once_in_order(
     assert (await layer.stats())["queued"] == 0
 
 
+async def test_receives_cancelled_in_another_process_lose_nothing(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """Timed-out receives there, sends here: every message once, in order (wakes passed on)."""
+    layer = ipc_layer_factory()
+    receiver = Worker("impatient", ipc_prefix, 2000)
+    workers.append(receiver)
+    receiver.expect("ready")
+    for i in range(2000):
+        await layer.send("c.flaky", {"type": "n", "i": i})
+        if i % 7 == 0:
+            await asyncio.sleep(0.0005)
+    outcome = receiver.result()
+    assert outcome["got"] == list(range(2000))
+    print(f"{outcome['timeouts']} receives timed out while messages flowed")
+
+
 # -- crashes -------------------------------------------------------------------------------------
 
 
