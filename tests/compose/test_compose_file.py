@@ -161,9 +161,12 @@ def test_layer_configs_exist(compose: dict[str, Any]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_1_accepts_it() -> None:
+@pytest.mark.parametrize(
+    "env_file", [[], ["--env-file", str(ENV_EXAMPLE)]], ids=["defaults", "env"]
+)
+def test_docker_compose_1_accepts_it(env_file: list[str]) -> None:
     result = subprocess.run(
-        ["docker-compose", "--file", str(COMPOSE), "config", "--quiet"],
+        ["docker-compose", *env_file, "--file", str(COMPOSE), "config", "--quiet"],
         capture_output=True,
         text=True,
         check=False,
