@@ -21,9 +21,11 @@ log() { printf '[integration] %s\n' "$*" >&2; }
 teardown() {
     local rc=$?
     if [ $rc -ne 0 ]; then
-        log "failed (exit $rc); container states and recent logs:"
+        mkdir -p .cache/integration
+        "${compose[@]}" logs --no-color --timestamps >.cache/integration/logs.txt 2>&1 || true
+        log "failed (exit $rc); container states and recent logs (all: .cache/integration/logs.txt):"
         "${compose[@]}" ps >&2 || true
-        "${compose[@]}" logs --tail 40 >&2 || true
+        "${compose[@]}" logs --no-color --tail 40 >&2 || true
     fi
     log "tearing down"
     "${compose[@]}" down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
