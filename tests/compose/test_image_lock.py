@@ -28,7 +28,9 @@ def test_lock_pins_every_runtime_dependency() -> None:
     for text in wanted:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is not in docker/requirements.lock: run scripts/images.sh lock"
+        assert name in pins, (
+            f"{name} is not in docker/requirements.lock: run scripts/images.sh lock"
+        )
         assert requirement.specifier.contains(pins[name], prereleases=True), (text, pins[name])
         for extra in requirement.extras:  # e.g. redis[hiredis], uvicorn[standard]
             assert all(
@@ -41,8 +43,7 @@ def _extra_requirements(distribution: str, extra: str) -> list[str]:
     """Requirements an installed distribution adds for one of its extras (from its metadata)."""
     found = []
     for text in requires(distribution) or []:
-        requirement = Requirement(text)
-        if requirement.marker and requirement.marker.evaluate({"extra": extra}):
-            if not requirement.marker.evaluate({"extra": ""}):
-                found.append(text)
+        marker = Requirement(text).marker
+        if marker and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+            found.append(text)
     return found
