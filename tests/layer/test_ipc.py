@@ -327,7 +327,7 @@ async def test_modes_default_private_and_optionally_group(ipc_prefix: str) -> No
 async def test_close_unlink_removes_everything(ipc_prefix: str) -> None:
     layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
     other = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
-    assert len(shm_objects(ipc_prefix)) == 3  # the segment and one semaphore per instance
+    assert len(shm_objects(ipc_prefix)) == 3  # the segment and one doorbell FIFO per instance
     await other.close()
     assert len(shm_objects(ipc_prefix)) == 3  # a plain close leaves the shared data
     await layer.close(unlink=True)
