@@ -30,7 +30,6 @@ from layer.options import byte_size, positive_int
 POLL = 0.25  # seconds between liveness checks while this instance has waiting receivers
 _KEY_CACHE = 8192
 _SPARE_NODES = 64
-_LINGER = 64  # channels per instance keeping a waiter node between receives
 
 
 class IPCChannelLayer(BaseChannelLayer):
@@ -77,7 +76,6 @@ class IPCChannelLayer(BaseChannelLayer):
         self._node_of: dict[str, int] = {}
         self._chan_of: dict[int, str] = {}
         self._spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
-        self._linger: dict[str, None] = {}  # registered, nobody local waits yet (oldest first)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the doorbell
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -95,16 +93,13 @@ class IPCChannelLayer(BaseChannelLayer):
     async def _pop(self, channel: str) -> bytes:
         local = self._local.get(channel)
         if local is None:
-            if channel in self._linger:  # registered on an empty queue: any send since fired
-                del self._linger[channel]  # a node (ours, or one ahead of it, passed on)
-            else:
-                key = self._keys.get(channel) or self._key(channel)
-                with self._lock as j:
-                    payload = self._store.take(j, key, time.monotonic())
-                    if payload is None:
-                        self._register(j, channel, key)
-                if payload is not None:
-                    return payload
+            key = self._keys.get(channel) or self._key(channel)
+            with self._lock as j:
+                payload = self._store.take(j, key, time.monotonic())
+                if payload is None:
+                    self._register(j, channel, key)
+            if payload is not None:
+                return payload
             local = self._local[channel] = deque()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
@@ -198,7 +193,6 @@ class IPCChannelLayer(BaseChannelLayer):
         self._node_of.clear()
         self._chan_of.clear()
         self._spare.clear()  # the flush emptied the node pool
-        self._linger.clear()
         for channel in self._local:
             self._register(j, channel, self._key(channel))
         return True
@@ -296,7 +290,6 @@ class IPCChannelLayer(BaseChannelLayer):
         local = self._local.get(channel)
         key = self._key(channel)
         now = time.monotonic()
-        delivered = False
         while local:
             future = local[0]
             if future.done():
@@ -308,40 +301,13 @@ class IPCChannelLayer(BaseChannelLayer):
                 break
             local.popleft()
             future.set_result(payload)
-            delivered = True
         if local:
             self._register(j, channel, key)
             return
         self._local.pop(channel, None)
-        self._linger.pop(channel, None)  # a lingering node fired: the next receive takes it
         idx = self._store.find(OWNER_CHANNEL, *key)
-        if idx == NIL:
-            return
-        if delivered and not self._store.queued(idx):
-            self._linger_on(j, channel, key, wake)
-        elif (waker := self._store.pass_on(j, idx)) != NIL:
+        if idx != NIL and (waker := self._store.pass_on(j, idx)) != NIL:
             wake.append(waker)
-
-    def _linger_on(self, j: Journal, channel: str, key: Key, wake: list[int]) -> None:
-        """Stay registered on a channel a woken receive just emptied.
-
-        The next receive on it (a consumer loop, a reply channel) then waits at once, with no
-        locked take-and-register: the node went on while the queue was empty, so any send
-        since has fired it (or a node ahead of it, whose owner passes the wake on if unused).
-        The oldest of more than ``_LINGER`` such channels is withdrawn.
-        """
-        self._register(j, channel, key)
-        j.commit()
-        self._linger[channel] = None
-        if len(self._linger) > _LINGER:
-            oldest = next(iter(self._linger))
-            del self._linger[oldest]
-            node = self._node_of.pop(oldest)
-            del self._chan_of[node]
-            waker = self._store.unregister(j, node)
-            j.commit()
-            if waker != NIL:
-                wake.append(waker)
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Have ``loop`` (the one receiving now) watch the doorbell instead of an older loop."""

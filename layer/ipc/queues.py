@@ -288,10 +288,6 @@ class Queues(Table):
             self._count(CHANNELS, 1)
         return node
 
-    def queued(self, idx: int) -> int:
-        """Messages queued on channel ``idx``."""
-        return int(_u32_unpack(self.mm, self.entries + idx * ENTRY_SIZE + E_MUTABLE + 8)[0])
-
     def fired(self, node: int) -> bool:
         """True once a send has taken ``node`` off its list and queued it in its waker's ring."""
         return bool(_u32_unpack(self.mm, self.nodes + node * NODE_SIZE)[0] == FIRED)

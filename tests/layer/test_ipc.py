@@ -426,38 +426,6 @@ async def test_more_wakes_than_the_ring_holds(ipc_layer_factory: Factory) -> Non
     assert (await layer.stats())["queued"] == 0
 
 
-async def woken_receive(layer: IPCChannelLayer, sender: IPCChannelLayer, channel: str) -> dict:
-    """A receive that has to wait and is woken by ``sender`` (so ``layer`` lingers on it)."""
-    waiting = asyncio.ensure_future(layer.receive(channel))
-    await asyncio.sleep(0.02)
-    await sender.send(channel, {"type": "wake"})
-    return await asyncio.wait_for(waiting, 10)
-
-
-async def test_lingering_waiters_never_hide_messages(ipc_layer_factory: Factory) -> None:
-    a, b, sender = ipc_layer_factory(), ipc_layer_factory(), ipc_layer_factory()
-    for layer in (a, b):
-        await woken_receive(layer, sender, "linger")
-        assert "linger" in layer._linger
-    for n in range(3):  # nobody receives: fired lingering nodes pass on, messages stay queued
-        await sender.send("linger", {"type": "m", "n": n})
-    await asyncio.sleep(0.05)
-    got = [await receive_soon(layer, "linger") for layer in (b, a, b)]
-    assert [m["n"] for m in got] == [0, 1, 2]
-    assert (await sender.stats())["queued"] == 0
-    assert (await woken_receive(a, sender, "linger"))["type"] == "wake"  # and waits again
-
-
-async def test_lingering_is_bounded_and_withdrawn_at_close(ipc_layer_factory: Factory) -> None:
-    layer, sender = ipc_layer_factory(), ipc_layer_factory()
-    for n in range(80):
-        await woken_receive(layer, sender, f"many.{n}")
-    assert len(layer._linger) == 64 and "many.79" in layer._linger
-    assert (await sender.stats())["channels"] == 64  # a lingering node counts as a waiter
-    await layer.close()
-    assert (await sender.stats())["channels"] == 0
-
-
 def test_a_layer_waits_in_one_event_loop_after_another(ipc_prefix: str) -> None:
     """The doorbell is watched by the loop of the latest waiting receive (asyncio.run twice)."""
     layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
