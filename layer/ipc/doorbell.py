@@ -20,6 +20,7 @@ import errno
 import os
 import stat
 
+from layer.exceptions import InvalidOption
 from layer.ipc.segment import SHM_DIR
 
 _CHIME = b"\0"
@@ -44,7 +45,13 @@ class Doorbell:
             os.mkfifo(self.path, mode)
         with contextlib.suppress(OSError):  # the umask must not strip group access
             os.chmod(self.path, mode)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except PermissionError as exc:
+            raise InvalidOption(
+                f"cannot open {self.path}: {exc.strerror}; it belongs to another user "
+                "(set group_access and a shared group, or use another prefix)"
+            ) from exc
         _check_fifo(self.fd, self.path)
         self.drain()  # chimes meant for the record's previous owner
 
