@@ -17,11 +17,15 @@ pytestmark = pytest.mark.integration
 
 PREFIX = os.environ.get("IPC_PREFIX", "kit")
 
+# What a container sees: its IPC namespace, /dev/shm (each entry: regular file = a shared-memory
+# segment, fifo = a doorbell), its network interfaces.
 PROBE = """
-import json, os, socket
+import json, os, socket, stat
+kinds = {n: "fifo" if stat.S_ISFIFO(os.lstat("/dev/shm/" + n).st_mode) else "file"
+         for n in os.listdir("/dev/shm")}
 print(json.dumps({
     "ipc_ns": os.readlink("/proc/self/ns/ipc"),
-    "shm": sorted(os.listdir("/dev/shm")),
+    "shm": dict(sorted(kinds.items())),
     "interfaces": [name for _, name in socket.if_nameindex()],
 }))
 """
@@ -61,22 +65,20 @@ def test_ipc_pod_shares_shm_and_outsiders_see_nothing(stack: Stack) -> None:
     protocol, worker = probe(stack, "ipc-protocol"), probe(stack, "ipc-worker")
     assert protocol["ipc_ns"] == worker["ipc_ns"]
     assert protocol["shm"] == worker["shm"]
-    segments = [name for name in protocol["shm"] if PREFIX in name]
+    mine = [name for name in protocol["shm"] if name.startswith(PREFIX)]
+    segments = [name for name in mine if protocol["shm"][name] == "file"]
     assert segments, protocol["shm"]
     assert worker["interfaces"] == ["lo"]  # no network: /dev/shm is the only way to the protocol
 
     # A container from the same image, outside the pod's IPC namespace.
     outsider = json.loads(outside(PROBE))
     assert outsider["ipc_ns"] != protocol["ipc_ns"]
-    assert not [name for name in outsider["shm"] if PREFIX in name]
-    shm_segments = [name for name in segments if not name.startswith("sem.")]
-    opened = json.loads(outside(OPEN, *shm_segments))
+    assert not [name for name in outsider["shm"] if name.startswith(PREFIX)]
+    opened = json.loads(outside(OPEN, *segments))
     assert all(result.startswith("ExistentialError") for result in opened.values()), opened
-    inside = json.loads(
-        stack.python("ipc-worker", OPEN.replace("sys.argv[1:]", repr(shm_segments)))
-    )
+    inside = json.loads(stack.python("ipc-worker", OPEN.replace("sys.argv[1:]", repr(segments))))
     assert all(result == "opened" for result in inside.values()), inside
     print(
-        f"ipc: pod namespace {protocol['ipc_ns']} holds {segments}; outsider "
+        f"ipc: pod namespace {protocol['ipc_ns']} holds {protocol['shm']}; outsider "
         f"{outsider['ipc_ns']} sees {outsider['shm']} and opening them gives {opened}"
     )
