@@ -1,0 +1,241 @@
+"""One connection's application instance inside a worker: ASGI ``receive``/``send`` over the layer.
+
+The instance speaks ASGI to the app and the wire protocol to the protocol server that owns the
+client. A plain HTTP request costs one message each way: ``http.response.start`` is held until
+the first body arrives (or the app yields) so both travel as one ``k.resp``, and the worker only
+announces itself with ``k.pick`` when the app has not answered within ``ack_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from layer.base import BaseChannelLayer
+from layer.messages import Message
+from services import wire
+
+log = logging.getLogger("layerkit.worker")
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+_background: set[asyncio.Future[None]] = set()  # keeps fire-and-forget sends alive
+
+
+class Instance:
+    """Runs the app for one HTTP request or WebSocket and relays its events."""
+
+    __slots__ = (
+        "_buffer",
+        "_first",
+        "_flush",
+        "_pick",
+        "accepted",
+        "chunk",
+        "closed",
+        "consumed",
+        "gone",
+        "id",
+        "inbox",
+        "kind",
+        "layer",
+        "reply",
+        "scope",
+        "started",
+        "status",
+        "window",
+        "worker",
+    )
+
+    def __init__(
+        self, layer: BaseChannelLayer, worker: str, chunk: int, message: Message, now: float
+    ) -> None:
+        self.layer = layer
+        self.worker = worker
+        self.chunk = chunk
+        self.id: str = message["c"]
+        self.reply: str = message["r"]
+        self.kind = "http" if message["type"] == wire.HTTP_OPEN else "websocket"
+        self.scope = wire.import_scope(message["s"])
+        self.inbox = wire.Inbox()
+        self.window = wire.Window()
+        self.consumed = wire.Consumed()
+        self.started = now
+        self.status = 0  # HTTP status sent, or WebSocket close code
+        self.accepted = False
+        self.closed = False  # response complete / socket closed: later sends are dropped
+        self.gone = False  # the client or its protocol server went away
+        self._first: Message | None = message
+        self._flush: asyncio.Task[None] | None = None
+        self._pick: asyncio.TimerHandle | None = None
+        self._buffer: list[Any] = []
+
+    async def run(self, app: ASGIApp, ack_delay: float) -> None:
+        """Run the app to completion; tell the protocol server if it failed to answer."""
+        loop = asyncio.get_running_loop()
+        first = self._first
+        assert first is not None
+        if first.get("m"):
+            await self._announce()  # the protocol server needs us to stream the body
+        else:
+            self._pick = loop.call_later(ack_delay, self._announce_soon)
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("application raised on %s %s", self.kind, self.scope.get("path"))
+            if not self.closed:
+                self.status = 500 if self.kind == "http" else 1011
+                await self._post({"type": wire.APP_ERROR, "c": self.id})
+            return
+        finally:
+            if self._pick is not None:
+                self._pick.cancel()
+        if self.closed or self.gone:
+            return
+        if self.kind == "websocket":  # returned without closing: close normally (403 if unaccepted)
+            await self.send({"type": "websocket.close", "code": 1000})
+        else:
+            log.error("application returned without completing the response to %s", self.id)
+            self.status = 500
+            await self._post({"type": wire.APP_ERROR, "c": self.id})
+
+    def lose_peer(self, code: int) -> None:
+        """The client or its protocol server is gone: the app's next receive says so."""
+        self.inbox.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
+
+    def _announce_soon(self) -> None:
+        self._pick = None
+        if not self.closed and not self.accepted and self._flush is None:
+            task = asyncio.ensure_future(self._announce())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    async def _announce(self) -> None:
+        await self._post({"type": wire.PICKED, "c": self.id, "w": self.worker})
+
+    async def _post(self, message: Message) -> None:
+        if not self.gone and not await wire.send_patiently(self.layer, self.reply, message):
+            log.warning("protocol server channel %s stayed full; dropping %s", self.reply, self.id)
+            self.gone = True
+
+    # -- ASGI receive ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if self.kind == "http":
+                return {"type": "http.request", "body": first["b"], "more_body": first["m"]}
+            return {"type": "websocket.connect"}
+        if self.closed or self.gone:
+            if self.kind == "http":
+                return {"type": "http.disconnect"}
+            if self.closed:  # the app closed the socket; Channels waits for this to stop
+                return {"type": "websocket.disconnect", "code": self.status}
+        while True:
+            message = await self.inbox.get()
+            kind = message["type"]
+            if kind == wire.DISCONNECT:
+                self.gone = True
+                if self.kind == "http":
+                    return {"type": "http.disconnect"}
+                return {"type": "websocket.disconnect", "code": message.get("code", 1005)}
+            if self.consumed.one():
+                await self._post({"type": wire.ACK, "c": self.id, "n": self.consumed.count})
+            if kind == wire.BODY:
+                return {"type": "http.request", "body": message["b"], "more_body": message["m"]}
+            self._buffer.append(message.get("t", message.get("b")))
+            if message["f"]:
+                continue
+            parts, self._buffer = self._buffer, []
+            data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+            if isinstance(data, str):
+                return {"type": "websocket.receive", "text": data}
+            return {"type": "websocket.receive", "bytes": data}
+
+    # -- ASGI send -------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.closed or self.gone:
+            return
+        if kind == "http.response.start":
+            self.status = message["status"]
+            self._buffer = [message.get("headers", [])]
+            self._cancel_pick()
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        elif kind == "http.response.body":
+            await self._body(message.get("body", b""), message.get("more_body", False))
+        elif kind == "websocket.send":
+            await self._frame(message)
+        elif kind == "websocket.accept":
+            self._cancel_pick()
+            self.accepted = True
+            reply = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
+            reply["sp"] = message.get("subprotocol")
+            if message.get("headers"):
+                reply["h"] = _pairs(message["headers"])
+            await self._post(reply)
+        elif kind == "websocket.close":
+            self._cancel_pick()
+            self.closed = True
+            self.status = message.get("code", 1000)
+            reason = message.get("reason") or ""
+            await self._post(
+                {"type": wire.WS_CLOSE, "c": self.id, "code": self.status, "rs": reason}
+            )
+        else:
+            raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
+
+    def _cancel_pick(self) -> None:
+        if self._pick is not None:
+            self._pick.cancel()
+            self._pick = None
+
+    def _flush_soon(self) -> None:
+        """The app sent headers and then yielded: send them without waiting for a body."""
+        if self._buffer and not self.closed and self._flush is None:
+            self._flush = asyncio.ensure_future(self._body(b"", True))
+
+    async def _body(self, body: bytes, more: bool) -> None:
+        if self._flush is not None and not self._flush.done():
+            await self._flush
+        if not more:
+            self.closed = True
+        for piece, tail in wire.slices(body, self.chunk):
+            streaming = more or tail
+            if self._buffer:
+                headers = self._buffer[0]
+                self._buffer = []
+                message = {
+                    "type": wire.RESPONSE,
+                    "c": self.id,
+                    "w": self.worker,
+                    "st": self.status,
+                    "h": _pairs(headers),
+                    "b": piece,
+                    "m": streaming,
+                }
+            elif not piece and streaming:
+                continue
+            else:
+                message = {"type": wire.RESPONSE_BODY, "c": self.id, "b": piece, "m": streaming}
+            if streaming:
+                await self.window.reserve()
+            await self._post(message)
+
+    async def _frame(self, message: Message) -> None:
+        text = message.get("text")
+        key, data = ("t", text) if text is not None else ("b", message.get("bytes") or b"")
+        for piece, more in wire.slices(data, self.chunk):
+            await self.window.reserve()
+            await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})
+
+
+def _pairs(headers: Any) -> Any:
+    """Headers as msgpack can take them (lists and tuples are; other iterables are copied)."""
+    return headers if type(headers) in (list, tuple) else [tuple(pair) for pair in headers]
