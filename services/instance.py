@@ -178,7 +178,7 @@ class Instance:
             reply = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
             reply["sp"] = message.get("subprotocol")
             if message.get("headers"):
-                reply["h"] = _pairs(message["headers"])
+                reply["h"] = wire.pack_headers(message["headers"])
             await self._post(reply)
         elif kind == "websocket.close":
             self._cancel_pick()
@@ -216,7 +216,7 @@ class Instance:
                     "c": self.id,
                     "w": self.worker,
                     "st": self.status,
-                    "h": _pairs(headers),
+                    "h": wire.pack_headers(headers),
                     "b": piece,
                     "m": streaming,
                 }
@@ -234,8 +234,3 @@ class Instance:
         for piece, more in wire.slices(data, self.chunk):
             await self.window.reserve()
             await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})
-
-
-def _pairs(headers: Any) -> Any:
-    """Headers as msgpack can take them (lists and tuples are; other iterables are copied)."""
-    return headers if type(headers) in (list, tuple) else [tuple(pair) for pair in headers]

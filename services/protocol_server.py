@@ -231,7 +231,11 @@ class ProtocolServer:
                 if kind == wire.RESPONSE:
                     status = message["st"]
                     await send(
-                        {"type": "http.response.start", "status": status, "headers": message["h"]}
+                        {
+                            "type": "http.response.start",
+                            "status": status,
+                            "headers": wire.unpack_headers(message["h"]),
+                        }
                     )
                 await send(
                     {"type": "http.response.body", "body": message["b"], "more_body": message["m"]}
@@ -327,7 +331,7 @@ class ProtocolServer:
             elif kind == wire.WS_ACCEPT:
                 accept = {"type": "websocket.accept", "subprotocol": message.get("sp")}
                 if message.get("h"):
-                    accept["headers"] = message["h"]
+                    accept["headers"] = wire.unpack_headers(message["h"])
                 await send(accept)
                 self.metrics.websockets.labels(self.role).inc()
                 reader = asyncio.create_task(self._read_websocket(conn, receive))
