@@ -135,6 +135,10 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def discard(self) -> None:
+        """Stop and delete the log."""
+        self.stop()
         if self.log is not None:
             with contextlib.suppress(OSError):
                 self.log.unlink()
@@ -214,4 +218,4 @@ class Stack:
 
     def close(self) -> None:
         for service in reversed(self.services):
-            service.stop()
+            service.discard()
