@@ -1,0 +1,286 @@
+"""Services: the same small JSON endpoint and WebSocket echo served four ways, same run.
+
+(a) uvicorn serving the demo app directly, (b) ``layerkit combined`` (in-memory layer),
+(c) ``layerkit protocol`` + ``worker`` over IPC, (d) the same over Redis. HTTP is measured with
+``wrk`` (requests/s, p50/p99 latency); WebSocket echo with pipelined ``websockets`` clients.
+A backend joins when it exists in ``layer/`` (see ``SUBJECTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import websockets
+
+from bench.core import Result, SuiteResult, Target
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "services.demo.app:application"
+DIRECT, COMBINED, IPC, REDIS = (
+    "(a) uvicorn direct",
+    "(b) combined in-memory",
+    "(c) protocol+worker IPC",
+    "(d) protocol+worker Redis",
+)
+HTTP, WS = "GET /json", "WebSocket echo"
+WRK_CONNECTIONS = 32
+WS_CLIENTS, WS_BURST = 8, 16
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Processes:
+    """Child processes of one subject, all stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "KIT_LOG_LEVEL": "warning", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.children.append(child)
+        return child
+
+    def layerkit(self, role: str, **env: str) -> None:
+        self.spawn(
+            [sys.executable, "-m", "services", role], KIT_ADMIN_PORT=str(_free_port()), **env
+        )
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+Starter = Callable[[_Processes, int], None]
+
+
+def _direct(procs: _Processes, port: int) -> None:
+    procs.spawn(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            APP,
+            "--port",
+            str(port),
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    )
+
+
+def _combined(procs: _Processes, port: int) -> None:
+    procs.layerkit("combined", KIT_PORT=str(port), LAYER_CONFIG="config/inmemory.yaml")
+
+
+def _split(config: str, **env: str) -> Starter:
+    def start(procs: _Processes, port: int) -> None:
+        procs.layerkit("worker", LAYER_CONFIG=config, **env)
+        procs.layerkit("protocol", KIT_PORT=str(port), LAYER_CONFIG=config, **env)
+
+    return start
+
+
+@contextlib.contextmanager
+def _ipc() -> Iterator[Starter]:
+    prefix = f"b{uuid.uuid4().hex[:8]}"
+    try:
+        yield _split("config/ipc.yaml", IPC_PREFIX=prefix)
+    finally:
+        for path in Path("/dev/shm").glob(f"*{prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[Starter]:
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield _split("config/redis.yaml", REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _always(starter: Starter) -> Iterator[Starter]:
+    yield starter
+
+
+@dataclass
+class Subject:
+    name: str
+    available: Callable[[], bool]
+    setup: Callable[[], contextlib.AbstractContextManager[Starter]]
+
+
+# Hooks: a backend that is not in this checkout yet is skipped (and named in the notes).
+SUBJECTS = [
+    Subject(DIRECT, lambda: True, lambda: _always(_direct)),
+    Subject(COMBINED, lambda: True, lambda: _always(_combined)),
+    Subject(IPC, lambda: importlib.util.find_spec("layer.ipc") is not None, _ipc),
+    Subject(
+        REDIS,
+        lambda: (
+            importlib.util.find_spec("layer.redis") is not None
+            and shutil.which("redis-server") is not None
+        ),
+        _redis,
+    ),
+]
+
+
+def _wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+_LAT_RE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_SCALE = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(port: int, seconds: int) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency (ms) of ``GET /json``."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{WRK_CONNECTIONS}",
+            f"-d{seconds}s",
+            "--latency",
+            f"http://127.0.0.1:{port}/json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {q: float(v) * _SCALE[u] for q, v, u in _LAT_RE.findall(out)}
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(f"   wrk reported errors:\n{out}", flush=True)
+    return rate, latency["50"], latency["99"]
+
+
+async def ws_echo(port: int, seconds: float) -> float:
+    """Messages/s echoed by ``/echo`` with pipelined bursts over several connections."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * WS_CLIENTS
+
+    async def client(index: int) -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            while time.perf_counter() < stop:
+                for _ in range(WS_BURST):
+                    await ws.send("ping 0123456789")
+                for _ in range(WS_BURST):
+                    await ws.recv()
+                counts[index] += WS_BURST
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(WS_CLIENTS)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def run(quick: bool) -> SuiteResult:
+    seconds = 2 if quick else 10
+    results: list[Result] = []
+    rows: list[str] = []
+    skipped = [s.name for s in SUBJECTS if not s.available()]
+    for subject in SUBJECTS:
+        if subject.name in skipped:
+            continue
+        procs = _Processes()
+        port = _free_port()
+        with subject.setup() as start:
+            try:
+                start(procs, port)
+                _wait_ready(port)
+                wrk(port, 1)  # warm-up
+                rate, p50, p99 = wrk(port, seconds)
+                echo = asyncio.run(ws_echo(port, seconds / 2))
+            finally:
+                procs.stop()
+        results.append(Result(HTTP, subject.name, rate, "req/s"))
+        results.append(Result(WS, subject.name, echo, "msg/s"))
+        rows.append(f"| {subject.name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {echo:,.0f} |")
+    targets = [
+        Target(workload, subject, DIRECT, ratio)
+        for workload in (HTTP,)
+        for subject, ratio in ((COMBINED, 0.7), (IPC, 0.5), (REDIS, 0.5))
+        if subject not in skipped
+    ]
+    notes = (
+        f"wrk -t2 -c{WRK_CONNECTIONS}, {seconds} s per subject after a 1 s warm-up; "
+        f"WebSocket echo: {WS_CLIENTS} connections, bursts of {WS_BURST} messages. All subjects "
+        "serve the same demo app on this machine in the same run; (c)/(d) are one protocol "
+        "server + one worker.\n\n"
+        "| subject | req/s | p50 ms | p99 ms | WS echo msg/s |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+    if skipped:
+        notes += f"\n\nNot measured (backend not in this checkout): {', '.join(skipped)}."
+    return SuiteResult(
+        "services", "Services: protocol server + worker over the layer", results, targets, notes
+    )
