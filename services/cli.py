@@ -127,15 +127,21 @@ def load_app(path: str) -> ASGIApp:
 
 
 def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
-    """Print what the config resolves to: backend, options and the shards it would use."""
+    """Print what the config resolves to: backend, options and the shards it would use.
+
+    The layer is built (so every option is validated) but not used; an IPC layer attaches to
+    (or creates) its segment as any process of this config would.
+    """
     print(f"config:  {spec.source}")
     print(f"alias:   {spec.alias}")
     print(f"backend: {spec.backend}")
-    shards = getattr(layer, "shards", None) or spec.config.get("hosts")
+    shards = [_describe(shard) for shard in spec.config.get("hosts") or []]
+    if not shards:
+        shards = [str(getattr(s, "name", s)) for s in getattr(layer, "shards", None) or []]
     if shards:
         print(f"shards:  {len(shards)}")
         for index, shard in enumerate(shards):
-            print(f"  [{index}] {_describe(shard)}")
+            print(f"  [{index}] {shard}")
     else:
         where = "this process only" if getattr(layer, "cross_process", True) is False else "local"
         print(f"shards:  1 ({where})")
@@ -147,10 +153,11 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
 def _describe(shard: Any) -> str:
     """A shard's address with any password masked."""
     text = str(shard.get("address", shard)) if isinstance(shard, dict) else str(shard)
-    head, sep, tail = text.rpartition("@")
-    if sep and ":" in head.split("//", 1)[-1]:
-        scheme, _, auth = head.partition("//")
-        return f"{scheme}//{auth.split(':')[0]}:***@{tail}"
+    scheme, sep, rest = text.partition("//")
+    auth, at, host = rest.rpartition("@")
+    if sep and at:
+        user = auth.split(":", 1)[0]
+        return f"{scheme}//{user}:***@{host}"
     return text
 
 
@@ -165,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         layer = spec.build()
         if args.role == "check-config":
             check_config(spec, layer)
+            _run(layer.close())
             return
         if args.role != "combined" and getattr(layer, "cross_process", True) is False:
             _fail(
@@ -188,10 +196,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(_run(serve(settings, layer, app)))
 
 
-def _run(coro: Any) -> int:
+def _run(coro: Any) -> Any:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
         return asyncio.run(coro)
-    code: int = uvloop.run(coro)
-    return code
+    return uvloop.run(coro)
