@@ -3,7 +3,7 @@
 The instance speaks ASGI to the app and the wire protocol to the protocol server that owns the
 client. A plain HTTP request costs one message each way: ``http.response.start`` is held until
 the first body arrives (or the app yields) so both travel as one ``k.resp``, and the worker only
-announces itself with ``k.pick`` when the app has not answered within ``ack_delay``.
+announces itself with ``k.pick`` when the app has not answered within the worker's ``ack_delay``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ log = logging.getLogger("layerkit.worker")
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
-_background: set[asyncio.Future[None]] = set()  # keeps fire-and-forget sends alive
-
 
 class Instance:
     """Runs the app for one HTTP request or WebSocket and relays its events."""
@@ -31,7 +29,6 @@ class Instance:
         "_buffer",
         "_first",
         "_flush",
-        "_pick",
         "accepted",
         "chunk",
         "closed",
@@ -40,6 +37,7 @@ class Instance:
         "id",
         "inbox",
         "kind",
+        "known",
         "layer",
         "reply",
         "scope",
@@ -69,18 +67,15 @@ class Instance:
         self.gone = False  # the client or its protocol server went away
         self._first: Message | None = message
         self._flush: asyncio.Task[None] | None = None
-        self._pick: asyncio.TimerHandle | None = None
+        self.known = False  # the protocol server knows which worker owns this connection
         self._buffer: list[Any] = []
 
-    async def run(self, app: ASGIApp, ack_delay: float) -> None:
+    async def run(self, app: ASGIApp) -> None:
         """Run the app to completion; tell the protocol server if it failed to answer."""
-        loop = asyncio.get_running_loop()
         first = self._first
         assert first is not None
         if first.get("m"):
-            await self._announce()  # the protocol server needs us to stream the body
-        else:
-            self._pick = loop.call_later(ack_delay, self._announce_soon)
+            await self.announce()  # the protocol server needs us to stream the body
         try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -91,9 +86,6 @@ class Instance:
                 self.status = 500 if self.kind == "http" else 1011
                 await self._post({"type": wire.APP_ERROR, "c": self.id})
             return
-        finally:
-            if self._pick is not None:
-                self._pick.cancel()
         if self.closed or self.gone:
             return
         if self.kind == "websocket":  # returned without closing: close normally (403 if unaccepted)
@@ -107,14 +99,9 @@ class Instance:
         """The client or its protocol server is gone: the app's next receive says so."""
         self.inbox.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
 
-    def _announce_soon(self) -> None:
-        self._pick = None
-        if not self.closed and not self.accepted and self._flush is None:
-            task = asyncio.ensure_future(self._announce())
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-    async def _announce(self) -> None:
+    async def announce(self) -> None:
+        """Send ``k.pick``: the app is slow to answer, or the request body has to stream to us."""
+        self.known = True
         await self._post({"type": wire.PICKED, "c": self.id, "w": self.worker})
 
     async def _post(self, message: Message) -> None:
@@ -166,22 +153,19 @@ class Instance:
         if kind == "http.response.start":
             self.status = message["status"]
             self._buffer = [message.get("headers", [])]
-            self._cancel_pick()
             asyncio.get_running_loop().call_soon(self._flush_soon)
         elif kind == "http.response.body":
             await self._body(message.get("body", b""), message.get("more_body", False))
         elif kind == "websocket.send":
             await self._frame(message)
         elif kind == "websocket.accept":
-            self._cancel_pick()
-            self.accepted = True
+            self.known = self.accepted = True
             reply = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
             reply["sp"] = message.get("subprotocol")
             if message.get("headers"):
                 reply["h"] = wire.pack_headers(message["headers"])
             await self._post(reply)
         elif kind == "websocket.close":
-            self._cancel_pick()
             self.closed = True
             self.status = message.get("code", 1000)
             reason = message.get("reason") or ""
@@ -190,11 +174,6 @@ class Instance:
             )
         else:
             raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
-
-    def _cancel_pick(self) -> None:
-        if self._pick is not None:
-            self._pick.cancel()
-            self._pick = None
 
     def _flush_soon(self) -> None:
         """The app sent headers and then yielded: send them without waiting for a body."""
@@ -211,6 +190,7 @@ class Instance:
             if self._buffer:
                 headers = self._buffer[0]
                 self._buffer = []
+                self.known = True
                 message = {
                     "type": wire.RESPONSE,
                     "c": self.id,

@@ -66,6 +66,7 @@ class Worker:
         self._loops = [
             asyncio.create_task(self._dispatch(), name="worker-dispatch"),
             asyncio.create_task(self._heartbeats(), name="worker-heartbeat"),
+            asyncio.create_task(self._announcer(), name="worker-announce"),
         ]
         self._taker = asyncio.create_task(self._take(), name="worker-take")
         log.info("worker channel %s, concurrency %d", self.channel, self.concurrency)
@@ -143,7 +144,7 @@ class Worker:
     async def _serve(self, inst: Instance) -> None:
         started = time.perf_counter()
         try:
-            await inst.run(self.app, self.ack_delay)
+            await inst.run(self.app)
         finally:
             del self._conns[inst.id]
             self._slots.release()
@@ -175,6 +176,19 @@ class Worker:
                 inst.window.acked(message["n"])
             else:
                 inst.inbox.put(message)
+
+    async def _announcer(self) -> None:
+        """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.
+
+        One periodic scan instead of a timer per request: fast requests never pay for it.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ack_delay)
+            due = loop.time() - self.ack_delay
+            for inst in [i for i in self._conns.values() if not i.known and i.started <= due]:
+                if not inst.closed:
+                    await inst.announce()
 
     async def _heartbeats(self) -> None:
         """Heartbeat protocol servers we serve, announce ourselves, notice dead protocol servers."""
