@@ -185,21 +185,13 @@ class Instance:
             await self._flush
         if not more:
             self.closed = True
+            if self._buffer and len(body) <= self.chunk:  # the common case: one message
+                await self._post(self._response(body, False))
+                return
         for piece, tail in wire.slices(body, self.chunk):
             streaming = more or tail
             if self._buffer:
-                headers = self._buffer[0]
-                self._buffer = []
-                self.known = True
-                message = {
-                    "type": wire.RESPONSE,
-                    "c": self.id,
-                    "w": self.worker,
-                    "st": self.status,
-                    "h": wire.pack_headers(headers),
-                    "b": piece,
-                    "m": streaming,
-                }
+                message = self._response(piece, streaming)
             elif not piece and streaming:
                 continue
             else:
@@ -207,6 +199,21 @@ class Instance:
             if streaming:
                 await self.window.reserve()
             await self._post(message)
+
+    def _response(self, body: bytes, more: bool) -> Message:
+        """``k.resp``: the held ``http.response.start`` with the first part of the body."""
+        headers = self._buffer[0]
+        self._buffer = []
+        self.known = True
+        return {
+            "type": wire.RESPONSE,
+            "c": self.id,
+            "w": self.worker,
+            "st": self.status,
+            "h": wire.pack_headers(headers),
+            "b": body,
+            "m": more,
+        }
 
     async def _frame(self, message: Message) -> None:
         text = message.get("text")

@@ -52,21 +52,7 @@ WINDOW = 16  # data messages in flight per connection and direction before the s
 ACK_EVERY = WINDOW // 2
 SEND_RETRY = 0.005  # seconds between retries while a peer's channel is full
 
-_SCOPE_KEYS = (
-    "type",
-    "asgi",
-    "http_version",
-    "method",
-    "scheme",
-    "path",
-    "raw_path",
-    "query_string",
-    "root_path",
-    "headers",
-    "client",
-    "server",
-    "subprotocols",
-)
+_LOCAL_SCOPE_KEYS = ("state", "extensions", "app")  # objects of this process only
 
 
 def pack_headers(headers: Any) -> bytes:
@@ -90,7 +76,10 @@ def export_scope(scope: dict[str, Any]) -> bytes:
     Packed here into one bytes value: the layer then validates a single leaf instead of walking
     every header, which is most of the cost of sending a request.
     """
-    return _pack({key: scope[key] for key in _SCOPE_KEYS if key in scope})
+    scope = scope.copy()
+    for key in _LOCAL_SCOPE_KEYS:
+        scope.pop(key, None)
+    return _pack(scope)
 
 
 def import_scope(packed: bytes) -> dict[str, Any]:
