@@ -209,6 +209,10 @@ class ProtocolServer:
             except ChannelFull:
                 status = await _plain(send, 503, b"all workers are busy\n", retry=True)
                 return
+            except (OSError, ConnectionError, TimeoutError):
+                log.exception("cannot reach the channel layer")
+                status = await _plain(send, 503, b"channel layer unavailable\n", retry=True)
+                return
             status, pump = await self._relay_http(conn, receive, send, rest, open_message["m"])
         finally:
             del self._conns[conn.id]
@@ -300,6 +304,10 @@ class ProtocolServer:
                 await self.layer.send(wire.WORK_CHANNEL, message)
             except ChannelFull:
                 code = await _ws_refuse(send, 1013, "all workers are busy")
+                return
+            except (OSError, ConnectionError, TimeoutError):
+                log.exception("cannot reach the channel layer")
+                code = await _ws_refuse(send, 1013, "channel layer unavailable")
                 return
             code, reader = await self._relay_websocket(conn, receive, send)
         finally:
