@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from layer.base import BaseChannelLayer
+from layer.exceptions import ChannelFull
 from layer.messages import Message
 from services import wire
 
@@ -39,6 +40,7 @@ class Instance:
         "kind",
         "known",
         "layer",
+        "loop",
         "reply",
         "scope",
         "started",
@@ -48,8 +50,14 @@ class Instance:
     )
 
     def __init__(
-        self, layer: BaseChannelLayer, worker: str, chunk: int, message: Message, now: float
+        self,
+        layer: BaseChannelLayer,
+        worker: str,
+        chunk: int,
+        message: Message,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
+        self.loop = loop
         self.layer = layer
         self.worker = worker
         self.chunk = chunk
@@ -57,10 +65,10 @@ class Instance:
         self.reply: str = message["r"]
         self.kind = "http" if message["type"] == wire.HTTP_OPEN else "websocket"
         self.scope = wire.import_scope(message["s"])
-        self.inbox = wire.Inbox()
-        self.window = wire.Window()
-        self.consumed = wire.Consumed()
-        self.started = now
+        self.inbox = wire.Inbox(loop)
+        self.window: wire.Window | None = None  # created when the response or frames stream
+        self.consumed: wire.Consumed | None = None
+        self.started = loop.time()
         self.status = 0  # HTTP status sent, or WebSocket close code
         self.accepted = False
         self.closed = False  # response complete / socket closed: later sends are dropped
@@ -105,9 +113,14 @@ class Instance:
         await self._post({"type": wire.PICKED, "c": self.id, "w": self.worker})
 
     async def _post(self, message: Message) -> None:
-        if not self.gone and not await wire.send_patiently(self.layer, self.reply, message):
-            log.warning("protocol server channel %s stayed full; dropping %s", self.reply, self.id)
-            self.gone = True
+        if self.gone:
+            return
+        try:
+            await self.layer.send(self.reply, message)
+        except ChannelFull:
+            if not await wire.send_patiently(self.layer, self.reply, message):
+                log.warning("protocol channel %s stayed full; dropping %s", self.reply, self.id)
+                self.gone = True
 
     # -- ASGI receive ----------------------------------------------------------------------
 
@@ -131,6 +144,8 @@ class Instance:
                 if self.kind == "http":
                     return {"type": "http.disconnect"}
                 return {"type": "websocket.disconnect", "code": message.get("code", 1005)}
+            if self.consumed is None:
+                self.consumed = wire.Consumed()
             if self.consumed.one():
                 await self._post({"type": wire.ACK, "c": self.id, "n": self.consumed.count})
             if kind == wire.BODY:
@@ -153,14 +168,14 @@ class Instance:
         if kind == "http.response.start":
             self.status = message["status"]
             self._buffer = [message.get("headers", [])]
-            asyncio.get_running_loop().call_soon(self._flush_soon)
+            self.loop.call_soon(self._flush_soon)
         elif kind == "http.response.body":
             await self._body(message.get("body", b""), message.get("more_body", False))
         elif kind == "websocket.send":
             await self._frame(message)
         elif kind == "websocket.accept":
             self.known = self.accepted = True
-            reply = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
+            reply: Message = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
             reply["sp"] = message.get("subprotocol")
             if message.get("headers"):
                 reply["h"] = wire.pack_headers(message["headers"])
@@ -197,7 +212,7 @@ class Instance:
             else:
                 message = {"type": wire.RESPONSE_BODY, "c": self.id, "b": piece, "m": streaming}
             if streaming:
-                await self.window.reserve()
+                await wire.window(self).reserve()
             await self._post(message)
 
     def _response(self, body: bytes, more: bool) -> Message:
@@ -219,5 +234,5 @@ class Instance:
         text = message.get("text")
         key, data = ("t", text) if text is not None else ("b", message.get("bytes") or b"")
         for piece, more in wire.slices(data, self.chunk):
-            await self.window.reserve()
+            await wire.window(self).reserve()
             await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})

@@ -34,7 +34,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._counts: dict[tuple[str, str, int], int] = {}
         self._latency: dict[str, _Latency] = {}
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
         self.inflight = Gauge(
             "kit_inflight_connections",
             "Connections in flight (protocol: waiting for a worker or assigned; worker: running)",

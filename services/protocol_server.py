@@ -33,10 +33,11 @@ GONE = "k.gone"  # local only: the client disconnected
 class _Conn:
     __slots__ = ("assigned", "created", "failed", "id", "inbox", "window", "worker")
 
-    def __init__(self, conn_id: str, now: float) -> None:
+    def __init__(self, conn_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
         self.id = conn_id
-        self.inbox = wire.Inbox()
-        self.window = wire.Window()
+        self.inbox = wire.Inbox(loop)
+        self.window: wire.Window | None = None  # only streamed bodies and frames need one
         self.worker: str | None = None
         self.created = now
         self.assigned = now
@@ -69,11 +70,13 @@ class ProtocolServer:
         self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._prefix = ""
+        self._loop: asyncio.AbstractEventLoop  # set by start()
         metrics.add_probe(self._probe)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.reply = await self.layer.new_channel("proto")
         self._prefix = self.layer.client_id + "."
         await self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
@@ -128,7 +131,8 @@ class ProtocolServer:
                 conn.worker = worker
                 conn.assigned = self.worker_seen = seen[worker] = loop.time()
             if kind == wire.ACK:
-                conn.window.acked(message["n"])
+                if conn.window is not None:
+                    conn.window.acked(message["n"])
             else:
                 conn.inbox.put(message)
 
@@ -179,7 +183,7 @@ class ProtocolServer:
             await send({"type": "lifespan.shutdown.complete"})
 
     def _open(self) -> _Conn:
-        conn = _Conn(f"{self._prefix}{next(self._ids)}", asyncio.get_running_loop().time())
+        conn = _Conn(f"{self._prefix}{next(self._ids)}", self._loop)
         self._conns[conn.id] = conn
         return conn
 
@@ -195,13 +199,14 @@ class ProtocolServer:
             rest = b""
             if len(body) > self.chunk:
                 body, rest = body[: self.chunk], body[self.chunk :]
+            streaming = more or bool(rest)
             open_message = {
                 "type": wire.HTTP_OPEN,
                 "c": conn.id,
                 "r": self.reply,
                 "s": wire.export_scope(scope),
                 "b": body,
-                "m": more or bool(rest),
+                "m": streaming,
                 "d": time.time() + self.pickup_timeout,
             }
             try:
@@ -213,7 +218,7 @@ class ProtocolServer:
                 log.exception("cannot reach the channel layer")
                 status = await _plain(send, 503, b"channel layer unavailable\n", retry=True)
                 return
-            status, pump = await self._relay_http(conn, receive, send, rest, open_message["m"])
+            status, pump = await self._relay_http(conn, receive, send, rest, more)
         finally:
             del self._conns[conn.id]
             if pump is not None:
@@ -227,7 +232,7 @@ class ProtocolServer:
         """Relay the worker's response; returns the status sent and the body pump (if any)."""
         status = 0
         pump: asyncio.Task[None] | None = None
-        consumed = wire.Consumed()
+        consumed: wire.Consumed | None = None
         while True:
             message = await conn.inbox.get()
             kind = message["type"]
@@ -246,6 +251,8 @@ class ProtocolServer:
                 )
                 if not message["m"]:
                     return status, pump
+                if consumed is None:
+                    consumed = wire.Consumed()
                 if consumed.one() and conn.worker is not None:
                     ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
                     await wire.send_patiently(self.layer, conn.worker, ack)
@@ -269,7 +276,7 @@ class ProtocolServer:
         while True:
             for data, _ in pending:
                 for piece, tail in wire.slices(data, self.chunk):
-                    await conn.window.reserve()
+                    await wire.window(conn).reserve()
                     last = not tail and not more
                     message = {"type": wire.BODY, "c": conn.id, "b": piece, "m": not last}
                     if not await wire.send_patiently(self.layer, worker, message):
@@ -369,7 +376,7 @@ class ProtocolServer:
             text = event.get("text")
             key, data = ("t", text) if text is not None else ("b", event.get("bytes") or b"")
             for piece, more in wire.slices(data, self.chunk):
-                await conn.window.reserve()
+                await wire.window(conn).reserve()
                 message = {"type": wire.WS_IN, "c": cid, key: piece, "f": more}
                 if not await wire.send_patiently(layer, worker, message):
                     conn.inbox.put({"type": FAIL, "code": 502})

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import math
 import signal
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -59,7 +61,7 @@ def _server(app: Any, host: str, port: int, grace: float) -> _Server:
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=grace,
+        timeout_graceful_shutdown=math.ceil(grace),
     )
     return _Server(config)
 
@@ -91,6 +93,10 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
         await protocol.start()
     if worker is not None:
         await worker.start()
+    # Everything imported and built so far lives as long as the process: keep the collector
+    # from re-scanning it (a large app, e.g. Django, makes full collections slow otherwise).
+    gc.collect()
+    gc.freeze()
 
     admin = _server(AdminApp(layer, metrics, checks), settings.host, settings.admin_port, 1)
     servers = [admin]

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 
@@ -52,12 +52,17 @@ WINDOW = 16  # data messages in flight per connection and direction before the s
 ACK_EVERY = WINDOW // 2
 SEND_RETRY = 0.005  # seconds between retries while a peer's channel is full
 
+Data = TypeVar("Data", bytes, str)
+
 _LOCAL_SCOPE_KEYS = ("state", "extensions", "app")  # objects of this process only
 
 
 def pack_headers(headers: Any) -> bytes:
     """Response headers as one packed value, for the same reason as :func:`export_scope`."""
-    return _pack(headers if type(headers) in (list, tuple) else [tuple(h) for h in headers])
+    packed: bytes = _pack(
+        headers if type(headers) in (list, tuple) else [tuple(h) for h in headers]
+    )
+    return packed
 
 
 def unpack_headers(packed: bytes) -> list[Any]:
@@ -79,7 +84,8 @@ def export_scope(scope: dict[str, Any]) -> bytes:
     scope = scope.copy()
     for key in _LOCAL_SCOPE_KEYS:
         scope.pop(key, None)
-    return _pack(scope)
+    packed: bytes = _pack(scope)
+    return packed
 
 
 def import_scope(packed: bytes) -> dict[str, Any]:
@@ -95,7 +101,7 @@ def import_scope(packed: bytes) -> dict[str, Any]:
     return data
 
 
-def slices(data: bytes | str, size: int) -> Iterator[tuple[bytes | str, bool]]:
+def slices(data: Data, size: int) -> Iterator[tuple[Data, bool]]:
     """``(slice, more)`` pairs covering ``data``; one empty slice for empty data."""
     if len(data) <= size:
         yield data, False
@@ -132,9 +138,10 @@ async def send_patiently(
 class Inbox:
     """A minimal single-consumer queue (cheaper than ``asyncio.Queue`` for one message)."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_loop", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # given, not looked up: get_running_loop() costs a getpid() on 3.11
         self._items: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
@@ -146,7 +153,7 @@ class Inbox:
 
     async def get(self) -> Message:
         while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -179,6 +186,17 @@ class Window:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class _Windowed(Protocol):
+    window: Window | None
+
+
+def window(holder: _Windowed) -> Window:
+    """``holder``'s send window, created on first use (most connections never stream)."""
+    if holder.window is None:
+        holder.window = Window()
+    return holder.window
 
 
 class Consumed:

@@ -55,7 +55,7 @@ class Worker:
         self._conns: dict[str, Instance] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._seen: dict[str, float] = {}
-        self._slots = asyncio.Semaphore(concurrency)
+        self._full: asyncio.Future[None] | None = None  # set while every slot is taken
         self._taker: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
         metrics.add_probe(self._probe)
@@ -112,26 +112,25 @@ class Worker:
     async def _take(self) -> None:
         """Receive new connections while a slot is free."""
         loop = asyncio.get_running_loop()
-        receive, slots = self.layer.receive, self._slots
+        receive, conns = self.layer.receive, self._conns
         while True:
-            await slots.acquire()
+            if len(conns) >= self.concurrency:  # wait for a free slot (see _serve)
+                self._full = loop.create_future()
+                await self._full
+                continue
             try:
                 message = await receive(wire.WORK_CHANNEL)
             except asyncio.CancelledError:
-                slots.release()
                 raise
             except Exception:
-                slots.release()
                 log.exception("receiving work failed; retrying")
                 await asyncio.sleep(self.heartbeat)
                 continue
             if message.get("d", 0) < time.time():
-                slots.release()  # its protocol server has already answered 503
-                continue
+                continue  # its protocol server has already answered 503
             try:
-                inst = Instance(self.layer, self.channel, self.chunk, message, loop.time())
+                inst = Instance(self.layer, self.channel, self.chunk, message, loop)
             except (KeyError, TypeError, ValueError):
-                slots.release()
                 log.error("ignoring malformed work message of type %r", message.get("type"))
                 continue
             if self.lifespan.state:
@@ -147,7 +146,8 @@ class Worker:
             await inst.run(self.app)
         finally:
             del self._conns[inst.id]
-            self._slots.release()
+            if self._full is not None and not self._full.done():
+                self._full.set_result(None)
             self.metrics.count(self.role, inst.kind, inst.status)
             if inst.kind == "http":
                 self.metrics.observe(self.role, time.perf_counter() - started)
@@ -173,7 +173,8 @@ class Worker:
             if inst is None:
                 continue
             if kind == wire.ACK:
-                inst.window.acked(message["n"])
+                if inst.window is not None:
+                    inst.window.acked(message["n"])
             else:
                 inst.inbox.put(message)
 

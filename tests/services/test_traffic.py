@@ -95,3 +95,29 @@ async def test_two_workers_share_the_work(stacks: StackFactory, events: Path, na
         )
     assert {reply.status_code for reply in replies} == {200}
     assert {int(reply.headers["pid"]) for reply in replies} == {w.pid for w in served.workers}
+
+
+async def test_tiny_max_message_size_still_carries_everything(
+    stacks: StackFactory, events: Path, tmp_path: Path
+) -> None:
+    """Chunks of 4 KiB: every path that splits bodies and frames is exercised many times."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "default:\n  BACKEND: layer.inmemory.InMemoryChannelLayer\n"
+        "  CONFIG:\n    max_message_size: 8192\n"
+    )
+    stack = stacks("inmemory")
+    front = stack.add("combined", LAYER_CONFIG=str(config), TESTAPP_EVENTS=str(events))
+    payload = bytes(range(256)) * 2_000  # 512 KB
+    async with httpx.AsyncClient(base_url=front.url, timeout=30) as client:
+        echoed = await client.post("/echo-body", content=payload)
+        assert echoed.content == payload
+        small = payload[:20_000]  # arrives whole, yet needs several messages
+        assert (await client.post("/echo-body", content=small)).content == small
+        big = await client.get("/big", params={"n": 300_000})
+        assert len(big.content) == 300_000
+    async with websockets.connect(f"{front.ws_url}/echo", max_size=None) as ws:
+        await ws.send(payload)
+        assert await ws.recv() == payload
+        await ws.send("x" * 50_000)
+        assert await ws.recv() == "x" * 50_000
