@@ -61,6 +61,9 @@ def _server(app: Any, host: str, port: int, grace: float) -> _Server:
         log_config=None,
         access_log=False,
         server_header=False,
+        # X-Forwarded-* reach the app untouched; interpreting them is the app's policy (Django:
+        # SECURE_PROXY_SSL_HEADER, USE_X_FORWARDED_HOST), and rewriting scope costs every request.
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(grace),
     )
     return _Server(config)
