@@ -54,7 +54,10 @@ class Metrics:
         key = (role, kind, status)
         self._counts[key] = self._counts.get(key, 0) + 1
 
-    def observe(self, role: str, seconds: float) -> None:
+    def request(self, role: str, status: int, seconds: float) -> None:
+        """One HTTP request: its status and latency (one call on the hot path)."""
+        key = (role, "http", status)
+        self._counts[key] = self._counts.get(key, 0) + 1
         latency = self._latency.get(role)
         if latency is None:
             latency = self._latency[role] = _Latency()

@@ -223,8 +223,7 @@ class ProtocolServer:
             del self._conns[conn.id]
             if pump is not None:
                 pump.cancel()
-            self.metrics.count(self.role, "http", status)
-            self.metrics.observe(self.role, time.perf_counter() - started)
+            self.metrics.request(self.role, status, time.perf_counter() - started)
 
     async def _relay_http(
         self, conn: _Conn, receive: Receive, send: Send, rest: bytes, more: bool

@@ -148,9 +148,10 @@ class Worker:
             del self._conns[inst.id]
             if self._full is not None and not self._full.done():
                 self._full.set_result(None)
-            self.metrics.count(self.role, inst.kind, inst.status)
             if inst.kind == "http":
-                self.metrics.observe(self.role, time.perf_counter() - started)
+                self.metrics.request(self.role, inst.status, time.perf_counter() - started)
+            else:
+                self.metrics.count(self.role, inst.kind, inst.status)
 
     async def _dispatch(self) -> None:
         """Route follow-up messages on this worker's channel to their instances."""
