@@ -22,13 +22,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import websockets
 
 from bench.core import Result, SuiteResult, Target
+from layer.config import get_channel_layer
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "services.demo.app:application"
@@ -110,16 +111,25 @@ def _combined(procs: _Processes, port: int) -> None:
     procs.layerkit("combined", KIT_PORT=str(port), LAYER_CONFIG="config/inmemory.yaml")
 
 
-def _split(config: str, **env: str) -> Starter:
+@dataclass
+class Setup:
+    """How to start one subject, and the layer its processes share (none for direct uvicorn)."""
+
+    start: Starter
+    config: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _split(config: str, **env: str) -> Setup:
     def start(procs: _Processes, port: int) -> None:
         procs.layerkit("worker", LAYER_CONFIG=config, **env)
         procs.layerkit("protocol", KIT_PORT=str(port), LAYER_CONFIG=config, **env)
 
-    return start
+    return Setup(start, config, env)
 
 
 @contextlib.contextmanager
-def _ipc() -> Iterator[Starter]:
+def _ipc() -> Iterator[Setup]:
     prefix = f"b{uuid.uuid4().hex[:8]}"
     try:
         yield _split("config/ipc.yaml", IPC_PREFIX=prefix)
@@ -130,7 +140,7 @@ def _ipc() -> Iterator[Starter]:
 
 
 @contextlib.contextmanager
-def _redis() -> Iterator[Starter]:
+def _redis() -> Iterator[Setup]:
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = subprocess.Popen(
@@ -152,6 +162,7 @@ def _redis() -> Iterator[Starter]:
         stdout=subprocess.DEVNULL,
     )
     try:
+        _wait_port(port)
         yield _split("config/redis.yaml", REDIS_URL=f"redis://127.0.0.1:{port}/0")
     finally:
         server.terminate()
@@ -160,21 +171,21 @@ def _redis() -> Iterator[Starter]:
 
 
 @contextlib.contextmanager
-def _always(starter: Starter) -> Iterator[Starter]:
-    yield starter
+def _always(setup: Setup) -> Iterator[Setup]:
+    yield setup
 
 
 @dataclass
 class Subject:
     name: str
     available: Callable[[], bool]
-    setup: Callable[[], contextlib.AbstractContextManager[Starter]]
+    setup: Callable[[], contextlib.AbstractContextManager[Setup]]
 
 
 # Hooks: a backend that is not in this checkout yet is skipped (and named in the notes).
 SUBJECTS = [
-    Subject(DIRECT, lambda: True, lambda: _always(_direct)),
-    Subject(COMBINED, lambda: True, lambda: _always(_combined)),
+    Subject(DIRECT, lambda: True, lambda: _always(Setup(_direct))),
+    Subject(COMBINED, lambda: True, lambda: _always(Setup(_combined, "config/inmemory.yaml"))),
     Subject(IPC, lambda: importlib.util.find_spec("layer.ipc") is not None, _ipc),
     Subject(
         REDIS,
@@ -185,6 +196,15 @@ SUBJECTS = [
         _redis,
     ),
 ]
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def _wait_ready(port: int) -> None:
@@ -224,6 +244,39 @@ def wrk(port: int, seconds: int) -> tuple[float, float, float]:
     return rate, latency["50"], latency["99"]
 
 
+def layer_pair_cost(config: str, env: dict[str, str], count: int) -> float:
+    """CPU microseconds of one ``send`` + ``receive`` of a request-sized message on the layer.
+
+    Each HTTP request costs two such pairs (request and response); this is the floor the
+    layer sets under (b)-(d), independent of the services.
+    """
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        layer = get_channel_layer("default", ROOT / config)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    message = {"type": "k.http", "c": "0123456789ab.1", "r": "proto.x!y", "s": b"s" * 300}
+
+    async def pairs() -> float:
+        for _ in range(count // 10):  # warm-up (connections, caches)
+            await layer.send("bench.pair", message)
+            await layer.receive("bench.pair")
+        started = time.process_time()
+        for _ in range(count):
+            await layer.send("bench.pair", message)
+            await layer.receive("bench.pair")
+        cost = (time.process_time() - started) / count * 1e6
+        await layer.close()
+        return cost
+
+    return asyncio.run(pairs())
+
+
 async def ws_echo(port: int, seconds: float) -> float:
     """Messages/s echoed by ``/echo`` with pipelined bursts over several connections."""
     stop = time.perf_counter() + seconds
@@ -253,9 +306,12 @@ def run(quick: bool) -> SuiteResult:
             continue
         procs = _Processes()
         port = _free_port()
-        with subject.setup() as start:
+        with subject.setup() as setup:
+            pair = "-"
+            if setup.config is not None:
+                pair = f"{layer_pair_cost(setup.config, setup.env, 500 if quick else 3000):.0f}"
             try:
-                start(procs, port)
+                setup.start(procs, port)
                 _wait_ready(port)
                 wrk(port, 1)  # warm-up
                 rate, p50, p99 = wrk(port, seconds)
@@ -264,7 +320,9 @@ def run(quick: bool) -> SuiteResult:
                 procs.stop()
         results.append(Result(HTTP, subject.name, rate, "req/s"))
         results.append(Result(WS, subject.name, echo, "msg/s"))
-        rows.append(f"| {subject.name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {echo:,.0f} |")
+        rows.append(
+            f"| {subject.name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {echo:,.0f} | {pair} |"
+        )
     targets = [
         Target(workload, subject, DIRECT, ratio)
         for workload in (HTTP,)
@@ -275,9 +333,11 @@ def run(quick: bool) -> SuiteResult:
         f"wrk -t2 -c{WRK_CONNECTIONS}, {seconds} s per subject after a 1 s warm-up; "
         f"WebSocket echo: {WS_CLIENTS} connections, bursts of {WS_BURST} messages. All subjects "
         "serve the same demo app on this machine in the same run; (c)/(d) are one protocol "
-        "server + one worker.\n\n"
-        "| subject | req/s | p50 ms | p99 ms | WS echo msg/s |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
+        "server + one worker. Each request is two layer send+receive pairs (request and "
+        "response), so the last column, measured in-process on the same layer, is a floor the "
+        "backend puts under (b)-(d) whatever the services do.\n\n"
+        "| subject | req/s | p50 ms | p99 ms | WS echo msg/s | layer send+receive, CPU µs |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
     if skipped:
         notes += f"\n\nNot measured (backend not in this checkout): {', '.join(skipped)}."
