@@ -86,7 +86,10 @@ class Instance:
             await self.announce()  # the protocol server needs us to stream the body
         try:
             await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # drain grace period over: the worker is going away
+            if self.kind == "http" and not self.closed:
+                self.status = 502
+                await self._post({"type": wire.APP_ERROR, "c": self.id, "code": 502})
             raise
         except Exception:
             log.exception("application raised on %s %s", self.kind, self.scope.get("path"))

@@ -264,8 +264,9 @@ class ProtocolServer:
                 return status, pump
             elif kind == FAIL:
                 return await _plain(send, message["code"], _REASONS[message["code"]]), pump
-            else:  # APP_ERROR
-                return await _plain(send, 500, b"internal server error\n"), pump
+            else:  # APP_ERROR: the app raised (500), or was cancelled by a draining worker (502)
+                code = message.get("code", 500)
+                return await _plain(send, code, _REASONS.get(code, _REASONS[500])), pump
 
     async def _pump_body(self, conn: _Conn, receive: Receive, rest: bytes, more: bool) -> None:
         """Stream the rest of the request body to the worker, then report a disconnect."""
@@ -386,6 +387,7 @@ class ProtocolServer:
 
 
 _REASONS = {
+    500: b"internal server error\n",
     502: b"the worker serving this request went away\n",
     503: b"no worker picked the request up in time\n",
 }

@@ -39,7 +39,7 @@ RESPONSE_BODY = "k.rbody"  # c, b, m
 WS_ACCEPT = "k.wsacc"  # c, w, sp (subprotocol), h (headers)
 WS_OUT = "k.wsout"  # c, t or b, f
 WS_CLOSE = "k.close"  # c, code, rs (reason)
-APP_ERROR = "k.err"  # c: the app raised before/while responding
+APP_ERROR = "k.err"  # c, code (default 500): the app raised, or was cancelled at drain
 # both directions
 ACK = "k.ack"  # c, n: the receiver has consumed n data messages of this connection
 HEARTBEAT = "k.hb"  # w or r: the sender is alive (sent to peers with open connections)

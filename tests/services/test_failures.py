@@ -189,3 +189,19 @@ def test_worker_on_inmemory_exits_at_once() -> None:
     assert result.returncode == 2
     assert "cannot cross processes" in result.stderr
     assert "config/ipc.yaml" in result.stderr and "combined" in result.stderr
+
+
+@pytest.mark.parametrize("name", CROSS)
+async def test_drain_grace_period_over_is_502(
+    stacks: StackFactory, events: Path, name: str
+) -> None:
+    served = serve(stacks, name, events, workers=1, KIT_DRAIN_TIMEOUT="1")
+    worker = served.workers[0]
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+        request = asyncio.create_task(client.get("/sleep", params={"s": "60", "id": "too-slow"}))
+        await asyncio.to_thread(wait_until, lambda: events_of(events, "start"), "the request")
+        worker.signal(signal.SIGTERM)
+        async with asyncio.timeout(PROMISE):
+            reply = await request
+        assert reply.status_code == 502
+    assert await asyncio.to_thread(worker.wait) == 0
