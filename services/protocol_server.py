@@ -17,7 +17,7 @@ from typing import Any
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
 from layer.messages import Message
-from services import wire
+from services import replies, wire
 from services.metrics import Metrics
 
 log = logging.getLogger("layerkit.protocol")
@@ -212,11 +212,11 @@ class ProtocolServer:
             try:
                 await self.layer.send(wire.WORK_CHANNEL, open_message)
             except ChannelFull:
-                status = await _plain(send, 503, b"all workers are busy\n", retry=True)
+                status = await replies.plain(send, 503, b"all workers are busy\n", retry=True)
                 return
             except (OSError, ConnectionError, TimeoutError):
                 log.exception("cannot reach the channel layer")
-                status = await _plain(send, 503, b"channel layer unavailable\n", retry=True)
+                status = await replies.plain(send, 503, b"channel layer unavailable\n", retry=True)
                 return
             status, pump = await self._relay_http(conn, receive, send, rest, more)
         finally:
@@ -262,11 +262,8 @@ class ProtocolServer:
                 return status or 499, pump
             elif status:  # FAIL or APP_ERROR after the response started: uvicorn cuts it short
                 return status, pump
-            elif kind == FAIL:
-                return await _plain(send, message["code"], _REASONS[message["code"]]), pump
-            else:  # APP_ERROR: the app raised (500), or was cancelled by a draining worker (502)
-                code = message.get("code", 500)
-                return await _plain(send, code, _REASONS.get(code, _REASONS[500])), pump
+            else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
+                return await replies.failure(send, message.get("code", 500)), pump
 
     async def _pump_body(self, conn: _Conn, receive: Receive, rest: bytes, more: bool) -> None:
         """Stream the rest of the request body to the worker, then report a disconnect."""
@@ -310,11 +307,11 @@ class ProtocolServer:
             try:
                 await self.layer.send(wire.WORK_CHANNEL, message)
             except ChannelFull:
-                code = await _ws_refuse(send, 1013, "all workers are busy")
+                code = await replies.ws_refuse(send, 1013, "all workers are busy")
                 return
             except (OSError, ConnectionError, TimeoutError):
                 log.exception("cannot reach the channel layer")
-                code = await _ws_refuse(send, 1013, "channel layer unavailable")
+                code = await replies.ws_refuse(send, 1013, "channel layer unavailable")
                 return
             code, reader = await self._relay_websocket(conn, receive, send)
         finally:
@@ -360,7 +357,7 @@ class ProtocolServer:
             elif kind in (FAIL, wire.APP_ERROR):
                 code = {503: 1013, 502: 1011}.get(message.get("code", 0), 1011)
                 if reader is None:
-                    return await _ws_refuse(send, code, "no worker"), reader
+                    return await replies.ws_refuse(send, code, "no worker"), reader
                 await send({"type": "websocket.close", "code": code})
                 return code, reader
 
@@ -384,26 +381,3 @@ class ProtocolServer:
         code = event.get("code", 1005)
         await wire.send_patiently(layer, worker, {"type": wire.DISCONNECT, "c": cid, "code": code})
         conn.inbox.put({"type": GONE, "code": code})
-
-
-_REASONS = {
-    500: b"internal server error\n",
-    502: b"the worker serving this request went away\n",
-    503: b"no worker picked the request up in time\n",
-}
-
-
-async def _plain(send: Send, status: int, body: bytes, retry: bool = False) -> int:
-    headers = [(b"content-type", b"text/plain; charset=utf-8")]
-    if retry:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-    return status
-
-
-async def _ws_refuse(send: Send, code: int, reason: str) -> int:
-    """Accept then close, so the client sees the close code (a refusal would be a bare 403)."""
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": code, "reason": reason})
-    return code
