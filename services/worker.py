@@ -9,6 +9,7 @@ heartbeats) arrives on this process's own channel, which gives WebSocket affinit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -53,7 +54,9 @@ class Worker:
         self.lifespan = Lifespan(app)
         self.draining = False
         self._conns: dict[str, Instance] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self._runners: set[asyncio.Task[None]] = set()
+        self._drained = asyncio.Event()  # set when draining and the last connection ended
+        self._idle: list[asyncio.Future[Instance]] = []  # runners waiting for a connection
         self._seen: dict[str, float] = {}
         self._full: asyncio.Future[None] | None = None  # set while every slot is taken
         self._taker: asyncio.Task[None] | None = None
@@ -91,13 +94,15 @@ class Worker:
                 inst.lose_peer(1012)
                 if inst.accepted:
                     await inst.send({"type": "websocket.close", "code": 1012})
-        if self._running:
-            _, pending = await asyncio.wait(self._running, timeout=self.drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("cancelled %d connection(s) still running", len(pending))
-                await asyncio.wait(pending, timeout=2)
+        if self._conns:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.drain_timeout)
+        if self._conns:
+            log.warning("cancelling %d connection(s) still running", len(self._conns))
+        for task in self._runners:
+            task.cancel()  # idle runners too
+        if self._runners:
+            await asyncio.wait(self._runners, timeout=2)
 
     async def stop(self) -> None:
         if not self.draining:
@@ -136,9 +141,30 @@ class Worker:
             if self.lifespan.state:
                 inst.scope["state"] = dict(self.lifespan.state)
             self._conns[inst.id] = inst
-            task = loop.create_task(self._serve(inst))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._hand_over(inst, loop)
+
+    def _hand_over(self, inst: Instance, loop: asyncio.AbstractEventLoop) -> None:
+        """Give ``inst`` to an idle runner, or start one (at most ``concurrency`` exist)."""
+        idle = self._idle
+        while idle:
+            waiter = idle.pop()  # the most recently idle runner
+            if not waiter.done():
+                waiter.set_result(inst)
+                return
+        task = loop.create_task(self._runner(inst))
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
+
+    async def _runner(self, inst: Instance) -> None:
+        """Serve connections one after another: handing one over is cheaper than a new task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._serve(inst)
+            if self.draining:
+                return
+            waiter: asyncio.Future[Instance] = loop.create_future()
+            self._idle.append(waiter)
+            inst = await waiter
 
     async def _serve(self, inst: Instance) -> None:
         started = time.perf_counter()
@@ -148,6 +174,8 @@ class Worker:
             del self._conns[inst.id]
             if self._full is not None and not self._full.done():
                 self._full.set_result(None)
+            if self.draining and not self._conns:
+                self._drained.set()
             if inst.kind == "http":
                 self.metrics.request(self.role, inst.status, time.perf_counter() - started)
             else:
