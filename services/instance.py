@@ -173,7 +173,13 @@ class Instance:
             self._buffer = [message.get("headers", [])]
             self.loop.call_soon(self._flush_soon)
         elif kind == "http.response.body":
-            await self._body(message.get("body", b""), message.get("more_body", False))
+            body: bytes = message.get("body", b"")
+            more: bool = message.get("more_body", False)
+            if not more and self._buffer and self._flush is None and len(body) <= self.chunk:
+                self.closed = True  # the common case: the whole response in one message
+                await self._post(self._response(body, False))
+            else:
+                await self._body(body, more)
         elif kind == "websocket.send":
             await self._frame(message)
         elif kind == "websocket.accept":
@@ -203,9 +209,6 @@ class Instance:
             await self._flush
         if not more:
             self.closed = True
-            if self._buffer and len(body) <= self.chunk:  # the common case: one message
-                await self._post(self._response(body, False))
-                return
         for piece, tail in wire.slices(body, self.chunk):
             streaming = more or tail
             if self._buffer:

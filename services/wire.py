@@ -81,10 +81,9 @@ def export_scope(scope: dict[str, Any]) -> bytes:
     Packed here into one bytes value: the layer then validates a single leaf instead of walking
     every header, which is most of the cost of sending a request.
     """
-    scope = scope.copy()
-    for key in _LOCAL_SCOPE_KEYS:
-        scope.pop(key, None)
-    packed: bytes = _pack(scope)
+    if scope.get("state") or "extensions" in scope or "app" in scope:
+        scope = {key: value for key, value in scope.items() if key not in _LOCAL_SCOPE_KEYS}
+    packed: bytes = _pack(scope)  # an empty "state" travels as {}: the worker replaces it
     return packed
 
 
