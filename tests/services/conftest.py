@@ -11,7 +11,8 @@ import pytest
 from tests.services.procs import Service, Stack, backend, cross_process_backends
 
 CROSS = cross_process_backends()
-ALL = ["inmemory", *CROSS]
+# Traffic also runs over three Redis shards (channels, groups and replies spread across them).
+ALL = ["inmemory", *CROSS, *(["redis_sharded"] if "redis" in CROSS else [])]
 
 StackFactory = Callable[[str], Stack]
 

@@ -155,7 +155,7 @@ class Backend:
 
 
 def cross_process_backends() -> list[str]:
-    """The cross-process backends that exist in this checkout."""
+    """The cross-process backends that exist in this checkout (each failure test runs on them)."""
     names = []
     if importlib.util.find_spec("layer.ipc") is not None:
         names.append("ipc")
@@ -175,14 +175,19 @@ def backend(name: str) -> Iterator[Backend]:
             yield Backend(name, "config/ipc.yaml", {"IPC_PREFIX": prefix, "IPC_SIZE": "64MB"})
         finally:
             _unlink_ipc(prefix)
-    elif name == "redis":
+    elif name in ("redis", "redis_sharded"):
         from tests.support.redis_server import RedisServer
 
-        server = RedisServer().start()
+        servers = [RedisServer().start() for _ in range(3 if name == "redis_sharded" else 1)]
         try:
-            yield Backend(name, "config/redis.yaml", {"REDIS_URL": server.url})
+            if name == "redis":
+                yield Backend(name, "config/redis.yaml", {"REDIS_URL": servers[0].url})
+            else:
+                shards = {f"REDIS_SHARD_{i}": server.url for i, server in enumerate(servers)}
+                yield Backend(name, "config/redis-sharded.yaml", shards)
         finally:
-            server.kill()
+            for server in servers:
+                server.kill()
     else:
         raise ValueError(f"unknown backend {name!r}")
 
