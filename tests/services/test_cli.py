@@ -98,3 +98,13 @@ def test_json_logs_and_env_options() -> None:
         assert service.process is not None and service.process.returncode == 0
     finally:
         service.discard()
+
+
+@pytest.mark.skipif("redis" not in CROSS, reason="Redis backend not in this checkout")
+def test_check_config_prints_every_shard() -> None:
+    shards = {f"REDIS_SHARD_{i}": f"redis://10.0.0.{i + 1}:6379/0" for i in range(3)}
+    result = layerkit("check-config", "--config", "config/redis-sharded.yaml", **shards)
+    assert result.returncode == 0, result.stderr
+    assert "shards:  3" in result.stdout
+    for index, url in enumerate(shards.values()):
+        assert f"[{index}] {url}" in result.stdout
