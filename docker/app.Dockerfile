@@ -17,7 +17,7 @@ RUN set -eu; \
     if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi; \
     /opt/venv/bin/pip install --no-cache-dir --no-deps "$@" /src; \
     /opt/venv/bin/pip uninstall -q -y setuptools wheel pip; \
-    /opt/venv/bin/python -c 'import layer.inmemory'
+    /opt/venv/bin/layerkit --help >/dev/null
 
 FROM ${PYTHON_BASE}
 LABEL org.opencontainers.image.title="channel-layer-kit" \
