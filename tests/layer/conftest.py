@@ -14,10 +14,16 @@ import pytest
 
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
+from tests.layer.redis_fixtures import (  # noqa: F401 (fixtures)
+    redis_layer_factory,
+    redis_server,
+    redis_shards,
+    redis_sharded_layer_factory,
+)
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
-BACKENDS = ["inmemory"]
+BACKENDS = ["inmemory", "redis", "redis_sharded"]
 
 
 @pytest.fixture
