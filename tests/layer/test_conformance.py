@@ -164,15 +164,8 @@ async def test_first_matching_capacity_pattern_wins(layer_factory: LayerFactory)
 
 @pytest.mark.parametrize(
     "options",
-    [
-        {"capacity": 0},
-        {"capacity": "ten"},
-        {"expiry": -1},
-        {"channel_capacity": {"x": 0}},
-        {"channel_capacity": {1: 3}},
-        {"group_expiry": "soon"},
-        {"max_message_size": "huge"},
-    ],
+    [{"capacity": 0}, {"capacity": "ten"}, {"expiry": -1}, {"channel_capacity": {"x": 0}},
+     {"channel_capacity": {1: 3}}, {"group_expiry": "soon"}, {"max_message_size": "huge"}],
 )
 def test_bad_options_are_rejected_by_name(layer_factory: LayerFactory, options) -> None:
     with pytest.raises(ValueError, match=next(iter(options))):

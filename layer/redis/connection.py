@@ -1,0 +1,190 @@
+"""An auto-batching, pipelined command connection to one shard, over a redis-py connection.
+
+Every command issued during one event-loop tick is packed into one write, and one reader task
+resolves replies in order, so concurrent senders share round trips instead of each taking a
+pooled connection. redis-py does the connecting (TLS, unix sockets, AUTH/ACL, SELECT, Sentinel
+discovery) and parses replies with hiredis. Failures surface as :class:`ShardUnavailable` (a
+builtin ``ConnectionError``) naming the shard; the next command reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from layer.redis.hosts import ShardSpec
+from layer.redis.scripts import Script
+
+Arg = bytes | str | int | float
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+class ShardUnavailable(ConnectionError):
+    """The Redis server of a shard cannot be reached (or stopped answering within the timeout)."""
+
+
+async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> AbstractConnection:
+    """A connected raw redis-py connection to ``spec``, or :class:`ShardUnavailable`."""
+    conn: AbstractConnection = spec.pool.make_connection()  # type: ignore[no-untyped-call]
+    conn.socket_timeout = socket_timeout
+    try:
+        await conn.connect()  # type: ignore[no-untyped-call]
+    except (RedisError, OSError) as exc:
+        await conn.disconnect(nowait=True)
+        raise ShardUnavailable(f"Redis shard {spec.name} is unavailable: {exc}") from exc
+    return conn
+
+
+def write(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> None:
+    """Write ``commands`` in one go (redis-py's ``send_packed_command`` wraps each write in
+    ``wait_for``, a task per write on Python 3.11; a batch here is one synchronous call)."""
+    writer = conn._writer
+    if writer is None:
+        raise ShardUnavailable("connection closed")
+    writer.writelines(conn.pack_commands(commands))
+
+
+def quiet(future: asyncio.Future[Any]) -> None:
+    """Fire-and-forget: retrieve the outcome so a failure is not reported as unobserved."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+class Pipe:
+    """Pipelined commands to one shard; ``call`` returns a future resolved with the reply."""
+
+    def __init__(self, spec: ShardSpec, socket_timeout: float) -> None:
+        self.spec = spec
+        self._socket_timeout = socket_timeout
+        self._conn: AbstractConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._out: list[tuple[Sequence[Arg], asyncio.Future[Any]]] = []
+        self._pending: deque[tuple[Sequence[Arg], asyncio.Future[Any]]] = deque()
+        self._scheduled = False
+        self._closed = False
+
+    def call(self, *args: Arg) -> asyncio.Future[Any]:
+        """Queue one command for the next batched write."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._out.append((args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def script(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> asyncio.Future[Any]:
+        return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def backlog(self) -> int:
+        """Bytes written but not yet sent by the kernel: senders pause above a high water."""
+        conn = self._conn
+        writer = getattr(conn, "_writer", None)
+        return 0 if writer is None else writer.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        writer = getattr(self._conn, "_writer", None)
+        if writer is not None and self.backlog() > _HIGH_WATER:
+            await writer.drain()
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._out:
+            return
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return
+        batch, self._out = self._out, []
+        write(conn, [args for args, _ in batch])
+        self._pending.extend(batch)
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def _connect(self) -> None:
+        try:
+            if self._closed:
+                raise ShardUnavailable(f"Redis shard {self.spec.name}: the layer is closed")
+            self._conn = await open_connection(self.spec, self._socket_timeout)
+        except ShardUnavailable as exc:
+            self._fail(self._out, exc)
+            self._out = []
+            return
+        finally:
+            self._connecting = None
+        self._reader = asyncio.ensure_future(self._read(self._conn))
+        self._flush()
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        pending = self._pending
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not pending:
+                    self._idle = loop.create_future()
+                    await self._idle
+                    continue
+                try:
+                    reply: Any = await conn.read_response(disable_decoding=True)
+                except ResponseError as exc:
+                    reply = exc
+                args, future = pending.popleft()
+                if isinstance(reply, NoScriptError) and args[0] == "EVALSHA":
+                    self._eval_instead(args, future)
+                elif future.done():
+                    continue
+                elif isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except (RedisError, OSError) as exc:
+            error = ShardUnavailable(f"Redis shard {self.spec.name} failed: {exc}")
+            self._conn = None
+            await conn.disconnect(nowait=True)
+            self._fail(list(pending), error)
+            pending.clear()
+
+    def _eval_instead(self, args: Sequence[Arg], future: asyncio.Future[Any]) -> None:
+        """The server lost its script cache (restart, SCRIPT FLUSH): send the source once."""
+        source = Script.source_of(str(args[1]))
+        retry = self.call("EVAL", source, *args[2:])
+        retry.add_done_callback(lambda done: _chain(done, future))
+
+    @staticmethod
+    def _fail(batch: Sequence[tuple[Sequence[Arg], asyncio.Future[Any]]], exc: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._reader, self._connecting):
+            if task is not None:
+                task.cancel()
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+            self._conn = None
+        error = ShardUnavailable(f"Redis shard {self.spec.name}: the layer is closed")
+        self._fail(list(self._pending) + self._out, error)
+        self._pending.clear()
+        self._out = []
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

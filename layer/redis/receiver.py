@@ -1,0 +1,351 @@
+"""The receive multiplexer: one loop and one blocking connection per shard for every receive.
+
+Each ``receive()`` registers a waiter in a local mailbox; the loop pops for all channels with
+waiters at once (a Lua multi-pop, then ``BLMPOP`` over all their lists when nothing is there)
+and hands entries to waiters. A process's own channels (``prefix!...``) share one inbox list,
+popped in bulk and demultiplexed here. Shared channels are popped atomically (each entry goes
+to exactly one process), at most ``waiters + prefetch`` at a time; entries left in a mailbox
+that nobody waits on any more go back to the front of their list through this same connection,
+so the order seen by the next receiver is kept. A new channel wakes a blocked ``BLMPOP`` by
+pushing to this process's wake list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from layer.redis.connection import Pipe, ShardUnavailable, open_connection, quiet, write
+from layer.redis.scripts import MPOP
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 32  # extra entries a shared channel may pop for a receiver that keeps receiving
+INBOX_BATCH = 1000  # entries popped at once from this process's own inbox
+RETURN_DELAY = 0.05  # seconds a prefetched entry waits for its receiver before going back
+PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
+_MAX_BACKOFF = 2.0
+
+
+class Mailbox:
+    """Local state of one channel: entries popped but not yet received, and waiting receivers."""
+
+    __slots__ = ("buffer", "channel", "inbox", "key", "returning", "touched", "waiters")
+
+    def __init__(self, channel: str, key: str, inbox: bool) -> None:
+        self.channel = channel
+        self.key = key
+        self.inbox = inbox
+        self.buffer: deque[tuple[int, bytes]] = deque()  # (expires_at_ms, payload)
+        self.waiters: deque[asyncio.Future[bytes]] = deque()
+        self.returning = False
+        self.touched = 0.0
+
+
+def split_entry(entry: bytes) -> tuple[int, bytes, bytes]:
+    """``(expires_at_ms, local_part, payload)`` of a list entry (see layer.redis.scripts)."""
+    space = entry.index(b" ", 13)
+    return int(entry[:13]), entry[13:space], entry[space + 1 :]
+
+
+def make_entry(expires_at_ms: int, payload: bytes, local: bytes = b"") -> bytes:
+    return b"%013d%s %s" % (expires_at_ms, local, payload)
+
+
+class Receiver:
+    """Receives for every channel of one shard in this process."""
+
+    def __init__(
+        self,
+        pipe: Pipe,
+        wake_key: str,
+        *,
+        socket_timeout: float,
+        block_timeout: float,
+        expiry: float,
+        on_expired: Callable[[int], None],
+    ) -> None:
+        self._expiry = expiry
+        self.pipe = pipe
+        self._wake_key = wake_key
+        self._socket_timeout = socket_timeout
+        self._block_timeout = block_timeout
+        self._on_expired = on_expired
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
+        self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
+        self._returns: list[tuple[str, list[bytes]]] = []
+        self._blocking: set[str] | None = None
+        self._woken = False
+        self._idle: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conn: AbstractConnection | None = None
+        self._closed = False
+
+    # -- the receive side ---------------------------------------------------------------------
+
+    async def pop(self, channel: str, key: str, routing: str) -> bytes:
+        box = self._mailboxes.get(channel)
+        if box is None:
+            box = self._mailboxes[channel] = Mailbox(channel, key, routing.endswith("!"))
+            self._routes[key] = routing
+        payload = self._take(box)
+        if payload is not None:
+            return payload
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        box.waiters.append(waiter)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._wanted(key)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Taken for us but we are gone: first in line again (in the live mailbox).
+                box = self._mailboxes.setdefault(channel, box)
+                self._give(box, waiter.result(), front=True)
+            elif waiter in box.waiters:
+                box.waiters.remove(waiter)
+                self._waiting[key] -= 1
+            self._settle(box)
+            raise
+
+    def _take(self, box: Mailbox) -> bytes | None:
+        buffer = box.buffer
+        if not buffer:
+            return None
+        box.touched = time.monotonic()
+        now = time.time() * 1000
+        expired = 0
+        payload = None
+        while buffer:
+            expires_at, item = buffer.popleft()
+            if expires_at > now:
+                payload = item
+                break
+            expired += 1
+        if expired:
+            self._on_expired(expired)
+        self._settle(box)
+        return payload
+
+    def _give(self, box: Mailbox, payload: bytes, front: bool = False, expires: int = 0) -> None:
+        """Hand ``payload`` to the first live waiter, else keep it (at the front if requeued)."""
+        waiters = box.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            self._waiting[box.key] -= 1
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        expires = expires or int((time.time() + self._expiry) * 1000)
+        if front:
+            box.buffer.appendleft((expires, payload))
+        else:
+            box.buffer.append((expires, payload))
+
+    def _settle(self, box: Mailbox) -> None:
+        """Forget an unused mailbox; send a shared channel's unwanted entries back, soon."""
+        if box.waiters:
+            return
+        if not box.buffer:
+            if self._mailboxes.get(box.channel) is box:
+                del self._mailboxes[box.channel]
+        elif not box.inbox and not box.returning:
+            box.returning = True
+            asyncio.get_running_loop().call_later(RETURN_DELAY, self._return, box)
+
+    def _return(self, box: Mailbox) -> None:
+        box.returning = False
+        if box.waiters or not box.buffer:
+            return
+        idle = time.monotonic() - box.touched
+        if idle < RETURN_DELAY:  # still being received from: look again later
+            box.returning = True
+            asyncio.get_running_loop().call_later(RETURN_DELAY - idle, self._return, box)
+            return
+        entries = [make_entry(expires, payload) for expires, payload in box.buffer]
+        box.buffer.clear()
+        self._returns.append((box.key, entries))
+        self._settle(box)
+        self._wanted(None)
+
+    def _wanted(self, key: str | None) -> None:
+        """A receiver needs ``key`` (or returns are due): start, un-idle or wake the loop."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        blocking = self._blocking
+        if blocking is not None and (key is None or key not in blocking) and not self._woken:
+            self._woken = True
+            quiet(self.pipe.call("RPUSH", self._wake_key, b"1"))
+            quiet(self.pipe.call("PEXPIRE", self._wake_key, 60_000))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _want(self) -> dict[str, int]:
+        return {
+            key: INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH
+            for key, count in self._waiting.items()
+            if count > 0
+        }
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        loop = asyncio.get_running_loop()
+        pruned = loop.time()
+        while not self._closed:
+            if loop.time() - pruned > PRUNE_EVERY:
+                pruned = loop.time()
+                self.prune()
+            if not self._want() and not self._returns:
+                self._idle = loop.create_future()
+                await self._idle
+                continue
+            try:
+                if self._conn is None:
+                    self._conn = await self._open()
+                replies = await self._fetch(self._conn)
+            except (ShardUnavailable, RedisError, OSError) as exc:
+                self._blocking = None
+                if self._conn is not None:
+                    await self._conn.disconnect(nowait=True)
+                    self._conn = None
+                log.warning(
+                    "receive on %s failed (%s); retrying in %.2fs",
+                    self.pipe.spec.name,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            backoff = 0.05
+            for key, entries in replies:
+                self._dispatch(key, entries)
+
+    async def _open(self) -> AbstractConnection:
+        conn = await open_connection(self.pipe.spec, self._block_timeout + self._socket_timeout)
+        write(conn, [("SCRIPT", "LOAD", MPOP.source)])
+        await conn.read_response()
+        return conn
+
+    async def _fetch(self, conn: AbstractConnection) -> list[tuple[bytes, list[bytes]]]:
+        """Return entries already queued; block for new ones only when there are none."""
+        commands: list[tuple[Any, ...]] = []
+        for key, entries in self._returns:
+            commands.append(("LPUSH", key, *reversed(entries)))
+        self._returns = []
+        want = self._want()
+        if len(want) > 1:
+            commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
+        if commands:
+            write(conn, commands)
+            replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+            if len(want) > 1 and replies[-1]:
+                flat: list[Any] = replies[-1]
+                return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        want = self._want()
+        if not want:
+            return []
+        self._blocking, self._woken = set(want), False
+        keys = [self._wake_key, *want]
+        write(
+            conn,
+            [
+                (
+                    "BLMPOP",
+                    self._block_timeout,
+                    len(keys),
+                    *keys,
+                    "LEFT",
+                    "COUNT",
+                    max(want.values()),
+                )
+            ],
+        )
+        try:
+            reply = await conn.read_response(disable_decoding=True)
+        finally:
+            self._blocking = None
+        return [] if reply is None else [(reply[0], reply[1])]
+
+    def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
+        key = raw_key.decode()
+        routing = self._routes.get(key)
+        if routing is None:
+            return  # the wake list
+        now = time.time() * 1000
+        expired = 0
+        inbox = routing.endswith("!")
+        if not inbox and any(k == key for k, _ in self._returns):
+            # Entries sent back but not yet pushed are older than these: keep them first.
+            entries = [e for k, es in self._returns if k == key for e in es] + entries
+            self._returns = [(k, es) for k, es in self._returns if k != key]
+        for entry in entries:
+            expires_at, local, payload = split_entry(entry)
+            if expires_at <= now:
+                expired += 1
+                continue
+            for name in local.split(b",") if inbox else (b"",):
+                channel = routing + name.decode() if inbox else routing
+                box = self._mailboxes.get(channel)
+                if box is None:
+                    box = self._mailboxes[channel] = Mailbox(channel, key, inbox)
+                self._give(box, payload, expires=expires_at)
+                self._settle(box)
+        if expired:
+            self._on_expired(expired)
+
+    def prune(self) -> None:
+        """Drop expired entries held for process-specific channels nobody is receiving on."""
+        for box in list(self._mailboxes.values()):
+            if box.inbox and not box.waiters:
+                self._take_expired(box)
+
+    def _take_expired(self, box: Mailbox) -> None:
+        now = time.time() * 1000
+        kept = deque(item for item in box.buffer if item[0] > now)
+        if len(kept) != len(box.buffer):
+            self._on_expired(len(box.buffer) - len(kept))
+            box.buffer = kept
+        self._settle(box)
+
+    def clear(self) -> None:
+        """Forget entries popped but not yet received (``flush()``)."""
+        for box in list(self._mailboxes.values()):
+            box.buffer.clear()
+            self._settle(box)
+        self._returns = []
+
+    def buffered_keys(self) -> set[str]:
+        return {box.key for box in self._mailboxes.values() if box.buffer}
+
+    def queued(self) -> int:
+        return sum(len(box.buffer) for box in self._mailboxes.values())
+
+    async def close(self) -> None:
+        """Stop the loop; entries popped for shared channels go back to their lists."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for box in self._mailboxes.values():
+            if not box.inbox and box.buffer:
+                entries = [make_entry(exp, payload) for exp, payload in box.buffer]
+                self._returns.append((box.key, entries))
+                box.buffer.clear()
+        pushes = [
+            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self._returns
+        ]
+        self._returns = []
+        await asyncio.gather(*pushes, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+            self._conn = None
