@@ -49,6 +49,11 @@ def parse_hosts(hosts: object, socket_timeout: float, connect_timeout: float) ->
         "health_check_interval": 0,
     }
     specs = [_parse_entry(entry, index, defaults) for index, entry in enumerate(hosts)]
+    for index, spec in enumerate(specs):
+        try:  # builds (does not connect) one connection: unknown kwargs fail here, not later
+            spec.pool.make_connection()  # type: ignore[no-untyped-call]
+        except TypeError as exc:
+            raise InvalidOption(f"hosts[{index}]: bad connection option: {exc}") from exc
     names = [spec.name for spec in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -71,10 +76,7 @@ def _parse_entry(entry: object, index: int, defaults: dict[str, Any]) -> ShardSp
             return _from_url(kwargs.pop("address"), kwargs, defaults, where)
         if "master_name" in kwargs or "sentinels" in kwargs:
             return _sentinel(kwargs, defaults, where)
-        try:
-            pool = ConnectionPool(**{**defaults, **kwargs})
-        except TypeError as exc:
-            raise InvalidOption(f"{where}: bad connection option: {exc}") from exc
+        pool = ConnectionPool(**{**defaults, **kwargs})
         return ShardSpec(_describe(pool.connection_kwargs), pool)
     raise InvalidOption(
         f"{where} must be a URL string, a (host, port) pair or a dict of connection options, "

@@ -26,8 +26,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server; ``password``/``user`` add auth, ``unix=True`` listens on a socket only."""
 
-    def __init__(self, *, password: str | None = None, user: str | None = None,
-                 unix: bool = False) -> None:
+    def __init__(
+        self, *, password: str | None = None, user: str | None = None, unix: bool = False
+    ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (make system-deps installs it)")
         self.dir = Path(tempfile.mkdtemp(prefix="layerkit-redis-"))
@@ -46,18 +47,47 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-                "--port", str(self.port), "--bind", "127.0.0.1", "--loglevel", "warning"]
+        args = [
+            "redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--loglevel",
+            "warning",
+        ]
         if self.unix:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
         if self.password and self.user:
-            args += ["--user", "default", "off", "--user", self.user, "on",
-                     f">{self.password}", "~*", "&*", "+@all"]
+            args += [
+                "--user",
+                "default",
+                "off",
+                "--user",
+                self.user,
+                "on",
+                f">{self.password}",
+                "~*",
+                "&*",
+                "+@all",
+            ]
         elif self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         self.wait_ready()
         return self
+
+    @staticmethod
+    def version() -> str:
+        """``redis-server --version``'s version number."""
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+        return out.split("v=")[1].split()[0] if "v=" in out else out.strip()
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
