@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 PREFETCH = 32  # extra entries a shared channel may pop for a receiver that keeps receiving
 INBOX_BATCH = 1000  # entries popped at once from this process's own inbox
-RETURN_DELAY = 0.05  # seconds a prefetched entry waits for its receiver before going back
+RETURN_DELAY = 1.0  # seconds a popped shared entry waits for a local receiver before going back
+ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
 
@@ -81,6 +82,7 @@ class Receiver:
         self._mailboxes: dict[str, Mailbox] = {}
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
         self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
+        self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
         self._returns: list[tuple[str, list[bytes]]] = []
         self._blocking: set[str] | None = None
         self._woken = False
@@ -96,6 +98,8 @@ class Receiver:
         if box is None:
             box = self._mailboxes[channel] = Mailbox(channel, key, routing.endswith("!"))
             self._routes[key] = routing
+        if box.inbox:
+            self._armed[key] = time.monotonic()
         payload = self._take(box)
         if payload is not None:
             return payload
@@ -191,11 +195,19 @@ class Receiver:
     # -- the loop -----------------------------------------------------------------------------
 
     def _want(self) -> dict[str, int]:
-        return {
+        want = {
             key: INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH
             for key, count in self._waiting.items()
             if count > 0
         }
+        if self._armed:  # keep a pop waiting on our own inboxes: replies land without a write
+            now = time.monotonic()
+            for key, since in list(self._armed.items()):
+                if now - since > ARMED_FOR:
+                    del self._armed[key]
+                else:
+                    want.setdefault(key, INBOX_BATCH)
+        return want
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -230,6 +242,12 @@ class Receiver:
             backoff = 0.05
             for key, entries in replies:
                 self._dispatch(key, entries)
+            if replies:
+                # Let the receivers just woken run and their sends get written before the next
+                # pop is: on a busy host every write costs a context switch, and theirs are
+                # the ones someone is waiting for.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
 
     async def _open(self) -> AbstractConnection:
         conn = await open_connection(self.pipe.spec, self._block_timeout + self._socket_timeout)
