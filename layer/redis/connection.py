@@ -112,6 +112,14 @@ class Pipe:
     ) -> asyncio.Future[Any]:
         return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    def healthy(self) -> bool:
+        """Connected, and the server has not closed the connection (noticed even when idle)."""
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            return False
+        stream = getattr(conn, "_reader", None)
+        return stream is not None and not stream.at_eof()
+
     def backlog(self) -> int:
         """Bytes written but not yet sent by the kernel: senders pause above a high water."""
         conn = self._conn
@@ -203,6 +211,12 @@ class Pipe:
                 future.set_exception(exc)
 
     async def close(self) -> None:
+        """Finish what was queued (sends already returned to their callers), then disconnect."""
+        waiting = [future for _, future in [*self._pending, *self._out]]
+        if waiting:
+            if self._out and not self._scheduled:
+                self._flush()
+            await asyncio.wait(waiting, timeout=self._socket_timeout)
         self._closed = True
         for task in (self._reader, self._connecting):
             if task is not None:

@@ -138,7 +138,7 @@ class RedisChannelLayer(BaseChannelLayer):
         credit = state.credit.get(key, 0)
         state.inflight[key] += 1
         done = functools.partial(self._pushed, state, key, capacity)
-        if credit > 0:  # the last reply showed room: don't wait for this one
+        if credit > 0 and pipe.healthy():  # the last reply showed room: don't wait for this one
             state.credit[key] = credit - 1
             pipe.script(PUSH, (key,), (now_ms, 0, self._ttl_ms, entry)).add_done_callback(done)
             await pipe.drain()

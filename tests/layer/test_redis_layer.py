@@ -1,0 +1,92 @@
+"""Redis-specific behaviour: encryption, storage layout, and the channels_redis CONFIG keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from layer.config import parse
+from layer.redis import RedisChannelLayer, UndecryptableMessage
+from tests.support.redis_server import RedisServer
+
+
+def make(server: RedisServer, prefix: str, **options: Any) -> RedisChannelLayer:
+    return RedisChannelLayer(hosts=[server.url], prefix=prefix, **options)
+
+
+async def test_encrypted_messages_need_a_matching_key(redis_server: RedisServer) -> None:
+    prefix = f"e{uuid.uuid4().hex[:8]}"
+    old = make(redis_server, prefix, symmetric_encryption_keys=["old-key"])
+    await old.send("secret", {"type": "t", "text": "plain words"})
+    await old.group_add("room", "secret")
+    await old.group_send("room", {"type": "t", "text": "group words"})
+    with redis_server.client() as client:
+        stored = client.lrange(f"{prefix}:c:secret", 0, -1)
+    assert len(stored) == 2 and not any(b"words" in entry for entry in stored)
+
+    stranger = make(redis_server, prefix, symmetric_encryption_keys=["other-key"])
+    with pytest.raises(UndecryptableMessage, match="'secret'"):
+        await asyncio.wait_for(stranger.receive("secret"), 5)
+    rotated = make(redis_server, prefix, symmetric_encryption_keys=["new-key", "old-key"])
+    assert (await asyncio.wait_for(rotated.receive("secret"), 5))["text"] == "group words"
+    for layer in (old, stranger, rotated):
+        await layer.flush()
+        await layer.close()
+
+
+async def test_rotated_key_reads_old_messages(redis_server: RedisServer) -> None:
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    old = make(redis_server, prefix, symmetric_encryption_keys=["k1"])
+    new = make(redis_server, prefix, symmetric_encryption_keys=["k2", "k1"])
+    newer_only = make(redis_server, prefix, symmetric_encryption_keys=["k2"])
+    await old.send("c", {"type": "from.old"})
+    await new.send("c", {"type": "from.new"})
+    assert (await asyncio.wait_for(new.receive("c"), 5))["type"] == "from.old"
+    assert (await asyncio.wait_for(newer_only.receive("c"), 5))["type"] == "from.new"
+    for layer in (old, new, newer_only):
+        await layer.flush()
+        await layer.close()
+
+
+async def test_keys_expire_and_flush_uses_scan(redis_server: RedisServer) -> None:
+    layer = make(redis_server, f"k{uuid.uuid4().hex[:8]}", expiry=5)
+    await layer.send("ttl", {"type": "t"})
+    await layer.group_add("g", "ttl")
+    with redis_server.client() as client:
+        assert 0 < client.pttl(f"{layer.prefix}:c:ttl") <= 6000
+        assert 0 < client.pttl(f"{layer.prefix}:g:g") <= 86_401_000
+        other = client.set("unrelated-key", b"kept")
+        await layer.flush()
+        assert client.keys(f"{layer.prefix}:*") == [] and other
+        assert client.get("unrelated-key") == b"kept"
+    await layer.close()
+
+
+async def test_timed_out_receive_is_a_clean_cancellation(redis_server: RedisServer) -> None:
+    """channels_redis surfaces a redis TimeoutError here; ours is asyncio's own timeout."""
+    layer = make(redis_server, f"t{uuid.uuid4().hex[:8]}", socket_timeout=0.2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive("quiet"), 1.0)
+    await layer.send("quiet", {"type": "late"})
+    assert (await asyncio.wait_for(layer.receive("quiet"), 5))["type"] == "late"
+    await layer.close()
+
+
+def test_channels_redis_config_keys_build_our_layer(redis_server: RedisServer) -> None:
+    config = {
+        "prefix": "app",
+        "expiry": 30,
+        "group_expiry": 3600,
+        "capacity": 50,
+        "channel_capacity": {"http.request": 200, "websocket.send*": 20},
+        "symmetric_encryption_keys": ["secret"],
+        "hosts": [("127.0.0.1", redis_server.port)],
+    }
+    spec = parse({"default": {"BACKEND": "layer.redis.RedisChannelLayer", "CONFIG": config}}, "x")
+    layer = spec["default"].build()
+    assert isinstance(layer, RedisChannelLayer)
+    assert layer.get_capacity("http.request") == 200 and layer.get_capacity("other") == 50
+    assert (layer.prefix, layer.expiry, layer.group_expiry) == ("app", 30, 3600)
