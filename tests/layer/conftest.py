@@ -17,8 +17,8 @@ from layer.inmemory import InMemoryChannelLayer
 from tests.layer.redis_fixtures import (  # noqa: F401 (fixtures)
     redis_layer_factory,
     redis_server,
-    redis_shards,
     redis_sharded_layer_factory,
+    redis_shards,
 )
 
 LayerFactory = Callable[..., BaseChannelLayer]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from layer.config import parse
 from layer.redis import RedisChannelLayer, UndecryptableMessage
 from tests.support.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make(server: RedisServer, prefix: str, **options: Any) -> RedisChannelLayer:
@@ -90,3 +93,28 @@ def test_channels_redis_config_keys_build_our_layer(redis_server: RedisServer) -
     assert isinstance(layer, RedisChannelLayer)
     assert layer.get_capacity("http.request") == 200 and layer.get_capacity("other") == 50
     assert (layer.prefix, layer.expiry, layer.group_expiry) == ("app", 30, 3600)
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "names"),
+    [
+        ("redis.yaml", {}, ["127.0.0.1:6379/0"]),
+        ("redis.yaml", {"REDIS_URL": "redis://u:pw@cache:6390/2"}, ["cache:6390/2"]),
+        (
+            "redis-sharded.yaml",
+            {"REDIS_SHARD_1": "redis://redis-1:6379/0"},
+            ["127.0.0.1:6379/0", "redis-1:6379/0", "127.0.0.1:6381/0"],
+        ),
+    ],
+)
+def test_shipped_redis_configs_build(
+    file: str, env: dict[str, str], names: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layer.config import get_channel_layer
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    layer = get_channel_layer("default", ROOT / "config" / file)
+    assert isinstance(layer, RedisChannelLayer)
+    assert [shard.name for shard in layer.shards] == names
+    assert layer.get_capacity("work.http") == 1000 and layer.capacity == 100

@@ -103,7 +103,8 @@ class RedisServer:
                 if time.monotonic() > deadline:
                     raise
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                    code = self.process.returncode
+                    raise RuntimeError(f"redis-server exited with {code}") from None
                 time.sleep(0.02)
 
     def kill(self) -> None:
