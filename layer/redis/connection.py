@@ -95,6 +95,7 @@ class Pipe:
         self._out: list[tuple[Sequence[Arg], asyncio.Future[Any]]] = []
         self._pending: deque[tuple[Sequence[Arg], asyncio.Future[Any]]] = deque()
         self._scheduled = False
+        self._held = False
         self._closed = False
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
@@ -131,9 +132,33 @@ class Pipe:
         if writer is not None and self.backlog() > _HIGH_WATER:
             await writer.drain()
 
+    def steal(self) -> list[tuple[Sequence[Arg], asyncio.Future[Any]]]:
+        """Hand queued commands to the receive loop, to go out in the same write as its next
+        blocking pop: one write instead of two on every hop. Only when nothing is in flight
+        here, and later commands wait for their replies, so the server sees them in order."""
+        if not self._out or self._pending or self._held or not self.healthy():
+            return []
+        batch, self._out = self._out, []
+        self._held = True
+        return batch
+
+    def release(
+        self, batch: Sequence[tuple[Sequence[Arg], asyncio.Future[Any]]], replies: Any
+    ) -> None:
+        """The replies to a stolen batch (or the exception that lost them)."""
+        self._held = False
+        if isinstance(replies, Exception):
+            self._fail(batch, replies)
+        else:
+            for (args, future), reply in zip(batch, replies, strict=True):
+                self._settle(args, future, reply)
+        if self._out and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._scheduled = False
-        if not self._out:
+        if not self._out or self._held:
             return
         conn = self._conn
         if conn is None or not conn.is_connected:
@@ -189,6 +214,9 @@ class Pipe:
 
     def _resolve(self, reply: Any) -> None:
         args, future = self._pending.popleft()
+        self._settle(args, future, reply)
+
+    def _settle(self, args: Sequence[Arg], future: asyncio.Future[Any], reply: Any) -> None:
         if isinstance(reply, NoScriptError) and args[0] == "EVALSHA":
             self._eval_instead(args, future)
         elif future.done():

@@ -16,13 +16,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from layer.redis.connection import Pipe, ShardUnavailable, open_connection, quiet, write
+from layer.redis.connection import Arg, Pipe, ShardUnavailable, open_connection, quiet, write
 from layer.redis.scripts import MPOP
 
 log = logging.getLogger(__name__)
@@ -243,10 +243,9 @@ class Receiver:
             for key, entries in replies:
                 self._dispatch(key, entries)
             if replies:
-                # Let the receivers just woken run and their sends get written before the next
-                # pop is: on a busy host every write costs a context switch, and theirs are
-                # the ones someone is waiting for.
-                await asyncio.sleep(0)
+                # Let the receivers just woken run first: the sends they queue then go out in
+                # the same write as the next pop (on a busy host every write costs a context
+                # switch).
                 await asyncio.sleep(0)
 
     async def _open(self) -> AbstractConnection:
@@ -275,25 +274,40 @@ class Receiver:
             return []
         self._blocking, self._woken = set(want), False
         keys = [self._wake_key, *want]
-        write(
-            conn,
-            [
-                (
-                    "BLMPOP",
-                    self._block_timeout,
-                    len(keys),
-                    *keys,
-                    "LEFT",
-                    "COUNT",
-                    max(want.values()),
-                )
-            ],
+        stolen = self.pipe.steal()  # sends queued meanwhile share this write
+        pop: tuple[Arg, ...] = (
+            "BLMPOP",
+            self._block_timeout,
+            len(keys),
+            *keys,
+            "LEFT",
+            "COUNT",
+            max(want.values()),
         )
         try:
+            write(conn, [*(args for args, _ in stolen), pop])
+            if stolen:
+                await self._settle_stolen(conn, stolen)
             reply = await conn.read_response(disable_decoding=True)
         finally:
             self._blocking = None
         return [] if reply is None else [(reply[0], reply[1])]
+
+    async def _settle_stolen(
+        self, conn: AbstractConnection, stolen: list[tuple[Sequence[Any], asyncio.Future[Any]]]
+    ) -> None:
+        replies: list[Any] = []
+        try:
+            for _ in stolen:
+                try:
+                    replies.append(await conn.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException as exc:
+            lost = ShardUnavailable(f"Redis shard {self.pipe.spec.name} failed: {exc}")
+            self.pipe.release(stolen, lost)
+            raise
+        self.pipe.release(stolen, replies)
 
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
