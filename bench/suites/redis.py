@@ -16,7 +16,7 @@ from collections.abc import Callable
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from bench.core import Result, SuiteResult, Target
+from bench.core import Result, SuiteResult, Target, best_rate
 from tests.support.redis_server import RedisServer
 
 OURS1, OURS3 = "layer Redis (1 server)", "layer Redis (3 shards)"
@@ -76,15 +76,19 @@ def _consumer(
         async def drain(channel: str) -> None:
             nonlocal got
             for _ in range(count):
-                if await _receive(layer, channel) is None:
-                    return
+                await layer.receive(channel)  # no wait_for here: it costs a task per call
                 got += 1
                 stamps.append(time.time())
 
         tasks = [asyncio.ensure_future(drain(c)) for c in channels]
         await asyncio.sleep(0.5)  # receivers registered (pubsub: subscribed) before producing
         ready.set()
-        await asyncio.gather(*tasks)
+        seen = -1
+        while got != seen and not all(t.done() for t in tasks):  # stop when idle for IDLE s
+            seen = got
+            await asyncio.wait(tasks, timeout=IDLE)
+        for task in tasks:
+            task.cancel()
         out.put((min(stamps, default=0.0), max(stamps, default=0.0), got))
         await layer.flush()
 
@@ -181,6 +185,27 @@ def _roundtrip(subject: str, urls: list[str], count: int) -> float:
             echo.kill()
 
 
+def _same_process_roundtrip(subject: str, urls: list[str], count: int) -> float:
+    """Send, then receive the same message back, in one process (the in-memory suite's
+    roundtrip): each message makes a full trip through Redis before the next is sent."""
+
+    async def main() -> float:
+        layer = make_layer(subject, urls)
+        first = asyncio.ensure_future(layer.receive("bench.rt"))  # pubsub: subscribe first
+        await asyncio.sleep(0.3)
+        await layer.send("bench.rt", MESSAGE)
+        await asyncio.wait_for(first, IDLE)
+
+        async def trips(n: int) -> None:
+            for _ in range(n):
+                await layer.send("bench.rt", MESSAGE)
+                await layer.receive("bench.rt")
+
+        return await best_rate(trips, count)
+
+    return asyncio.run(main())
+
+
 def _redis_benchmark(server: RedisServer, count: int) -> float:
     output = subprocess.run(
         [
@@ -209,7 +234,11 @@ def run(quick: bool) -> SuiteResult:
     servers = [RedisServer().start() for _ in range(3)]
     urls = [server.url for server in servers]
     workloads: dict[str, tuple[Callable[[str], float], str]] = {
-        "roundtrip": (lambda s: _roundtrip(s, urls, 500 * scale), "roundtrips/s"),
+        "roundtrip": (lambda s: _same_process_roundtrip(s, urls, 1_000 * scale), "msg/s"),
+        "echo roundtrip (2 processes)": (
+            lambda s: _roundtrip(s, urls, 300 * scale),
+            "roundtrips/s",
+        ),
         "streamed": (lambda s: _one_way(s, urls, "streamed", 4_000 * scale, 1), "msg/s"),
         "50 producers": (lambda s: _one_way(s, urls, "producers", 200 * scale, 50), "msg/s"),
         "fan-out 100": (lambda s: _one_way(s, urls, "fan-out", 40 * scale, 100), "deliveries/s"),
@@ -247,8 +276,10 @@ def run(quick: bool) -> SuiteResult:
             "`RedisPubSubChannelLayer`, against the same redis-server "
             f"({servers[0].version()}); 3 shards = three local redis-servers. Producer and "
             "consumer are separate processes; rates run from the first send to the last "
-            "receive. roundtrip: send to an echo process, await its reply on a "
-            "process-specific channel. streamed: one producer task, one consumer. 50 "
+            "receive. roundtrip: one task sends a message and receives it back, in one process "
+            "(as in the in-memory suite). echo roundtrip: send to an echo process, await "
+            "its reply on a process-specific channel: four sequential Redis hops, latency "
+            "bound on a shared host. streamed: one producer task, one consumer. 50 "
             "producers: 50 tasks each sending to its own channel, drained by one consumer "
             "process. fan-out: group_send to 100 process-specific members in one process. "
             f"`{LIMIT}`: one client, one round trip per command, the physical limit of a "

@@ -26,6 +26,7 @@ async def test_encrypted_messages_need_a_matching_key(redis_server: RedisServer)
     await old.send("secret", {"type": "t", "text": "plain words"})
     await old.group_add("room", "secret")
     await old.group_send("room", {"type": "t", "text": "group words"})
+    await old.stats()  # group_send returns once queued; this waits until it ran
     with redis_server.client() as client:
         stored = client.lrange(f"{prefix}:c:secret", 0, -1)
     assert len(stored) == 2 and not any(b"words" in entry for entry in stored)
