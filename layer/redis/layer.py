@@ -91,6 +91,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._channel_prefix = f"{prefix}:c:"
         self._expiry_ms = int(self.expiry * 1000)
         self._ttl_ms = self._expiry_ms + 1000
+        self._last: tuple[object, _LoopState | Any] = (None, None)  # the loop used last
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -103,11 +104,14 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
+        if loop is self._last[0]:
+            return self._last[1]
         state = self._states.get(loop)
         if state is None:
             state = self._states[loop] = _LoopState(
                 [self._make_shard(i) for i in range(len(self.shards))]
             )
+        self._last = (loop, state)
         return state
 
     def _make_shard(self, index: int) -> _Shard:
@@ -283,6 +287,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Return prefetched entries, stop the receive loops, close this loop's connections."""
         loop = asyncio.get_running_loop()
         state = self._states.pop(loop, None)
+        self._last = (None, None)
         if state is None:
             return
         for shard in state.shards:
