@@ -108,6 +108,10 @@ class RedisChannelLayer(BaseChannelLayer):
             return self._last[1]
         state = self._states.get(loop)
         if state is None:
+            # async_to_sync may run each call in a fresh loop: forget closed loops' connections
+            # (their transports keep the loop alive, so the weak keys alone would not).
+            for closed in [other for other in self._states if other.is_closed()]:
+                del self._states[closed]
             state = self._states[loop] = _LoopState(
                 [self._make_shard(i) for i in range(len(self.shards))]
             )

@@ -28,7 +28,8 @@ from layer.redis.scripts import MPOP
 log = logging.getLogger(__name__)
 
 PREFETCH = 32  # extra entries a shared channel may pop for a receiver that keeps receiving
-INBOX_BATCH = 1000  # entries popped at once from this process's own inbox
+INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when streaming
+STREAMING = 1.0  # a second receive on a list within this many seconds turns on bulk pops
 RETURN_DELAY = 1.0  # seconds a popped shared entry waits for a local receiver before going back
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
@@ -83,6 +84,8 @@ class Receiver:
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
         self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
         self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
+        self._last_pop: dict[str, float] = {}  # list key -> last receive on it (monotonic)
+        self._streaming: set[str] = set()  # list keys received on again within STREAMING
         self._returns: list[tuple[str, list[bytes]]] = []
         self._blocking: set[str] | None = None
         self._woken = False
@@ -98,8 +101,18 @@ class Receiver:
         if box is None:
             box = self._mailboxes[channel] = Mailbox(channel, key, routing.endswith("!"))
             self._routes[key] = routing
-        if box.inbox:
-            self._armed[key] = time.monotonic()
+        # Bulk pops (prefetch, an armed inbox) only for a receiver that keeps receiving here:
+        # a one-off receive (e.g. async_to_sync, a fresh event loop per call) pops what it
+        # needs, so nothing is left in a loop that is about to close.
+        now = time.monotonic()
+        if now - self._last_pop.get(key, -STREAMING) < STREAMING:
+            self._streaming.add(key)
+            if box.inbox:
+                self._armed[key] = now
+        elif len(self._last_pop) > 10_000:
+            self._last_pop.clear()
+            self._streaming.clear()
+        self._last_pop[key] = now
         payload = self._take(box)
         if payload is not None:
             return payload
@@ -191,7 +204,9 @@ class Receiver:
 
     def _want(self) -> dict[str, int]:
         want = {
-            key: INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH
+            key: (INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH)
+            if key in self._streaming
+            else count
             for key, count in self._waiting.items()
             if count > 0
         }

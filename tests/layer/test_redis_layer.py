@@ -119,3 +119,18 @@ def test_shipped_redis_configs_build(
     assert isinstance(layer, RedisChannelLayer)
     assert [shard.name for shard in layer.shards] == names
     assert layer.get_capacity("work.http") == 1000 and layer.capacity == 100
+
+
+def test_async_to_sync_calls_each_in_a_fresh_loop_lose_nothing(redis_server: RedisServer) -> None:
+    """Sync code (Django views, management commands) may run every call in a new event loop."""
+    from asgiref.sync import async_to_sync
+
+    layer = make(redis_server, f"s{uuid.uuid4().hex[:8]}")
+    for i in range(20):
+        async_to_sync(layer.send)("sync.c", {"type": "x", "i": i})
+    async_to_sync(layer.group_add)("g", "sync.c")
+    async_to_sync(layer.group_send)("g", {"type": "x", "i": 20})
+    got = [async_to_sync(layer.receive)("sync.c")["i"] for _ in range(21)]
+    assert got == list(range(21))
+    assert len(layer._states) <= 1, "closed loops' connections are dropped"
+    async_to_sync(layer.flush)()
