@@ -96,11 +96,17 @@ class Receiver:
 
     # -- the receive side ---------------------------------------------------------------------
 
-    async def pop(self, channel: str, key: str, routing: str) -> bytes:
+    async def pop(self, channel: str, key_prefix: str, routing: str) -> bytes:
         box = self._mailboxes.get(channel)
+        if box is not None and box.buffer:  # the fast path: popped already
+            payload = self._take(box)
+            if payload is not None:
+                return payload
         if box is None:
+            key = key_prefix + routing
             box = self._mailboxes[channel] = Mailbox(channel, key, routing.endswith("!"))
             self._routes[key] = routing
+        key = box.key
         # Bulk pops (prefetch, an armed inbox) only for a receiver that keeps receiving here:
         # a one-off receive (e.g. async_to_sync, a fresh event loop per call) pops what it
         # needs, so nothing is left in a loop that is about to close.
@@ -163,13 +169,12 @@ class Receiver:
             box.buffer.append((expires, payload))
 
     def _settle(self, box: Mailbox) -> None:
-        """Forget an unused mailbox; send a shared channel's unwanted entries back, soon."""
-        if box.waiters:
+        """Send a shared channel's entries that nobody here waits for back, soon.
+
+        Empty mailboxes stay until :meth:`prune` (a receiver that keeps receiving reuses one)."""
+        if box.waiters or not box.buffer:
             return
-        if not box.buffer:
-            if self._mailboxes.get(box.channel) is box:
-                del self._mailboxes[box.channel]
-        elif not box.inbox and not box.returning:
+        if not box.inbox and not box.returning:
             box.returning = True
             asyncio.get_running_loop().call_later(RETURN_DELAY, self._return, box)
 
@@ -347,10 +352,13 @@ class Receiver:
             self._on_expired(expired)
 
     def prune(self) -> None:
-        """Drop expired entries held for process-specific channels nobody is receiving on."""
+        """Drop expired entries held for process-specific channels nobody is receiving on,
+        and mailboxes left empty."""
         for box in list(self._mailboxes.values()):
             if box.inbox and not box.waiters:
                 self._take_expired(box)
+            if not box.waiters and not box.buffer and not box.returning:
+                del self._mailboxes[box.channel]
 
     def _take_expired(self, box: Mailbox) -> None:
         now = time.time() * 1000
