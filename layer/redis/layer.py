@@ -182,8 +182,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _pop(self, channel: str) -> bytes:
         routing = names.non_local_name(channel)
-        shard = self._state().shards[self.ring.node_for(routing)]
-        payload = await shard.receiver.pop(channel, self._channel_prefix, routing)
+        receiver = self._state().shards[self.ring.node_for(routing)].receiver
+        payload = receiver.take(channel)  # already popped: no coroutine, no waiting
+        if payload is None:
+            payload = await receiver.pop(channel, self._channel_prefix, routing)
         if self._crypter is not None:
             payload = self._crypter.decrypt(payload, channel)
         return payload

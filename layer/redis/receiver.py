@@ -96,6 +96,11 @@ class Receiver:
 
     # -- the receive side ---------------------------------------------------------------------
 
+    def take(self, channel: str) -> bytes | None:
+        """An entry already popped for ``channel``, if any (the fast path of a receive)."""
+        box = self._mailboxes.get(channel)
+        return None if box is None or not box.buffer else self._take(box)
+
     async def pop(self, channel: str, key_prefix: str, routing: str) -> bytes:
         box = self._mailboxes.get(channel)
         if box is not None and box.buffer:  # the fast path: popped already
