@@ -19,7 +19,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from layer.redis.hosts import ShardSpec
-from layer.redis.scripts import Script
+from layer.redis.scripts import PUSH, Script
 
 Arg = bytes | str | int | float
 
@@ -106,6 +106,8 @@ class Pipe:
         self._scheduled = False
         self._held = False
         self._closed = False
+        self._stream: asyncio.StreamReader | None = None  # of the live connection
+        self._writer: asyncio.StreamWriter | None = None
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
         """Queue one command for the next batched write."""
@@ -122,24 +124,23 @@ class Pipe:
     ) -> asyncio.Future[Any]:
         return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    def push(self, key: str, now_ms: int, capacity: int, ttl_ms: int, entry: bytes) -> Any:
+        """The PUSH script, without the generic path's packing of lists (the hot path)."""
+        return self.call("EVALSHA", PUSH.sha, 1, key, now_ms, capacity, ttl_ms, entry)
+
     def healthy(self) -> bool:
         """Connected, and the server has not closed the connection (noticed even when idle)."""
-        conn = self._conn
-        if conn is None or not conn.is_connected:
-            return False
-        stream = getattr(conn, "_reader", None)
-        return stream is not None and not stream.at_eof()
+        stream = self._stream
+        return stream is not None and self._conn is not None and not stream.at_eof()
 
-    def backlog(self) -> int:
-        """Bytes written but not yet sent by the kernel: senders pause above a high water."""
-        conn = self._conn
-        writer = getattr(conn, "_writer", None)
-        return 0 if writer is None else writer.transport.get_write_buffer_size()
+    def congested(self) -> bool:
+        """More than a high-water mark written but not yet taken by the kernel."""
+        writer = self._writer
+        return writer is not None and writer.transport.get_write_buffer_size() > _HIGH_WATER
 
     async def drain(self) -> None:
-        writer = getattr(self._conn, "_writer", None)
-        if writer is not None and self.backlog() > _HIGH_WATER:
-            await writer.drain()
+        if self._writer is not None:
+            await self._writer.drain()
 
     def steal(self) -> list[tuple[Sequence[Arg], asyncio.Future[Any]]]:
         """Hand queued commands to the receive loop, to go out in the same write as its next
@@ -191,6 +192,8 @@ class Pipe:
             return
         finally:
             self._connecting = None
+        self._stream = getattr(self._conn, "_reader", None)
+        self._writer = getattr(self._conn, "_writer", None)
         self._reader = asyncio.ensure_future(self._read(self._conn))
         self._flush()
 
@@ -216,7 +219,7 @@ class Pipe:
                     self._resolve(reply)
         except (RedisError, OSError) as exc:
             error = ShardUnavailable(f"Redis shard {self.spec.name} failed: {exc}")
-            self._conn = None
+            self._conn = self._stream = self._writer = None
             await conn.disconnect(nowait=True)
             self._fail(list(pending), error)
             pending.clear()
@@ -260,7 +263,7 @@ class Pipe:
                 task.cancel()
         if self._conn is not None:
             await self._conn.disconnect(nowait=True)
-            self._conn = None
+            self._conn = self._stream = self._writer = None
         error = ShardUnavailable(f"Redis shard {self.spec.name}: the layer is closed")
         self._fail(list(self._pending) + self._out, error)
         self._pending.clear()

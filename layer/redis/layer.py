@@ -30,9 +30,9 @@ from layer.options import positive_number
 from layer.redis.connection import Pipe
 from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
-from layer.redis.receiver import Receiver, make_entry
+from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
-from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_SEND, PUSH
+from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_SEND
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +143,21 @@ class RedisChannelLayer(BaseChannelLayer):
         if self._crypter is not None:
             payload = self._crypter.encrypt(payload)
         now_ms = int(time.time() * 1000)
-        entry = make_entry(now_ms + self._expiry_ms, payload, channel[len(routing) :].encode())
+        entry = b"%013d%s %s" % (
+            now_ms + self._expiry_ms,
+            channel[len(routing) :].encode(),
+            payload,
+        )
         credit = state.credit.get(key, 0)
         state.inflight[key] += 1
         done = functools.partial(self._pushed, state, key, capacity)
         if credit > 0 and pipe.healthy():  # the last reply showed room: don't wait for this one
             state.credit[key] = credit - 1
-            pipe.script(PUSH, (key,), (now_ms, 0, self._ttl_ms, entry)).add_done_callback(done)
-            await pipe.drain()
+            pipe.push(key, now_ms, 0, self._ttl_ms, entry).add_done_callback(done)
+            if pipe.congested():
+                await pipe.drain()
             return
-        reply = pipe.script(PUSH, (key,), (now_ms, capacity, self._ttl_ms, entry))
+        reply = pipe.push(key, now_ms, capacity, self._ttl_ms, entry)
         reply.add_done_callback(done)
         length, _ = await reply
         if length < 0:
@@ -221,7 +226,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 # book the outcome when the reply comes, so group_sends pipeline like sends.
                 state.group_sends += 1
                 sent.add_done_callback(functools.partial(self._group_sent, state, group))
-                await pipe.drain()
+                if pipe.congested():
+                    await pipe.drain()
                 return 0, 0
             delivered, dropped, expired = await sent
             self.counters.expired += expired
