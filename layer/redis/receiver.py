@@ -346,13 +346,17 @@ class Receiver:
             if expires_at <= now:
                 expired += 1
                 continue
-            for name in local.split(b",") if inbox else (b"",):
-                channel = routing + name.decode() if inbox else routing
+            for name in local.decode().split(",") if inbox else ("",):
+                channel = routing + name
                 box = self._mailboxes.get(channel)
                 if box is None:
                     box = self._mailboxes[channel] = Mailbox(channel, key, inbox)
-                self._give(box, payload, expires=expires_at)
-                self._settle(box)
+                if box.waiters:
+                    self._give(box, payload, expires=expires_at)
+                else:  # nobody waiting yet (a busy receiver): keep it for the next receive
+                    box.buffer.append((expires_at, payload))
+                if not inbox:
+                    self._settle(box)
         if expired:
             self._on_expired(expired)
 
