@@ -23,6 +23,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
 from layer.redis.connection import Arg, Pipe, ShardUnavailable, open_connection, quiet, write
+from layer.redis.entries import make_entry, split_entry
 from layer.redis.scripts import MPOP
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,6 @@ class Mailbox:
         self.waiters: deque[asyncio.Future[bytes]] = deque()
         self.returning = False
         self.touched = 0.0
-
-
-def split_entry(entry: bytes) -> tuple[int, bytes, bytes]:
-    """``(expires_at_ms, local_part, payload)`` of a list entry (see layer.redis.scripts)."""
-    space = entry.index(b" ", 13)
-    return int(entry[:13]), entry[13:space], entry[space + 1 :]
-
-
-def make_entry(expires_at_ms: int, payload: bytes, local: bytes = b"") -> bytes:
-    return b"%013d%s %s" % (expires_at_ms, local, payload)
 
 
 class Receiver:
@@ -333,7 +324,9 @@ class Receiver:
         key = raw_key.decode()
         routing = self._routes.get(key)
         if routing is None:
-            return  # the wake list
+            if key != self._wake_key:  # not ours to keep: back to the front of its list
+                self._returns.append((key, entries))
+            return
         now = time.time() * 1000
         expired = 0
         inbox = routing.endswith("!")
@@ -368,6 +361,9 @@ class Receiver:
                 self._take_expired(box)
             if not box.waiters and not box.buffer and not box.returning:
                 del self._mailboxes[box.channel]
+        self._waiting = {key: n for key, n in self._waiting.items() if n}
+        used = {box.key for box in self._mailboxes.values()} | set(self._armed) | set(self._waiting)
+        self._routes = {key: r for key, r in self._routes.items() if key in used}
 
     def _take_expired(self, box: Mailbox) -> None:
         now = time.time() * 1000
