@@ -14,7 +14,8 @@ import pytest
 
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
-from tests.layer.redis_fixtures import (  # noqa: F401 (fixtures)
+from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
+from tests.layer.redis_fixtures import (
     redis_layer_factory,
     redis_server,
     redis_sharded_layer_factory,
@@ -23,7 +24,15 @@ from tests.layer.redis_fixtures import (  # noqa: F401 (fixtures)
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
-BACKENDS = ["inmemory", "redis", "redis_sharded"]
+BACKENDS = ["inmemory", "ipc", "redis", "redis_sharded"]
+__all__ = [
+    "ipc_layer_factory",
+    "ipc_prefix",
+    "redis_layer_factory",
+    "redis_server",
+    "redis_sharded_layer_factory",
+    "redis_shards",
+]
 
 
 @pytest.fixture
