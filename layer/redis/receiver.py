@@ -23,7 +23,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
 from layer.redis.connection import Arg, Pipe, ShardUnavailable, open_connection, quiet, write
-from layer.redis.entries import make_entry, split_entry
+from layer.redis.entries import Mailbox, make_entry, split_entry
 from layer.redis.scripts import MPOP
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,6 @@ RETURN_DELAY = 1.0  # seconds a popped shared entry waits for a local receiver b
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
-
-
-class Mailbox:
-    """Local state of one channel: entries popped but not yet received, and waiting receivers."""
-
-    __slots__ = ("buffer", "channel", "inbox", "key", "returning", "touched", "waiters")
-
-    def __init__(self, channel: str, key: str, inbox: bool) -> None:
-        self.channel = channel
-        self.key = key
-        self.inbox = inbox
-        self.buffer: deque[tuple[int, bytes]] = deque()  # (expires_at_ms, payload)
-        self.waiters: deque[asyncio.Future[bytes]] = deque()
-        self.returning = False
-        self.touched = 0.0
 
 
 class Receiver:
@@ -267,16 +252,20 @@ class Receiver:
 
     async def _fetch(self, conn: AbstractConnection) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
-        commands: list[tuple[Any, ...]] = []
-        for key, entries in self._returns:
-            commands.append(("LPUSH", key, *reversed(entries)))
-        self._returns = []
+        returns, self._returns = self._returns, []
+        commands: list[tuple[Any, ...]] = [
+            ("LPUSH", key, *reversed(entries)) for key, entries in returns
+        ]
         want = self._want()
         if len(want) > 1:
             commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
         if commands:
-            write(conn, commands)
-            replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+            try:
+                write(conn, commands)
+                replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+            except BaseException:
+                self._returns = returns + self._returns  # try again on the next connection
+                raise
             if len(want) > 1 and replies[-1]:
                 flat: list[Any] = replies[-1]
                 return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
