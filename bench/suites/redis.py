@@ -282,7 +282,8 @@ def run(quick: bool) -> SuiteResult:
             f"{__import__('channels_redis').__version__} `RedisChannelLayer` (core) and "
             "`RedisPubSubChannelLayer`, against the same redis-server "
             f"({servers[0].version()}); 3 shards = three local redis-servers. Producer and "
-            "consumer are separate processes; rates run from the first send to the last "
+            "consumer are separate processes (apart from roundtrip); rates run from the first "
+            "send to the last "
             "receive. roundtrip: one task sends a message and receives it back, in one process "
             "(as in the in-memory suite). echo roundtrip: send to an echo process, await "
             "its reply on a process-specific channel: four sequential Redis hops, latency "
@@ -290,6 +291,7 @@ def run(quick: bool) -> SuiteResult:
             "producers: 50 tasks each sending to its own channel, drained by one consumer "
             "process. fan-out: group_send to 100 process-specific members in one process. "
             f"`{LIMIT}`: one client, one round trip per command, the physical limit of a "
-            f"sequential send loop. Message: `{MESSAGE}`. capacity {CAPACITY:,}."
+            "send loop that waits for every reply (ours queues sends while the last reply "
+            f"showed room, see docs/redis.md). Message: `{MESSAGE}`. capacity {CAPACITY:,}."
         ),
     )
