@@ -106,7 +106,11 @@ def _sentinel(kwargs: dict[str, Any], defaults: dict[str, Any], where: str) -> S
     sentinel_kwargs = kwargs.pop("sentinel_kwargs", None) or {}
     manager = Sentinel(  # type: ignore[no-untyped-call]
         [tuple(s) for s in sentinels],
-        sentinel_kwargs={"socket_timeout": defaults["socket_timeout"], **sentinel_kwargs},
+        sentinel_kwargs={
+            "socket_timeout": defaults["socket_timeout"],
+            "socket_connect_timeout": defaults["socket_connect_timeout"],
+            **sentinel_kwargs,
+        },
     )
     pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
         master_name, manager, **{**defaults, **kwargs}
