@@ -152,6 +152,12 @@ class Pipe:
         self._held = True
         return batch
 
+    def give_back(self, batch: list[tuple[Sequence[Arg], asyncio.Future[Any]]]) -> None:
+        """A stolen batch that could not be written: first in line again."""
+        if batch:
+            self._out = batch + self._out
+            self.release([], [])
+
     def release(
         self, batch: Sequence[tuple[Sequence[Arg], asyncio.Future[Any]]], replies: Any
     ) -> None:

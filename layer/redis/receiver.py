@@ -285,7 +285,11 @@ class Receiver:
             max(want.values()),
         )
         try:
-            write(conn, [*(args for args, _ in stolen), pop])
+            try:
+                write(conn, [*(args for args, _ in stolen), pop])
+            except BaseException:
+                self.pipe.give_back(stolen)  # never written: they go out on the pipe instead
+                raise
             if stolen:
                 await self._settle_stolen(conn, stolen)
             reply = await conn.read_response(disable_decoding=True)
