@@ -81,6 +81,7 @@ class Container:
     pod: Pod
     spec: Obj
     env: dict[str, str]
+    init: bool = False
 
     @property
     def name(self) -> str:
@@ -107,6 +108,11 @@ class Container:
     def setting(self, name: str) -> str | None:
         """An env var as the CLI will see it, falling back to the CLI's documented default."""
         return self.env.get(name, CLI_DEFAULTS.get(name))
+
+    def port_setting(self, name: str) -> int | None:
+        """A port env var (``KIT_ADMIN_PORT``...) as a number; None when it is not one."""
+        value = self.setting(name)
+        return int(value) if value is not None and value.isdigit() else None
 
     def port_number(self, port: object) -> int | None:
         """Resolve a probe/Service port (number or container port name) to a number."""
@@ -182,12 +188,12 @@ def pods(objects: list[Obj]) -> list[Pod]:
 
 def containers(objects: list[Obj], pod: Pod) -> Iterator[tuple[Container, list[str]]]:
     """Each container of ``pod`` with its resolved env, and problems met resolving it."""
-    for spec in (pod.spec.get("initContainers") or []) + (pod.spec.get("containers") or []):
+    specs = [(spec, True) for spec in pod.spec.get("initContainers") or []]
+    specs += [(spec, False) for spec in pod.spec.get("containers") or []]
+    for spec, init in specs:
         env, problems = _environment(objects, spec)
-        yield (
-            Container(pod, spec, env),
-            [f"{pod.where} container {spec.get('name')}: {p}" for p in problems],
-        )
+        where = f"{pod.where} container {spec.get('name')}"
+        yield Container(pod, spec, env, init), [f"{where}: {p}" for p in problems]
 
 
 def _environment(objects: list[Obj], spec: Obj) -> tuple[dict[str, str], list[str]]:

@@ -41,10 +41,10 @@ def check_pods(objects: list[Obj]) -> list[str]:
         problems += _selector(pod)
         resolved = list(containers(objects, pod))
         problems += [p for _, ps in resolved for p in ps]
-        kit = [c for c, _ in resolved if c.is_kit]
+        kit = [c for c, _ in resolved if c.is_kit and not c.init]
         for container, _ in resolved:
-            problems += _probes(container) + _resources(container) + _security(container)
-            problems += _image(container)
+            problems += _resources(container) + _security(container) + _image(container)
+            problems += [] if container.init else _probes(container)
         for container in kit:
             problems += _kit_ports(container) + _grace(container)
         problems += _port_clashes(pod, [c for c, _ in resolved]) + _scraped(pod, kit, services)
@@ -72,6 +72,7 @@ def _selector(pod: Pod) -> list[str]:
 
 
 def _probes(c: Container) -> list[str]:
+    """Liveness and readiness on every container; the kit's on its admin port's endpoints."""
     problems = []
     for kind in ("livenessProbe", "readinessProbe"):
         probe = c.spec.get(kind)
@@ -81,8 +82,8 @@ def _probes(c: Container) -> list[str]:
         if not c.is_kit:
             continue
         get = probe.get("httpGet") or {}
-        admin = int(c.setting("KIT_ADMIN_PORT") or 0)
-        if c.port_number(get.get("port")) != admin:
+        admin = c.port_setting("KIT_ADMIN_PORT")
+        if admin is None or c.port_number(get.get("port")) != admin:
             problems.append(
                 f"{c.where}: {kind} must be an httpGet on the admin port {admin} "
                 f"(KIT_ADMIN_PORT), got {probe}"
@@ -145,9 +146,9 @@ def _image(c: Container) -> list[str]:
 
 def _kit_ports(c: Container) -> list[str]:
     problems = []
-    wanted = {"KIT_ADMIN_PORT": c.setting("KIT_ADMIN_PORT")}
+    wanted = ["KIT_ADMIN_PORT"]
     if c.role in ("protocol", "combined"):
-        wanted["KIT_PORT"] = c.setting("KIT_PORT")
+        wanted.append("KIT_PORT")
         if c.env.get("KIT_HOST") != "0.0.0.0":
             problems.append(
                 f"{c.where}: KIT_HOST must be 0.0.0.0 (the CLI's default 127.0.0.1 is "
@@ -155,9 +156,10 @@ def _kit_ports(c: Container) -> list[str]:
             )
     if c.role not in KIT_ROLES:
         problems.append(f"{c.where}: args[0] must be one of {KIT_ROLES}, got {c.role!r}")
-    for var, value in wanted.items():
-        if value is None or not c.declares(int(value)):
-            problems.append(f"{c.where}: {var}={value} is not a declared containerPort")
+    for var in wanted:
+        port = c.port_setting(var)
+        if port is None or not c.declares(port):
+            problems.append(f"{c.where}: {var}={c.setting(var)} is not a declared containerPort")
     return problems
 
 
@@ -203,7 +205,7 @@ def _scraped(pod: Pod, kit: list[Container], services: list[Obj]) -> list[str]:
             scraped[port] = notes.get("prometheus.io/path", "/metrics")
     problems = []
     for c in kit:
-        admin = int(c.setting("KIT_ADMIN_PORT") or 0)
+        admin = c.port_setting("KIT_ADMIN_PORT")
         if admin not in scraped:
             problems.append(
                 f"{c.where}: admin port {admin} has no prometheus.io/scrape + port annotation "

@@ -39,7 +39,7 @@ def check_topology(objects: list[Obj]) -> list[str]:
     layers: list[tuple[Container, LayerSpec]] = []
     for pod in all_pods:
         for c, _ in containers(objects, pod):
-            if not c.is_kit:
+            if not c.is_kit or c.init:
                 continue
             try:
                 layers.append((c, layer_spec(objects, c)))
