@@ -95,12 +95,26 @@ def _known_options(cls: type) -> set[str]:
 def substitute(value: Any, where: str, environ: dict[str, str] | os._Environ[str]) -> Any:
     """Replace ``${VAR}``/``${VAR:-default}`` in every string of ``value``."""
     if isinstance(value, dict):
-        return {k: substitute(v, f"{where}.{k}", environ) for k, v in value.items()}
+        return {
+            _interpolate(k, where, environ) if isinstance(k, str) else k: substitute(
+                v, f"{where}.{k}", environ
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [substitute(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
+    text = _interpolate(value, where, environ)
+    if _VAR_RE.fullmatch(value):  # a lone ${VAR} may inject a number, list or mapping
+        try:
+            return yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            return text
+    return text
 
+
+def _interpolate(text: str, where: str, environ: dict[str, str] | os._Environ[str]) -> str:
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
@@ -109,14 +123,7 @@ def substitute(value: Any, where: str, environ: dict[str, str] | os._Environ[str
             raise ConfigError(f"{where}: environment variable {name} is not set and has no default")
         return default
 
-    whole = _VAR_RE.fullmatch(value) is not None
-    text = _VAR_RE.sub(replace, value)
-    if whole:
-        try:
-            return yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            return text
-    return text
+    return _VAR_RE.sub(replace, text)
 
 
 def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict[str, LayerSpec]:

@@ -4,7 +4,9 @@ Each channel is a deque of ``(expires_at, payload)`` plus a deque of waiting rec
 to a channel with a waiter hands the payload straight to it, so the queue and the waiters are
 never both non-empty. Payloads are msgpack bytes, so a sender mutating its dict afterwards never
 changes what is received. All expiries of a channel share one duration, so expired messages are
-always at the head and pruning is O(1) amortised.
+always at the head and pruning is O(1) amortised. Channels nobody reads again (a crashed
+client's reply channel) and lapsed group members are swept at most once per ``expiry``, so
+memory does not grow with abandoned names.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
         super().__init__(**options)
         self._channels: dict[str, _Channel] = {}
         self._groups: dict[str, dict[str, float]] = {}
+        self._next_sweep = time.monotonic() + self.expiry
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
         self._put(channel, payload, capacity)
 
     def _put(self, channel: str, payload: bytes, capacity: int) -> None:
+        if time.monotonic() >= self._next_sweep:
+            self._sweep()
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
@@ -60,6 +65,20 @@ class InMemoryChannelLayer(BaseChannelLayer):
         while queue and queue[0][0] <= now:
             queue.popleft()
             self.counters.expired += 1
+
+    def _sweep(self) -> None:
+        """Drop expired messages everywhere, then empty channels and lapsed members."""
+        now = time.monotonic()
+        self._next_sweep = now + self.expiry
+        for name, chan in list(self._channels.items()):
+            self._prune(chan.queue, now)
+            if not chan.queue and not chan.waiters:
+                del self._channels[name]
+        for group, members in list(self._groups.items()):
+            for channel in [c for c, expires_at in members.items() if expires_at <= now]:
+                del members[channel]
+            if not members:
+                del self._groups[group]
 
     async def _pop(self, channel: str) -> bytes:
         chan = self._channels.get(channel)

@@ -15,6 +15,8 @@ MAX_NAME_LENGTH = 100  # names must be *shorter* than this, as Channels and asgi
 
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_.?\-]+(?:![A-Za-z0-9_.?\-]*)?")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+_KNOWN_CACHE_SIZE = 8192
+_known_channels: set[str] = set()  # names already validated: the hot path is a set lookup
 _ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -35,8 +37,13 @@ def valid_group_name(name: object) -> bool:
 
 def require_valid_channel_name(name: object) -> None:
     """Raise :class:`InvalidName` saying which rule ``name`` breaks."""
+    if type(name) is str and name in _known_channels:
+        return
     if not valid_channel_name(name):
         raise InvalidName(_explain("Channel", name, extra="!?"))
+    if len(_known_channels) >= _KNOWN_CACHE_SIZE:
+        _known_channels.clear()
+    _known_channels.add(name)  # type: ignore[arg-type]  # valid implies str
 
 
 def require_valid_group_name(name: object) -> None:

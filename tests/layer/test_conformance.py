@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 
@@ -16,8 +17,8 @@ from tests.layer.conftest import LayerFactory
 MB = 1024 * 1024
 
 
-async def receive_soon(layer: BaseChannelLayer, channel: str, timeout: float = 2.0) -> dict:
-    return await asyncio.wait_for(layer.receive(channel), timeout)
+async def receive_soon(layer: BaseChannelLayer, channel: str, wait: float = 2.0) -> dict:
+    return await asyncio.wait_for(layer.receive(channel), wait)
 
 
 async def assert_empty(layer: BaseChannelLayer, channel: str, wait: float = 0.1) -> None:
@@ -164,8 +165,15 @@ async def test_first_matching_capacity_pattern_wins(layer_factory: LayerFactory)
 
 @pytest.mark.parametrize(
     "options",
-    [{"capacity": 0}, {"capacity": "ten"}, {"expiry": -1}, {"channel_capacity": {"x": 0}},
-     {"channel_capacity": {1: 3}}, {"group_expiry": "soon"}, {"max_message_size": "huge"}],
+    [
+        {"capacity": 0},
+        {"capacity": "ten"},
+        {"expiry": -1},
+        {"channel_capacity": {"x": 0}},
+        {"channel_capacity": {1: 3}},
+        {"group_expiry": "soon"},
+        {"max_message_size": "huge"},
+    ],
 )
 def test_bad_options_are_rejected_by_name(layer_factory: LayerFactory, options) -> None:
     with pytest.raises(ValueError, match=next(iter(options))):
@@ -405,10 +413,8 @@ async def test_cancelled_receive_does_not_lose_messages_under_load(
             await asyncio.sleep(0) if rng.random() < 0.5 else None
             if rng.random() < 0.5:
                 task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 received.append((await task)["i"])
-            except asyncio.CancelledError:
-                pass
 
     consumer = asyncio.ensure_future(receiver())
     while sent < total:
@@ -425,16 +431,14 @@ async def test_cancelled_receive_does_not_lose_messages_under_load(
 async def test_receive_with_timeout_loses_nothing(channel_layer: BaseChannelLayer) -> None:
     got: list[int] = []
     for i in range(200):
-        try:
+        with contextlib.suppress(TimeoutError):
             got.append((await asyncio.wait_for(channel_layer.receive("to"), 0.001))["i"])
-        except asyncio.TimeoutError:
-            pass
         if i % 2 == 0:
             await channel_layer.send("to", {"type": "n", "i": i})
     while True:
         try:
             got.append((await asyncio.wait_for(channel_layer.receive("to"), 0.2))["i"])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     assert got == list(range(0, 200, 2))
 
