@@ -24,6 +24,7 @@ CASES = {
     "redis-host-ip": ("policy", "10.244.1.17 is an IP address"),
     "redis-shards-mismatch": ("policy", "are not the Redis StatefulSet's pod DNS names"),
     "networkpolicy-open": ("policy", "admits more than the kit's pods"),
+    "networkpolicy-all-ports": ("policy", "opens ports all; Redis needs exactly 6379"),
     "grace-shorter-than-drain": ("policy", "terminationGracePeriodSeconds 15 must exceed"),
     "inmemory-two-replicas": ("policy", "needs exactly one replica"),
     "service-port-missing": ("policy", "targets 'admin-worker', which no container"),

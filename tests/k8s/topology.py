@@ -23,6 +23,7 @@ from tests.k8s.model import (
     by_kind,
     containers,
     find,
+    image_repo,
     pods,
     quantity,
     ref,
@@ -112,12 +113,23 @@ def _hpas(objects: list[Obj]) -> list[str]:
     return problems
 
 
-def _redis_statefulsets(objects: list[Obj]) -> Iterator[tuple[Obj, int]]:
-    """StatefulSets running the kit's Redis image, with the Redis container port."""
+def _redis_statefulsets(objects: list[Obj]) -> Iterator[tuple[Obj, int, list[str]]]:
+    """StatefulSets running the kit's Redis image: the Redis port, and problems with it."""
     for sts in by_kind(objects, "StatefulSet"):
         for c in sts["spec"]["template"]["spec"]["containers"]:
-            if c.get("image", "").split("@")[0].rsplit("/", 1)[-1].split(":")[0] == REDIS_IMAGE:
-                yield sts, int(c["ports"][0]["containerPort"])
+            if image_repo(str(c.get("image", ""))) != REDIS_IMAGE:
+                continue
+            declared = [int(p["containerPort"]) for p in c.get("ports") or []]
+            args = [str(a) for a in c.get("args") or []]
+            listens = int(args[args.index("--port") + 1]) if "--port" in args[:-1] else 6379
+            bad = (
+                []
+                if listens in declared
+                else [
+                    f"{ref(sts)}: redis-server listens on {listens}, not a declared containerPort"
+                ]
+            )
+            yield sts, listens, bad
 
 
 def _redis(
@@ -126,7 +138,8 @@ def _redis(
     problems: list[str] = []
     expected: dict[tuple[str, int], str] = {}
     redis_pods = []
-    for sts, port in _redis_statefulsets(objects):
+    for sts, port, bad in _redis_statefulsets(objects):
+        problems += bad
         service_name = sts["spec"].get("serviceName")
         svc = find(objects, "Service", str(service_name))
         if svc is None or svc["spec"].get("clusterIP") != "None":
@@ -135,7 +148,7 @@ def _redis(
             problems.append(f"{ref(svc)}: does not select the pods of {ref(sts)}")
         for i in range(int(sts["spec"].get("replicas", 1))):
             expected[(f"{sts['metadata']['name']}-{i}.{service_name}", port)] = ref(sts)
-        redis_pods.append(_pod_of(sts))
+        redis_pods.append((_pod_of(sts), port))
     problems += _network_policy(objects, all_pods, redis_pods, clients)
     host_lists = {}
     for c, spec in clients:
@@ -179,12 +192,12 @@ def _hosts(spec: LayerSpec) -> tuple[list[tuple[str, int]], list[str]]:
 def _network_policy(
     objects: list[Obj],
     all_pods: list[Pod],
-    redis_pods: list[Pod],
+    redis_pods: list[tuple[Pod, int]],
     clients: list[tuple[Container, LayerSpec]],
 ) -> list[str]:
     """Redis pods are isolated for ingress and reachable only from the kit's own pods."""
     problems = []
-    for redis in redis_pods:
+    for redis, port in redis_pods:
         policies = [
             np
             for np in by_kind(objects, "NetworkPolicy")
@@ -197,6 +210,12 @@ def _network_policy(
         peers = []
         for np in policies:
             for rule in np["spec"].get("ingress") or []:
+                ports = {p.get("port") for p in rule.get("ports") or []}
+                if ports != {port}:
+                    problems.append(
+                        f"{ref(np)}: an ingress rule opens ports {sorted(map(str, ports)) or 'all'}"
+                        f"; Redis needs exactly {port}"
+                    )
                 sources = rule.get("from") or []
                 if not sources:
                     problems.append(
