@@ -98,6 +98,11 @@ def _hpas(objects: list[Obj]) -> list[str]:
         if target is None:
             problems.append(f"{ref(hpa)}: scaleTargetRef {target_ref} is not in the manifests")
             continue
+        if "replicas" in target["spec"]:
+            problems.append(
+                f"{ref(target)}: sets spec.replicas although {ref(hpa)} scales it; every "
+                "`kubectl apply` would reset the autoscaled count"
+            )
         if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
             problems.append(f"{ref(hpa)}: minReplicas > maxReplicas")
         for metric in hpa["spec"].get("metrics") or []:
