@@ -48,6 +48,43 @@ def check_pods(objects: list[Obj]) -> list[str]:
         for container in kit:
             problems += _kit_ports(container) + _grace(container)
         problems += _port_clashes(pod, [c for c, _ in resolved]) + _scraped(pod, kit, services)
+        problems += _host_isolation(pod, [c for c, _ in resolved])
+    return problems
+
+
+# Volume types the Pod Security "restricted" profile allows.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def _host_isolation(pod: Pod, cs: list[Container]) -> list[str]:
+    """The rest of the Pod Security "restricted" profile: nothing shared with the node."""
+    problems = [
+        f"{pod.where}: {key} must not be set"
+        for key in ("hostNetwork", "hostPID", "hostIPC")
+        if pod.spec.get(key)
+    ]
+    for volume in pod.spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(
+                f"{pod.where}: volume {volume['name']} is {sorted(kinds)}, not a type the Pod "
+                "Security restricted profile allows"
+            )
+    problems += [
+        f"{c.where}: hostPort {p['hostPort']} ties the pod to a node port"
+        for c in cs
+        for p in c.spec.get("ports") or []
+        if p.get("hostPort")
+    ]
     return problems
 
 

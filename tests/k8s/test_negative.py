@@ -30,6 +30,7 @@ CASES = {
     "service-port-missing": ("policy", "targets 'admin-worker', which no container"),
     "privilege-escalation": ("policy", "allowPrivilegeEscalation must be false"),
     "admin-port-clash": ("policy", "port 8081 is declared by 2 containers"),
+    "hostpath-volume": ("policy", "volume shm is ['hostPath'], not a type the Pod Security"),
     "hpa-target-sets-replicas": (
         "policy",
         "sets spec.replicas although HorizontalPodAutoscaler/worker",
