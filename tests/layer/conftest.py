@@ -14,10 +14,12 @@ import pytest
 
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
+from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
-BACKENDS = ["inmemory"]
+BACKENDS = ["inmemory", "ipc"]
+__all__ = ["ipc_layer_factory", "ipc_prefix"]
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+"""One side of a cross-process IPC benchmark: ``python -m bench.ipc_driver ROLE PREFIX N [DEPTH]``.
+
+Roles: ``echo``/``ping`` (roundtrip), ``produce``/``consume`` (streamed), ``solo`` (send then
+receive in one process, how the issue quoted ``asgi_ipc``), ``idle`` (CPU while a receive
+waits). Each prints ``ready`` once attached (and prefilled), waits for ``go`` on stdin, and the
+timing side prints one JSON line with its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+
+from layer.exceptions import ChannelFull
+from layer.ipc import IPCChannelLayer
+
+MESSAGE = {"type": "chat.message", "text": "hello world", "n": 1}
+
+
+def handshake() -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+async def main(role: str, prefix: str, count: int, depth: int) -> None:
+    layer = IPCChannelLayer(prefix=prefix, size="64MB", capacity=1_000_000)
+    try:
+        if role == "echo":
+            handshake()
+            for _ in range(count):
+                await layer.send("bench.pong", await layer.receive("bench.ping"))
+        elif role == "ping":
+            handshake()
+            started = time.perf_counter()
+            for _ in range(count):
+                await layer.send("bench.ping", MESSAGE)
+                await layer.receive("bench.pong")
+            print(json.dumps({"rate": count / (time.perf_counter() - started)}), flush=True)
+        elif role == "produce":
+            for _ in range(depth):
+                await layer.send("bench.stream", MESSAGE)
+            handshake()
+            sent = 0
+            while sent < count:
+                try:
+                    await layer.send("bench.stream", MESSAGE)
+                    sent += 1
+                except ChannelFull:
+                    await asyncio.sleep(0.001)
+        elif role == "consume":
+            handshake()
+            started = time.perf_counter()
+            for _ in range(count):
+                await layer.receive("bench.stream")
+            print(json.dumps({"rate": count / (time.perf_counter() - started)}), flush=True)
+        elif role == "solo":
+            handshake()
+            started = time.perf_counter()
+            for _ in range(count):
+                await layer.send("bench.solo", MESSAGE)
+                await layer.receive("bench.solo")
+            print(json.dumps({"rate": count / (time.perf_counter() - started)}), flush=True)
+        elif role == "idle":
+            handshake()
+            cpu, wall = time.process_time(), time.perf_counter()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(layer.receive("bench.idle"), count)
+            used = (time.process_time() - cpu) / (time.perf_counter() - wall)
+            print(json.dumps({"cpu_percent": 100 * used}), flush=True)
+    finally:
+        await layer.close()
+
+
+if __name__ == "__main__":
+    role, prefix, count, *rest = sys.argv[1:]
+    asyncio.run(main(role, prefix, int(count), int(rest[0]) if rest else 0))

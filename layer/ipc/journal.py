@@ -1,0 +1,166 @@
+"""The global lock and the undo journal that make every mutation atomic across crashes.
+
+The lock is ``flock`` on the segment's file descriptor: the kernel drops it the moment its
+holder dies, so a ``SIGKILL`` never blocks the others. What the dead holder left half done is
+undone by the journal: before a structural word (a pool head, a queue link, a count) is changed,
+its old bytes are appended to the journal and the journal length is bumped; the length is reset
+to 0 when the mutation is complete (commit). The next lock holder finding a non-zero length
+restores the saved bytes in reverse order. Message bytes are written into unreachable slots and
+need no journal; they become visible only through a journaled link, written last.
+
+A flush is too big to journal; it sets a flag first and is simply redone by the next holder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import weakref
+from collections.abc import Callable
+
+from layer.ipc.layout import (
+    FLUSHING,
+    G_OFF,
+    G_SIZE,
+    JOURNAL_END,
+    JOURNAL_OFF,
+    JSTATE,
+    JSTATE_OFF,
+    RECOVERIES,
+)
+
+_RECORD = struct.Struct("<QI4x")  # offset, length; then the saved bytes, padded to 8
+_END = struct.Struct("<I")
+# The three records of a push or pop, packed from values the caller already holds: the channel
+# entry's five words, the G block's first five (slots, counts) and one slot link.
+_QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
+
+
+class Journal:
+    """Undo records for the mutation in progress; only ever used by the lock holder."""
+
+    __slots__ = ("_g_saved", "end", "mm")
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+        self.end = 0
+        self._g_saved = False
+
+    def save(self, offset: int, length: int) -> None:
+        """Remember ``length`` bytes at ``offset`` before they are changed."""
+        mm = self.mm
+        at = JOURNAL_OFF + self.end
+        step = 16 + ((length + 7) & ~7)
+        if at + step > JOURNAL_END:
+            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+        _RECORD.pack_into(mm, at, offset, length)
+        mm[at + 16 : at + 16 + length] = mm[offset : offset + length]
+        self.end += step
+        _END.pack_into(mm, JSTATE_OFF, self.end)
+
+    def queue_op(
+        self,
+        entry: int,
+        five: tuple[int, int, int, int, int],
+        g5: tuple[int, int, int, int, int],
+        link: int,
+        link_old: int,
+    ) -> None:
+        """Journal a queue push/pop in one write (the hot path's equivalent of three saves)."""
+        at = JOURNAL_OFF + self.end
+        if at + _QUEUE_OP.size > JOURNAL_END:
+            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+        _QUEUE_OP.pack_into(self.mm, at, entry, 20, *five, G_OFF, 20, *g5, link, 4, link_old)
+        self.end += _QUEUE_OP.size
+        _END.pack_into(self.mm, JSTATE_OFF, self.end)
+
+    def save_g(self) -> None:
+        """Save the G block (pool heads and counts) once per mutation."""
+        if not self._g_saved:
+            self.save(G_OFF, G_SIZE)
+            self._g_saved = True
+
+    def commit(self) -> None:
+        """The mutation is complete: forget the undo records (one word write)."""
+        if self.end:
+            _END.pack_into(self.mm, JSTATE_OFF, 0)
+            self.end = 0
+        self._g_saved = False
+
+    def rollback(self) -> None:
+        """Restore every saved record, newest first (also used after a crash)."""
+        mm = self.mm
+        end = _END.unpack_from(mm, JSTATE_OFF)[0]
+        records: list[tuple[int, bytes]] = []
+        at = JOURNAL_OFF
+        while at < JOURNAL_OFF + end:
+            offset, length = _RECORD.unpack_from(mm, at)
+            records.append((offset, mm[at + 16 : at + 16 + length]))
+            at += 16 + ((length + 7) & ~7)
+        for offset, saved in reversed(records):
+            mm[offset : offset + len(saved)] = saved
+        _END.pack_into(mm, JSTATE_OFF, 0)
+        self.end = 0
+        self._g_saved = False
+
+
+class Lock:
+    """``with lock:`` holds the segment exclusively; on entry repairs what a dead holder left."""
+
+    __slots__ = ("__weakref__", "_fd", "_redo_flush", "forked", "journal", "mm", "recoveries")
+
+    def __init__(self, fd: int, mm: mmap.mmap, redo_flush: Callable[[], None]) -> None:
+        self._fd = fd
+        self.mm = mm
+        self.journal = Journal(mm)
+        self._redo_flush = redo_flush
+        self.recoveries = 0
+        self.forked = False
+        _LOCKS.add(self)
+
+    def __enter__(self) -> Journal:
+        if self.forked:
+            raise RuntimeError(
+                "this IPC layer was created before os.fork(): parent and child would share one "
+                "lock; create channel layers in the process that uses them"
+            )
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if JSTATE.unpack_from(self.mm, JSTATE_OFF) != (0, 0):
+            self._recover()
+        return self.journal
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.journal.commit()
+            else:
+                self.journal.rollback()
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _recover(self) -> None:
+        """A holder died mid-mutation: undo it, or finish its flush."""
+        self.recoveries += 1
+        _END.pack_into(self.mm, RECOVERIES, _END.unpack_from(self.mm, RECOVERIES)[0] + 1)
+        self.journal.rollback()
+        if JSTATE.unpack_from(self.mm, JSTATE_OFF)[1] == FLUSHING:
+            self._redo_flush()
+            self.end_flush()
+
+    def begin_flush(self) -> None:
+        JSTATE.pack_into(self.mm, JSTATE_OFF, 0, FLUSHING)
+
+    def end_flush(self) -> None:
+        JSTATE.pack_into(self.mm, JSTATE_OFF, 0, 0)
+
+
+def _mark_forked() -> None:
+    """In a fork child every inherited lock is shared with the parent: refuse to use it."""
+    for lock in _LOCKS:
+        lock.forked = True
+
+
+_LOCKS: weakref.WeakSet[Lock] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_mark_forked)

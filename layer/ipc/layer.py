@@ -1,0 +1,366 @@
+"""``IPCChannelLayer``: the base's storage over one POSIX shared-memory segment per prefix.
+
+Every operation is one short critical section under the segment lock (no ``await`` inside, so
+it is atomic for the event loop too). A receive that finds its channel empty registers a waiter
+node for (this instance, channel) in the same critical section, so no send can slip between
+"empty" and "waiting"; it then waits on a future. One daemon thread per instance sleeps on the
+instance's semaphore and hands wakes to the event loop; a timeout every 0.25 s while receivers
+wait reaps dead instances, so a crash delays survivors by well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import posix_ipc
+
+from layer.base import BaseChannelLayer, StorageCounts
+from layer.exceptions import ChannelFull, InvalidOption
+from layer.ipc import segment
+from layer.ipc.journal import Journal, Lock
+from layer.ipc.layout import NIL, OWNER_CHANNEL
+from layer.ipc.store import Store
+from layer.ipc.table import Key, make_key
+from layer.ipc.wakers import Wakers
+from layer.options import byte_size, positive_int
+
+POLL = 0.25  # seconds between liveness checks while this instance has waiting receivers
+IDLE = 5.0  # semaphore timeout with nobody waiting: the thread just re-checks it is needed
+_KEY_CACHE = 8192
+_SPARE_NODES = 64
+
+
+class IPCChannelLayer(BaseChannelLayer):
+    """Channel layer shared by the processes of one host through ``/dev/shm``."""
+
+    cross_process = True
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "kit",
+        size: int | str = "256MB",
+        slot_size: int = 256,
+        group_access: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.prefix = segment.check_prefix(prefix)
+        self.size = byte_size("size", size)
+        self.slot_size = positive_int("slot_size", slot_size)
+        if self.slot_size & (self.slot_size - 1) or not 64 <= self.slot_size <= 65536:
+            raise InvalidOption(f"slot_size must be a power of two in 64..65536, got {slot_size!r}")
+        if not isinstance(group_access, bool):
+            raise InvalidOption(f"group_access must be true or false, got {group_access!r}")
+        self.mode = 0o660 if group_access else 0o600
+        self._segment = segment.attach(self.prefix, self.size, self.slot_size, self.mode)
+        self._store = Store(self._segment.mm, self._segment.geometry, self.counters)
+        self._lock = Lock(self._segment.fd, self._segment.mm, self._store.flush)
+        self._wakers = Wakers(self._store, self._segment.fd)
+        wake: list[int] = []
+        with self._lock as j:
+            self._waker, self._gen = self._wakers.claim(j, wake)
+            self._epoch = self._store.epoch()
+        self._sem = self._open_sem(self._waker, create=True)
+        self._sems: dict[int, Any] = {self._waker: self._sem}
+        self._keys: dict[str, Key] = {}
+        self._local: dict[str, deque[asyncio.Future[bytes]]] = {}
+        self._node_of: dict[str, int] = {}
+        self._chan_of: dict[int, str] = {}
+        self._spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_pending = False
+        self._closed = False
+        self._post(wake)
+
+    # -- storage ------------------------------------------------------------------------------
+
+    async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
+        key = self._keys.get(channel) or self._key(channel)
+        with self._lock as j:
+            waker = self._store.push(j, key, payload, time.monotonic() + self.expiry, capacity)
+        if waker != NIL:
+            self._post1(waker)
+
+    async def _pop(self, channel: str) -> bytes:
+        local = self._local.get(channel)
+        if local is None:
+            key = self._keys.get(channel) or self._key(channel)
+            with self._lock as j:
+                payload = self._store.take(j, key, time.monotonic())
+                if payload is None:
+                    self._register(j, channel, key)
+            if payload is not None:
+                return payload
+            local = self._local[channel] = deque()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        local.append(future)
+        self._ensure_thread(loop)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._give_back(channel, future.result())
+            else:
+                self._forget(channel, future)
+            raise
+
+    async def _group_add(self, group: str, channel: str) -> None:
+        expires = time.monotonic() + self.group_expiry
+        with self._lock as j:
+            self._store.group_add(j, self._key(group), self._key(channel), expires)
+
+    async def _group_discard(self, group: str, channel: str) -> None:
+        with self._lock as j:
+            self._store.group_discard(j, self._key(group), self._key(channel))
+
+    async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
+        wake: list[int] = []
+        now = time.monotonic()
+        with self._lock as j:
+            result = self._store.group_send(
+                j, self._key(group), payload, now + self.expiry, now, self._capacity_of, wake
+            )
+        self._post(wake)
+        return result
+
+    async def _flush(self) -> None:
+        with self._lock as j:
+            self._lock.begin_flush()
+            self._store.flush()
+            self._lock.end_flush()
+            self._check_epoch(j)
+            wake = [w for w in range(self._wakers.count) if w != self._waker]
+        self._post(wake, only_live=True)
+
+    async def _storage_counts(self) -> StorageCounts:
+        with self._lock:
+            queued, channels, groups = self._store.counts()
+        return StorageCounts(queued=queued, channels=channels, groups=groups)
+
+    async def close(self, unlink: bool = False) -> None:
+        """Detach (withdrawing this instance's waiters); ``unlink=True`` also removes the
+        segment and semaphores from ``/dev/shm`` (processes still attached keep their view)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._sem.release()
+            self._thread.join()
+        wake: list[int] = []
+        with self._lock as j:
+            if not self._check_epoch(j):
+                for node in [*self._chan_of, *self._spare]:
+                    wake.append(self._store.unregister(j, node))
+                    j.commit()
+            self._wakers.release(j, self._waker)
+        self._post([w for w in wake if w not in (NIL, self._waker)])
+        for local in self._local.values():
+            for future in local:
+                future.cancel()
+        for sem in self._sems.values():
+            sem.close()
+        self._segment.close()
+        if unlink:
+            segment.unlink(self.prefix)
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def _register(self, j: Journal, channel: str, key: Key) -> None:
+        self._check_epoch(j)
+        if channel not in self._node_of:
+            spare = self._spare.pop() if self._spare else NIL
+            node = self._store.register(j, key, self._waker, self._gen, spare)
+            self._node_of[channel] = node
+            self._chan_of[node] = channel
+
+    def _check_epoch(self, j: Journal) -> bool:
+        """After a flush every node is gone: forget ours and re-register waiting channels."""
+        epoch = self._store.epoch()
+        if epoch == self._epoch:
+            return False
+        self._epoch = epoch
+        self._node_of.clear()
+        self._chan_of.clear()
+        self._spare.clear()  # the flush emptied the node pool
+        for channel in self._local:
+            self._register(j, channel, self._key(channel))
+        return True
+
+    def _forget(self, channel: str, future: asyncio.Future[bytes]) -> None:
+        """A waiting receive was cancelled."""
+        local = self._local.get(channel)
+        if local is not None:
+            with contextlib.suppress(ValueError):
+                local.remove(future)
+        self._drop_idle(channel)
+
+    def _drop_idle(self, channel: str) -> None:
+        """Withdraw this instance's node for ``channel`` if nobody here waits on it any more.
+
+        A node that has already fired stays: draining the ring passes its wake on.
+        """
+        local = self._local.get(channel)
+        if self._closed or (local and any(not f.done() for f in local)):
+            return
+        self._local.pop(channel, None)
+        node = self._node_of.get(channel)
+        if node is None:
+            return
+        with self._lock as j:
+            if not self._check_epoch(j) and not self._store.fired(node):
+                self._store.unregister(j, node)
+                del self._node_of[channel], self._chan_of[node]
+
+    def _give_back(self, channel: str, payload: bytes) -> None:
+        """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
+        local = self._local.get(channel)
+        while local:
+            future = local.popleft()
+            if not future.done():
+                future.set_result(payload)
+                return
+        if self._closed:
+            return
+        self._drop_idle(channel)
+        try:
+            with self._lock as j:
+                waker = self._store.push_front(
+                    j, self._key(channel), payload, time.monotonic() + self.expiry
+                )
+        except ChannelFull:
+            self.counters.dropped_full += 1
+            return
+        if waker != NIL:
+            self._post1(waker)
+
+    def _on_wake(self, reap: bool = False) -> None:
+        """Deliver what fired at this instance (runs on the event loop)."""
+        self._wake_pending = False
+        if self._closed:
+            return
+        store, wake = self._store, list[int]()
+        dead = self._wakers.dead(self._waker) if reap else []  # syscalls outside the lock
+        with self._lock as j:
+            if dead:
+                self._wakers.reap_dead(j, dead, wake)
+            self._check_epoch(j)
+            nodes, overflow = self._wakers.drain(j, self._waker)
+            j.commit()
+            if overflow:
+                nodes += [node for node in self._chan_of if store.fired(node)]
+            for node in nodes:
+                channel = self._chan_of.get(node)
+                if channel is None or not store.fired(node):
+                    continue  # a stale ring entry
+                del self._chan_of[node], self._node_of[channel]
+                if len(self._spare) < _SPARE_NODES:
+                    self._spare.append(node)
+                else:
+                    store.free_node(j, node)
+                    j.commit()
+                self._deliver(j, channel, wake)
+        self._post(wake)
+
+    def _deliver(self, j: Journal, channel: str, wake: list[int]) -> None:
+        """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
+        local = self._local.get(channel)
+        key = self._key(channel)
+        now = time.monotonic()
+        while local:
+            future = local[0]
+            if future.done():
+                local.popleft()
+                continue
+            payload = self._store.take(j, key, now)
+            j.commit()
+            if payload is None:
+                break
+            local.popleft()
+            future.set_result(payload)
+        if local:
+            self._register(j, channel, key)
+            return
+        self._local.pop(channel, None)
+        idx = self._store.find(OWNER_CHANNEL, *key)
+        if idx != NIL and (waker := self._store.pass_on(j, idx)) != NIL:
+            wake.append(waker)
+
+    def _ensure_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._wait_loop, name=f"ipc-waker-{self.prefix}", daemon=True
+            )
+            self._thread.start()
+
+    def _wait_loop(self) -> None:
+        """Sleep on the semaphore; forward wakes (and periodic reaps) to the event loop."""
+        sem = self._sem
+        while not self._closed:
+            try:
+                sem.acquire(POLL if self._local else IDLE)
+                woke = True
+            except posix_ipc.BusyError:
+                woke = False
+            except posix_ipc.SignalError:  # EINTR: a signal arrived on this thread
+                continue
+            if self._closed or self._loop is None or self._wake_pending:
+                continue
+            if woke or self._local:
+                self._wake_pending = True
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    self._loop.call_soon_threadsafe(self._on_wake, not woke)
+
+    def _post1(self, waker: int) -> None:
+        if waker == self._waker:
+            if self._loop is not None and not self._wake_pending:
+                self._wake_pending = True
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._on_wake)
+            return
+        sem = self._sems.get(waker)
+        if sem is None:
+            try:
+                sem = self._sems[waker] = self._open_sem(waker, create=False)
+            except posix_ipc.ExistentialError:
+                return
+        sem.release()
+
+    def _post(self, wakers: list[int], only_live: bool = False) -> None:
+        for waker in set(wakers):
+            if not only_live or segment.is_held(self._segment.fd, waker):
+                self._post1(waker)
+
+    def _open_sem(self, waker: int, create: bool) -> Any:
+        name = segment.sem_name(self.prefix, waker)
+        if not create:
+            return posix_ipc.Semaphore(name)
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREAT, self.mode, 0)
+        with contextlib.suppress(OSError):  # created by an earlier owner of this record
+            os.chmod(f"{segment.SHM_DIR}/sem.{name[1:]}", self.mode)
+        with contextlib.suppress(posix_ipc.BusyError):
+            while True:  # posts meant for the record's previous owner
+                sem.acquire(0)
+        return sem
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _key(self, name: str) -> Key:
+        key = self._keys.get(name)
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            key = self._keys[name] = make_key(name)
+        return key
+
+    def _capacity_of(self, name: bytes) -> int:
+        return self.get_capacity(name.decode("ascii"))

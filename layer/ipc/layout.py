@@ -1,0 +1,136 @@
+"""The shared segment's layout: one header page, then fixed tables, then the slot arena.
+
+Everything is addressed by offsets into one ``mmap``; every struct uses little-endian standard
+sizes with 4- or 8-byte fields, which CPython packs with one ``memcpy`` each, so a process killed
+mid-write can tear a *record* but never a single word. Records that must change together are
+protected by the undo journal (see :mod:`layer.ipc.journal`).
+
+```
+0      header: magic, version, geometry, journal state, G block (pool heads, counts)
+512    undo journal (records of saved bytes)
+4096   wakers: one record + wake ring per attached layer instance
+...    buckets: u32 heads of the hash chains
+...    entries: channels, groups and group members (keyed by owner + name)
+...    nodes: waiter registrations (instance X waits on channel C), doubly linked per channel
+...    slots: fixed-size message slots; a message is a chain of slots
+```
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MAGIC = 0x31435049_5453494B  # b"KISTIPC1" little-endian
+VERSION = 1
+NIL = 0xFFFFFFFF
+
+# -- header ------------------------------------------------------------------------------------
+HEADER_SIZE = 4096
+MAGIC_OFF = 0
+# version, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers, then u64 offsets
+GEOMETRY = struct.Struct("<IIIIIII4xQQQQQQ")
+GEOMETRY_OFF = 8
+JSTATE = struct.Struct("<II")  # bytes of undo records in use, flush-in-progress flag
+JSTATE_OFF = 128
+FLUSHING = 1
+RECOVERIES = 136  # u32: how many times a lock holder repaired a dead holder's mutation
+G_OFF = 192  # the G block: every global word a mutation may touch, journaled as one record
+G_SIZE = 48
+# A push or pop changes exactly the first five: slot free head, free count, bump, queued
+# messages and active channels (with messages or waiters; idle entries are reclaimed lazily).
+QUEUED, CHANNELS = G_OFF + 12, G_OFF + 16  # after the slot pool's head, count, bump
+ENTRY_FREE, ENTRY_BUMP = G_OFF + 20, G_OFF + 24
+NODE_FREE, NODE_BUMP = G_OFF + 28, G_OFF + 32
+GROUPS, EPOCH = G_OFF + 36, G_OFF + 40
+SCRATCH = G_OFF + 44  # a word nobody reads: the target of "no link changed" undo records
+G5 = struct.Struct("<IIIII")
+SLOTS3 = struct.Struct("<III")  # slot free head, free count, bump
+JOURNAL_OFF = 512
+JOURNAL_END = HEADER_SIZE
+
+# -- entries: channels, groups, members --------------------------------------------------------
+ENTRY_SIZE = 160
+E_NEXT, E_OWNER = 0, 8  # then hash at 4, name length at 12
+# channel: head, tail, count, wait_head, wait_tail | group: first, last, members |
+# member: prev, next, channel hash (prev/next link the group's member list)
+E_A, E_B, E_C = 16, 20, 24  # and wait_head, wait_tail at 28, 32
+E_MUTABLE, E_MUTABLE_SIZE = 16, 24
+E_EXPIRES = 40  # f64, members only
+E_NAME = 48
+KEY = struct.Struct("<IIII")  # next, hash, owner, name length
+FIVE = struct.Struct("<IIIII")  # the five kind-specific words at E_A
+OWNER_CHANNEL = 0xFFFFFFF0
+OWNER_GROUP = 0xFFFFFFF1
+
+# -- waiter nodes ------------------------------------------------------------------------------
+NODE_SIZE = 16
+NODE = struct.Struct("<IIIHH")  # prev, next, entry, waker, waker generation
+FIRED = 0xFFFFFFFE  # a node's prev once a send has fired it (it is then in its waker's ring)
+
+# -- wakers ------------------------------------------------------------------------------------
+RING = 64
+WAKER_SIZE = 64 + 4 * RING
+WAKER = struct.Struct("<IIIII")  # in use, generation, ring read, ring write, overflowed
+W_STATE, W_READ, W_WRITE, W_OVERFLOW = 0, 8, 12, 16  # generation at 4
+W_RING = 64
+MAX_WAKERS = 256
+
+# -- slots -------------------------------------------------------------------------------------
+# A slot is ``next`` (u32) + data; a message is the stream ``MSG`` + payload across a chain.
+MSG = struct.Struct("<Id")  # payload length, expires (time.monotonic(), shared by the host)
+
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+F64 = struct.Struct("<d")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes and offsets of every region, derived from the segment size and slot size."""
+
+    size: int
+    slot_size: int
+    n_slots: int
+    n_entries: int
+    n_buckets: int
+    n_nodes: int
+    n_wakers: int
+    wakers: int
+    buckets: int
+    entries: int
+    nodes: int
+    slots: int
+
+    @classmethod
+    def plan(cls, size: int, slot_size: int) -> Geometry:
+        """Lay out ``size`` bytes: about 5% for tables, the rest for message slots."""
+        n_entries = max(1024, min(size // 4096, 1 << 20))
+        n_buckets = 1 << (n_entries - 1).bit_length()
+        n_nodes = n_entries
+        wakers = HEADER_SIZE
+        buckets = wakers + MAX_WAKERS * WAKER_SIZE
+        entries = buckets + 4 * n_buckets
+        nodes = entries + ENTRY_SIZE * n_entries
+        slots = _align(nodes + NODE_SIZE * n_nodes, 4096)
+        n_slots = min((size - slots) // slot_size, NIL - 1)
+        if n_slots < 16:
+            raise ValueError(f"size {size} is too small for the IPC tables; use at least 1MB")
+        return cls(size, slot_size, n_slots, n_entries, n_buckets, n_nodes, MAX_WAKERS,
+                   wakers, buckets, entries, nodes, slots)  # fmt: skip
+
+    def pack(self) -> tuple[int, ...]:
+        return (VERSION, self.slot_size, self.n_slots, self.n_entries, self.n_buckets,
+                self.n_nodes, self.n_wakers, self.size, self.wakers, self.buckets, self.entries,
+                self.nodes, self.slots)  # fmt: skip
+
+    @classmethod
+    def unpack(cls, values: tuple[int, ...]) -> Geometry:
+        (_, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers,
+         size, wakers, buckets, entries, nodes, slots) = values  # fmt: skip
+        return cls(size, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers,
+                   wakers, buckets, entries, nodes, slots)  # fmt: skip
+
+
+def _align(value: int, to: int) -> int:
+    return (value + to - 1) // to * to

@@ -1,0 +1,361 @@
+"""Channel queues over the slot arena, and the per-channel lists of waiting receivers.
+
+A channel entry holds ``head, tail, count, wait_head, wait_tail``. A message is a chain of slots
+holding ``MSG`` (length, expiry) then the payload; the queue links messages through the ``next``
+word of each message's last slot, so pushing and popping touch O(1) words whatever the depth,
+and freeing a message's chain back to the free list is two writes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+
+from layer.base import Counters
+from layer.exceptions import ChannelFull
+from layer.ipc.journal import Journal
+from layer.ipc.layout import (
+    CHANNELS,
+    E_MUTABLE,
+    E_MUTABLE_SIZE,
+    ENTRY_SIZE,
+    FIRED,
+    FIVE,
+    G5,
+    G_OFF,
+    MSG,
+    NIL,
+    NODE,
+    NODE_SIZE,
+    OWNER_CHANNEL,
+    QUEUED,
+    RING,
+    SCRATCH,
+    SLOTS3,
+    U32,
+    W_OVERFLOW,
+    W_READ,
+    W_RING,
+    W_STATE,
+    W_WRITE,
+    WAKER_SIZE,
+    Geometry,
+)
+from layer.ipc.table import Key, Table
+
+_COUNTS = struct.Struct("<II")  # queued, active channels
+_RING_IO = struct.Struct("<II")  # ring read, ring write
+_u32_pack = U32.pack_into
+_u32_unpack = U32.unpack_from
+
+
+class Queues(Table):
+    """Push/pop of payloads and the waiter lists; called with the lock held."""
+
+    def __init__(self, mm: mmap.mmap, geometry: Geometry, counters: Counters) -> None:
+        super().__init__(mm, geometry)
+        self.counters = counters  # the owning layer's: expired messages are counted there
+        self.slots = geometry.slots
+        self.slot_size = geometry.slot_size
+        self.data = geometry.slot_size - 4
+        self.wakers = geometry.wakers
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def push(self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int) -> int:
+        """Append ``payload``; return the waker index to post (or NIL). Raises ChannelFull."""
+        name, h = key
+        mm = self.mm
+        idx = self.find(OWNER_CHANNEL, name, h)
+        if idx == NIL:
+            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
+        if count >= capacity:
+            self.expire(j, idx, count)
+            five = FIVE.unpack_from(mm, off)
+            head, tail, count, wait_head, wait_tail = five
+            if count >= capacity:
+                j.commit()  # keep the expiry; nothing else changed
+                raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
+        g5 = G5.unpack_from(mm, G_OFF)
+        free, nfree, bump, queued, channels = g5
+        slots, size = self.slots, self.slot_size
+        link = slots + tail * size if count else SCRATCH
+        j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
+        channels += not count and wait_head == NIL
+        length = len(payload)
+        if length + 12 <= self.data and nfree:  # one slot from the free list: the hot path
+            first = last = free
+            at = slots + free * size
+            MSG.pack_into(mm, at + 4, length, expires)
+            mm[at + 16 : at + 16 + length] = payload
+            G5.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels)
+        else:
+            first, last = self.write(j, payload, expires)
+            _COUNTS.pack_into(mm, QUEUED, queued + 1, channels)
+        if count:
+            _u32_pack(mm, link, first)
+        else:
+            head = first
+        FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
+        return NIL if wait_head == NIL else self.fire(j, idx)
+
+    def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
+        """Put a payload a cancelled receive took back at the head (ignores capacity)."""
+        name, h = key
+        mm = self.mm
+        idx = self.find(OWNER_CHANNEL, name, h)
+        if idx == NIL:
+            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
+        g5 = G5.unpack_from(mm, G_OFF)
+        j.save(G_OFF, 20)
+        first, last = self.write(j, payload, expires)
+        link = self.slots + last * self.slot_size  # may still be a free-list link: journal it
+        j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])
+        _u32_pack(mm, link, head)
+        FIVE.pack_into(mm, off, first, tail if count else last, count + 1, wait_head, wait_tail)
+        _COUNTS.pack_into(mm, QUEUED, g5[3] + 1, g5[4] + (not count and wait_head == NIL))
+        return NIL if wait_head == NIL else self.fire(j, idx)
+
+    def take(self, j: Journal, key: Key, now: float) -> bytes | None:
+        """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
+        name, h = key
+        idx = self.find(OWNER_CHANNEL, name, h)
+        if idx == NIL:
+            return None
+        mm = self.mm
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        while True:
+            five = FIVE.unpack_from(mm, off)
+            head, _, count, _, _ = five
+            if not count:
+                return None
+            at = self.slots + head * self.slot_size
+            length, expires = MSG.unpack_from(mm, at + 4)
+            payload = None
+            if expires > now:
+                if length + 12 <= self.data:
+                    payload = mm[at + 16 : at + 16 + length]
+                else:
+                    payload = self._read(head, length)
+            else:
+                self.counters.expired += 1
+            self._unqueue(j, off, length, five)
+            if payload is not None:
+                return payload
+
+    def expire(self, j: Journal, idx: int, count: int) -> None:
+        """Drop (and count) expired messages at the head of channel ``idx``."""
+        mm = self.mm
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        now = time.monotonic()
+        while count:
+            five = FIVE.unpack_from(mm, off)
+            length, expires = MSG.unpack_from(mm, self.slots + five[0] * self.slot_size + 4)
+            if expires > now:
+                return
+            self._unqueue(j, off, length, five)
+            self.counters.expired += 1
+            count -= 1
+
+    def _unqueue(
+        self, j: Journal, off: int, length: int, five: tuple[int, int, int, int, int]
+    ) -> None:
+        """Unlink the head message of the channel at ``off`` (whose words are ``five``) and
+        free its slot chain."""
+        mm = self.mm
+        head, tail, count, wait_head, wait_tail = five
+        slots, size = self.slots, self.slot_size
+        k = (length + 12 + self.data - 1) // self.data
+        last = head
+        if k > 1:
+            for _ in range(k - 1):
+                last = _u32_unpack(mm, slots + last * size)[0]
+        link = slots + last * size
+        nxt = _u32_unpack(mm, link)[0]
+        g5 = G5.unpack_from(mm, G_OFF)
+        j.queue_op(off, five, g5, link, nxt)
+        free, nfree, bump, queued, channels = g5
+        _u32_pack(mm, link, free)
+        idle = count == 1 and wait_head == NIL
+        G5.pack_into(mm, G_OFF, head, nfree + k, bump, queued - 1, channels - idle)
+        if count == 1:
+            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
+        else:
+            FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
+
+    def write(self, j: Journal, payload: bytes, expires: float) -> tuple[int, int]:
+        """Copy a message into free slots (unreachable until linked); return (first, last).
+
+        Only the slot pool's head, count and bump change; the caller has journaled them.
+        """
+        mm = self.mm
+        size, data, slots = self.slot_size, self.data, self.slots
+        length = len(payload)
+        free, nfree, bump = SLOTS3.unpack_from(mm, G_OFF)
+        if length + 12 <= data and nfree:
+            at = slots + free * size
+            MSG.pack_into(mm, at + 4, length, expires)
+            mm[at + 16 : at + 16 + length] = payload
+            SLOTS3.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump)
+            return free, free
+        k = (length + 12 + data - 1) // data
+        if nfree + self.geometry.n_slots - bump < k:
+            raise ChannelFull(
+                f"IPC segment is full: a {length}-byte message needs {k} slots of {size} bytes "
+                f"and {nfree + self.geometry.n_slots - bump} are free; raise `size`"
+            )
+        chain = self._chain(j, free, nfree, bump, k)
+        blob = memoryview(MSG.pack(length, expires) + payload)
+        for i, slot in enumerate(chain):
+            at = slots + slot * size + 4
+            part = blob[i * data : (i + 1) * data]
+            mm[at : at + len(part)] = part
+        return chain[0], chain[-1]
+
+    def _chain(self, j: Journal, free: int, nfree: int, bump: int, k: int) -> list[int]:
+        """Take ``k`` slots: from the free list first, then never-used ones, linked in order."""
+        mm = self.mm
+        size, slots = self.slot_size, self.slots
+        chain: list[int] = []
+        cur = free
+        taken = min(nfree, k)
+        for _ in range(taken):
+            chain.append(cur)
+            cur = _u32_unpack(mm, slots + cur * size)[0]
+        extra = k - taken
+        if extra:
+            if chain:  # the last free slot's link changes: a rollback must restore it
+                j.save(slots + chain[-1] * size, 4)
+                _u32_pack(mm, slots + chain[-1] * size, bump)
+            for slot in range(bump, bump + extra - 1):
+                _u32_pack(mm, slots + slot * size, slot + 1)
+            chain.extend(range(bump, bump + extra))
+        left = nfree - taken
+        SLOTS3.pack_into(mm, G_OFF, cur if left else NIL, left, bump + extra)
+        return chain
+
+    def _read(self, first: int, length: int) -> bytes:
+        mm = self.mm
+        size, data, slots = self.slot_size, self.data, self.slots
+        at = slots + first * size
+        if length + 12 <= data:
+            return mm[at + 16 : at + 16 + length]
+        out = bytearray(mm[at + 16 : at + 4 + data])
+        cur = first
+        while len(out) < length:
+            cur = _u32_unpack(mm, slots + cur * size)[0]
+            at = slots + cur * size + 4
+            out += mm[at : at + min(data, length - len(out))]
+        return bytes(out)
+
+    # -- waiting receivers ------------------------------------------------------------------
+
+    def register(self, j: Journal, key: Key, waker: int, gen: int, spare: int) -> int:
+        """Add a node "waker waits on this channel" at the tail of its wait list.
+
+        ``spare`` is a fired node of the same waker to reuse, or NIL to allocate one.
+        """
+        name, h = key
+        mm = self.mm
+        idx = self.find(OWNER_CHANNEL, name, h)
+        if idx == NIL:
+            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        if spare == NIL:
+            node = self.alloc_node(j)
+        else:
+            node = spare
+            j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
+        j.save(off, E_MUTABLE_SIZE)
+        if wait_tail == NIL:
+            wait_head = node
+        else:
+            at = self.nodes + wait_tail * NODE_SIZE + 4
+            j.save(at, 4)
+            _u32_pack(mm, at, node)
+        FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
+        if not count and wait_tail == NIL:  # the channel was idle
+            j.save_g()
+            self._count(CHANNELS, 1)
+        return node
+
+    def fired(self, node: int) -> bool:
+        """True once a send has taken ``node`` off its list and queued it in its waker's ring."""
+        return bool(_u32_unpack(self.mm, self.nodes + node * NODE_SIZE)[0] == FIRED)
+
+    def unregister(self, j: Journal, node: int) -> int:
+        """Withdraw a node: unlink and free it; a fired one passes its wake on (the waker to
+        post is returned, or NIL)."""
+        at = self.nodes + node * NODE_SIZE
+        prev, _, idx, _, _ = NODE.unpack_from(self.mm, at)
+        if prev != FIRED:
+            self._unlink(j, node)
+            self.free_node(j, node)
+            return NIL
+        self.free_node(j, node)
+        return self.pass_on(j, idx)
+
+    def pass_on(self, j: Journal, idx: int) -> int:
+        """A wake for channel ``idx`` went unused: fire the next waiter if messages remain."""
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        count, wait_head = FIVE.unpack_from(self.mm, off)[2:4]
+        return self.fire(j, idx) if count and wait_head != NIL else NIL
+
+    def fire(self, j: Journal, idx: int) -> int:
+        """Hand a wake to the first live waiter of channel ``idx``; return its waker or NIL."""
+        mm = self.mm
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        while True:
+            node = FIVE.unpack_from(mm, off)[3]
+            if node == NIL:
+                return NIL
+            at = self.nodes + node * NODE_SIZE
+            _, _, _, waker, gen = NODE.unpack_from(mm, at)
+            self._unlink(j, node)
+            wat = self.wakers + waker * WAKER_SIZE
+            state, wgen = _RING_IO.unpack_from(mm, wat + W_STATE)
+            if not state or wgen & 0xFFFF != gen:
+                self.free_node(j, node)  # its instance is gone
+                continue
+            j.save(at, 4)
+            _u32_pack(mm, at, FIRED)
+            read, write = _RING_IO.unpack_from(mm, wat + W_READ)
+            if write - read < RING:
+                _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
+                j.save(wat + W_WRITE, 4)
+                _u32_pack(mm, wat + W_WRITE, write + 1)
+            else:
+                j.save(wat + W_OVERFLOW, 4)  # ring full: the owner rescans its nodes
+                _u32_pack(mm, wat + W_OVERFLOW, 1)
+            return int(waker)
+
+    def _unlink(self, j: Journal, node: int) -> None:
+        mm = self.mm
+        at = self.nodes + node * NODE_SIZE
+        prev, nxt, idx, _, _ = NODE.unpack_from(mm, at)
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        j.save(off, E_MUTABLE_SIZE)
+        if prev == NIL:
+            wait_head = nxt
+        else:
+            j.save(self.nodes + prev * NODE_SIZE + 4, 4)
+            _u32_pack(mm, self.nodes + prev * NODE_SIZE + 4, nxt)
+        if nxt == NIL:
+            wait_tail = prev
+        else:
+            j.save(self.nodes + nxt * NODE_SIZE, 4)
+            _u32_pack(mm, self.nodes + nxt * NODE_SIZE, prev)
+        FIVE.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
+        if not count and wait_head == NIL:
+            j.save_g()
+            self._count(CHANNELS, -1)

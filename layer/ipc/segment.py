@@ -1,0 +1,206 @@
+"""Creating, attaching to and removing a prefix's shared memory and semaphores.
+
+Initialisation happens under ``flock`` on the segment, and the magic word is written last: eight
+processes starting at once see either nothing (and the first one initialises while the others
+wait on the lock) or a complete header, never half of one. Space is reserved with
+``posix_fallocate`` so a full ``/dev/shm`` is a clear error at start-up, not a ``SIGBUS`` later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass
+
+import posix_ipc
+
+from layer.base import Counters
+from layer.exceptions import InvalidOption
+from layer.ipc.layout import (
+    GEOMETRY,
+    GEOMETRY_OFF,
+    HEADER_SIZE,
+    MAGIC,
+    MAGIC_OFF,
+    MAX_WAKERS,
+    U64,
+    VERSION,
+    Geometry,
+)
+from layer.ipc.store import Store
+
+SHM_DIR = "/dev/shm"
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
+_LIVENESS_BASE = 1 << 32  # byte-range locks past the data mark live waker records
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidOption(
+            f"prefix must be 1-64 ASCII letters, digits, '-' or '_', got {prefix!r}"
+        )
+    return prefix
+
+
+def shm_name(prefix: str) -> str:
+    return f"/{prefix}.ipc"
+
+
+def sem_name(prefix: str, waker: int) -> str:
+    return f"/{prefix}.w{waker}"
+
+
+@dataclass
+class Segment:
+    """An attached segment: its descriptor (also the lock), mapping and geometry."""
+
+    prefix: str
+    fd: int
+    mm: mmap.mmap
+    geometry: Geometry
+    initialised: bool  # this attach wrote the empty structure (exactly one of racing starts)
+
+    def close(self) -> None:
+        self.mm.close()
+        os.close(self.fd)
+
+
+def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
+    """Open (creating and initialising if needed) the segment of ``prefix``."""
+    name = shm_name(prefix)
+    created = initialised = False
+    try:
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode)
+        os.fchmod(shm.fd, mode)  # the umask must not strip group access
+        created = True
+    except posix_ipc.ExistentialError:
+        try:
+            shm = posix_ipc.SharedMemory(name)
+        except posix_ipc.PermissionsError as exc:
+            raise InvalidOption(
+                f"cannot open {SHM_DIR}{name}: {exc}; it belongs to another user "
+                "(set group_access and a shared group, or use another prefix)"
+            ) from exc
+    fd = shm.fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            geometry = _read_geometry(fd, prefix)
+            if geometry is None:
+                geometry = Geometry.plan(size, slot_size)
+                _reserve(fd, prefix, size)
+                mm = mmap.mmap(fd, size)
+                _initialise(mm, geometry)
+                initialised = True
+            else:
+                mm = mmap.mmap(fd, geometry.size)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    except BaseException:
+        os.close(fd)
+        if created:
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(name)
+        raise
+    return Segment(prefix, fd, mm, geometry, initialised)
+
+
+def _read_geometry(fd: int, prefix: str) -> Geometry | None:
+    """The geometry of an initialised segment, or None if it is new or half-initialised."""
+    if os.fstat(fd).st_size < HEADER_SIZE:
+        return None
+    head = os.pread(fd, GEOMETRY_OFF + GEOMETRY.size, 0)
+    if U64.unpack_from(head, MAGIC_OFF)[0] != MAGIC:
+        return None
+    values = GEOMETRY.unpack_from(head, GEOMETRY_OFF)
+    if values[0] != VERSION:
+        raise InvalidOption(
+            f"{SHM_DIR}{shm_name(prefix)} has layout version {values[0]}, this code needs "
+            f"{VERSION}; stop its users and run `python -m layer.ipc clean --prefix {prefix}`"
+        )
+    return Geometry.unpack(values)
+
+
+def _reserve(fd: int, prefix: str, size: int) -> None:
+    """Make the segment ``size`` bytes backed by real pages, or explain how to get room."""
+    stat = os.statvfs(SHM_DIR)
+    if size > stat.f_bavail * stat.f_frsize:
+        raise InvalidOption(shm_too_small(prefix, size))
+    try:
+        os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        os.ftruncate(fd, 0)
+        raise InvalidOption(shm_too_small(prefix, size, exc)) from exc
+
+
+def shm_too_small(prefix: str, size: int, exc: OSError | None = None) -> str:
+    stat = os.statvfs(SHM_DIR)
+    total, free = stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
+    want = max(size * 2, 512 << 20) >> 20
+    return (
+        f"IPC layer {prefix!r} needs size={_mib(size)} of shared memory but {SHM_DIR} is "
+        f"{_mib(total)} with {_mib(free)} free ({exc.strerror if exc else 'too small'}). "
+        f"Raise it: `docker run --shm-size={want}m`, compose `shm_size: {want}m`, Kubernetes "
+        f"an `emptyDir: {{medium: Memory, sizeLimit: {want}Mi}}` volume mounted at {SHM_DIR}; "
+        "or lower the layer's `size`."
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f}MiB"
+
+
+def _initialise(mm: mmap.mmap, geometry: Geometry) -> None:
+    """Write an empty structure; the magic goes last, so a crash here means "not initialised"."""
+    mm[0:HEADER_SIZE] = bytes(HEADER_SIZE)
+    GEOMETRY.pack_into(mm, GEOMETRY_OFF, *geometry.pack())
+    mm[geometry.wakers : geometry.buckets] = bytes(geometry.buckets - geometry.wakers)
+    Store(mm, geometry, Counters()).flush()
+    U64.pack_into(mm, MAGIC_OFF, MAGIC)
+
+
+# -- liveness of waker records: an OFD byte lock, dropped by the kernel when its holder dies ----
+
+
+def try_hold(fd: int, waker: int) -> bool:
+    """Take waker record ``waker``'s liveness lock; False if a live instance holds it."""
+    try:
+        fcntl.fcntl(
+            fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, 0, _LIVENESS_BASE + waker, 1, 0)
+        )
+    except OSError:
+        return False
+    return True
+
+
+def release(fd: int, waker: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, 0, _LIVENESS_BASE + waker, 1, 0))
+
+
+def is_held(fd: int, waker: int) -> bool:
+    """True while some live instance (in any process or pid namespace) holds ``waker``."""
+    probe = _FLOCK.pack(fcntl.F_WRLCK, 0, _LIVENESS_BASE + waker, 1, 0)
+    result = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+    return bool(_FLOCK.unpack(result)[0] != fcntl.F_UNLCK)
+
+
+# -- removal -----------------------------------------------------------------------------------
+
+
+def unlink(prefix: str) -> list[str]:
+    """Remove ``prefix``'s segment and semaphores; return what was removed."""
+    removed: list[str] = []
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.unlink_shared_memory(shm_name(prefix))
+        removed.append(shm_name(prefix))
+    for waker in range(MAX_WAKERS):
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_semaphore(sem_name(prefix, waker))
+            removed.append(sem_name(prefix, waker))
+    return removed

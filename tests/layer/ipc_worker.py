@@ -1,0 +1,172 @@
+"""Processes for the IPC tests: ``python -m tests.layer.ipc_worker ROLE PREFIX [ARGS...]``.
+
+Each role attaches its own ``IPCChannelLayer`` (a real, separate process) and reports on stdout:
+``ready`` lines for synchronisation and one JSON line with what it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+import zlib
+
+from layer.exceptions import ChannelFull
+from layer.ipc import IPCChannelLayer
+from layer.ipc.layout import RECOVERIES
+from layer.ipc.table import make_key
+
+SIZE = "16MB"
+
+
+def say(line: object) -> None:
+    print(line if isinstance(line, str) else json.dumps(line), flush=True)
+
+
+async def send_retrying(layer: IPCChannelLayer, channel: str, message: dict) -> None:
+    while True:
+        try:
+            return await layer.send(channel, message)
+        except ChannelFull:
+            await asyncio.sleep(0.002)
+
+
+async def produce(layer: IPCChannelLayer, me: int, count: int, group_every: int) -> None:
+    """``count`` messages to the shared channel; every ``group_every``-th also to the group."""
+    for i in range(count):
+        await send_retrying(layer, "mp.work", {"type": "w", "p": me, "i": i})
+        if i % group_every == 0:
+            await layer.group_send("mp.all", {"type": "g", "p": me, "i": i})
+    say({"sent": count})
+
+
+async def consume(layer: IPCChannelLayer, me: int, group_total: int) -> None:
+    """Receive from the shared channel until ``stop``, and ``group_total`` group messages."""
+    own = f"mp.consumer.{me}"
+    await layer.group_add("mp.all", own)
+    say("ready")
+    work: list[tuple[int, int]] = []
+    group: list[tuple[int, int]] = []
+
+    async def shared() -> None:
+        while (message := await layer.receive("mp.work"))["type"] != "stop":
+            work.append((message["p"], message["i"]))
+
+    async def grouped() -> None:
+        while len(group) < group_total:
+            message = await layer.receive(own)
+            group.append((message["p"], message["i"]))
+
+    await asyncio.gather(shared(), grouped())
+    say({"work": work, "group": group})
+
+
+async def checked_stream(layer: IPCChannelLayer, role: str, count: int) -> None:
+    """Survivors of the crash test: numbered messages whose data carries its own CRC."""
+    if role == "send":
+        say("ready")
+        for i in range(count):
+            data = os.urandom(64 + (i * 37) % 3000)
+            await send_retrying(layer, "k.main", {"type": "m", "i": i, "data": data,
+                                                   "crc": zlib.crc32(data)})  # fmt: skip
+        say({"sent": count})
+        return
+    say("ready")
+    stall = 0.0
+    last = time.monotonic()
+    for i in range(count):
+        message = await asyncio.wait_for(layer.receive("k.main"), 30)
+        now = time.monotonic()
+        stall, last = max(stall, now - last), now
+        assert message["i"] == i, f"expected message {i}, got {message['i']}"
+        assert zlib.crc32(message["data"]) == message["crc"], f"message {i} is torn"
+    recoveries = int.from_bytes(layer._store.mm[RECOVERIES : RECOVERIES + 4], "little")
+    say({"received": count, "max_stall": stall, "recoveries": recoveries})
+
+
+async def impatient(layer: IPCChannelLayer, count: int) -> None:
+    """Receive ``count`` messages through receives that time out at random moments."""
+    rng = random.Random(5)
+    got: list[int] = []
+    timeouts = 0
+    for _ in range(20):  # nothing is sent yet: these leave withdrawn waiters behind
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(layer.receive("c.flaky"), 0.001)
+    say("ready")
+    while len(got) < count:
+        try:
+            message = await asyncio.wait_for(layer.receive("c.flaky"), rng.uniform(0, 0.002))
+        except TimeoutError:
+            timeouts += 1
+        else:
+            got.append(message["i"])
+    say({"got": got, "timeouts": timeouts})
+
+
+async def victim(layer: IPCChannelLayer) -> None:
+    """A tight loop of every kind of mutation, to be SIGKILLed at a random moment."""
+    mine = f"k.victim.{os.getpid()}"
+    await layer.group_add("k.group", mine)
+    say("ready")
+    n = 0
+    while True:
+        n += 1
+        # big messages: most of the time under the lock is spent half way through a write
+        await layer.send(mine, {"type": "v", "data": bytes(20_000 + n % 50_000)})
+        await layer.group_send("k.group", {"type": "g", "n": n})
+        await layer.receive(mine)
+        await layer.receive(mine)
+        waiting = asyncio.ensure_future(layer.receive(f"{mine}.idle"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+
+
+def hold(layer: IPCChannelLayer, what: str) -> None:
+    """Die while holding the lock half way through a mutation (the parent SIGKILLs us)."""
+    key = make_key("h.chan")
+    with layer._lock as j:
+        if what == "push":
+            layer._store.push(j, key, b"\x81\xa4type\xa4torn", time.monotonic() + 60, 100)
+        elif what == "take":
+            assert layer._store.take(j, key, time.monotonic()) is not None
+        elif what == "flush":
+            layer._lock.begin_flush()
+            layer._store.mm[layer._store.buckets : layer._store.buckets + 4] = b"\xff" * 4
+        say("holding")
+        time.sleep(600)
+
+
+async def main(role: str, prefix: str, args: list[str]) -> None:
+    if role == "start":  # attach only after the parent says go: all at the same instant
+        sys.stdin.readline()
+    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=10_000)
+    try:
+        if role == "produce":
+            await produce(layer, int(args[0]), int(args[1]), int(args[2]))
+        elif role == "consume":
+            await consume(layer, int(args[0]), int(args[1]))
+        elif role == "stream":
+            await checked_stream(layer, args[0], int(args[1]))
+        elif role == "impatient":
+            await impatient(layer, int(args[0]))
+        elif role == "victim":
+            await victim(layer)
+        elif role == "hold":
+            hold(layer, args[0])
+        elif role == "start":
+            for i in range(50):
+                await layer.send("s.shared", {"type": "s", "pid": os.getpid(), "i": i})
+            say({"initialised": layer._segment.initialised, "epoch": layer._store.epoch()})
+        elif role == "wait":
+            say("ready")
+            say(await layer.receive(args[0]))
+    finally:
+        await layer.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:]))

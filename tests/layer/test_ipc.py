@@ -1,0 +1,413 @@
+"""IPC backend beyond the conformance suite: real processes, crashes, restarts, limits, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from layer.config import load
+from layer.exceptions import ChannelFull, ConfigError, InvalidOption
+from layer.ipc import IPCChannelLayer
+from tests.layer.ipc_fixture import SHM, shm_objects
+
+ROOT = Path(__file__).resolve().parents[2]
+Factory = Callable[..., IPCChannelLayer]
+
+
+class Worker:
+    """A ``tests.layer.ipc_worker`` process speaking lines on stdin/stdout."""
+
+    def __init__(self, role: str, prefix: str, *args: object) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.layer.ipc_worker", role, prefix, *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        text = self.proc.stdout.readline()
+        if not text:
+            raise AssertionError(f"worker exited with {self.proc.wait()} before saying anything")
+        return text.strip()
+
+    def expect(self, text: str) -> None:
+        assert self.line() == text
+
+    def result(self, timeout: float = 300) -> dict:
+        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, f"worker failed with {self.proc.returncode}"
+        return json.loads(out.strip().splitlines()[-1])
+
+    def tell(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Workers a test starts; any still running at the end are killed."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.kill()
+
+
+async def receive_soon(layer: IPCChannelLayer, channel: str) -> dict:
+    return await asyncio.wait_for(layer.receive(channel), 10)
+
+
+# -- many processes ------------------------------------------------------------------------------
+
+
+async def test_four_producers_four_consumers_exactly_once_in_order(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    producers, consumers, count, group_every = 4, 4, 25_000, 50
+    layer = ipc_layer_factory()
+    group_total = producers * len(range(0, count, group_every))
+    for c in range(consumers):
+        workers.append(Worker("consume", ipc_prefix, c, group_total))
+        workers[-1].expect("ready")
+    sending = [Worker("produce", ipc_prefix, p, count, group_every) for p in range(producers)]
+    workers.extend(sending)
+    for producer in sending:
+        assert producer.result()["sent"] == count
+    for _ in range(consumers):
+        await layer.send("mp.work", {"type": "stop"})
+    seen = [w.result() for w in workers[:consumers]]
+
+    work = [tuple(m) for r in seen for m in r["work"]]
+    assert len(work) == len(set(work)) == producers * count, "lost, duplicated or extra messages"
+    for r in seen:
+        for p in range(producers):
+            mine = [i for q, i in r["work"] if q == p]
+            assert mine == sorted(mine), f"producer {p}'s order changed"
+        expected = sorted((p, i) for p in range(producers) for i in range(0, count, group_every))
+        assert sorted(map(tuple, r["group"])) == expected
+        for p in range(producers):
+            mine = [i for q, i in r["group"] if q == p]
+            assert mine == sorted(mine)
+    assert (await layer.stats())["queued"] == 0
+
+
+async def test_receives_cancelled_in_another_process_lose_nothing(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """Timed-out receives there, sends here: every message once, in order (wakes passed on)."""
+    layer = ipc_layer_factory()
+    receiver = Worker("impatient", ipc_prefix, 2000)
+    workers.append(receiver)
+    receiver.expect("ready")
+    for i in range(2000):
+        await layer.send("c.flaky", {"type": "n", "i": i})
+        if i % 10 == 0:  # gaps in which the other side's receives time out
+            await asyncio.sleep(0.003)
+    outcome = receiver.result()
+    assert outcome["got"] == list(range(2000))
+    print(f"{outcome['timeouts']} receives timed out while messages flowed")
+
+
+# -- crashes -------------------------------------------------------------------------------------
+
+
+async def test_sigkill_at_random_moments_never_stops_or_tears(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """Victims in tight mutation loops die 30 times; a checked stream flows throughout."""
+    layer = ipc_layer_factory()
+    count = 6_000
+    receiver = Worker("stream", ipc_prefix, "receive", count)
+    workers.append(receiver)
+    receiver.expect("ready")
+    sender = Worker("stream", ipc_prefix, "send", count)
+    workers.append(sender)
+    rng = random.Random(4)
+    for _ in range(30):
+        victim = Worker("victim", ipc_prefix)
+        workers.append(victim)
+        victim.expect("ready")
+        await asyncio.sleep(rng.uniform(0.005, 0.1))
+        victim.kill()
+    outcome = receiver.result()
+    assert outcome["received"] == count
+    print(f"max stall {outcome['max_stall']:.3f}s, journal recoveries {outcome['recoveries']}")
+    assert sender.result(timeout=60) == {"sent": count}
+    await layer.group_send("k.group", {"type": "after"})  # the dead members' structures work
+    await layer.send("k.after", {"type": "after"})
+    assert (await receive_soon(layer, "k.after"))["type"] == "after"
+
+
+@pytest.mark.parametrize("what", ["push", "take", "flush"])
+async def test_killed_while_holding_the_lock_mid_mutation(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker], what: str
+) -> None:
+    layer = ipc_layer_factory()
+    await layer.send("h.chan", {"type": "kept"})
+    await layer.group_add("h.group", "h.member")
+    holder = Worker("hold", ipc_prefix, what)
+    workers.append(holder)
+    holder.expect("holding")
+    holder.kill()
+    await layer.send("h.other", {"type": "works"})  # the lock is free again at once
+    assert layer._lock.recoveries == 1
+    assert (await receive_soon(layer, "h.other"))["type"] == "works"
+    if what == "flush":  # a flush that was started is finished by the next lock holder
+        assert (await layer.stats())["queued"] == 0
+        await layer.group_send("h.group", {"type": "x"})
+        assert (await layer.stats())["queued"] == 0
+    else:  # a half-done push or take is undone: exactly the message sent before is there
+        assert (await receive_soon(layer, "h.chan"))["type"] == "kept"
+        assert (await layer.stats())["queued"] == 0
+        await layer.group_send("h.group", {"type": "x"})
+        assert (await receive_soon(layer, "h.member"))["type"] == "x"
+
+
+async def test_restarted_receiver_reattaches_and_receives(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """A receiver killed while waiting leaves a dead waiter; its restart still gets messages."""
+    layer = ipc_layer_factory()
+    first = Worker("wait", ipc_prefix, "r.inbox")
+    workers.append(first)
+    first.expect("ready")
+    await asyncio.sleep(0.2)  # let it register as a waiter, then kill it
+    first.kill()
+    restarted = Worker("wait", ipc_prefix, "r.inbox")
+    workers.append(restarted)
+    restarted.expect("ready")
+    await asyncio.sleep(0.2)  # the restart waits behind the dead waiter
+    await layer.send("r.inbox", {"type": "hello", "n": 1})
+    assert json.loads(restarted.line()) == {"type": "hello", "n": 1}
+    assert restarted.proc.wait(timeout=30) == 0
+
+
+async def test_eight_processes_starting_together_initialise_once(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    starters = [Worker("start", ipc_prefix) for _ in range(8)]
+    workers.extend(starters)
+    for starter in starters:
+        starter.tell("go")
+    outcomes = [s.result() for s in starters]
+    assert sum(o["initialised"] for o in outcomes) == 1
+    layer = ipc_layer_factory()
+    assert not layer._segment.initialised
+    got = [await receive_soon(layer, "s.shared") for _ in range(8 * 50)]
+    assert len({(m["pid"], m["i"]) for m in got}) == 400
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+async def test_full_segment_raises_channel_full_and_recovers(ipc_layer_factory: Factory) -> None:
+    layer = ipc_layer_factory(size="1MB", capacity=100_000)
+    blob = os.urandom(20_000)
+    sent = 0
+    with pytest.raises(ChannelFull, match="IPC segment is full"):
+        while True:
+            await layer.send("full", {"type": "b", "n": sent, "data": blob})
+            sent += 1
+    assert sent > 10
+    assert (await layer.stats())["queued"] == sent
+    for n in range(sent):
+        message = await receive_soon(layer, "full")
+        assert message["n"] == n and message["data"] == blob
+    await layer.send("full", {"type": "b", "n": -1, "data": blob})  # room again
+    assert (await receive_soon(layer, "full"))["n"] == -1
+
+
+async def test_group_send_into_a_full_segment_skips_and_recovers(
+    ipc_layer_factory: Factory,
+) -> None:
+    layer = ipc_layer_factory(size="1MB", capacity=100_000)
+    for member in ("gf.a", "gf.b"):
+        await layer.group_add("gf", member)
+    blob = os.urandom(20_000)
+    with pytest.raises(ChannelFull):
+        while True:
+            await layer.send("gf.filler", {"type": "f", "data": blob})
+    before = await layer.stats()
+    await layer.group_send("gf", {"type": "g", "data": blob})  # no room: both skipped
+    after = await layer.stats()
+    assert after["queued"] == before["queued"]
+    assert after["dropped_full"] == before["dropped_full"] + 2
+    for _ in range(before["queued"]):
+        assert (await receive_soon(layer, "gf.filler"))["data"] == blob
+    await layer.group_send("gf", {"type": "g", "data": blob})
+    assert (await receive_soon(layer, "gf.a"))["type"] == "g"
+    assert (await receive_soon(layer, "gf.b"))["type"] == "g"
+
+
+def test_undersized_dev_shm_is_a_clear_error(ipc_prefix: str) -> None:
+    free = os.statvfs(SHM).f_bavail * os.statvfs(SHM).f_frsize
+    with pytest.raises(InvalidOption) as info:
+        IPCChannelLayer(prefix=ipc_prefix, size=free + (1 << 30))
+    text = str(info.value)
+    for needle in ("/dev/shm is", "free", "--shm-size", "shm_size", "emptyDir", "medium: Memory"):
+        assert needle in text
+    assert shm_objects(ipc_prefix) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"prefix": "bad/prefix"}, "prefix"),
+        ({"size": "lots"}, "size"),
+        ({"slot_size": 100}, "slot_size"),
+        ({"group_access": "yes"}, "group_access"),
+    ],
+)
+def test_bad_ipc_options_are_named(options: dict, error: str) -> None:
+    with pytest.raises(InvalidOption, match=error):
+        IPCChannelLayer(**{"prefix": "unused-prefix", **options})
+
+
+async def test_group_send_to_a_thousand_members(ipc_layer_factory: Factory) -> None:
+    layer = ipc_layer_factory()
+    members = [await layer.new_channel() for _ in range(1000)]
+    for member in members:
+        await layer.group_add("big-room", member)
+    await layer.group_send("big-room", {"type": "hi"})
+    assert (await layer.stats())["queued"] == 1000
+    for member in members:
+        assert (await receive_soon(layer, member))["type"] == "hi"
+
+
+# -- isolation, permissions, cleanup -------------------------------------------------------------
+
+
+async def test_prefixes_are_isolated(ipc_layer_factory: Factory, ipc_prefix: str) -> None:
+    one = ipc_layer_factory()
+    two = IPCChannelLayer(prefix=f"{ipc_prefix}x", size="4MB")
+    try:
+        await one.send("same", {"type": "one"})
+        await two.group_add("g", "same")
+        await two.flush()
+        assert (await two.stats())["queued"] == 0
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(two.receive("same"), 0.2)
+        assert (await receive_soon(one, "same"))["type"] == "one"
+    finally:
+        await two.close(unlink=True)
+    assert shm_objects(f"{ipc_prefix}x") == []
+
+
+async def test_modes_default_private_and_optionally_group(ipc_prefix: str) -> None:
+    private = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    shared = IPCChannelLayer(prefix=f"{ipc_prefix}g", size="4MB", group_access=True)
+    try:
+        for name in shm_objects(ipc_prefix):
+            assert stat.S_IMODE(os.stat(f"{SHM}/{name}").st_mode) == 0o600, name
+        for name in shm_objects(f"{ipc_prefix}g"):
+            assert stat.S_IMODE(os.stat(f"{SHM}/{name}").st_mode) == 0o660, name
+    finally:
+        await private.close(unlink=True)
+        await shared.close(unlink=True)
+
+
+async def test_close_unlink_removes_everything(ipc_prefix: str) -> None:
+    layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    other = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    assert len(shm_objects(ipc_prefix)) == 3  # the segment and one semaphore per instance
+    await other.close()
+    assert len(shm_objects(ipc_prefix)) == 3  # a plain close leaves the shared data
+    await layer.close(unlink=True)
+    assert shm_objects(ipc_prefix) == []
+
+
+def test_clean_command_removes_everything(ipc_prefix: str) -> None:
+    kept = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    asyncio.run(kept.close())
+    assert shm_objects(ipc_prefix)
+    done = subprocess.run(
+        [sys.executable, "-m", "layer.ipc", "clean", "--prefix", ipc_prefix],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    assert "removed 2 object(s)" in done.stdout
+    assert shm_objects(ipc_prefix) == []
+    bad = subprocess.run(
+        [sys.executable, "-m", "layer.ipc", "clean", "--prefix", "../x"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "prefix" in bad.stderr
+
+
+def test_config_file_builds_the_ipc_layer(monkeypatch: pytest.MonkeyPatch, ipc_prefix: str) -> None:
+    monkeypatch.setenv("IPC_PREFIX", ipc_prefix)
+    monkeypatch.setenv("IPC_SIZE", "4MB")
+    layer = load(ROOT / "config" / "ipc.yaml")["default"].build()
+    try:
+        assert isinstance(layer, IPCChannelLayer)
+        assert layer.prefix == ipc_prefix and layer.size == 4 << 20
+    finally:
+        asyncio.run(layer.close(unlink=True))
+    monkeypatch.setenv("IPC_SIZE", "huge")
+    with pytest.raises(ConfigError, match="size"):
+        load(ROOT / "config" / "ipc.yaml")["default"].build()
+
+
+async def test_emptied_channels_are_reclaimed_when_entries_run_out(
+    ipc_layer_factory: Factory,
+) -> None:
+    layer = ipc_layer_factory(size="1MB")  # 1,024 entries
+    assert layer._store.geometry.n_entries == 1024
+    for n in range(3000):
+        await layer.send(f"once.{n}", {"type": "x", "n": n})
+        assert (await receive_soon(layer, f"once.{n}"))["n"] == n
+    stats = await layer.stats()
+    assert stats["channels"] == 0 and stats["queued"] == 0
+    kept = [f"kept.{n}" for n in range(1000)]
+    for name in kept:
+        await layer.send(name, {"type": "k"})
+    with pytest.raises(ChannelFull, match="no free entries"):
+        for n in range(100):
+            await layer.send(f"more.{n}", {"type": "m"})
+    for name in kept:
+        assert (await receive_soon(layer, name))["type"] == "k"
+
+
+async def test_more_wakes_than_the_ring_holds(ipc_layer_factory: Factory) -> None:
+    """200 receivers of one instance woken by one group send: the ring (64) overflows."""
+    layer, sender = ipc_layer_factory(), ipc_layer_factory()
+    members = [f"ring.{n}" for n in range(200)]
+    waiting = [asyncio.ensure_future(layer.receive(member)) for member in members]
+    await asyncio.sleep(0.1)
+    for member in members:
+        await sender.group_add("ring-group", member)
+    await sender.group_send("ring-group", {"type": "wake"})
+    done = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [m["type"] for m in done] == ["wake"] * 200
+    assert (await layer.stats())["queued"] == 0
+
+
+def test_a_layer_inherited_through_fork_refuses_to_work(ipc_prefix: str) -> None:
+    layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    child = os.fork()
+    if child == 0:  # the child: its inherited layer must not share the parent's lock
+        try:
+            asyncio.run(layer.send("forked", {"type": "x"}))
+        except RuntimeError as exc:
+            os._exit(0 if "before os.fork()" in str(exc) else 1)
+        os._exit(2)
+    assert os.waitpid(child, 0)[1] == 0
+    asyncio.run(layer.send("forked", {"type": "x"}))  # the parent is unaffected
+    asyncio.run(layer.close(unlink=True))
