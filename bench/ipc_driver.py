@@ -1,5 +1,8 @@
 """One side of a cross-process IPC benchmark: ``python -m bench.ipc_driver ROLE PREFIX N [DEPTH]``.
 
+``PREFIX`` is the IPC layer's prefix, or a ``redis://`` URL to run the same roles over our Redis
+layer (the suite's same-run baseline for issue 4's "2x our Redis layer" target).
+
 Roles: ``echo``/``ping`` (roundtrip), ``produce``/``consume`` (streamed), ``solo`` (send then
 receive in one process, how the issue quoted ``asgi_ipc``), ``idle`` (CPU while a receive
 waits). Each prints ``ready`` once attached (and prefilled), waits for ``go`` on stdin, and the
@@ -13,6 +16,7 @@ import contextlib
 import json
 import sys
 import time
+from typing import Any
 
 from layer.exceptions import ChannelFull
 from layer.ipc import IPCChannelLayer
@@ -25,8 +29,16 @@ def handshake() -> None:
     sys.stdin.readline()
 
 
+def make_layer(prefix: str) -> Any:
+    if prefix.startswith("redis://"):
+        from layer.redis import RedisChannelLayer
+
+        return RedisChannelLayer(hosts=[prefix], capacity=1_000_000)
+    return IPCChannelLayer(prefix=prefix, size="64MB", capacity=1_000_000)
+
+
 async def main(role: str, prefix: str, count: int, depth: int) -> None:
-    layer = IPCChannelLayer(prefix=prefix, size="64MB", capacity=1_000_000)
+    layer = make_layer(prefix)
     try:
         if role == "echo":
             handshake()

@@ -3,17 +3,24 @@
 Workloads: roundtrip (ping-pong through an echo process), streamed on an empty queue, and
 streamed with 1,000 messages already queued. ``asgi_ipc`` runs from its own throwaway virtualenv
 under ``bench/.peers/`` (created on first use) with ``msgpack-python``, as its users ran it.
-Targets (issue 4): streamed >= 100x ``asgi_ipc`` at depth 1,000 and >= 3x on an empty queue.
+Targets (issue 4): streamed >= 100x ``asgi_ipc`` at depth 1,000 and >= 3x on an empty queue;
+once ``layer.redis`` exists, roundtrip and streamed >= 2x our Redis layer, run by the same
+driver against a throwaway ``redis-server`` (no persistence) on a free port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import posix_ipc
@@ -21,7 +28,7 @@ import posix_ipc
 from bench.core import Result, SuiteResult, Target
 from layer.ipc.segment import unlink
 
-OURS, PEER = "layer IPC", "asgi_ipc 1.4.2"
+OURS, PEER, REDIS = "layer IPC", "asgi_ipc 1.4.2", "layer Redis"
 ROOT = Path(__file__).resolve().parents[2]
 PEER_ENV = ROOT / "bench" / ".peers" / "asgi_ipc"
 PEER_DRIVER = ROOT / "bench" / "asgi_ipc_driver.py"
@@ -46,8 +53,40 @@ def peer_python() -> Path | None:
     return python
 
 
+@contextlib.contextmanager
+def redis_url() -> Iterator[str | None]:
+    """A throwaway redis-server's URL, or None if there is no Redis layer (or server) to run."""
+    if importlib.util.find_spec("layer.redis") is None or shutil.which("redis-server") is None:
+        yield None
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def command(subject: str, peer: Path | None) -> list[str]:
-    if subject == OURS:
+    if subject in (OURS, REDIS):
         return [sys.executable, "-m", "bench.ipc_driver"]
     assert peer is not None
     return [str(peer), str(PEER_DRIVER)]
@@ -91,6 +130,8 @@ def pair(cmd: list[str], roles: list[tuple[str, int, int]], prefix: str) -> dict
 
 
 def clean(prefix: str) -> None:
+    if prefix.startswith("redis://"):
+        return
     unlink(prefix)
     for name in (f"{prefix}-messages", f"{prefix}-groups"):  # asgi_ipc's objects
         with contextlib.suppress(posix_ipc.ExistentialError):
@@ -99,11 +140,13 @@ def clean(prefix: str) -> None:
             posix_ipc.unlink_semaphore(name)
 
 
-def measure(subject: str, workload: str, count: int, peer: Path | None, repeats: int) -> float:
+def measure(
+    subject: str, workload: str, count: int, peer: Path | None, repeats: int, url: str = ""
+) -> float:
     cmd = command(subject, peer)
     best = 0.0
     for _ in range(repeats):
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        prefix = url or f"bench{uuid.uuid4().hex[:8]}"
         if workload == "roundtrip":
             rate = pair(cmd, [("echo", count, 0), ("ping", count, 0)], prefix)["rate"]
         elif workload.startswith("one process"):
@@ -132,23 +175,30 @@ def run(quick: bool) -> SuiteResult:
         "one process, send+receive": (5_000 * scale, 1_000 * scale),
     }
     results: list[Result] = []
-    for workload, (ours, theirs) in workloads.items():
-        unit = {"roundtrip": "roundtrips/s", "streamed": "msg/s"}.get(
-            workload.split(",")[0], "pairs/s"
-        )
-        results.append(Result(workload, OURS, measure(OURS, workload, ours, peer, repeats), unit))
-        if peer is not None:
-            rate = measure(PEER, workload, theirs, peer, repeats)
-            results.append(Result(workload, PEER, rate, unit))
+    targets = [
+        Target("streamed, 1,000 queued", OURS, PEER, 100),
+        Target("streamed", OURS, PEER, 3),
+    ]
+    with redis_url() as url:
+        for workload, (ours, theirs) in workloads.items():
+            unit = {"roundtrip": "roundtrips/s", "streamed": "msg/s"}.get(
+                workload.split(",")[0], "pairs/s"
+            )
+            rate = measure(OURS, workload, ours, peer, repeats)
+            results.append(Result(workload, OURS, rate, unit))
+            if peer is not None:
+                rate = measure(PEER, workload, theirs, peer, repeats)
+                results.append(Result(workload, PEER, rate, unit))
+            if url is not None and workload in ("roundtrip", "streamed"):
+                rate = measure(REDIS, workload, ours, None, repeats, url)
+                results.append(Result(workload, REDIS, rate, unit))
+                targets.append(Target(workload, OURS, REDIS, 2.0))
     cpu = idle_cpu(2 if quick else 5)
     return SuiteResult(
         name="ipc",
         title="IPC layer (shared memory, two processes)",
         results=results,
-        targets=[
-            Target("streamed, 1,000 queued", OURS, PEER, 100),
-            Target("streamed", OURS, PEER, 3),
-        ],
+        targets=targets,
         notes=(
             "Producer and consumer (or pinger and echo) are separate processes on one host. "
             f"Message: `{{'type': 'chat.message', 'text': 'hello world', 'n': 1}}`. "
@@ -156,6 +206,8 @@ def run(quick: bool) -> SuiteResult:
             "in a tight loop) runs from `bench/.peers/asgi_ipc` with `msgpack-python`. "
             "Its polling receiver contends for its one global semaphore, so across processes "
             "it is far slower than in one process (the last row, how issue 4 quoted it). "
+            "`layer Redis` (once it exists): our Redis layer through the same driver, against "
+            'a throwaway `redis-server --save "" --appendonly no` on a free port. '
             f"Idle: a process waiting in `receive()` used {cpu:.2f}% CPU."
         ),
     )

@@ -1,4 +1,4 @@
-"""``python -m layer.ipc clean --prefix X``: remove a prefix's segment and semaphores."""
+"""``python -m layer.ipc clean --prefix X``: remove a prefix's segment and doorbell FIFOs."""
 
 from __future__ import annotations
 

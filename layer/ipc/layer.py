@@ -3,8 +3,8 @@
 Every operation is one short critical section under the segment lock (no ``await`` inside, so
 it is atomic for the event loop too). A receive that finds its channel empty registers a waiter
 node for (this instance, channel) in the same critical section, so no send can slip between
-"empty" and "waiting"; it then waits on a future. One daemon thread per instance sleeps on the
-instance's semaphore and hands wakes to the event loop; a timeout every 0.25 s while receivers
+"empty" and "waiting"; it then waits on a future. The event loop watches the instance's
+doorbell FIFO and drains the wake ring when it chimes; a timer every 0.25 s while receivers
 wait reaps dead instances, so a crash delays survivors by well under a second.
 """
 
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import threading
 import time
 from collections import deque
 from typing import Any
 
-import posix_ipc
-
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
 from layer.ipc import segment
+from layer.ipc.doorbell import Doorbell, Ringer
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL, OWNER_CHANNEL
 from layer.ipc.store import Store
@@ -31,7 +28,6 @@ from layer.ipc.wakers import Wakers
 from layer.options import byte_size, positive_int
 
 POLL = 0.25  # seconds between liveness checks while this instance has waiting receivers
-IDLE = 5.0  # semaphore timeout with nobody waiting: the thread just re-checks it is needed
 _KEY_CACHE = 8192
 _SPARE_NODES = 64
 
@@ -67,16 +63,21 @@ class IPCChannelLayer(BaseChannelLayer):
         with self._lock as j:
             self._waker, self._gen = self._wakers.claim(j, wake)
             self._epoch = self._store.epoch()
-        self._sem = self._open_sem(self._waker, create=True)
-        self._sems: dict[int, Any] = {self._waker: self._sem}
+        try:
+            self._bell = Doorbell(self.prefix, self._waker, self.mode)
+        except BaseException:
+            with self._lock as j:
+                self._wakers.release(j, self._waker)
+            self._segment.close()
+            raise
+        self._ringer = Ringer(self.prefix)
         self._keys: dict[str, Key] = {}
         self._local: dict[str, deque[asyncio.Future[bytes]]] = {}
         self._node_of: dict[str, int] = {}
         self._chan_of: dict[int, str] = {}
         self._spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the doorbell
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._post(wake)
 
@@ -87,7 +88,7 @@ class IPCChannelLayer(BaseChannelLayer):
         with self._lock as j:
             waker = self._store.push(j, key, payload, time.monotonic() + self.expiry, capacity)
         if waker != NIL:
-            self._post1(waker)
+            self._ringer.ring(waker)
 
     async def _pop(self, channel: str) -> bytes:
         local = self._local.get(channel)
@@ -103,7 +104,10 @@ class IPCChannelLayer(BaseChannelLayer):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         local.append(future)
-        self._ensure_thread(loop)
+        if self._loop is not loop:
+            self._watch(loop)
+        if self._timer is None:
+            self._timer = loop.call_later(POLL, self._tick)
         try:
             return await future
         except asyncio.CancelledError:
@@ -152,9 +156,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._sem.release()
-            self._thread.join()
+        self._unwatch()
         wake: list[int] = []
         with self._lock as j:
             if not self._check_epoch(j):
@@ -166,8 +168,8 @@ class IPCChannelLayer(BaseChannelLayer):
         for local in self._local.values():
             for future in local:
                 future.cancel()
-        for sem in self._sems.values():
-            sem.close()
+        self._bell.close()
+        self._ringer.close()
         self._segment.close()
         if unlink:
             segment.unlink(self.prefix)
@@ -240,11 +242,24 @@ class IPCChannelLayer(BaseChannelLayer):
             self.counters.dropped_full += 1
             return
         if waker != NIL:
-            self._post1(waker)
+            self._ringer.ring(waker)
+
+    def _on_chime(self) -> None:
+        """The doorbell rang: consume the chimes first, so a later send rings again."""
+        self._bell.drain()
+        self._on_wake()
+
+    def _tick(self) -> None:
+        """While receivers wait: reap dead instances and pick up wakes whose chime was lost
+        (a sender killed between its send and its chime)."""
+        self._timer = None
+        if self._local and not self._closed:
+            self._on_wake(reap=True)
+            if self._local and self._loop is not None and not self._loop.is_closed():
+                self._timer = self._loop.call_later(POLL, self._tick)
 
     def _on_wake(self, reap: bool = False) -> None:
         """Deliver what fired at this instance (runs on the event loop)."""
-        self._wake_pending = False
         if self._closed:
             return
         store, wake = self._store, list[int]()
@@ -294,63 +309,24 @@ class IPCChannelLayer(BaseChannelLayer):
         if idx != NIL and (waker := self._store.pass_on(j, idx)) != NIL:
             wake.append(waker)
 
-    def _ensure_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` (the one receiving now) watch the doorbell instead of an older loop."""
+        self._unwatch()
+        loop.add_reader(self._bell.fd, self._on_chime)
         self._loop = loop
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._wait_loop, name=f"ipc-waker-{self.prefix}", daemon=True
-            )
-            self._thread.start()
 
-    def _wait_loop(self) -> None:
-        """Sleep on the semaphore; forward wakes (and periodic reaps) to the event loop."""
-        sem = self._sem
-        while not self._closed:
-            try:
-                sem.acquire(POLL if self._local else IDLE)
-                woke = True
-            except posix_ipc.BusyError:
-                woke = False
-            except posix_ipc.SignalError:  # EINTR: a signal arrived on this thread
-                continue
-            if self._closed or self._loop is None or self._wake_pending:
-                continue
-            if woke or self._local:
-                self._wake_pending = True
-                with contextlib.suppress(RuntimeError):  # the loop has closed
-                    self._loop.call_soon_threadsafe(self._on_wake, not woke)
-
-    def _post1(self, waker: int) -> None:
-        if waker == self._waker:
-            if self._loop is not None and not self._wake_pending:
-                self._wake_pending = True
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._on_wake)
-            return
-        sem = self._sems.get(waker)
-        if sem is None:
-            try:
-                sem = self._sems[waker] = self._open_sem(waker, create=False)
-            except posix_ipc.ExistentialError:
-                return
-        sem.release()
+    def _unwatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._bell.fd)
+        self._loop = None
 
     def _post(self, wakers: list[int], only_live: bool = False) -> None:
         for waker in set(wakers):
             if not only_live or segment.is_held(self._segment.fd, waker):
-                self._post1(waker)
-
-    def _open_sem(self, waker: int, create: bool) -> Any:
-        name = segment.sem_name(self.prefix, waker)
-        if not create:
-            return posix_ipc.Semaphore(name)
-        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREAT, self.mode, 0)
-        with contextlib.suppress(OSError):  # created by an earlier owner of this record
-            os.chmod(f"{segment.SHM_DIR}/sem.{name[1:]}", self.mode)
-        with contextlib.suppress(posix_ipc.BusyError):
-            while True:  # posts meant for the record's previous owner
-                sem.acquire(0)
-        return sem
+                self._ringer.ring(waker)
 
     # -- keys ---------------------------------------------------------------------------------
 

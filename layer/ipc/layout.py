@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = 0x31435049_5453494B  # b"KISTIPC1" little-endian
-VERSION = 1
+VERSION = 2  # 2: doorbell FIFOs replace the per-instance semaphores
 NIL = 0xFFFFFFFF
 
 # -- header ------------------------------------------------------------------------------------

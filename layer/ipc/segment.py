@@ -1,4 +1,4 @@
-"""Creating, attaching to and removing a prefix's shared memory and semaphores.
+"""Creating, attaching to and removing a prefix's shared memory and doorbell FIFOs.
 
 Initialisation happens under ``flock`` on the segment, and the magic word is written last: eight
 processes starting at once see either nothing (and the first one initialises while the others
@@ -26,7 +26,6 @@ from layer.ipc.layout import (
     HEADER_SIZE,
     MAGIC,
     MAGIC_OFF,
-    MAX_WAKERS,
     U64,
     VERSION,
     Geometry,
@@ -49,10 +48,6 @@ def check_prefix(prefix: object) -> str:
 
 def shm_name(prefix: str) -> str:
     return f"/{prefix}.ipc"
-
-
-def sem_name(prefix: str, waker: int) -> str:
-    return f"/{prefix}.w{waker}"
 
 
 @dataclass
@@ -194,13 +189,19 @@ def is_held(fd: int, waker: int) -> bool:
 
 
 def unlink(prefix: str) -> list[str]:
-    """Remove ``prefix``'s segment and semaphores; return what was removed."""
+    """Remove ``prefix``'s segment and doorbells; return what was removed.
+
+    Semaphores ``sem.<prefix>.w<N>`` of layout version 1 (before doorbells) go too, so the
+    upgrade's ``clean`` leaves nothing behind.
+    """
     removed: list[str] = []
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_shared_memory(shm_name(prefix))
         removed.append(shm_name(prefix))
-    for waker in range(MAX_WAKERS):
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_semaphore(sem_name(prefix, waker))
-            removed.append(sem_name(prefix, waker))
+    owned = re.compile(rf"(sem\.)?{re.escape(prefix)}\.w\d+")
+    for name in sorted(os.listdir(SHM_DIR)):
+        if owned.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{SHM_DIR}/{name}")
+                removed.append(f"/{name}")
     return removed

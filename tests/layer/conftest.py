@@ -15,11 +15,24 @@ import pytest
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
 from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
+from tests.layer.redis_fixtures import (
+    redis_layer_factory,
+    redis_server,
+    redis_sharded_layer_factory,
+    redis_shards,
+)
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
-BACKENDS = ["inmemory", "ipc"]
-__all__ = ["ipc_layer_factory", "ipc_prefix"]
+BACKENDS = ["inmemory", "ipc", "redis", "redis_sharded"]
+__all__ = [
+    "ipc_layer_factory",
+    "ipc_prefix",
+    "redis_layer_factory",
+    "redis_server",
+    "redis_sharded_layer_factory",
+    "redis_shards",
+]
 
 
 @pytest.fixture

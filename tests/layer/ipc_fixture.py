@@ -15,7 +15,7 @@ SHM = "/dev/shm"
 
 
 def shm_objects(prefix: str) -> list[str]:
-    """What ``prefix`` has in /dev/shm (segment and semaphores)."""
+    """What ``prefix`` has in /dev/shm (segment and doorbells)."""
     return sorted(
         name for name in os.listdir(SHM) if name.startswith((f"{prefix}.", f"sem.{prefix}."))
     )

@@ -200,6 +200,33 @@ async def test_restarted_receiver_reattaches_and_receives(
     assert restarted.proc.wait(timeout=30) == 0
 
 
+async def test_doorbells_reach_each_owner_of_a_record_in_turn(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """The sender keeps one descriptor per doorbell: it must reach a record's next owner after a
+    clean exit, and survive ringing an owner that was killed (EPIPE) without losing the message."""
+    layer = ipc_layer_factory()
+
+    async def waiter() -> Worker:
+        worker = Worker("wait", ipc_prefix, "d.chan")
+        workers.append(worker)
+        worker.expect("ready")
+        await asyncio.sleep(0.2)  # let it register as a waiter
+        return worker
+
+    for n in range(2):  # the second owner of the record is rung through the cached descriptor
+        worker = await waiter()
+        await layer.send("d.chan", {"type": "ring", "n": n})
+        assert json.loads(worker.line()) == {"type": "ring", "n": n}
+        assert worker.proc.wait(timeout=30) == 0
+    (await waiter()).kill()
+    await layer.send("d.chan", {"type": "ring", "n": 2})  # fires the dead waiter: EPIPE
+    assert len(layer._ringer.fds) == 0
+    worker = await waiter()
+    assert json.loads(worker.line()) == {"type": "ring", "n": 2}
+    assert worker.proc.wait(timeout=30) == 0
+
+
 async def test_eight_processes_starting_together_initialise_once(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
 ) -> None:
@@ -327,7 +354,7 @@ async def test_modes_default_private_and_optionally_group(ipc_prefix: str) -> No
 async def test_close_unlink_removes_everything(ipc_prefix: str) -> None:
     layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
     other = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
-    assert len(shm_objects(ipc_prefix)) == 3  # the segment and one semaphore per instance
+    assert len(shm_objects(ipc_prefix)) == 3  # the segment and one doorbell FIFO per instance
     await other.close()
     assert len(shm_objects(ipc_prefix)) == 3  # a plain close leaves the shared data
     await layer.close(unlink=True)
@@ -397,6 +424,25 @@ async def test_more_wakes_than_the_ring_holds(ipc_layer_factory: Factory) -> Non
     done = await asyncio.wait_for(asyncio.gather(*waiting), 10)
     assert [m["type"] for m in done] == ["wake"] * 200
     assert (await layer.stats())["queued"] == 0
+
+
+def test_a_layer_waits_in_one_event_loop_after_another(ipc_prefix: str) -> None:
+    """The doorbell is watched by the loop of the latest waiting receive (asyncio.run twice)."""
+    layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    sender = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+
+    async def wait_then_send(n: int) -> dict:
+        waiting = asyncio.ensure_future(layer.receive("loops"))
+        await asyncio.sleep(0.05)
+        await sender.send("loops", {"type": "x", "n": n})
+        return await asyncio.wait_for(waiting, 10)
+
+    try:
+        for n in range(2):
+            assert asyncio.run(wait_then_send(n))["n"] == n
+    finally:
+        asyncio.run(sender.close())
+        asyncio.run(layer.close(unlink=True))
 
 
 def test_a_layer_inherited_through_fork_refuses_to_work(ipc_prefix: str) -> None:

@@ -1,0 +1,367 @@
+"""Services: the same small JSON endpoint and WebSocket echo served four ways, same run.
+
+(a) uvicorn serving the demo app directly, (b) ``layerkit combined`` (in-memory layer),
+(c) ``layerkit protocol`` + ``worker`` over IPC, (d) the same over Redis. HTTP is measured with
+``wrk`` (requests/s, p50/p99 latency); WebSocket echo with pipelined ``websockets`` clients.
+A backend joins when it exists in ``layer/`` (see ``SUBJECTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import websockets
+
+from bench.core import Result, SuiteResult, Target
+from layer.config import get_channel_layer
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "services.demo.app:application"
+DIRECT, COMBINED, IPC, REDIS = (
+    "(a) uvicorn direct",
+    "(b) combined in-memory",
+    "(c) protocol+worker IPC",
+    "(d) protocol+worker Redis",
+)
+HTTP, WS = "GET /json", "WebSocket echo"
+WRK_CONNECTIONS = 32
+WS_CLIENTS, WS_BURST = 8, 16
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Processes:
+    """Child processes of one subject, all stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "KIT_LOG_LEVEL": "warning", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.children.append(child)
+        return child
+
+    def layerkit(self, role: str, **env: str) -> None:
+        self.spawn(
+            [sys.executable, "-m", "services", role], KIT_ADMIN_PORT=str(_free_port()), **env
+        )
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+Starter = Callable[[_Processes, int], None]
+
+
+def _direct(procs: _Processes, port: int) -> None:
+    procs.spawn(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            APP,
+            "--port",
+            str(port),
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    )
+
+
+def _combined(procs: _Processes, port: int) -> None:
+    procs.layerkit("combined", KIT_PORT=str(port), LAYER_CONFIG="config/inmemory.yaml")
+
+
+@dataclass
+class Setup:
+    """How to start one subject, and the layer its processes share (none for direct uvicorn)."""
+
+    start: Starter
+    config: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _split(config: str, **env: str) -> Setup:
+    def start(procs: _Processes, port: int) -> None:
+        procs.layerkit("worker", LAYER_CONFIG=config, **env)
+        procs.layerkit("protocol", KIT_PORT=str(port), LAYER_CONFIG=config, **env)
+
+    return Setup(start, config, env)
+
+
+@contextlib.contextmanager
+def _ipc() -> Iterator[Setup]:
+    prefix = f"b{uuid.uuid4().hex[:8]}"
+    try:
+        yield _split("config/ipc.yaml", IPC_PREFIX=prefix)
+    finally:
+        for path in Path("/dev/shm").glob(f"*{prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[Setup]:
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        yield _split("config/redis.yaml", REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _always(setup: Setup) -> Iterator[Setup]:
+    yield setup
+
+
+@dataclass
+class Subject:
+    name: str
+    available: Callable[[], bool]
+    setup: Callable[[], contextlib.AbstractContextManager[Setup]]
+
+
+# Hooks: a backend that is not in this checkout yet is skipped (and named in the notes).
+SUBJECTS = [
+    Subject(DIRECT, lambda: True, lambda: _always(Setup(_direct))),
+    Subject(COMBINED, lambda: True, lambda: _always(Setup(_combined, "config/inmemory.yaml"))),
+    Subject(IPC, lambda: importlib.util.find_spec("layer.ipc") is not None, _ipc),
+    Subject(
+        REDIS,
+        lambda: (
+            importlib.util.find_spec("layer.redis") is not None
+            and shutil.which("redis-server") is not None
+        ),
+        _redis,
+    ),
+]
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+_LAT_RE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_SCALE = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(port: int, seconds: int) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency (ms) of ``GET /json``."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{WRK_CONNECTIONS}",
+            f"-d{seconds}s",
+            "--latency",
+            f"http://127.0.0.1:{port}/json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {q: float(v) * _SCALE[u] for q, v, u in _LAT_RE.findall(out)}
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(f"   wrk reported errors:\n{out}", flush=True)
+    return rate, latency["50"], latency["99"]
+
+
+def layer_pair_cost(config: str, env: dict[str, str], count: int) -> float:
+    """CPU microseconds of one ``send`` + ``receive`` of a request-sized message on the layer.
+
+    Each HTTP request costs two such pairs (request and response); this is the floor the
+    layer sets under (b)-(d), independent of the services.
+    """
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        layer = get_channel_layer("default", ROOT / config)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    message = {"type": "k.http", "c": "0123456789ab.1", "r": "proto.x!y", "s": b"s" * 300}
+
+    async def pairs() -> float:
+        for _ in range(count // 10):  # warm-up (connections, caches)
+            await layer.send("bench.pair", message)
+            await layer.receive("bench.pair")
+        started = time.process_time()
+        for _ in range(count):
+            await layer.send("bench.pair", message)
+            await layer.receive("bench.pair")
+        cost = (time.process_time() - started) / count * 1e6
+        await layer.close()
+        return cost
+
+    return asyncio.run(pairs())
+
+
+async def ws_echo(port: int, seconds: float) -> float:
+    """Messages/s echoed by ``/echo`` with pipelined bursts over several connections."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * WS_CLIENTS
+
+    async def client(index: int) -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            while time.perf_counter() < stop:
+                for _ in range(WS_BURST):
+                    await ws.send("ping 0123456789")
+                for _ in range(WS_BURST):
+                    await ws.recv()
+                counts[index] += WS_BURST
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(WS_CLIENTS)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+@dataclass
+class Measured:
+    """Best of the rounds for one subject (the least disturbed run on a shared machine)."""
+
+    rate: float = 0.0
+    p50: float = 0.0
+    p99: float = 0.0
+    echo: float = 0.0
+    pair: str = "-"
+
+
+def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None:
+    """One round: start the subject's processes, load them, keep the better numbers."""
+    procs = _Processes()
+    port = _free_port()
+    with subject.setup() as setup:
+        if setup.config is not None and best.pair == "-":
+            best.pair = f"{layer_pair_cost(setup.config, setup.env, 500 if quick else 3000):.0f}"
+        try:
+            setup.start(procs, port)
+            _wait_ready(port)
+            wrk(port, 1)  # warm-up
+            rate, p50, p99 = wrk(port, seconds)
+            echo = asyncio.run(ws_echo(port, seconds / 2))
+        finally:
+            procs.stop()
+    if rate > best.rate:
+        best.rate, best.p50, best.p99 = rate, p50, p99
+    best.echo = max(best.echo, echo)
+
+
+def run(quick: bool) -> SuiteResult:
+    seconds, rounds = (2, 1) if quick else (8, 2)
+    skipped = [s.name for s in SUBJECTS if not s.available()]
+    subjects = [s for s in SUBJECTS if s.name not in skipped]
+    best = {s.name: Measured() for s in subjects}
+    for _ in range(rounds):  # interleaved, so a noisy minute hurts every subject alike
+        for subject in subjects:
+            measure(subject, seconds, quick, best[subject.name])
+    results: list[Result] = []
+    rows: list[str] = []
+    for name, m in best.items():
+        results.append(Result(HTTP, name, m.rate, "req/s"))
+        results.append(Result(WS, name, m.echo, "msg/s"))
+        rows.append(
+            f"| {name} | {m.rate:,.0f} | {m.p50:.2f} | {m.p99:.2f} | {m.echo:,.0f} | {m.pair} |"
+        )
+    targets = [
+        Target(workload, subject, DIRECT, ratio)
+        for workload in (HTTP,)
+        for subject, ratio in ((COMBINED, 0.7), (IPC, 0.5), (REDIS, 0.5))
+        if subject not in skipped
+    ]
+    notes = (
+        f"wrk -t2 -c{WRK_CONNECTIONS}, {seconds} s per subject after a 1 s warm-up, best of "
+        f"{rounds} interleaved round(s); "
+        f"WebSocket echo: {WS_CLIENTS} connections, bursts of {WS_BURST} messages. All subjects "
+        "serve the same demo app on this machine in the same run; (c)/(d) are one protocol "
+        "server + one worker. Each request is two layer send+receive pairs (request and "
+        "response), so the last column, measured in-process on the same layer, is a floor the "
+        "backend puts under (b)-(d) whatever the services do.\n\n"
+        "| subject | req/s | p50 ms | p99 ms | WS echo msg/s | layer send+receive, CPU µs |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    if skipped:
+        notes += f"\n\nNot measured (backend not in this checkout): {', '.join(skipped)}."
+    return SuiteResult(
+        "services", "Services: protocol server + worker over the layer", results, targets, notes
+    )

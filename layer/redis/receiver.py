@@ -1,0 +1,399 @@
+"""The receive multiplexer: one loop and one blocking connection per shard for every receive.
+
+Each ``receive()`` registers a waiter in a local mailbox; the loop pops for all channels with
+waiters at once (a Lua multi-pop, then ``BLMPOP`` over all their lists when nothing is there)
+and hands entries to waiters. A process's own channels (``prefix!...``) share one inbox list,
+popped in bulk and demultiplexed here. Shared channels are popped atomically (each entry goes
+to exactly one process), at most ``waiters + prefetch`` at a time; entries left in a mailbox
+that nobody waits on any more go back to the front of their list through this same connection,
+so the order seen by the next receiver is kept. A new channel wakes a blocked ``BLMPOP`` by
+pushing to this process's wake list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError, ResponseError
+
+from layer.redis.connection import Arg, Pipe, ShardUnavailable, open_connection, quiet, write
+from layer.redis.entries import Mailbox, make_entry, split_entry
+from layer.redis.scripts import MPOP
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 32  # extra entries a shared channel may pop for a receiver that keeps receiving
+INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when streaming
+STREAMING = 1.0  # a second receive on a list within this many seconds turns on bulk pops
+RETURN_DELAY = 1.0  # seconds a popped shared entry waits for a local receiver before going back
+ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
+PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
+_MAX_BACKOFF = 2.0
+
+
+class Receiver:
+    """Receives for every channel of one shard in this process."""
+
+    def __init__(
+        self,
+        pipe: Pipe,
+        wake_key: str,
+        *,
+        socket_timeout: float,
+        block_timeout: float,
+        expiry: float,
+        on_expired: Callable[[int], None],
+    ) -> None:
+        self._expiry = expiry
+        self.pipe = pipe
+        self._wake_key = wake_key
+        self._socket_timeout = socket_timeout
+        self._block_timeout = block_timeout
+        self._on_expired = on_expired
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
+        self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
+        self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
+        self._last_pop: dict[str, float] = {}  # list key -> last receive on it (monotonic)
+        self._streaming: set[str] = set()  # list keys received on again within STREAMING
+        self._returns: list[tuple[str, list[bytes]]] = []
+        self._blocking: set[str] | None = None
+        self._woken = False
+        self._idle: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conn: AbstractConnection | None = None
+        self._closed = False
+
+    # -- the receive side ---------------------------------------------------------------------
+
+    def take(self, channel: str) -> bytes | None:
+        """An entry already popped for ``channel``, if any (the fast path of a receive)."""
+        box = self._mailboxes.get(channel)
+        return None if box is None or not box.buffer else self._take(box)
+
+    async def pop(self, channel: str, key_prefix: str, routing: str) -> bytes:
+        box = self._mailboxes.get(channel)
+        if box is not None and box.buffer:  # the fast path: popped already
+            payload = self._take(box)
+            if payload is not None:
+                return payload
+        if box is None:
+            key = key_prefix + routing
+            box = self._mailboxes[channel] = Mailbox(channel, key, routing.endswith("!"))
+            self._routes[key] = routing
+        key = box.key
+        # Bulk pops (prefetch, an armed inbox) only for a receiver that keeps receiving here:
+        # a one-off receive (e.g. async_to_sync, a fresh event loop per call) pops what it
+        # needs, so nothing is left in a loop that is about to close.
+        now = time.monotonic()
+        if now - self._last_pop.get(key, -STREAMING) < STREAMING:
+            self._streaming.add(key)
+            if box.inbox:
+                self._armed[key] = now
+        elif len(self._last_pop) > 10_000:
+            self._last_pop.clear()
+            self._streaming.clear()
+        self._last_pop[key] = now
+        payload = self._take(box)
+        if payload is not None:
+            return payload
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        box.waiters.append(waiter)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._wanted(key)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Taken for us but we are gone: first in line again (in the live mailbox).
+                box = self._mailboxes.setdefault(channel, box)
+                self._give(box, waiter.result(), front=True)
+            elif waiter in box.waiters:
+                box.waiters.remove(waiter)
+                self._waiting[key] -= 1
+            self._settle(box)
+            raise
+
+    def _take(self, box: Mailbox) -> bytes | None:
+        buffer = box.buffer
+        if not buffer:
+            return None
+        if not box.inbox:
+            box.touched = time.monotonic()
+        expires_at, payload = buffer.popleft()
+        if expires_at <= time.time() * 1000:  # rare: drop every expired head, then look again
+            self._on_expired(1)
+            return self._take(box)
+        if not buffer:
+            self._settle(box)
+        return payload
+
+    def _give(self, box: Mailbox, payload: bytes, front: bool = False, expires: int = 0) -> None:
+        """Hand ``payload`` to the first live waiter, else keep it (at the front if requeued)."""
+        waiters = box.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            self._waiting[box.key] -= 1
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        expires = expires or int((time.time() + self._expiry) * 1000)
+        if front:
+            box.buffer.appendleft((expires, payload))
+        else:
+            box.buffer.append((expires, payload))
+
+    def _settle(self, box: Mailbox) -> None:
+        """Send a shared channel's entries that nobody here waits for back, soon.
+
+        Empty mailboxes stay until :meth:`prune` (a receiver that keeps receiving reuses one)."""
+        if box.waiters or not box.buffer:
+            return
+        if not box.inbox and not box.returning:
+            box.returning = True
+            asyncio.get_running_loop().call_later(RETURN_DELAY, self._return, box)
+
+    def _return(self, box: Mailbox) -> None:
+        box.returning = False
+        if box.waiters or not box.buffer:
+            return
+        idle = time.monotonic() - box.touched
+        if idle < RETURN_DELAY:  # still being received from: look again later
+            box.returning = True
+            asyncio.get_running_loop().call_later(RETURN_DELAY - idle, self._return, box)
+            return
+        entries = [make_entry(expires, payload) for expires, payload in box.buffer]
+        box.buffer.clear()
+        self._returns.append((box.key, entries))
+        self._settle(box)
+        self._wanted(None)
+
+    def _wanted(self, key: str | None) -> None:
+        """A receiver needs ``key`` (or returns are due): start, un-idle or wake the loop."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        blocking = self._blocking
+        if blocking is not None and (key is None or key not in blocking) and not self._woken:
+            self._woken = True
+            quiet(self.pipe.call("RPUSH", self._wake_key, b"1"))
+            quiet(self.pipe.call("PEXPIRE", self._wake_key, 60_000))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _want(self) -> dict[str, int]:
+        want = {
+            key: (INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH)
+            if key in self._streaming
+            else count
+            for key, count in self._waiting.items()
+            if count > 0
+        }
+        if self._armed:  # keep a pop waiting on our own inboxes: replies land without a write
+            now = time.monotonic()
+            for key, since in list(self._armed.items()):
+                if now - since > ARMED_FOR:
+                    del self._armed[key]
+                else:
+                    want.setdefault(key, INBOX_BATCH)
+        return want
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        loop = asyncio.get_running_loop()
+        pruned = loop.time()
+        while not self._closed:
+            if loop.time() - pruned > PRUNE_EVERY:
+                pruned = loop.time()
+                self.prune()
+            if not self._want() and not self._returns:
+                self._idle = loop.create_future()
+                await self._idle
+                continue
+            try:
+                if self._conn is None:
+                    self._conn = await self._open()
+                replies = await self._fetch(self._conn)
+            except (ShardUnavailable, RedisError, OSError) as exc:
+                self._blocking = None
+                if self._conn is not None:
+                    await self._conn.disconnect(nowait=True)
+                    self._conn = None
+                log.warning(
+                    "receive on %s failed (%s); retrying in %.2fs",
+                    self.pipe.spec.name,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            backoff = 0.05
+            for key, entries in replies:
+                self._dispatch(key, entries)
+            if replies:
+                # Let the receivers just woken run first: the sends they queue then go out in
+                # the same write as the next pop (on a busy host every write costs a context
+                # switch).
+                await asyncio.sleep(0)
+
+    async def _open(self) -> AbstractConnection:
+        conn = await open_connection(self.pipe.spec, self._block_timeout + self._socket_timeout)
+        write(conn, [("SCRIPT", "LOAD", MPOP.source)])
+        await conn.read_response()
+        return conn
+
+    async def _fetch(self, conn: AbstractConnection) -> list[tuple[bytes, list[bytes]]]:
+        """Return entries already queued; block for new ones only when there are none."""
+        returns, self._returns = self._returns, []
+        commands: list[tuple[Any, ...]] = [
+            ("LPUSH", key, *reversed(entries)) for key, entries in returns
+        ]
+        want = self._want()
+        if len(want) > 1:
+            commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
+        if commands:
+            try:
+                write(conn, commands)
+                replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+            except BaseException:
+                self._returns = returns + self._returns  # try again on the next connection
+                raise
+            if len(want) > 1 and replies[-1]:
+                flat: list[Any] = replies[-1]
+                return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        want = self._want()
+        if not want:
+            return []
+        self._blocking, self._woken = set(want), False
+        keys = [self._wake_key, *want]
+        stolen = self.pipe.steal()  # sends queued meanwhile share this write
+        pop: tuple[Arg, ...] = (
+            "BLMPOP",
+            self._block_timeout,
+            len(keys),
+            *keys,
+            "LEFT",
+            "COUNT",
+            max(want.values()),
+        )
+        try:
+            try:
+                write(conn, [*(args for args, _ in stolen), pop])
+            except BaseException:
+                self.pipe.give_back(stolen)  # never written: they go out on the pipe instead
+                raise
+            if stolen:
+                await self._settle_stolen(conn, stolen)
+            reply = await conn.read_response(disable_decoding=True)
+        finally:
+            self._blocking = None
+        return [] if reply is None else [(reply[0], reply[1])]
+
+    async def _settle_stolen(
+        self, conn: AbstractConnection, stolen: list[tuple[Sequence[Any], asyncio.Future[Any]]]
+    ) -> None:
+        replies: list[Any] = []
+        try:
+            for _ in stolen:
+                try:
+                    replies.append(await conn.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException as exc:
+            lost = ShardUnavailable(f"Redis shard {self.pipe.spec.name} failed: {exc}")
+            self.pipe.release(stolen, lost)
+            raise
+        self.pipe.release(stolen, replies)
+
+    def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
+        key = raw_key.decode()
+        routing = self._routes.get(key)
+        if routing is None:
+            if key != self._wake_key:  # not ours to keep: back to the front of its list
+                self._returns.append((key, entries))
+            return
+        now = time.time() * 1000
+        expired = 0
+        inbox = routing.endswith("!")
+        if not inbox and any(k == key for k, _ in self._returns):
+            # Entries sent back but not yet pushed are older than these: keep them first.
+            entries = [e for k, es in self._returns if k == key for e in es] + entries
+            self._returns = [(k, es) for k, es in self._returns if k != key]
+        for entry in entries:
+            expires_at, local, payload = split_entry(entry)
+            if expires_at <= now:
+                expired += 1
+                continue
+            for name in local.decode().split(",") if inbox else ("",):
+                channel = routing + name
+                box = self._mailboxes.get(channel)
+                if box is None:
+                    box = self._mailboxes[channel] = Mailbox(channel, key, inbox)
+                if box.waiters:
+                    self._give(box, payload, expires=expires_at)
+                else:  # nobody waiting yet (a busy receiver): keep it for the next receive
+                    box.buffer.append((expires_at, payload))
+                if not inbox:
+                    self._settle(box)
+        if expired:
+            self._on_expired(expired)
+
+    def prune(self) -> None:
+        """Drop expired entries held for process-specific channels nobody is receiving on,
+        and mailboxes left empty."""
+        for box in list(self._mailboxes.values()):
+            if box.inbox and not box.waiters:
+                self._take_expired(box)
+            if not box.waiters and not box.buffer and not box.returning:
+                del self._mailboxes[box.channel]
+        self._waiting = {key: n for key, n in self._waiting.items() if n}
+        used = {box.key for box in self._mailboxes.values()} | set(self._armed) | set(self._waiting)
+        self._routes = {key: r for key, r in self._routes.items() if key in used}
+
+    def _take_expired(self, box: Mailbox) -> None:
+        now = time.time() * 1000
+        kept = deque(item for item in box.buffer if item[0] > now)
+        if len(kept) != len(box.buffer):
+            self._on_expired(len(box.buffer) - len(kept))
+            box.buffer = kept
+        self._settle(box)
+
+    def clear(self) -> None:
+        """Forget entries popped but not yet received (``flush()``)."""
+        for box in list(self._mailboxes.values()):
+            box.buffer.clear()
+            self._settle(box)
+        self._returns = []
+
+    def buffered_keys(self) -> set[str]:
+        return {box.key for box in self._mailboxes.values() if box.buffer}
+
+    def queued(self) -> int:
+        return sum(len(box.buffer) for box in self._mailboxes.values())
+
+    async def close(self) -> None:
+        """Stop the loop; entries popped for shared channels go back to their lists."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for box in self._mailboxes.values():
+            if not box.inbox and box.buffer:
+                entries = [make_entry(exp, payload) for exp, payload in box.buffer]
+                self._returns.append((box.key, entries))
+                box.buffer.clear()
+        pushes = [
+            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self._returns
+        ]
+        self._returns = []
+        await asyncio.gather(*pushes, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+            self._conn = None

@@ -1,0 +1,1 @@
+"""Protocol servers and workers that carry ASGI over a channel layer (``layerkit``)."""

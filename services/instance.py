@@ -1,0 +1,244 @@
+"""One connection's application instance inside a worker: ASGI ``receive``/``send`` over the layer.
+
+The instance speaks ASGI to the app and the wire protocol to the protocol server that owns the
+client. A plain HTTP request costs one message each way: ``http.response.start`` is held until
+the first body arrives (or the app yields) so both travel as one ``k.resp``, and the worker only
+announces itself with ``k.pick`` when the app has not answered within the worker's ``ack_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from layer.base import BaseChannelLayer
+from layer.exceptions import ChannelFull
+from layer.messages import Message
+from services import wire
+
+log = logging.getLogger("layerkit.worker")
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class Instance:
+    """Runs the app for one HTTP request or WebSocket and relays its events."""
+
+    __slots__ = (
+        "_buffer",
+        "_first",
+        "_flush",
+        "accepted",
+        "chunk",
+        "closed",
+        "consumed",
+        "gone",
+        "id",
+        "inbox",
+        "kind",
+        "known",
+        "layer",
+        "loop",
+        "reply",
+        "scope",
+        "started",
+        "status",
+        "window",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        worker: str,
+        chunk: int,
+        message: Message,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.loop = loop
+        self.layer = layer
+        self.worker = worker
+        self.chunk = chunk
+        self.id: str = message["c"]
+        self.reply: str = message["r"]
+        self.kind = "http" if message["type"] == wire.HTTP_OPEN else "websocket"
+        self.scope = wire.import_scope(message["s"])
+        self.inbox = wire.Inbox(loop)
+        self.window: wire.Window | None = None  # created when the response or frames stream
+        self.consumed: wire.Consumed | None = None
+        self.started = loop.time()
+        self.status = 0  # HTTP status sent, or WebSocket close code
+        self.accepted = False
+        self.closed = False  # response complete / socket closed: later sends are dropped
+        self.gone = False  # the client or its protocol server went away
+        self._first: Message | None = message
+        self._flush: asyncio.Task[None] | None = None
+        self.known = False  # the protocol server knows which worker owns this connection
+        self._buffer: list[Any] = []
+
+    async def run(self, app: ASGIApp) -> None:
+        """Run the app to completion; tell the protocol server if it failed to answer."""
+        first = self._first
+        assert first is not None
+        if first.get("m"):
+            await self.announce()  # the protocol server needs us to stream the body
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:  # drain grace period over: the worker is going away
+            if self.kind == "http" and not self.closed:
+                self.status = 502
+                await self._post({"type": wire.APP_ERROR, "c": self.id, "code": 502})
+            raise
+        except Exception:
+            log.exception("application raised on %s %s", self.kind, self.scope.get("path"))
+            if not self.closed:
+                self.status = 500 if self.kind == "http" else 1011
+                await self._post({"type": wire.APP_ERROR, "c": self.id})
+            return
+        if self.closed or self.gone:
+            return
+        if self.kind == "websocket":  # returned without closing: close normally (403 if unaccepted)
+            await self.send({"type": "websocket.close", "code": 1000})
+        else:
+            log.error("application returned without completing the response to %s", self.id)
+            self.status = 500
+            await self._post({"type": wire.APP_ERROR, "c": self.id})
+
+    def lose_peer(self, code: int) -> None:
+        """The client or its protocol server is gone: the app's next receive says so."""
+        self.inbox.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
+
+    async def announce(self) -> None:
+        """Send ``k.pick``: the app is slow to answer, or the request body has to stream to us."""
+        self.known = True
+        await self._post({"type": wire.PICKED, "c": self.id, "w": self.worker})
+
+    async def _post(self, message: Message) -> None:
+        if self.gone:
+            return
+        try:
+            await self.layer.send(self.reply, message)
+        except ChannelFull:
+            if not await wire.send_patiently(self.layer, self.reply, message):
+                log.warning("protocol channel %s stayed full; dropping %s", self.reply, self.id)
+                self.gone = True
+
+    # -- ASGI receive ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if self.kind == "http":
+                return {"type": "http.request", "body": first["b"], "more_body": first["m"]}
+            return {"type": "websocket.connect"}
+        if self.closed or self.gone:
+            if self.kind == "http":
+                return {"type": "http.disconnect"}
+            if self.closed:  # the app closed the socket; Channels waits for this to stop
+                return {"type": "websocket.disconnect", "code": self.status}
+        while True:
+            message = await self.inbox.get()
+            kind = message["type"]
+            if kind == wire.DISCONNECT:
+                self.gone = True
+                if self.kind == "http":
+                    return {"type": "http.disconnect"}
+                return {"type": "websocket.disconnect", "code": message.get("code", 1005)}
+            if self.consumed is None:
+                self.consumed = wire.Consumed()
+            if self.consumed.one():
+                await self._post({"type": wire.ACK, "c": self.id, "n": self.consumed.count})
+            if kind == wire.BODY:
+                return {"type": "http.request", "body": message["b"], "more_body": message["m"]}
+            self._buffer.append(message.get("t", message.get("b")))
+            if message["f"]:
+                continue
+            parts, self._buffer = self._buffer, []
+            data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+            if isinstance(data, str):
+                return {"type": "websocket.receive", "text": data}
+            return {"type": "websocket.receive", "bytes": data}
+
+    # -- ASGI send -------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.closed or self.gone:
+            return
+        if kind == "http.response.start":
+            self.status = message["status"]
+            self._buffer = [message.get("headers", [])]
+            self.loop.call_soon(self._flush_soon)
+        elif kind == "http.response.body":
+            body: bytes = message.get("body", b"")
+            more: bool = message.get("more_body", False)
+            if not more and self._buffer and self._flush is None and len(body) <= self.chunk:
+                self.closed = True  # the common case: the whole response in one message
+                await self._post(self._response(body, False))
+            else:
+                await self._body(body, more)
+        elif kind == "websocket.send":
+            await self._frame(message)
+        elif kind == "websocket.accept":
+            self.known = self.accepted = True
+            reply: Message = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
+            reply["sp"] = message.get("subprotocol")
+            if message.get("headers"):
+                reply["h"] = wire.pack_headers(message["headers"])
+            await self._post(reply)
+        elif kind == "websocket.close":
+            self.closed = True
+            self.status = message.get("code", 1000)
+            reason = message.get("reason") or ""
+            await self._post(
+                {"type": wire.WS_CLOSE, "c": self.id, "code": self.status, "rs": reason}
+            )
+        else:
+            raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
+
+    def _flush_soon(self) -> None:
+        """The app sent headers and then yielded: send them without waiting for a body."""
+        if self._buffer and not self.closed and self._flush is None:
+            self._flush = asyncio.ensure_future(self._body(b"", True))
+
+    async def _body(self, body: bytes, more: bool) -> None:
+        if self._flush is not None and not self._flush.done():
+            await self._flush
+        if not more:
+            self.closed = True
+        for piece, tail in wire.slices(body, self.chunk):
+            streaming = more or tail
+            if self._buffer:
+                message = self._response(piece, streaming)
+            elif not piece and streaming:
+                continue
+            else:
+                message = {"type": wire.RESPONSE_BODY, "c": self.id, "b": piece, "m": streaming}
+            if streaming:
+                await wire.window(self).reserve()
+            await self._post(message)
+
+    def _response(self, body: bytes, more: bool) -> Message:
+        """``k.resp``: the held ``http.response.start`` with the first part of the body."""
+        headers = self._buffer[0]
+        self._buffer = []
+        self.known = True
+        return {
+            "type": wire.RESPONSE,
+            "c": self.id,
+            "w": self.worker,
+            "st": self.status,
+            "h": wire.pack_headers(headers),
+            "b": body,
+            "m": more,
+        }
+
+    async def _frame(self, message: Message) -> None:
+        text = message.get("text")
+        key, data = ("t", text) if text is not None else ("b", message.get("bytes") or b"")
+        for piece, more in wire.slices(data, self.chunk):
+            await wire.window(self).reserve()
+            await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})

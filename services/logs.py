@@ -1,0 +1,47 @@
+"""Logging set-up: plain text for people, one JSON object per line for log collectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "msg", "role", "pid"}`` plus ``exc`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "role": os.environ.get("KIT_ROLE", ""),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup(log_format: str, level: str = "INFO") -> None:
+    """Route our and uvicorn's loggers to stderr in ``log_format`` (``plain`` or ``json``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        role = os.environ.get("KIT_ROLE", "")
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,97 @@
+"""Prometheus metrics of one process, exported through prometheus_client at scrape time.
+
+The request path only bumps plain ints (a lock-protected prometheus_client child costs several
+times more, and this runs for every request); a custom collector turns them into a counter and a
+histogram when ``/metrics`` is scraped. Gauges of what is open now are read from the live
+connection tables by probes just before the scrape.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+Probe = Callable[[], Awaitable[None]]
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _Latency:
+    __slots__ = ("buckets", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+
+class Metrics:
+    """The kit's metrics; roles (protocol, worker) label what they record."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._counts: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[str, _Latency] = {}
+        self.registry.register(self)
+        self.inflight = Gauge(
+            "kit_inflight_connections",
+            "Connections in flight (protocol: waiting for a worker or assigned; worker: running)",
+            ["role", "state"],
+            registry=self.registry,
+        )
+        self.websockets = Gauge(
+            "kit_open_websockets", "Accepted WebSockets open now", ["role"], registry=self.registry
+        )
+        self.layer = Gauge(
+            "kit_layer", "The channel layer's stats() counters", ["stat"], registry=self.registry
+        )
+        self._probes: list[Probe] = []
+
+    def count(self, role: str, kind: str, status: int) -> None:
+        """One HTTP response (status code) or WebSocket close (close code)."""
+        key = (role, kind, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def request(self, role: str, status: int, seconds: float) -> None:
+        """One HTTP request: its status and latency (one call on the hot path)."""
+        key = (role, "http", status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        latency = self._latency.get(role)
+        if latency is None:
+            latency = self._latency[role] = _Latency()
+        latency.buckets[bisect_left(BUCKETS, seconds)] += 1
+        latency.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector interface: the request counter and latency histogram."""
+        requests = CounterMetricFamily(
+            "kit_requests",
+            "HTTP responses by status code and WebSocket closes by close code",
+            labels=["role", "kind", "status"],
+        )
+        for (role, kind, status), value in sorted(self._counts.items()):
+            requests.add_metric([role, kind, str(status)], value)
+        yield requests
+        latency = HistogramMetricFamily(
+            "kit_request_duration_seconds",
+            "HTTP request latency, first byte in to last byte out",
+            labels=["role"],
+        )
+        for role, data in sorted(self._latency.items()):
+            running, cumulative = 0, []
+            for bound, count in zip([*map(str, BUCKETS), "+Inf"], data.buckets, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([role], cumulative, data.sum)
+        yield latency
+
+    def add_probe(self, probe: Probe) -> None:
+        """Register a coroutine that refreshes gauges just before a scrape."""
+        self._probes.append(probe)
+
+    async def render(self) -> bytes:
+        for probe in self._probes:
+            await probe()
+        return generate_latest(self.registry)

@@ -1,0 +1,383 @@
+"""The protocol server: an ASGI 3 app (hosted by uvicorn) that hands every connection to a worker.
+
+Each HTTP request or WebSocket becomes one ``k.http``/``k.ws`` message on the shared work
+channel; whatever the worker sends back arrives on this process's single reply channel and is
+routed to the connection by its id. A watchdog fails connections no worker picked up in time
+(503 / close 1013) and connections whose worker stopped heart-beating (502 / close 1011).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+from layer.base import BaseChannelLayer
+from layer.exceptions import ChannelFull
+from layer.messages import Message
+from services import replies, wire
+from services.metrics import Metrics
+
+log = logging.getLogger("layerkit.protocol")
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+FAIL = "k.fail"  # local only: the watchdog or the body pump ends a connection (code)
+GONE = "k.gone"  # local only: the client disconnected
+
+
+class _Conn:
+    __slots__ = ("assigned", "created", "failed", "id", "inbox", "window", "worker")
+
+    def __init__(self, conn_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        self.id = conn_id
+        self.inbox = wire.Inbox(loop)
+        self.window: wire.Window | None = None  # only streamed bodies and frames need one
+        self.worker: str | None = None
+        self.created = now
+        self.assigned = now
+        self.failed = False
+
+
+class ProtocolServer:
+    """Forwards HTTP and WebSocket connections over the layer and relays the answers."""
+
+    role = "protocol"
+
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        metrics: Metrics,
+        *,
+        pickup_timeout: float = 5.0,
+        heartbeat: float = 1.0,
+    ) -> None:
+        self.layer = layer
+        self.metrics = metrics
+        self.pickup_timeout = pickup_timeout
+        self.heartbeat = heartbeat
+        self.dead_after = 3 * heartbeat
+        self.chunk = wire.chunk_size(layer)
+        self.reply = ""
+        self.worker_seen = 0.0  # loop time a worker last spoke to us (drives /readyz)
+        self._conns: dict[str, _Conn] = {}
+        self._seen: dict[str, float] = {}
+        self._ids = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._prefix = ""
+        self._loop: asyncio.AbstractEventLoop  # set by start()
+        metrics.add_probe(self._probe)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.reply = await self.layer.new_channel("proto")
+        self._prefix = self.layer.client_id + "."
+        await self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="protocol-dispatch"),
+            asyncio.create_task(self._watchdog(), name="protocol-watchdog"),
+        ]
+        log.info("protocol server reply channel %s", self.reply)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.layer.group_discard(wire.PROTOCOL_GROUP, self.reply)
+        except Exception:  # the layer may already be gone; nothing to clean then
+            log.debug("group_discard at stop failed", exc_info=True)
+
+    def ready(self) -> bool:
+        """A worker spoke to us recently: requests have somewhere to go."""
+        return asyncio.get_running_loop().time() - self.worker_seen < 10 * self.heartbeat
+
+    async def _probe(self) -> None:
+        waiting = sum(1 for conn in self._conns.values() if conn.worker is None)
+        self.metrics.inflight.labels(self.role, "waiting").set(waiting)
+        self.metrics.inflight.labels(self.role, "assigned").set(len(self._conns) - waiting)
+
+    # -- background loops ------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Route everything arriving on the reply channel to its connection."""
+        loop = asyncio.get_running_loop()
+        receive, reply, conns, seen = self.layer.receive, self.reply, self._conns, self._seen
+        while True:
+            try:
+                message = await receive(reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receiving on %s failed; retrying", reply)
+                await asyncio.sleep(self.heartbeat)
+                continue
+            kind = message.get("type")
+            if kind == wire.HEARTBEAT or kind == wire.HELLO:
+                self.worker_seen = seen[message["w"]] = loop.time()
+                continue
+            conn = conns.get(message.get("c", ""))
+            if conn is None:
+                continue  # a late answer for a connection that already ended
+            worker = message.get("w")
+            if worker is not None and conn.worker is None:
+                conn.worker = worker
+                conn.assigned = self.worker_seen = seen[worker] = loop.time()
+            if kind == wire.ACK:
+                if conn.window is not None:
+                    conn.window.acked(message["n"])
+            else:
+                conn.inbox.put(message)
+
+    async def _watchdog(self) -> None:
+        """Fail stuck connections and tell our workers we are alive."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat / 2)
+            now = loop.time()
+            peers: set[str] = set()
+            for conn in list(self._conns.values()):
+                if conn.failed:
+                    continue
+                if conn.worker is None:
+                    if now - conn.created > self.pickup_timeout:
+                        self._fail(conn, 503, "no worker picked the connection up in time")
+                elif now - max(self._seen.get(conn.worker, 0.0), conn.assigned) > self.dead_after:
+                    self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
+                else:
+                    peers.add(conn.worker)
+            for peer in peers:
+                try:
+                    await self.layer.send(peer, {"type": wire.HEARTBEAT, "r": self.reply})
+                except ChannelFull:
+                    pass
+                except Exception:
+                    log.exception("heartbeat to %s failed", peer)
+            for worker, seen in list(self._seen.items()):
+                if now - seen > 60:
+                    del self._seen[worker]
+
+    def _fail(self, conn: _Conn, code: int, why: str) -> None:
+        conn.failed = True
+        log.warning("connection %s: %s", conn.id, why)
+        conn.inbox.put({"type": FAIL, "code": code})
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    def _open(self) -> _Conn:
+        conn = _Conn(f"{self._prefix}{next(self._ids)}", self._loop)
+        self._conns[conn.id] = conn
+        return conn
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        conn = self._open()
+        pump: asyncio.Task[None] | None = None
+        status = 499
+        try:
+            first = await receive()
+            body: bytes = first.get("body", b"")
+            more: bool = first.get("more_body", False)
+            rest = b""
+            if len(body) > self.chunk:
+                body, rest = body[: self.chunk], body[self.chunk :]
+            streaming = more or bool(rest)
+            open_message = {
+                "type": wire.HTTP_OPEN,
+                "c": conn.id,
+                "r": self.reply,
+                "s": wire.export_scope(scope),
+                "b": body,
+                "m": streaming,
+                "d": time.time() + self.pickup_timeout,
+            }
+            try:
+                await self.layer.send(wire.WORK_CHANNEL, open_message)
+            except ChannelFull:
+                status = await replies.plain(send, 503, b"all workers are busy\n", retry=True)
+                return
+            except (OSError, ConnectionError, TimeoutError):
+                log.exception("cannot reach the channel layer")
+                status = await replies.plain(send, 503, b"channel layer unavailable\n", retry=True)
+                return
+            status, pump = await self._relay_http(conn, receive, send, rest, more)
+        finally:
+            del self._conns[conn.id]
+            if pump is not None:
+                pump.cancel()
+            self.metrics.request(self.role, status, time.perf_counter() - started)
+
+    async def _relay_http(
+        self, conn: _Conn, receive: Receive, send: Send, rest: bytes, more: bool
+    ) -> tuple[int, asyncio.Task[None] | None]:
+        """Relay the worker's response; returns the status sent and the body pump (if any)."""
+        status = 0
+        pump: asyncio.Task[None] | None = None
+        consumed: wire.Consumed | None = None
+        while True:
+            message = await conn.inbox.get()
+            kind = message["type"]
+            if kind == wire.RESPONSE or kind == wire.RESPONSE_BODY:
+                if kind == wire.RESPONSE:
+                    status = message["st"]
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": status,
+                            "headers": wire.unpack_headers(message["h"]),
+                        }
+                    )
+                await send(
+                    {"type": "http.response.body", "body": message["b"], "more_body": message["m"]}
+                )
+                if not message["m"]:
+                    return status, pump
+                if consumed is None:
+                    consumed = wire.Consumed()
+                if consumed.one() and conn.worker is not None:
+                    ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
+                    await wire.send_patiently(self.layer, conn.worker, ack)
+            elif kind == wire.PICKED:
+                if pump is None:
+                    pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
+            elif kind == GONE:
+                return status or 499, pump
+            elif status:  # FAIL or APP_ERROR after the response started: uvicorn cuts it short
+                return status, pump
+            else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
+                return await replies.failure(send, message.get("code", 500)), pump
+
+    async def _pump_body(self, conn: _Conn, receive: Receive, rest: bytes, more: bool) -> None:
+        """Stream the rest of the request body to the worker, then report a disconnect."""
+        worker = conn.worker
+        assert worker is not None
+        pending = [(rest, more)] if rest else []
+        while True:
+            for data, _ in pending:
+                for piece, tail in wire.slices(data, self.chunk):
+                    await wire.window(conn).reserve()
+                    last = not tail and not more
+                    message = {"type": wire.BODY, "c": conn.id, "b": piece, "m": not last}
+                    if not await wire.send_patiently(self.layer, worker, message):
+                        conn.inbox.put({"type": FAIL, "code": 502})
+                        return
+            if not more:
+                break
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                break
+            more = event.get("more_body", False)
+            pending = [(event.get("body", b""), more)]
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        await wire.send_patiently(self.layer, worker, {"type": wire.DISCONNECT, "c": conn.id})
+        conn.inbox.put({"type": GONE})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = self._open()
+        reader: asyncio.Task[None] | None = None
+        code = 1006
+        try:
+            await receive()  # websocket.connect
+            message: Message = {
+                "type": wire.WS_OPEN,
+                "c": conn.id,
+                "r": self.reply,
+                "s": wire.export_scope(scope),
+                "d": time.time() + self.pickup_timeout,
+            }
+            try:
+                await self.layer.send(wire.WORK_CHANNEL, message)
+            except ChannelFull:
+                code = await replies.ws_refuse(send, 1013, "all workers are busy")
+                return
+            except (OSError, ConnectionError, TimeoutError):
+                log.exception("cannot reach the channel layer")
+                code = await replies.ws_refuse(send, 1013, "channel layer unavailable")
+                return
+            code, reader = await self._relay_websocket(conn, receive, send)
+        finally:
+            del self._conns[conn.id]
+            if reader is not None:
+                reader.cancel()
+                self.metrics.websockets.labels(self.role).dec()
+            self.metrics.count(self.role, "websocket", code)
+
+    async def _relay_websocket(
+        self, conn: _Conn, receive: Receive, send: Send
+    ) -> tuple[int, asyncio.Task[None] | None]:
+        reader: asyncio.Task[None] | None = None
+        consumed = wire.Consumed()
+        parts: list[Any] = []
+        while True:
+            message = await conn.inbox.get()
+            kind = message["type"]
+            if kind == wire.WS_OUT:
+                parts.append(message.get("t", message.get("b")))
+                if not message["f"]:
+                    data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+                    parts.clear()
+                    key = "text" if isinstance(data, str) else "bytes"
+                    await send({"type": "websocket.send", key: data})
+                if consumed.one() and conn.worker is not None:
+                    ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
+                    await wire.send_patiently(self.layer, conn.worker, ack)
+            elif kind == wire.WS_ACCEPT:
+                accept = {"type": "websocket.accept", "subprotocol": message.get("sp")}
+                if message.get("h"):
+                    accept["headers"] = wire.unpack_headers(message["h"])
+                await send(accept)
+                self.metrics.websockets.labels(self.role).inc()
+                reader = asyncio.create_task(self._read_websocket(conn, receive))
+            elif kind == wire.WS_CLOSE:
+                code = message.get("code", 1000)
+                reason = message.get("rs") or ""
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                return code, reader
+            elif kind == GONE:
+                return message.get("code", 1006), reader
+            elif kind in (FAIL, wire.APP_ERROR):
+                code = {503: 1013, 502: 1011}.get(message.get("code", 0), 1011)
+                if reader is None:
+                    return await replies.ws_refuse(send, code, "no worker"), reader
+                await send({"type": "websocket.close", "code": code})
+                return code, reader
+
+    async def _read_websocket(self, conn: _Conn, receive: Receive) -> None:
+        """Forward client frames to the worker (fragmenting large ones) until the client leaves."""
+        worker = conn.worker
+        assert worker is not None
+        layer, cid = self.layer, conn.id
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                break
+            text = event.get("text")
+            key, data = ("t", text) if text is not None else ("b", event.get("bytes") or b"")
+            for piece, more in wire.slices(data, self.chunk):
+                await wire.window(conn).reserve()
+                message = {"type": wire.WS_IN, "c": cid, key: piece, "f": more}
+                if not await wire.send_patiently(layer, worker, message):
+                    conn.inbox.put({"type": FAIL, "code": 502})
+                    return
+        code = event.get("code", 1005)
+        await wire.send_patiently(layer, worker, {"type": wire.DISCONNECT, "c": cid, "code": code})
+        conn.inbox.put({"type": GONE, "code": code})

@@ -1,0 +1,259 @@
+"""The worker: takes connections from the shared work channel and runs the app for each.
+
+Concurrency is bounded by only receiving from the work channel while a slot is free, so work a
+busy worker cannot serve stays queued for its siblings (and a full queue turns into 503s at the
+protocol server). Everything a connection needs later (request body, client frames, disconnects,
+heartbeats) arrives on this process's own channel, which gives WebSocket affinity for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+
+from layer.base import BaseChannelLayer
+from layer.exceptions import ChannelFull
+from layer.messages import Message
+from services import wire
+from services.instance import ASGIApp, Instance
+from services.lifespan import Lifespan
+from services.metrics import Metrics
+
+log = logging.getLogger("layerkit.worker")
+
+
+class Worker:
+    """One worker process's loops: take work, route follow-ups, heartbeat, drain."""
+
+    role = "worker"
+
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        app: ASGIApp,
+        metrics: Metrics,
+        *,
+        concurrency: int = 256,
+        drain_timeout: float = 20.0,
+        heartbeat: float = 1.0,
+        ack_delay: float = 0.05,
+    ) -> None:
+        self.layer = layer
+        self.app = app
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.drain_timeout = drain_timeout
+        self.heartbeat = heartbeat
+        self.dead_after = 3 * heartbeat
+        self.ack_delay = ack_delay
+        self.chunk = wire.chunk_size(layer)
+        self.channel = ""
+        self.lifespan = Lifespan(app)
+        self.draining = False
+        self._conns: dict[str, Instance] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._drained = asyncio.Event()  # set when draining and the last connection ended
+        self._idle: list[asyncio.Future[Instance]] = []  # runners waiting for a connection
+        self._seen: dict[str, float] = {}
+        self._full: asyncio.Future[None] | None = None  # set while every slot is taken
+        self._taker: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        metrics.add_probe(self._probe)
+
+    async def start(self) -> None:
+        self.channel = await self.layer.new_channel("worker")
+        await self.lifespan.startup()
+        self._loops = [
+            asyncio.create_task(self._dispatch(), name="worker-dispatch"),
+            asyncio.create_task(self._heartbeats(), name="worker-heartbeat"),
+            asyncio.create_task(self._announcer(), name="worker-announce"),
+        ]
+        self._taker = asyncio.create_task(self._take(), name="worker-take")
+        log.info("worker channel %s, concurrency %d", self.channel, self.concurrency)
+
+    def ready(self) -> bool:
+        return not self.draining and self._taker is not None and not self._taker.done()
+
+    async def _probe(self) -> None:
+        websockets = sum(1 for inst in self._conns.values() if inst.accepted and not inst.closed)
+        self.metrics.inflight.labels(self.role, "running").set(len(self._conns))
+        self.metrics.websockets.labels(self.role).set(websockets)
+
+    async def drain(self) -> None:
+        """Stop taking work, close WebSockets with 1012, let HTTP finish within the grace period."""
+        self.draining = True
+        if self._taker is not None:
+            self._taker.cancel()
+            await asyncio.gather(self._taker, return_exceptions=True)
+        log.info("draining %d connection(s) for up to %.0f s", len(self._conns), self.drain_timeout)
+        for inst in list(self._conns.values()):
+            if inst.kind == "websocket" and not inst.closed:
+                inst.lose_peer(1012)
+                if inst.accepted:
+                    await inst.send({"type": "websocket.close", "code": 1012})
+        if self._conns:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.drain_timeout)
+        if self._conns:
+            log.warning("cancelling %d connection(s) still running", len(self._conns))
+        for task in self._runners:
+            task.cancel()  # idle runners too
+        if self._runners:
+            await asyncio.wait(self._runners, timeout=2)
+
+    async def stop(self) -> None:
+        if not self.draining:
+            await self.drain()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.lifespan.shutdown()
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def _take(self) -> None:
+        """Receive new connections while a slot is free."""
+        loop = asyncio.get_running_loop()
+        receive, conns = self.layer.receive, self._conns
+        while True:
+            if len(conns) >= self.concurrency:  # wait for a free slot (see _serve)
+                self._full = loop.create_future()
+                await self._full
+                continue
+            try:
+                message = await receive(wire.WORK_CHANNEL)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receiving work failed; retrying")
+                await asyncio.sleep(self.heartbeat)
+                continue
+            if message.get("d", 0) < time.time():
+                continue  # its protocol server has already answered 503
+            try:
+                inst = Instance(self.layer, self.channel, self.chunk, message, loop)
+            except (KeyError, TypeError, ValueError):
+                log.error("ignoring malformed work message of type %r", message.get("type"))
+                continue
+            if self.lifespan.state:
+                inst.scope["state"] = dict(self.lifespan.state)
+            self._conns[inst.id] = inst
+            self._hand_over(inst, loop)
+
+    def _hand_over(self, inst: Instance, loop: asyncio.AbstractEventLoop) -> None:
+        """Give ``inst`` to an idle runner, or start one (at most ``concurrency`` exist)."""
+        idle = self._idle
+        while idle:
+            waiter = idle.pop()  # the most recently idle runner
+            if not waiter.done():
+                waiter.set_result(inst)
+                return
+        task = loop.create_task(self._runner(inst))
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
+
+    async def _runner(self, inst: Instance) -> None:
+        """Serve connections one after another: handing one over is cheaper than a new task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._serve(inst)
+            if self.draining:
+                return
+            waiter: asyncio.Future[Instance] = loop.create_future()
+            self._idle.append(waiter)
+            inst = await waiter
+
+    async def _serve(self, inst: Instance) -> None:
+        started = time.perf_counter()
+        try:
+            await inst.run(self.app)
+        finally:
+            del self._conns[inst.id]
+            if self._full is not None and not self._full.done():
+                self._full.set_result(None)
+            if self.draining and not self._conns:
+                self._drained.set()
+            if inst.kind == "http":
+                self.metrics.request(self.role, inst.status, time.perf_counter() - started)
+            else:
+                self.metrics.count(self.role, inst.kind, inst.status)
+
+    async def _dispatch(self) -> None:
+        """Route follow-up messages on this worker's channel to their instances."""
+        loop = asyncio.get_running_loop()
+        receive, channel, conns = self.layer.receive, self.channel, self._conns
+        while True:
+            try:
+                message: Message = await receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receiving on %s failed; retrying", channel)
+                await asyncio.sleep(self.heartbeat)
+                continue
+            kind = message.get("type")
+            if kind == wire.HEARTBEAT:
+                self._seen[message["r"]] = loop.time()
+                continue
+            inst = conns.get(message.get("c", ""))
+            if inst is None:
+                continue
+            if kind == wire.ACK:
+                if inst.window is not None:
+                    inst.window.acked(message["n"])
+            else:
+                inst.inbox.put(message)
+
+    async def _announcer(self) -> None:
+        """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.
+
+        One periodic scan instead of a timer per request: fast requests never pay for it.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ack_delay)
+            due = loop.time() - self.ack_delay
+            for inst in [i for i in self._conns.values() if not i.known and i.started <= due]:
+                if not inst.closed:
+                    await inst.announce()
+
+    async def _heartbeats(self) -> None:
+        """Heartbeat protocol servers we serve, announce ourselves, notice dead protocol servers."""
+        loop = asyncio.get_running_loop()
+        beat = {"type": wire.HEARTBEAT, "w": self.channel}
+        hello = {"type": wire.HELLO, "w": self.channel}
+        ticks = 0
+        while True:
+            now = loop.time()
+            peers: set[str] = set()
+            for inst in list(self._conns.values()):
+                if inst.gone:
+                    continue
+                if now - max(self._seen.get(inst.reply, 0.0), inst.started) > self.dead_after:
+                    log.warning(
+                        "protocol server %s went silent; disconnecting %s", inst.reply, inst.id
+                    )
+                    inst.gone = True
+                    inst.lose_peer(1006)
+                else:
+                    peers.add(inst.reply)
+            for peer in peers:
+                await self._quietly(self.layer.send(peer, beat), peer)
+            if ticks % 2 == 0 and not self.draining:
+                await self._quietly(self.layer.group_send(wire.PROTOCOL_GROUP, hello), "hello")
+            for peer, seen in list(self._seen.items()):
+                if now - seen > 60:
+                    del self._seen[peer]
+            ticks += 1
+            await asyncio.sleep(self.heartbeat)
+
+    async def _quietly(self, call: Awaitable[None], what: str) -> None:
+        try:
+            await call
+        except ChannelFull:
+            pass
+        except Exception:
+            log.exception("heartbeat (%s) failed", what)

@@ -1,0 +1,72 @@
+"""Fixtures for the Redis backend: one server, and three shards (password/ACL user, TCP, unix).
+
+Servers live for the test session; every layer a test makes gets its own key prefix and is
+flushed and closed afterwards, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from layer.base import BaseChannelLayer
+from layer.redis import RedisChannelLayer
+from tests.support.redis_server import RedisServer
+
+LayerFactory = Callable[..., BaseChannelLayer]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_shards() -> Iterator[list[RedisServer]]:
+    servers = [
+        RedisServer(user="layerkit", password="s3cret-pass").start(),
+        RedisServer().start(),
+        RedisServer(unix=True).start(),
+    ]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+async def _factory(hosts: list[Any]) -> AsyncIterator[LayerFactory]:
+    made: list[BaseChannelLayer] = []
+
+    def factory(**options: Any) -> BaseChannelLayer:
+        options.setdefault("prefix", f"t{uuid.uuid4().hex[:10]}")
+        options.setdefault("hosts", hosts)
+        made.append(RedisChannelLayer(**options))
+        return made[-1]
+
+    yield factory
+    for layer in made:
+        await layer.flush()
+        await layer.close()
+
+
+@pytest.fixture
+async def redis_layer_factory(redis_server: RedisServer) -> AsyncIterator[LayerFactory]:
+    async for factory in _factory([redis_server.url]):
+        yield factory
+
+
+@pytest.fixture
+async def redis_sharded_layer_factory(
+    redis_shards: list[RedisServer],
+) -> AsyncIterator[LayerFactory]:
+    hosts: list[Any] = [
+        redis_shards[0].url,
+        ("127.0.0.1", redis_shards[1].port),
+        redis_shards[2].url,
+    ]
+    async for factory in _factory(hosts):
+        yield factory

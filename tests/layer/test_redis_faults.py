@@ -1,0 +1,104 @@
+"""A shard dies mid-traffic and comes back: only its channels fail, and nothing is recreated."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from layer.redis import RedisChannelLayer, ShardUnavailable
+from tests.support.redis_server import RedisServer
+
+GUARD = 30  # seconds: a hang guard, not a speed assertion
+
+
+@pytest.fixture
+def servers() -> Iterator[list[RedisServer]]:
+    started = [RedisServer().start() for _ in range(3)]
+    yield started
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def layer(servers: list[RedisServer]) -> AsyncIterator[RedisChannelLayer]:
+    made = RedisChannelLayer(
+        hosts=[s.url for s in servers], prefix=f"f{uuid.uuid4().hex[:8]}", socket_timeout=1.0
+    )
+    yield made
+    with contextlib.suppress(ConnectionError):
+        await made.flush()
+    await made.close()
+
+
+def channel_on(layer: RedisChannelLayer, shard: int, tag: str) -> str:
+    return next(f"{tag}.{i}" for i in range(1000) if layer.shard_of(f"{tag}.{i}") == shard)
+
+
+async def test_dead_shard_fails_alone_and_recovers(
+    layer: RedisChannelLayer, servers: list[RedisServer]
+) -> None:
+    dead = channel_on(layer, 1, "dead")
+    alive = [channel_on(layer, 0, "alive"), channel_on(layer, 2, "alive")]
+    stop = asyncio.Event()
+    traffic: dict[str, int] = dict.fromkeys(alive, 0)
+
+    async def keep_sending(channel: str) -> None:  # traffic on the healthy shards throughout
+        i = 0
+        while not stop.is_set():
+            await layer.send(channel, {"type": "t", "i": i})
+            assert (await asyncio.wait_for(layer.receive(channel), GUARD))["i"] == i
+            traffic[channel] = i = i + 1
+            await asyncio.sleep(0.005)
+
+    workers = [asyncio.ensure_future(keep_sending(c)) for c in alive]
+    await layer.send(dead, {"type": "before"})
+    assert (await asyncio.wait_for(layer.receive(dead), GUARD))["type"] == "before"
+    blocked = asyncio.ensure_future(layer.receive(dead))  # waiting when the shard dies
+    await asyncio.sleep(0.2)
+
+    servers[1].kill()
+    await asyncio.sleep(0.1)  # the event loop sees the closed connections
+    with pytest.raises(ShardUnavailable, match=r"127\.0\.0\.1:\d+/0") as info:
+        await asyncio.wait_for(layer.send(dead, {"type": "lost"}), GUARD)
+    assert isinstance(info.value, ConnectionError)
+    with pytest.raises(ConnectionError):
+        group = next(f"g{i}" for i in range(1000) if layer.ring.node_for(f"group:g{i}") == 1)
+        await asyncio.wait_for(layer.group_add(group, dead), GUARD)
+    with pytest.raises(TimeoutError):  # a receive on the dead shard waits, cancellably
+        await asyncio.wait_for(layer.receive(dead), 0.5)
+    assert not blocked.done()
+    counts = dict(traffic)
+    await asyncio.sleep(0.5)
+    assert all(traffic[c] > counts[c] for c in alive), "healthy shards kept working"
+
+    servers[1].start()  # same port, empty: the layer reconnects by itself
+    for attempt in range(100):
+        try:
+            await asyncio.wait_for(layer.send(dead, {"type": "after"}), GUARD)
+            break
+        except ShardUnavailable:
+            assert attempt < 99
+            await asyncio.sleep(0.1)
+    assert (await asyncio.wait_for(blocked, GUARD))["type"] == "after"
+    await layer.send(dead, {"type": "again"})
+    assert (await asyncio.wait_for(layer.receive(dead), GUARD))["type"] == "again"
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*workers), GUARD)
+
+
+async def test_group_send_reaches_live_shards_when_one_is_down(
+    layer: RedisChannelLayer, servers: list[RedisServer]
+) -> None:
+    members = [channel_on(layer, shard, "member") for shard in range(3)]
+    group = next(f"room{i}" for i in range(1000) if layer.ring.node_for(f"group:room{i}") == 0)
+    for member in members:
+        await layer.group_add(group, member)
+    servers[2].kill()
+    await asyncio.wait_for(layer.group_send(group, {"type": "hello"}), GUARD)
+    for member in members[:2]:
+        assert (await asyncio.wait_for(layer.receive(member), GUARD))["type"] == "hello"
+    assert layer.counters.dropped_full == 1

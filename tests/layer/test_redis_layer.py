@@ -1,0 +1,136 @@
+"""Redis-specific behaviour: encryption, storage layout, and the channels_redis CONFIG keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layer.config import parse
+from layer.redis import RedisChannelLayer, UndecryptableMessage
+from tests.support.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make(server: RedisServer, prefix: str, **options: Any) -> RedisChannelLayer:
+    return RedisChannelLayer(hosts=[server.url], prefix=prefix, **options)
+
+
+async def test_encrypted_messages_need_a_matching_key(redis_server: RedisServer) -> None:
+    prefix = f"e{uuid.uuid4().hex[:8]}"
+    old = make(redis_server, prefix, symmetric_encryption_keys=["old-key"])
+    await old.send("secret", {"type": "t", "text": "plain words"})
+    await old.group_add("room", "secret")
+    await old.group_send("room", {"type": "t", "text": "group words"})
+    await old.stats()  # group_send returns once queued; this waits until it ran
+    with redis_server.client() as client:
+        stored = client.lrange(f"{prefix}:c:secret", 0, -1)
+    assert len(stored) == 2 and not any(b"words" in entry for entry in stored)
+
+    stranger = make(redis_server, prefix, symmetric_encryption_keys=["other-key"])
+    with pytest.raises(UndecryptableMessage, match="'secret'"):
+        await asyncio.wait_for(stranger.receive("secret"), 5)
+    rotated = make(redis_server, prefix, symmetric_encryption_keys=["new-key", "old-key"])
+    assert (await asyncio.wait_for(rotated.receive("secret"), 5))["text"] == "group words"
+    for layer in (old, stranger, rotated):
+        await layer.flush()
+        await layer.close()
+
+
+async def test_rotated_key_reads_old_messages(redis_server: RedisServer) -> None:
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    old = make(redis_server, prefix, symmetric_encryption_keys=["k1"])
+    new = make(redis_server, prefix, symmetric_encryption_keys=["k2", "k1"])
+    newer_only = make(redis_server, prefix, symmetric_encryption_keys=["k2"])
+    await old.send("c", {"type": "from.old"})
+    await new.send("c", {"type": "from.new"})
+    assert (await asyncio.wait_for(new.receive("c"), 5))["type"] == "from.old"
+    assert (await asyncio.wait_for(newer_only.receive("c"), 5))["type"] == "from.new"
+    for layer in (old, new, newer_only):
+        await layer.flush()
+        await layer.close()
+
+
+async def test_keys_expire_and_flush_uses_scan(redis_server: RedisServer) -> None:
+    layer = make(redis_server, f"k{uuid.uuid4().hex[:8]}", expiry=5)
+    await layer.send("ttl", {"type": "t"})
+    await layer.group_add("g", "ttl")
+    with redis_server.client() as client:
+        assert 0 < client.pttl(f"{layer.prefix}:c:ttl") <= 6000
+        assert 0 < client.pttl(f"{layer.prefix}:g:g") <= 86_401_000
+        other = client.set("unrelated-key", b"kept")
+        await layer.flush()
+        assert client.keys(f"{layer.prefix}:*") == [] and other
+        assert client.get("unrelated-key") == b"kept"
+    await layer.close()
+
+
+async def test_timed_out_receive_is_a_clean_cancellation(redis_server: RedisServer) -> None:
+    """channels_redis surfaces a redis TimeoutError here; ours is asyncio's own timeout."""
+    layer = make(redis_server, f"t{uuid.uuid4().hex[:8]}", socket_timeout=0.2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive("quiet"), 1.0)
+    await layer.send("quiet", {"type": "late"})
+    assert (await asyncio.wait_for(layer.receive("quiet"), 5))["type"] == "late"
+    await layer.close()
+
+
+def test_channels_redis_config_keys_build_our_layer(redis_server: RedisServer) -> None:
+    config = {
+        "prefix": "app",
+        "expiry": 30,
+        "group_expiry": 3600,
+        "capacity": 50,
+        "channel_capacity": {"http.request": 200, "websocket.send*": 20},
+        "symmetric_encryption_keys": ["secret"],
+        "hosts": [("127.0.0.1", redis_server.port)],
+    }
+    spec = parse({"default": {"BACKEND": "layer.redis.RedisChannelLayer", "CONFIG": config}}, "x")
+    layer = spec["default"].build()
+    assert isinstance(layer, RedisChannelLayer)
+    assert layer.get_capacity("http.request") == 200 and layer.get_capacity("other") == 50
+    assert (layer.prefix, layer.expiry, layer.group_expiry) == ("app", 30, 3600)
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "names"),
+    [
+        ("redis.yaml", {}, ["127.0.0.1:6379/0"]),
+        ("redis.yaml", {"REDIS_URL": "redis://u:pw@cache:6390/2"}, ["cache:6390/2"]),
+        (
+            "redis-sharded.yaml",
+            {"REDIS_SHARD_1": "redis://redis-1:6379/0"},
+            ["127.0.0.1:6379/0", "redis-1:6379/0", "127.0.0.1:6381/0"],
+        ),
+    ],
+)
+def test_shipped_redis_configs_build(
+    file: str, env: dict[str, str], names: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layer.config import get_channel_layer
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    layer = get_channel_layer("default", ROOT / "config" / file)
+    assert isinstance(layer, RedisChannelLayer)
+    assert [shard.name for shard in layer.shards] == names
+    assert layer.get_capacity("work.http") == 1000 and layer.capacity == 100
+
+
+def test_async_to_sync_calls_each_in_a_fresh_loop_lose_nothing(redis_server: RedisServer) -> None:
+    """Sync code (Django views, management commands) may run every call in a new event loop."""
+    from asgiref.sync import async_to_sync
+
+    layer = make(redis_server, f"s{uuid.uuid4().hex[:8]}")
+    for i in range(20):
+        async_to_sync(layer.send)("sync.c", {"type": "x", "i": i})
+    async_to_sync(layer.group_add)("g", "sync.c")
+    async_to_sync(layer.group_send)("g", {"type": "x", "i": 20})
+    got = [async_to_sync(layer.receive)("sync.c")["i"] for _ in range(21)]
+    assert got == list(range(21))
+    assert len(layer._states) <= 1, "closed loops' connections are dropped"
+    async_to_sync(layer.flush)()

@@ -1,0 +1,110 @@
+"""The ``layerkit`` command line: help, check-config, usage errors and environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.services.conftest import CROSS
+from tests.services.procs import ROOT, Service
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def layerkit(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_help_lists_roles_and_env_vars() -> None:
+    top = layerkit("--help")
+    assert top.returncode == 0
+    for role in ("protocol", "worker", "combined", "check-config"):
+        assert role in top.stdout
+    worker = layerkit("worker", "--help").stdout
+    for env in ("LAYER_CONFIG", "KIT_CONCURRENCY", "KIT_DRAIN_TIMEOUT", "KIT_LOG_FORMAT"):
+        assert env in worker
+
+
+def test_check_config_inmemory() -> None:
+    result = layerkit("check-config", "--config", "config/inmemory.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "backend: layer.inmemory.InMemoryChannelLayer" in result.stdout
+    assert "shards:  1 (this process only)" in result.stdout
+
+
+@pytest.mark.skipif("redis" not in CROSS, reason="Redis backend not in this checkout")
+def test_check_config_redis_takes_hosts_from_env() -> None:
+    result = layerkit(
+        "check-config",
+        REDIS_URL="redis://:secret@10.1.2.3:6390/0",
+        LAYER_CONFIG="config/redis.yaml",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "backend: layer.redis.RedisChannelLayer" in result.stdout
+    assert "10.1.2.3:6390" in result.stdout and "secret" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["worker"], {}, "needs a layer config"),
+        (["combined", "--config", "config/nope.yaml"], {}, "config/nope.yaml"),
+        (["combined", "--alias", "other"], {}, "no layer alias 'other'"),
+        (["combined", "--app", "nosuchmodule:app"], {}, "cannot import 'nosuchmodule'"),
+        (["combined", "--app", "services.demo.app"], {}, "module:attribute"),
+        (["combined"], {"KIT_PORT": "eighty"}, "KIT_PORT"),
+        (["combined", "--log-format", "xml"], {}, "plain or json"),
+        (["combined", "--concurrency", "0"], {}, "--concurrency must be > 0"),
+    ],
+)
+def test_bad_configuration_exits_2_with_a_message(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = layerkit(*args, **env)
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_bad_layer_option_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "default:\n  BACKEND: layer.inmemory.InMemoryChannelLayer\n  CONFIG:\n    capacity: -1\n"
+    )
+    result = layerkit("check-config", "--config", str(config))
+    assert result.returncode == 2 and "capacity" in result.stderr
+
+
+def test_json_logs_and_env_options() -> None:
+    service = Service("combined", {"KIT_LOG_FORMAT": "json", "KIT_CONCURRENCY": "3"})
+    try:
+        service.start()
+        service.stop()
+        lines = [json.loads(line) for line in service.output().splitlines() if line.strip()]
+        assert {"ts", "level", "logger", "msg", "role", "pid"} <= set(lines[0])
+        assert any("concurrency 3" in line["msg"] for line in lines)
+        assert all(line["role"] == "combined" for line in lines)
+        assert service.process is not None and service.process.returncode == 0
+    finally:
+        service.discard()
+
+
+@pytest.mark.skipif("redis" not in CROSS, reason="Redis backend not in this checkout")
+def test_check_config_prints_every_shard() -> None:
+    shards = {f"REDIS_SHARD_{i}": f"redis://10.0.0.{i + 1}:6379/0" for i in range(3)}
+    result = layerkit("check-config", "--config", "config/redis-sharded.yaml", **shards)
+    assert result.returncode == 0, result.stderr
+    assert "shards:  3" in result.stdout
+    for index, url in enumerate(shards.values()):
+        assert f"[{index}] {url}" in result.stdout

@@ -1,0 +1,118 @@
+"""Real ``redis-server`` processes for tests and benchmarks: free ports, no persistence.
+
+Never relies on a server already running: each :class:`RedisServer` owns its process, its
+port (or unix socket) and its temporary directory, and can be killed and restarted in place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One redis-server; ``password``/``user`` add auth, ``unix=True`` listens on a socket only."""
+
+    def __init__(
+        self, *, password: str | None = None, user: str | None = None, unix: bool = False
+    ) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (make system-deps installs it)")
+        self.dir = Path(tempfile.mkdtemp(prefix="layerkit-redis-"))
+        self.password, self.user, self.unix = password, user, unix
+        self.port = 0 if unix else free_port()
+        self.socket_path = str(self.dir / "redis.sock") if unix else ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = ""
+        if self.password:
+            auth = f"{self.user or ''}:{self.password}@"
+        if self.unix:
+            return f"unix://{auth}{self.socket_path}?db=0"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            "redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--loglevel",
+            "warning",
+        ]
+        if self.unix:
+            args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        if self.password and self.user:
+            args += [
+                "--user",
+                "default",
+                "off",
+                "--user",
+                self.user,
+                "on",
+                f">{self.password}",
+                "~*",
+                "&*",
+                "+@all",
+            ]
+        elif self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        self.wait_ready()
+        return self
+
+    @staticmethod
+    def version() -> str:
+        """``redis-server --version``'s version number."""
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+        return out.split("v=")[1].split()[0] if "v=" in out else out.strip()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.client() as client:
+                    client.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                if self.process is not None and self.process.poll() is not None:
+                    code = self.process.returncode
+                    raise RuntimeError(f"redis-server exited with {code}") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
