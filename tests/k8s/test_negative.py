@@ -1,0 +1,50 @@
+"""Deliberately broken manifests (tests/k8s/fixtures/*, each a patch on a real overlay) must fail.
+
+Each case names the stage that must catch it and a phrase of the expected problem, so a fixture
+cannot "fail" for an unrelated reason and hide a check that stopped working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.k8s.validate import validate
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CASES = {
+    "typo-field": ("schema", "'imagePullpolicy' was unexpected"),
+    "missing-probe": ("policy", "container worker: no livenessProbe"),
+    "selector-matches-nothing": ("policy", "Service/channel-layer-kit: selector"),
+    "shm-smaller-than-segment": (
+        "policy",
+        "/dev/shm sizeLimit 64Mi is smaller than the IPC segment",
+    ),
+    "redis-host-ip": ("policy", "10.244.1.17 is an IP address"),
+    "redis-shards-mismatch": ("policy", "are not the Redis StatefulSet's pod DNS names"),
+    "networkpolicy-open": ("policy", "admits more than the kit's pods"),
+    "networkpolicy-all-ports": ("policy", "opens ports all; Redis needs exactly 6379"),
+    "grace-shorter-than-drain": ("policy", "terminationGracePeriodSeconds 15 must exceed"),
+    "inmemory-two-replicas": ("policy", "needs exactly one replica"),
+    "service-port-missing": ("policy", "targets 'admin-worker', which no container"),
+    "privilege-escalation": ("policy", "allowPrivilegeEscalation must be false"),
+    "admin-port-clash": ("policy", "port 8081 is declared by 2 containers"),
+    "hostpath-volume": ("policy", "volume shm is ['hostPath'], not a type the Pod Security"),
+    "hpa-target-sets-replicas": (
+        "policy",
+        "sets spec.replicas although HorizontalPodAutoscaler/worker",
+    ),
+}
+
+
+def test_every_fixture_has_a_case() -> None:
+    assert sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_broken_fixture_fails_validation(name: str) -> None:
+    stage, phrase = CASES[name]
+    problems = validate(FIXTURES / name)
+    assert problems, f"{name} passed validation"
+    assert any(p.startswith(f"{stage}: ") and phrase in p for p in problems), problems

@@ -1,0 +1,152 @@
+"""The shipped overlays render, validate strictly and pass the kit's policy checks."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.k8s.model import Obj, by_kind, find, image_repo
+from tests.k8s.render import render
+from tests.k8s.validate import main, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = ROOT / "k8s" / "overlays"
+NAMES = ["inmemory", "ipc", "redis-sharded"]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Obj]]:
+    return {name: render(OVERLAYS / name) for name in NAMES}
+
+
+def test_the_three_topologies_exist() -> None:
+    assert sorted(p.name for p in OVERLAYS.iterdir()) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overlay_passes_schema_and_policy(name: str) -> None:
+    assert validate(OVERLAYS / name) == []
+
+
+def test_validate_command_exit_codes() -> None:
+    assert main([str(OVERLAYS / "inmemory")]) == 0
+    assert main([str(ROOT / "tests/k8s/fixtures/missing-probe")]) == 1
+
+
+def _workloads(objects: list[Obj]) -> dict[str, Obj]:
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o
+        for o in objects
+        if "template" in o.get("spec", {})
+    }
+
+
+def _roles(workload: Obj) -> list[str]:
+    return [c["args"][0] for c in workload["spec"]["template"]["spec"]["containers"]]
+
+
+def test_redis_sharded_shape(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["redis-sharded"]
+    assert set(_workloads(objects)) == {
+        "Deployment/protocol",
+        "Deployment/worker",
+        "StatefulSet/redis",
+    }
+    sts = find(objects, "StatefulSet", "redis")
+    assert sts is not None and sts["spec"]["replicas"] == 3
+    assert "volumeClaimTemplates" not in sts["spec"]  # no persistence, by design
+    assert find(objects, "Service", "redis")["spec"]["clusterIP"] == "None"  # type: ignore[index]
+    assert [
+        h["spec"]["scaleTargetRef"]["name"] for h in by_kind(objects, "HorizontalPodAutoscaler")
+    ] == ["worker"]
+    assert sorted(p["metadata"]["name"] for p in by_kind(objects, "PodDisruptionBudget")) == [
+        "protocol",
+        "redis",
+        "worker",
+    ]
+    assert [n["metadata"]["name"] for n in by_kind(objects, "NetworkPolicy")] == ["redis"]
+
+
+def test_ipc_shape(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["ipc"]
+    (pod,) = _workloads(objects).values()
+    assert pod["kind"] == "Deployment" and _roles(pod) == ["protocol", "worker"]
+    shm = next(v for v in pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"]
+
+
+def test_inmemory_shape(rendered: dict[str, list[Obj]]) -> None:
+    (pod,) = _workloads(rendered["inmemory"]).values()
+    assert _roles(pod) == ["combined"] and pod["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_configmap_is_built_from_config_dir(
+    name: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """No second copy: the ConfigMap's files are config/'s files, byte for byte."""
+    (cm,) = [
+        c
+        for c in by_kind(rendered[name], "ConfigMap")
+        if c["metadata"]["name"].startswith("layer-config-")
+    ]
+    listed = yaml.safe_load((ROOT / "config" / "Kustomization").read_text())["configMapGenerator"][
+        0
+    ]["files"]
+    assert cm["data"] == {f: (ROOT / "config" / f).read_text() for f in listed}
+
+
+def test_images_are_tagged_in_one_place(rendered: dict[str, list[Obj]]) -> None:
+    """Only k8s/base names tags; every manifest refers to the bare image name."""
+    for path in (ROOT / "k8s").rglob("*.yaml"):
+        for image in re.findall(r"^\s*image:\s*(\S+)", path.read_text(), re.MULTILINE):
+            assert ":" not in image and "@" not in image, f"{path}: tagged image {image}"
+    base = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert {i["name"]: i["newTag"] for i in base["images"]} == {
+        "channel-layer-kit": version,
+        "channel-layer-kit-redis": version,
+    }
+    images = {
+        c["image"]
+        for objects in rendered.values()
+        for w in _workloads(objects).values()
+        for c in w["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"channel-layer-kit:{version}", f"channel-layer-kit-redis:{version}"}
+
+
+def test_an_images_entry_on_top_retargets_every_container(tmp_path: Path) -> None:
+    """What `kustomize edit set image` writes in a user's overlay reaches all kit containers."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(OVERLAYS / "redis-sharded", tmp_path)],
+                "images": [
+                    {
+                        "name": "channel-layer-kit",
+                        "newName": "registry.example/kit/channel-layer-kit",
+                        "newTag": "9.9.9",
+                    }
+                ],
+            }
+        )
+    )
+    objects = render(tmp_path)
+    images = [
+        c["image"]
+        for w in _workloads(objects).values()
+        for c in w["spec"]["template"]["spec"]["containers"]
+    ]
+    assert sorted(images) == [
+        "channel-layer-kit-redis:0.1.0",
+        "registry.example/kit/channel-layer-kit:9.9.9",
+        "registry.example/kit/channel-layer-kit:9.9.9",
+    ]
+    assert all(image_repo(i).startswith("channel-layer-kit") for i in images)
+    assert validate(tmp_path) == []
