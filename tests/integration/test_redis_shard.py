@@ -132,7 +132,8 @@ async def test_stopped_shard_fails_only_its_traffic_and_recovers(stack: Stack) -
                 )
             except TimeoutError:
                 raise AssertionError(
-                    f"a WebSocket through {pod} to {worker} got no echo after {redis} came back"
+                    f"a WebSocket through {pod} to {worker} got no echo after {redis} came back "
+                    f"(work channel on redis-{work}, process channels {homes})"
                 ) from None
             await asyncio.gather(ws.close(), *(other.close() for other in others))
     assert {s: runs(stack, s) for s in app} == before
