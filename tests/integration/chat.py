@@ -58,3 +58,15 @@ async def landing_on(
             return ws, elsewhere
         elsewhere.append(ws)
     raise AssertionError(f"no connection out of {attempts} landed on {worker_host}")
+
+
+async def in_room(*clients: ClientConnection) -> None:
+    """Wait until every client has joined its room's group (the demo accepts a WebSocket before
+    it adds the connection to the group; a client's own echo proves it is in), then leave each
+    client's queue empty: a last probe sent after all joined is read through by everyone."""
+    for n, ws in enumerate(clients):
+        await say(ws, "probe", f"in-{n}")
+        await hear_text(ws, f"in-{n}")
+    await say(clients[-1], "probe", "all-in")
+    for ws in clients:
+        await hear_text(ws, "all-in")

@@ -9,7 +9,7 @@ import collections
 import httpx
 import pytest
 
-from tests.integration.chat import hear, hear_text, join, new_room, say
+from tests.integration.chat import hear, hear_text, in_room, join, new_room, say
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,7 @@ async def test_chat_crosses_pods(stack: Stack) -> None:
     a = await join(stack.url("pod-a-protocol"), room)
     b = await join(stack.url("pod-b-protocol"), room)
     try:
+        await in_room(a, b)
         await say(a, "alice", "hello from pod A")
         assert (await hear_text(b, "hello from pod A"))["user"] == "alice"
         await say(b, "bob", "hello from pod B")
@@ -49,10 +50,7 @@ async def test_load_through_both_pods_loses_nothing(stack: Stack) -> None:
     clients = [await join(url, room) for url in urls]
     total = len(clients) * MESSAGES_PER_CLIENT
     try:
-        # Everyone is in the room before anyone talks: a probe from the last joiner reaches all.
-        await say(clients[-1], "probe", "ready")
-        for ws in clients:
-            await hear_text(ws, "ready")
+        await in_room(*clients)
 
         async def run(index: int) -> list[str]:
             ws, heard = clients[index], []
