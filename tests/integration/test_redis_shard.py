@@ -73,7 +73,7 @@ async def test_stopped_shard_fails_only_its_traffic_and_recovers(stack: Stack) -
     candidates = [k for k in range(3) if k != work]
     candidates.sort(key=lambda k: (sum(homes[p] == k for p in PODS), list(homes.values()).count(k)))
     stopped = candidates[0]
-    # A request served by a worker whose own channel is on the stopped shard fails too (502);
+    # A request served by a worker whose own channel is on the stopped shard fails too (5xx);
     # which worker takes a request is not known in advance.
     stranded = [w for w in WORKERS if homes[w] == stopped]
     rooms: dict[int, list[str]] = {0: [], 1: [], 2: []}
@@ -98,13 +98,15 @@ async def test_stopped_shard_fails_only_its_traffic_and_recovers(stack: Stack) -
                         except httpx.TimeoutException as error:
                             results[(pod, room)] = f"timeout: {error!r}"
                         # Fails if the room's group or this pod's reply channel is on the
-                        # stopped shard; else succeeds (or 502 from a stranded worker).
+                        # stopped shard; else succeeds (or 5xx from a stranded worker).
                         status = results[(pod, room)]
                         where = (pod, room, shard, stopped, status, homes)
                         if shard == stopped or homes[pod] == stopped:
                             assert isinstance(status, int) and status >= 500, where
-                        elif stranded:
-                            assert status in (202, 502), where
+                        elif stranded:  # 5xx if a stranded worker took it
+                            assert status == 202 or (isinstance(status, int) and status >= 500), (
+                                where
+                            )
                         else:
                             assert status == 202, where
     finally:
