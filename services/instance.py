@@ -124,6 +124,9 @@ class Instance:
             if not await wire.send_patiently(self.layer, self.reply, message):
                 log.warning("protocol channel %s stayed full; dropping %s", self.reply, self.id)
                 self.gone = True
+        except (ConnectionError, OSError) as exc:  # e.g. the shard of the reply channel is down
+            log.warning("reply channel %s unreachable (%s); dropping %s", self.reply, exc, self.id)
+            self.gone = True
 
     # -- ASGI receive ----------------------------------------------------------------------
 

@@ -159,7 +159,10 @@ class Worker:
         """Serve connections one after another: handing one over is cheaper than a new task."""
         loop = asyncio.get_running_loop()
         while True:
-            await self._serve(inst)
+            try:
+                await self._serve(inst)
+            except Exception:  # never let one connection's failure kill the runner silently
+                log.exception("serving %s %s failed", inst.kind, inst.id)
             if self.draining:
                 return
             waiter: asyncio.Future[Instance] = loop.create_future()

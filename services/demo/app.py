@@ -114,9 +114,9 @@ async def _chat(room: str, receive: Any, send: Any) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
     layer = get_layer()
-    await send({"type": "websocket.accept"})
     channel = await layer.new_channel("chat")
-    await layer.group_add(_group(room), channel)
+    await layer.group_add(_group(room), channel)  # before accepting: no message is missed
+    await send({"type": "websocket.accept"})
 
     async def relay() -> None:
         while True:
