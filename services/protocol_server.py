@@ -69,6 +69,7 @@ class ProtocolServer:
         self._seen: dict[str, float] = {}
         self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._beats: dict[str, asyncio.Task[None]] = {}  # heartbeat sends still in flight
         self._prefix = ""
         self._loop: asyncio.AbstractEventLoop  # set by start()
         metrics.add_probe(self._probe)
@@ -87,9 +88,10 @@ class ProtocolServer:
         log.info("protocol server reply channel %s", self.reply)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._beats.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self.layer.group_discard(wire.PROTOCOL_GROUP, self.reply)
         except Exception:  # the layer may already be gone; nothing to clean then
@@ -153,16 +155,21 @@ class ProtocolServer:
                     self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
                 else:
                     peers.add(conn.worker)
-            for peer in peers:
-                try:
-                    await self.layer.send(peer, {"type": wire.HEARTBEAT, "r": self.reply})
-                except ChannelFull:
-                    pass
-                except Exception:
-                    log.exception("heartbeat to %s failed", peer)
+            for peer in peers - self._beats.keys():  # a send to an unreachable shard can take
+                beat = asyncio.create_task(self._beat(peer))  # seconds: never stall the checks
+                self._beats[peer] = beat
+                beat.add_done_callback(lambda _, peer=peer: self._beats.pop(peer, None))
             for worker, seen in list(self._seen.items()):
                 if now - seen > 60:
                     del self._seen[worker]
+
+    async def _beat(self, peer: str) -> None:
+        try:
+            await self.layer.send(peer, {"type": wire.HEARTBEAT, "r": self.reply})
+        except ChannelFull:
+            pass
+        except Exception:
+            log.exception("heartbeat to %s failed", peer)
 
     def _fail(self, conn: _Conn, code: int, why: str) -> None:
         conn.failed = True
