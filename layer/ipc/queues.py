@@ -63,13 +63,18 @@ class Queues(Table):
 
     # -- messages ---------------------------------------------------------------------------
 
+    def _channel_entry(self, j: Journal, name: bytes, h: int) -> int:
+        """The table entry of channel ``name``, created empty if it has none yet."""
+        idx = self.find(OWNER_CHANNEL, name, h)
+        if idx == NIL:
+            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        return idx
+
     def push(self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int) -> int:
         """Append ``payload``; return the waker index to post (or NIL). Raises ChannelFull."""
         name, h = key
         mm = self.mm
-        idx = self.find(OWNER_CHANNEL, name, h)
-        if idx == NIL:
-            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        idx = self._channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
@@ -107,9 +112,7 @@ class Queues(Table):
         """Put a payload a cancelled receive took back at the head (ignores capacity)."""
         name, h = key
         mm = self.mm
-        idx = self.find(OWNER_CHANNEL, name, h)
-        if idx == NIL:
-            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        idx = self._channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
@@ -264,9 +267,7 @@ class Queues(Table):
         """
         name, h = key
         mm = self.mm
-        idx = self.find(OWNER_CHANNEL, name, h)
-        if idx == NIL:
-            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        idx = self._channel_entry(j, name, h)
         if spare == NIL:
             node = self.alloc_node(j)
         else:
