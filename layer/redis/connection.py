@@ -81,6 +81,13 @@ def write(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> None:
     writer.writelines(pack(commands))
 
 
+def alive(conn: AbstractConnection | None) -> bool:
+    """Connected, and the server has not closed the connection (seen even while idle: the
+    transport keeps reading, so a restarted server's close is noticed before the next write)."""
+    stream: asyncio.StreamReader | None = getattr(conn, "_reader", None)
+    return stream is not None and not stream.at_eof()
+
+
 def parsed_replies(conn: AbstractConnection) -> Any:
     """The hiredis reader behind ``conn``, to take replies already received without awaiting."""
     return getattr(getattr(conn, "_parser", None), "_reader", None)
@@ -106,7 +113,6 @@ class Pipe:
         self._scheduled = False
         self._held = False
         self._closed = False
-        self._stream: asyncio.StreamReader | None = None  # of the live connection
         self._writer: asyncio.StreamWriter | None = None
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
@@ -130,8 +136,7 @@ class Pipe:
 
     def healthy(self) -> bool:
         """Connected, and the server has not closed the connection (noticed even when idle)."""
-        stream = self._stream
-        return stream is not None and self._conn is not None and not stream.at_eof()
+        return alive(self._conn)
 
     def congested(self) -> bool:
         """More than a high-water mark written but not yet taken by the kernel."""
@@ -177,6 +182,11 @@ class Pipe:
         if not self._out or self._held:
             return
         conn = self._conn
+        if conn is not None and not alive(conn):
+            if self._pending:  # the reader fails those, then comes back here to reconnect
+                return
+            self._retire()  # closed by the server while idle (a restart): never write to it
+            conn = None
         if conn is None or not conn.is_connected:
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
@@ -198,13 +208,14 @@ class Pipe:
             return
         finally:
             self._connecting = None
-        self._stream = getattr(self._conn, "_reader", None)
         self._writer = getattr(self._conn, "_writer", None)
-        self._reader = asyncio.ensure_future(self._read(self._conn))
+        self._pending = deque()  # the last connection's reader owns (and fails) the old one
+        self._reader = asyncio.ensure_future(self._read(self._conn, self._pending))
         self._flush()
 
-    async def _read(self, conn: AbstractConnection) -> None:
-        pending = self._pending
+    async def _read(
+        self, conn: AbstractConnection, pending: deque[tuple[Sequence[Arg], asyncio.Future[Any]]]
+    ) -> None:
         loop = asyncio.get_running_loop()
         reader = parsed_replies(conn)
         try:
@@ -212,27 +223,35 @@ class Pipe:
                 if not pending:
                     self._idle = loop.create_future()
                     await self._idle
+                    if self._conn is not conn:  # retired while idle
+                        break
                     continue
                 try:
                     reply: Any = await conn.read_response(disable_decoding=True)
                 except ResponseError as exc:
                     reply = exc
-                self._resolve(reply)
+                self._settle(*pending.popleft(), reply)
                 while pending and reader is not None:  # replies that came in the same read
                     reply = reader.gets(False)
                     if reply is NOT_ENOUGH_DATA:
                         break
-                    self._resolve(reply)
+                    self._settle(*pending.popleft(), reply)
         except (RedisError, OSError) as exc:
             error = ShardUnavailable(f"Redis shard {self.spec.name} failed: {exc}")
-            self._conn = self._stream = self._writer = None
-            await conn.disconnect(nowait=True)
+            if self._conn is conn:
+                self._retire()
             self._fail(list(pending), error)
             pending.clear()
+            if self._out and not self._scheduled:  # queued after it died: on a new connection
+                self._scheduled = True
+                loop.call_soon(self._flush)
+        await conn.disconnect(nowait=True)
 
-    def _resolve(self, reply: Any) -> None:
-        args, future = self._pending.popleft()
-        self._settle(args, future, reply)
+    def _retire(self) -> None:
+        """Forget the live connection; its reader disconnects it and ends."""
+        self._conn = self._writer = None
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _settle(self, args: Sequence[Arg], future: asyncio.Future[Any], reply: Any) -> None:
         if isinstance(reply, NoScriptError) and args[0] == "EVALSHA":
@@ -269,7 +288,7 @@ class Pipe:
                 task.cancel()
         if self._conn is not None:
             await self._conn.disconnect(nowait=True)
-            self._conn = self._stream = self._writer = None
+            self._conn = self._writer = None
         error = ShardUnavailable(f"Redis shard {self.spec.name}: the layer is closed")
         self._fail(list(self._pending) + self._out, error)
         self._pending.clear()

@@ -22,7 +22,15 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
-from layer.redis.connection import Arg, Pipe, ShardUnavailable, open_connection, quiet, write
+from layer.redis.connection import (
+    Arg,
+    Pipe,
+    ShardUnavailable,
+    alive,
+    open_connection,
+    quiet,
+    write,
+)
 from layer.redis.entries import Mailbox, make_entry, split_entry
 from layer.redis.scripts import MPOP
 
@@ -218,6 +226,10 @@ class Receiver:
                 await self._idle
                 continue
             try:
+                if self._conn is not None and not alive(self._conn):
+                    # Closed by the server while idle (a restart): a new one, not a failure.
+                    await self._conn.disconnect(nowait=True)
+                    self._conn = None
                 if self._conn is None:
                     self._conn = await self._open()
                 replies = await self._fetch(self._conn)
@@ -328,7 +340,11 @@ class Receiver:
             entries = [e for k, es in self._returns if k == key for e in es] + entries
             self._returns = [(k, es) for k, es in self._returns if k != key]
         for entry in entries:
-            expires_at, local, payload = split_entry(entry)
+            try:
+                expires_at, local, payload = split_entry(entry)
+            except ValueError:  # not written by this layer: skip it, keep the loop alive
+                log.error("dropped a malformed entry %.40r on %s", entry, key)
+                continue
             if expires_at <= now:
                 expired += 1
                 continue

@@ -79,6 +79,23 @@ async def test_timed_out_receive_is_a_clean_cancellation(redis_server: RedisServ
     await layer.close()
 
 
+async def test_a_malformed_entry_is_skipped_and_receiving_goes_on(
+    redis_server: RedisServer,
+) -> None:
+    """Something else wrote to a channel's list: the receive loop (shared by every receive on
+    the shard) skips it instead of dying and leaving later receives waiting forever."""
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    layer = make(redis_server, prefix)
+    with redis_server.client() as client:
+        client.rpush(f"{prefix}:c:mixed", b"not an entry")
+    await layer.send("mixed", {"type": "after"})
+    assert (await asyncio.wait_for(layer.receive("mixed"), 5))["type"] == "after"
+    await layer.send("mixed", {"type": "again"})
+    assert (await asyncio.wait_for(layer.receive("mixed"), 5))["type"] == "again"
+    await layer.flush()
+    await layer.close()
+
+
 def test_channels_redis_config_keys_build_our_layer(redis_server: RedisServer) -> None:
     config = {
         "prefix": "app",
