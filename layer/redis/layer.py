@@ -153,7 +153,7 @@ class RedisChannelLayer(BaseChannelLayer):
         done = functools.partial(self._pushed, state, key, capacity)
         if credit > 0 and pipe.healthy():  # the last reply showed room: don't wait for this one
             state.credit[key] = credit - 1
-            pipe.push(key, now_ms, 0, self._ttl_ms, entry).add_done_callback(done)
+            pipe.append(key, self._ttl_ms, entry).add_done_callback(done)
             if pipe.congested():
                 await pipe.drain()
             return
@@ -175,8 +175,12 @@ class RedisChannelLayer(BaseChannelLayer):
         if reply.cancelled() or reply.exception() is not None:
             state.credit.pop(key, None)
             return
-        length, expired = reply.result()
-        self.counters.expired += expired
+        result = reply.result()
+        if isinstance(result, int):  # an unchecked append: its length only
+            length = result
+        else:
+            length, expired = result
+            self.counters.expired += expired
         room = min(capacity - length - left, _WINDOW) if length >= 0 else 0
         if room > 0:
             if len(state.credit) > 10_000:
