@@ -19,6 +19,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from layer.redis.hosts import ShardSpec
+from layer.redis.replies import ReplyReader
 from layer.redis.scripts import PUSH, Script
 
 Arg = bytes | str | int | float
@@ -86,11 +87,6 @@ def alive(conn: AbstractConnection | None) -> bool:
     transport keeps reading, so a restarted server's close is noticed before the next write)."""
     stream: asyncio.StreamReader | None = getattr(conn, "_reader", None)
     return stream is not None and not stream.at_eof()
-
-
-def parsed_replies(conn: AbstractConnection) -> Any:
-    """The hiredis reader behind ``conn``, to take replies already received without awaiting."""
-    return getattr(getattr(conn, "_parser", None), "_reader", None)
 
 
 def quiet(future: asyncio.Future[Any]) -> None:
@@ -224,7 +220,7 @@ class Pipe:
         self, conn: AbstractConnection, pending: deque[tuple[Sequence[Arg], asyncio.Future[Any]]]
     ) -> None:
         loop = asyncio.get_running_loop()
-        reader = parsed_replies(conn)
+        replies = ReplyReader(conn, self._socket_timeout)
         try:
             while True:
                 if not pending:
@@ -233,13 +229,9 @@ class Pipe:
                     if self._conn is not conn:  # retired while idle
                         break
                     continue
-                try:
-                    reply: Any = await conn.read_response(disable_decoding=True)
-                except ResponseError as exc:
-                    reply = exc
-                self._settle(*pending.popleft(), reply)
-                while pending and reader is not None:  # replies that came in the same read
-                    reply = reader.gets(False)
+                self._settle(*pending.popleft(), await replies.reply())
+                while pending:  # replies that came in the same read
+                    reply = replies.ready()
                     if reply is NOT_ENOUGH_DATA:
                         break
                     self._settle(*pending.popleft(), reply)
@@ -252,6 +244,8 @@ class Pipe:
             if self._out and not self._scheduled:  # queued after it died: on a new connection
                 self._scheduled = True
                 loop.call_soon(self._flush)
+        finally:
+            replies.close()
         await conn.disconnect(nowait=True)
 
     def _retire(self) -> None:

@@ -32,6 +32,7 @@ from layer.redis.connection import (
     write,
 )
 from layer.redis.entries import Mailbox, make_entry, split_entry
+from layer.redis.replies import ReplyReader
 from layer.redis.scripts import MPOP
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Receiver:
         self._idle: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: AbstractConnection | None = None
+        self._replies: ReplyReader | None = None
         self._closed = False
 
     # -- the receive side ---------------------------------------------------------------------
@@ -228,16 +230,13 @@ class Receiver:
             try:
                 if self._conn is not None and not alive(self._conn):
                     # Closed by the server while idle (a restart): a new one, not a failure.
-                    await self._conn.disconnect(nowait=True)
-                    self._conn = None
-                if self._conn is None:
-                    self._conn = await self._open()
-                replies = await self._fetch(self._conn)
+                    await self._disconnect()
+                if self._conn is None or self._replies is None:
+                    self._conn, self._replies = await self._open()
+                replies = await self._fetch(self._conn, self._replies)
             except (ShardUnavailable, RedisError, OSError) as exc:
                 self._blocking = None
-                if self._conn is not None:
-                    await self._conn.disconnect(nowait=True)
-                    self._conn = None
+                await self._disconnect()
                 log.warning(
                     "receive on %s failed (%s); retrying in %.2fs",
                     self.pipe.spec.name,
@@ -256,13 +255,23 @@ class Receiver:
                 # switch).
                 await asyncio.sleep(0)
 
-    async def _open(self) -> AbstractConnection:
-        conn = await open_connection(self.pipe.spec, self._block_timeout + self._socket_timeout)
+    async def _open(self) -> tuple[AbstractConnection, ReplyReader]:
+        conn = await open_connection(self.pipe.spec, self._socket_timeout)
         write(conn, [("SCRIPT", "LOAD", MPOP.source)])
         await conn.read_response()
-        return conn
+        return conn, ReplyReader(conn, self._block_timeout + self._socket_timeout)
 
-    async def _fetch(self, conn: AbstractConnection) -> list[tuple[bytes, list[bytes]]]:
+    async def _disconnect(self) -> None:
+        if self._replies is not None:
+            self._replies.close()
+            self._replies = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.disconnect(nowait=True)
+
+    async def _fetch(
+        self, conn: AbstractConnection, replies: ReplyReader
+    ) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
         returns, self._returns = self._returns, []
         commands: list[tuple[Any, ...]] = [
@@ -274,12 +283,15 @@ class Receiver:
         if commands:
             try:
                 write(conn, commands)
-                replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+                got = [await replies.reply() for _ in commands]
             except BaseException:
                 self._returns = returns + self._returns  # try again on the next connection
                 raise
-            if len(want) > 1 and replies[-1]:
-                flat: list[Any] = replies[-1]
+            for reply in got:
+                if isinstance(reply, ResponseError):
+                    raise reply
+            if len(want) > 1 and got[-1]:
+                flat: list[Any] = got[-1]
                 return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         want = self._want()
         if not want:
@@ -303,27 +315,26 @@ class Receiver:
                 self.pipe.give_back(stolen)  # never written: they go out on the pipe instead
                 raise
             if stolen:
-                await self._settle_stolen(conn, stolen)
-            reply = await conn.read_response(disable_decoding=True)
+                await self._settle_stolen(replies, stolen)
+            reply = await replies.reply()
         finally:
             self._blocking = None
+        if isinstance(reply, ResponseError):
+            raise reply
         return [] if reply is None else [(reply[0], reply[1])]
 
     async def _settle_stolen(
-        self, conn: AbstractConnection, stolen: list[tuple[Sequence[Any], asyncio.Future[Any]]]
+        self, replies: ReplyReader, stolen: list[tuple[Sequence[Any], asyncio.Future[Any]]]
     ) -> None:
-        replies: list[Any] = []
+        got: list[Any] = []
         try:
             for _ in stolen:
-                try:
-                    replies.append(await conn.read_response(disable_decoding=True))
-                except ResponseError as exc:
-                    replies.append(exc)
+                got.append(await replies.reply())
         except BaseException as exc:
             lost = ShardUnavailable(f"Redis shard {self.pipe.spec.name} failed: {exc}")
             self.pipe.release(stolen, lost)
             raise
-        self.pipe.release(stolen, replies)
+        self.pipe.release(stolen, got)
 
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
@@ -410,6 +421,4 @@ class Receiver:
         ]
         self._returns = []
         await asyncio.gather(*pushes, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.disconnect(nowait=True)
-            self._conn = None
+        await self._disconnect()
