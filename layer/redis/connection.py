@@ -229,7 +229,8 @@ class Pipe:
                     if self._conn is not conn:  # retired while idle
                         break
                     continue
-                self._settle(*pending.popleft(), await replies.reply())
+                reply = await replies.reply()  # before popping: a failure fails it too
+                self._settle(*pending.popleft(), reply)
                 while pending:  # replies that came in the same read
                     reply = replies.ready()
                     if reply is NOT_ENOUGH_DATA:

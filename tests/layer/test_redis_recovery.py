@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -186,3 +187,25 @@ async def test_waiting_receives_resume_when_the_shard_is_back(
         await sender.send(channel, {"type": "after", "i": i})
     got = await asyncio.wait_for(asyncio.gather(*waiting), GUARD)
     assert [m["i"] for m in got] == [0, 1]
+
+
+async def test_a_frozen_shard_fails_commands_after_the_timeout_then_recovers(
+    pair: list[RedisChannelLayer], servers: list[RedisServer]
+) -> None:
+    """A server that stops answering (SIGSTOP: connections stay open, nothing comes back):
+    a command fails with ShardUnavailable once ``socket_timeout`` passes instead of hanging;
+    once the server answers again, the same layer sends and receives."""
+    layer = pair[0]
+    channel = await channel_on(layer, DEAD, "frozen")
+    await layer.send(channel, {"type": "before"})
+    assert (await asyncio.wait_for(layer.receive(channel), GUARD))["type"] == "before"
+    process = servers[DEAD].process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(ShardUnavailable, match="no reply within"):
+            await asyncio.wait_for(layer.send(shared_on(layer, DEAD), {"type": "stuck"}), GUARD)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    await layer.send(channel, {"type": "after"})
+    assert (await asyncio.wait_for(layer.receive(channel), GUARD))["type"] == "after"
