@@ -89,15 +89,15 @@ def alive(conn: AbstractConnection | None) -> bool:
     return stream is not None and not stream.at_eof()
 
 
-def quiet(future: asyncio.Future[Any]) -> None:
-    """Fire-and-forget: retrieve the outcome so a failure is not reported as unobserved."""
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-
-
 class Pipe:
-    """Pipelined commands to one shard; ``call`` returns a future resolved with the reply."""
+    """Pipelined commands to one shard; ``call`` returns a future resolved with the reply.
+
+    Made inside, and used only by, one event loop (kept: looking it up costs a syscall)."""
 
     def __init__(self, spec: ShardSpec, socket_timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sink: asyncio.Future[Any] = self._loop.create_future()  # done: replies ignored
+        self._sink.set_result(None)
         self.spec = spec
         self._socket_timeout = socket_timeout
         self._conn: AbstractConnection | None = None
@@ -113,13 +113,19 @@ class Pipe:
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
         """Queue one command for the next batched write."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._out.append((args, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         return future
+
+    def fire(self, *args: Arg) -> None:
+        """Queue a command whose reply (or failure) nobody needs: no future of its own."""
+        self._out.append((args, self._sink))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     def script(
         self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
@@ -134,7 +140,7 @@ class Pipe:
         """RPUSH + PEXPIRE, no capacity check (the sender holds credit): a fifth of the PUSH
         script's server time, which is on every message's path. Resolves with the length."""
         future = self.call("RPUSH", key, entry)
-        quiet(self.call("PEXPIRE", key, ttl_ms))
+        self.fire("PEXPIRE", key, ttl_ms)
         return future
 
     def healthy(self) -> bool:
@@ -178,7 +184,7 @@ class Pipe:
                 self._settle(args, future, reply)
         if self._out and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -28,7 +28,6 @@ from layer.redis.connection import (
     ShardUnavailable,
     alive,
     open_connection,
-    quiet,
     write,
 )
 from layer.redis.entries import Mailbox, make_entry, split_entry
@@ -59,6 +58,7 @@ class Receiver:
         expiry: float,
         on_expired: Callable[[int], None],
     ) -> None:
+        self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
         self._expiry = expiry
         self.pipe = pipe
         self._wake_key = wake_key
@@ -113,7 +113,7 @@ class Receiver:
         payload = self._take(box)
         if payload is not None:
             return payload
-        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bytes] = self._loop.create_future()
         box.waiters.append(waiter)
         self._waiting[key] = self._waiting.get(key, 0) + 1
         self._wanted(key)
@@ -167,7 +167,7 @@ class Receiver:
             return
         if not box.inbox and not box.returning:
             box.returning = True
-            asyncio.get_running_loop().call_later(RETURN_DELAY, self._return, box)
+            self._loop.call_later(RETURN_DELAY, self._return, box)
 
     def _return(self, box: Mailbox) -> None:
         box.returning = False
@@ -176,7 +176,7 @@ class Receiver:
         idle = time.monotonic() - box.touched
         if idle < RETURN_DELAY:  # still being received from: look again later
             box.returning = True
-            asyncio.get_running_loop().call_later(RETURN_DELAY - idle, self._return, box)
+            self._loop.call_later(RETURN_DELAY - idle, self._return, box)
             return
         entries = [make_entry(expires, payload) for expires, payload in box.buffer]
         box.buffer.clear()
@@ -193,8 +193,8 @@ class Receiver:
         blocking = self._blocking
         if blocking is not None and (key is None or key not in blocking) and not self._woken:
             self._woken = True
-            quiet(self.pipe.call("RPUSH", self._wake_key, b"1"))
-            quiet(self.pipe.call("PEXPIRE", self._wake_key, 60_000))
+            self.pipe.fire("RPUSH", self._wake_key, b"1")
+            self.pipe.fire("PEXPIRE", self._wake_key, 60_000)
 
     # -- the loop -----------------------------------------------------------------------------
 
