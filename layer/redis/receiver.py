@@ -353,13 +353,14 @@ class Receiver:
         for entry in entries:
             try:
                 expires_at, local, payload = split_entry(entry)
+                locals_ = local.decode().split(",") if inbox else ("",)
             except ValueError:  # not written by this layer: skip it, keep the loop alive
                 log.error("dropped a malformed entry %.40r on %s", entry, key)
                 continue
             if expires_at <= now:
                 expired += 1
                 continue
-            for name in local.decode().split(",") if inbox else ("",):
+            for name in locals_:
                 channel = routing + name
                 box = self._mailboxes.get(channel)
                 if box is None:

@@ -86,12 +86,13 @@ async def test_a_malformed_entry_is_skipped_and_receiving_goes_on(
     the shard) skips it instead of dying and leaving later receives waiting forever."""
     prefix = f"m{uuid.uuid4().hex[:8]}"
     layer = make(redis_server, prefix)
+    inbox = await layer.new_channel()
     with redis_server.client() as client:
         client.rpush(f"{prefix}:c:mixed", b"not an entry")
-    await layer.send("mixed", {"type": "after"})
-    assert (await asyncio.wait_for(layer.receive("mixed"), 5))["type"] == "after"
-    await layer.send("mixed", {"type": "again"})
-    assert (await asyncio.wait_for(layer.receive("mixed"), 5))["type"] == "again"
+        client.rpush(f"{prefix}:c:{inbox[: inbox.index('!') + 1]}", b"9999999999999\xff x")
+    for channel in ("mixed", inbox, "mixed", inbox):
+        await layer.send(channel, {"type": "after"})
+        assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "after"
     await layer.flush()
     await layer.close()
 
