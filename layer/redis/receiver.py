@@ -223,7 +223,8 @@ class Receiver:
             if loop.time() - pruned > PRUNE_EVERY:
                 pruned = loop.time()
                 self.prune()
-            if not self._want() and not self._returns:
+            want = self._want()
+            if not want and not self._returns:
                 self._idle = loop.create_future()
                 await self._idle
                 continue
@@ -233,7 +234,8 @@ class Receiver:
                     await self._disconnect()
                 if self._conn is None or self._replies is None:
                     self._conn, self._replies = await self._open()
-                replies = await self._fetch(self._conn, self._replies)
+                    want = self._want()  # receivers came and went meanwhile
+                replies = await self._fetch(self._conn, self._replies, want)
             except (ShardUnavailable, RedisError, OSError) as exc:
                 self._blocking = None
                 await self._disconnect()
@@ -270,14 +272,13 @@ class Receiver:
             await conn.disconnect(nowait=True)
 
     async def _fetch(
-        self, conn: AbstractConnection, replies: ReplyReader
+        self, conn: AbstractConnection, replies: ReplyReader, want: dict[str, int]
     ) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
         returns, self._returns = self._returns, []
         commands: list[tuple[Any, ...]] = [
             ("LPUSH", key, *reversed(entries)) for key, entries in returns
         ]
-        want = self._want()
         if len(want) > 1:
             commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
         if commands:
@@ -293,7 +294,7 @@ class Receiver:
             if len(want) > 1 and got[-1]:
                 flat: list[Any] = got[-1]
                 return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        want = self._want()
+            want = self._want()  # receivers came and went while those ran
         if not want:
             return []
         self._blocking, self._woken = set(want), False
