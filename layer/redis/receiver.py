@@ -285,12 +285,12 @@ class Receiver:
             try:
                 write(conn, commands)
                 got = [await replies.reply() for _ in commands]
+                for reply in got:
+                    if isinstance(reply, ResponseError):
+                        raise reply
             except BaseException:
                 self._returns = returns + self._returns  # try again on the next connection
                 raise
-            for reply in got:
-                if isinstance(reply, ResponseError):
-                    raise reply
             if len(want) > 1 and got[-1]:
                 flat: list[Any] = got[-1]
                 return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
