@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _READ_SIZE = 65536
+_PUSH: Any = getattr(hiredis, "PushNotification", None)  # hiredis >= 3.2
 
 
 class ReplyReader:
@@ -40,29 +42,34 @@ class ReplyReader:
 
     def ready(self) -> Any:
         """The next reply if it has already arrived, else ``NOT_ENOUGH_DATA`` (no waiting)."""
-        return self._hiredis.gets(False)
+        reply = self._hiredis.gets(False)
+        while type(reply) is _PUSH:  # RESP3 out-of-band push (e.g. a maintenance notice)
+            reply = self._hiredis.gets(False)
+        return reply
 
     async def reply(self) -> Any:
         """The next reply; ``ConnectionError`` if the connection closes or it is overdue."""
-        reply = self._hiredis.gets(False)
-        if reply is NOT_ENOUGH_DATA:
-            stream = self._stream
-            assert stream is not None
-            self._since = self._loop.time()
-            try:
-                while reply is NOT_ENOUGH_DATA:
-                    data = await stream.read(_READ_SIZE)
-                    if not data:
-                        if self._timed_out:
-                            raise RedisTimeoutError(f"no reply within {self._timeout:g} s")
-                        raise RedisConnectionError("Connection closed by server.")
-                    self._hiredis.feed(data)
-                    reply = self._hiredis.gets(False)
-            finally:
-                self._since = None
+        reply = self.ready()
+        while reply is NOT_ENOUGH_DATA:
+            await self._fill()
+            reply = self.ready()
         if isinstance(reply, RedisConnectionError):  # e.g. LOADING: the server is not usable
             raise reply
         return reply
+
+    async def _fill(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        self._since = self._loop.time()
+        try:
+            data = await stream.read(_READ_SIZE)
+        finally:
+            self._since = None
+        if not data:
+            if self._timed_out:
+                raise RedisTimeoutError(f"no reply within {self._timeout:g} s")
+            raise RedisConnectionError("Connection closed by server.")
+        self._hiredis.feed(data)
 
     def _watch(self) -> None:
         since, now = self._since, self._loop.time()
