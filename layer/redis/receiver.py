@@ -78,6 +78,8 @@ class Receiver:
         self._task: asyncio.Task[None] | None = None
         self._conn: AbstractConnection | None = None
         self._replies: ReplyReader | None = None
+        self._popped = False  # the last pop returned entries (more may be waiting)
+        self._last_popped: bytes | None = None  # the list it took them from
         self._closed = False
 
     # -- the receive side ---------------------------------------------------------------------
@@ -279,7 +281,12 @@ class Receiver:
         commands: list[tuple[Any, ...]] = [
             ("LPUSH", key, *reversed(entries)) for key, entries in returns
         ]
-        if len(want) > 1:
+        # Several lists with entries (a burst): one Lua call takes from all of them. Otherwise
+        # BLMPOP alone, which returns at once when any list has entries: a second call before
+        # every blocking pop would double the round trips of a process waiting on two lists
+        # (a worker: the work channel and its own inbox).
+        many = len(want) > 2 and self._popped
+        if many:
             commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
         if commands:
             try:
@@ -291,27 +298,18 @@ class Receiver:
             except BaseException:
                 self._returns = returns + self._returns  # try again on the next connection
                 raise
-            if len(want) > 1 and got[-1]:
+            if many and got[-1]:
                 flat: list[Any] = got[-1]
                 return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
             want = self._want()  # receivers came and went while those ran
+        self._popped = False
         if not want:
             return []
         self._blocking, self._woken = set(want), False
-        keys = [self._wake_key, *want]
         stolen = self.pipe.steal()  # sends queued meanwhile share this write
-        pop: tuple[Arg, ...] = (
-            "BLMPOP",
-            self._block_timeout,
-            len(keys),
-            *keys,
-            "LEFT",
-            "COUNT",
-            max(want.values()),
-        )
         try:
             try:
-                write(conn, [*(args for args, _ in stolen), pop])
+                write(conn, [*(args for args, _ in stolen), self._blocking_pop(want)])
             except BaseException:
                 self.pipe.give_back(stolen)  # never written: they go out on the pipe instead
                 raise
@@ -322,7 +320,29 @@ class Receiver:
             self._blocking = None
         if isinstance(reply, ResponseError):
             raise reply
-        return [] if reply is None else [(reply[0], reply[1])]
+        if reply is None:
+            return []
+        self._popped, self._last_popped = True, reply[0]
+        return [(reply[0], reply[1])]
+
+    def _blocking_pop(self, want: dict[str, int]) -> tuple[Arg, ...]:
+        """BLMPOP over the wake list and ``want``. The list popped last goes last (BLMPOP takes
+        from the first list with entries: no list starves another), and a shared channel is
+        never popped past its own count (one COUNT serves every list)."""
+        last = self._last_popped.decode() if self._last_popped else None
+        keys = [self._wake_key, *(k for k in want if k != last)]
+        if last in want:
+            keys.append(last)
+        shared = [n for key, n in want.items() if not self._routes[key].endswith("!")]
+        return (
+            "BLMPOP",
+            self._block_timeout,
+            len(keys),
+            *keys,
+            "LEFT",
+            "COUNT",
+            max(shared or want.values()),
+        )
 
     async def _settle_stolen(
         self, replies: ReplyReader, stolen: list[tuple[Sequence[Any], asyncio.Future[Any]]]

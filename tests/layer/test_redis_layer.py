@@ -97,6 +97,33 @@ async def test_a_malformed_entry_is_skipped_and_receiving_goes_on(
     await layer.close()
 
 
+async def test_a_flooded_channel_does_not_starve_another(redis_server: RedisServer) -> None:
+    """One process receives on two channels, one of them holding a long backlog: a message on
+    the other is delivered long before the backlog is through (the lists take turns)."""
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    sender, receiver = (make(redis_server, prefix, capacity=1000) for _ in range(2))
+    backlog = 1000
+    for i in range(backlog):
+        await sender.send("flood", {"type": "f", "i": i})
+    await sender.send("quiet", {"type": "q"})
+    drained = 0
+
+    async def drain() -> None:
+        nonlocal drained
+        while drained < backlog:
+            await receiver.receive("flood")
+            drained += 1
+
+    flood = asyncio.ensure_future(drain())
+    await asyncio.sleep(0)  # the flood is being received first
+    assert (await asyncio.wait_for(receiver.receive("quiet"), 10))["type"] == "q"
+    assert drained < backlog // 2
+    await asyncio.wait_for(flood, 30)
+    for layer in (sender, receiver):
+        await layer.flush()
+        await layer.close()
+
+
 def test_channels_redis_config_keys_build_our_layer(redis_server: RedisServer) -> None:
     config = {
         "prefix": "app",
