@@ -1,13 +1,13 @@
 """The receive multiplexer: one loop and one blocking connection per shard for every receive.
 
 Each ``receive()`` registers a waiter in a local mailbox; the loop pops for all channels with
-waiters at once (a Lua multi-pop, then ``BLMPOP`` over all their lists when nothing is there)
-and hands entries to waiters. A process's own channels (``prefix!...``) share one inbox list,
-popped in bulk and demultiplexed here. Shared channels are popped atomically (each entry goes
-to exactly one process), at most ``waiters + prefetch`` at a time; entries left in a mailbox
-that nobody waits on any more go back to the front of their list through this same connection,
-so the order seen by the next receiver is kept. A new channel wakes a blocked ``BLMPOP`` by
-pushing to this process's wake list.
+waiters at once (``BLMPOP`` over all their lists, taking turns; a Lua multi-pop takes a burst
+from many lists in one call) and hands entries to waiters. A process's own channels
+(``prefix!...``) share one inbox list, popped in bulk and demultiplexed here. Shared channels
+are popped atomically (each entry goes to exactly one process), at most ``waiters + prefetch``
+at a time; entries left in a mailbox that nobody waits on any more go back to the front of
+their list through this same connection, so the order seen by the next receiver is kept. A new
+channel wakes a blocked ``BLMPOP`` by pushing to this process's wake list.
 """
 
 from __future__ import annotations
@@ -16,22 +16,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from layer.redis.connection import (
-    Arg,
-    Pipe,
-    ShardUnavailable,
-    alive,
-    open_connection,
-    write,
-)
+from layer.redis.connection import Arg, Pipe, ShardUnavailable
 from layer.redis.entries import Mailbox, make_entry, split_entry
-from layer.redis.replies import ReplyReader
+from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
 
 log = logging.getLogger(__name__)
@@ -62,7 +54,6 @@ class Receiver:
         self._expiry = expiry
         self.pipe = pipe
         self._wake_key = wake_key
-        self._socket_timeout = socket_timeout
         self._block_timeout = block_timeout
         self._on_expired = on_expired
         self._mailboxes: dict[str, Mailbox] = {}
@@ -76,8 +67,7 @@ class Receiver:
         self._woken = False
         self._idle: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._conn: AbstractConnection | None = None
-        self._replies: ReplyReader | None = None
+        self._conn = PopConnection(pipe, socket_timeout, block_timeout)
         self._popped = False  # the last pop returned entries (more may be waiting)
         self._last_popped: bytes | None = None  # the list it took them from
         self._closed = False
@@ -231,16 +221,12 @@ class Receiver:
                 await self._idle
                 continue
             try:
-                if self._conn is not None and not alive(self._conn):
-                    # Closed by the server while idle (a restart): a new one, not a failure.
-                    await self._disconnect()
-                if self._conn is None or self._replies is None:
-                    self._conn, self._replies = await self._open()
-                    want = self._want()  # receivers came and went meanwhile
-                replies = await self._fetch(self._conn, self._replies, want)
+                if await self._conn.ensure():
+                    want = self._want()  # receivers came and went while it connected
+                replies = await self._fetch(want)
             except (ShardUnavailable, RedisError, OSError) as exc:
                 self._blocking = None
-                await self._disconnect()
+                await self._conn.close()
                 log.warning(
                     "receive on %s failed (%s); retrying in %.2fs",
                     self.pipe.spec.name,
@@ -259,23 +245,7 @@ class Receiver:
                 # switch).
                 await asyncio.sleep(0)
 
-    async def _open(self) -> tuple[AbstractConnection, ReplyReader]:
-        conn = await open_connection(self.pipe.spec, self._socket_timeout)
-        write(conn, [("SCRIPT", "LOAD", MPOP.source)])
-        await conn.read_response()
-        return conn, ReplyReader(conn, self._block_timeout + self._socket_timeout)
-
-    async def _disconnect(self) -> None:
-        if self._replies is not None:
-            self._replies.close()
-            self._replies = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.disconnect(nowait=True)
-
-    async def _fetch(
-        self, conn: AbstractConnection, replies: ReplyReader, want: dict[str, int]
-    ) -> list[tuple[bytes, list[bytes]]]:
+    async def _fetch(self, want: dict[str, int]) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
         returns, self._returns = self._returns, []
         commands: list[tuple[Any, ...]] = [
@@ -290,11 +260,7 @@ class Receiver:
             commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
         if commands:
             try:
-                write(conn, commands)
-                got = [await replies.reply() for _ in commands]
-                for reply in got:
-                    if isinstance(reply, ResponseError):
-                        raise reply
+                got = await self._conn.run(commands)
             except BaseException:
                 self._returns = returns + self._returns  # try again on the next connection
                 raise
@@ -306,20 +272,10 @@ class Receiver:
         if not want:
             return []
         self._blocking, self._woken = set(want), False
-        stolen = self.pipe.steal()  # sends queued meanwhile share this write
         try:
-            try:
-                write(conn, [*(args for args, _ in stolen), self._blocking_pop(want)])
-            except BaseException:
-                self.pipe.give_back(stolen)  # never written: they go out on the pipe instead
-                raise
-            if stolen:
-                await self._settle_stolen(replies, stolen)
-            reply = await replies.reply()
+            reply = await self._conn.blocking_pop(self._blocking_pop(want))
         finally:
             self._blocking = None
-        if isinstance(reply, ResponseError):
-            raise reply
         if reply is None:
             return []
         self._popped, self._last_popped = True, reply[0]
@@ -343,19 +299,6 @@ class Receiver:
             "COUNT",
             max(shared or want.values()),
         )
-
-    async def _settle_stolen(
-        self, replies: ReplyReader, stolen: list[tuple[Sequence[Any], asyncio.Future[Any]]]
-    ) -> None:
-        got: list[Any] = []
-        try:
-            for _ in stolen:
-                got.append(await replies.reply())
-        except BaseException as exc:
-            lost = ShardUnavailable(f"Redis shard {self.pipe.spec.name} failed: {exc}")
-            self.pipe.release(stolen, lost)
-            raise
-        self.pipe.release(stolen, got)
 
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
@@ -443,4 +386,4 @@ class Receiver:
         ]
         self._returns = []
         await asyncio.gather(*pushes, return_exceptions=True)
-        await self._disconnect()
+        await self._conn.close()
