@@ -190,10 +190,14 @@ class RedisChannelLayer(BaseChannelLayer):
             state.credit.pop(key, None)
 
     async def _pop(self, channel: str) -> bytes:
-        routing = names.non_local_name(channel)
-        receiver = self._state().shards[self.ring.node_for(routing)].receiver
+        shards = self._state().shards
+        if len(shards) == 1:  # no routing to do (the fast path of a fan-out's many receives)
+            receiver = shards[0].receiver
+        else:
+            receiver = shards[self.ring.node_for(names.non_local_name(channel))].receiver
         payload = receiver.take(channel)  # already popped: no coroutine, no waiting
         if payload is None:
+            routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)
         if self._crypter is not None:
             payload = self._crypter.decrypt(payload, channel)
