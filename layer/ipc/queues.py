@@ -34,6 +34,8 @@ from layer.ipc.table import Key
 from layer.ipc.waiters import Waiters
 
 _COUNTS = struct.Struct("<II")  # queued, active channels
+_FREE_BUMP = struct.Struct("<II")  # slot free count, bump
+NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
 _RING_IO = struct.Struct("<II")  # ring read, ring write
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -51,8 +53,11 @@ class Queues(Waiters):
 
     # -- messages ---------------------------------------------------------------------------
 
-    def push(self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int) -> int:
-        """Append ``payload``; return the waker index to post (or NIL). Raises ChannelFull."""
+    def push(
+        self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
+    ) -> tuple[int, int]:
+        """Append ``payload``; return the waker index to post (or NIL) and the channel's new
+        length. Raises ChannelFull."""
         name, h = key
         mm = self.mm
         idx = self._channel_entry(j, name, h)
@@ -87,7 +92,72 @@ class Queues(Waiters):
         else:
             head = first
         FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        return NIL if wait_head == NIL else self.fire(j, idx)
+        return (NIL if wait_head == NIL else self.fire(j, idx)), count + 1
+
+    def push_run(
+        self, j: Journal, key: Key, payloads: list[bytes], expires: float, wake: list[int]
+    ) -> int:
+        """Append ``payloads`` in order without a capacity check (their sender admitted them
+        against credit); fire one waiter per payload while any wait, adding their wakers to
+        ``wake``; return the channel's new length.
+
+        When every payload fits one slot the run is one mutation: one journal record, the slots
+        taken as one chain (free-list slots are already linked in order), one entry update.
+        Otherwise each payload is pushed and committed on its own; one that finds the segment
+        full is dropped and counted (``dropped_full``), as its sender has already returned.
+        """
+        name, h = key
+        mm = self.mm
+        m = len(payloads)
+        idx = self._channel_entry(j, name, h)
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
+        g5 = G5.unpack_from(mm, G_OFF)
+        free, nfree, bump, queued, channels = g5
+        if max(map(len, payloads)) + 12 > self.data or nfree + self.geometry.n_slots - bump < m:
+            j.commit()
+            for payload in payloads:
+                try:
+                    waker, count = self.push(j, key, payload, expires, NO_LIMIT)
+                except ChannelFull:
+                    j.rollback()
+                    self.counters.dropped_full += 1
+                    continue
+                j.commit()
+                if waker != NIL:
+                    wake.append(waker)
+            return int(count)
+        slots, size = self.slots, self.slot_size
+        link = slots + tail * size if count else SCRATCH
+        j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
+        chain = self._chain(j, free, nfree, bump, m)
+        pack = MSG.pack_into
+        for slot, payload in zip(chain, payloads, strict=True):
+            at = slots + slot * size
+            pack(mm, at + 4, len(payload), expires)
+            mm[at + 16 : at + 16 + len(payload)] = payload
+        _COUNTS.pack_into(mm, QUEUED, queued + m, channels + (not count and wait_head == NIL))
+        if count:
+            _u32_pack(mm, link, chain[0])
+        else:
+            head = chain[0]
+        FIVE.pack_into(mm, off, head, chain[-1], count + m, wait_head, wait_tail)
+        for _ in range(m):
+            if wait_head == NIL or (waker := self.fire(j, idx)) == NIL:
+                break
+            wake.append(waker)
+            wait_head = FIVE.unpack_from(mm, off)[3]
+        return int(count + m)
+
+    def free_slots(self) -> int:
+        """Slots not holding a message (free list plus never used)."""
+        nfree, bump = _FREE_BUMP.unpack_from(self.mm, G_OFF + 4)
+        return int(nfree + self.geometry.n_slots - bump)
+
+    def slots_for(self, length: int) -> int:
+        """How many slots a ``length``-byte payload takes."""
+        return (length + 12 + self.data - 1) // self.data
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
         """Put a payload a cancelled receive took back at the head (ignores capacity)."""

@@ -113,7 +113,7 @@ class Store(Queues):
                 size = KEY.unpack_from(mm, off)[3]
                 name = mm[off + E_NAME : off + E_NAME + size]
                 try:
-                    waker = self.push(j, (name, ch), payload, expires, capacity_of(name))
+                    waker = self.push(j, (name, ch), payload, expires, capacity_of(name))[0]
                 except ChannelFull:
                     j.rollback()
                     dropped += 1
