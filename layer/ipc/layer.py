@@ -21,7 +21,7 @@ from layer.exceptions import ChannelFull, InvalidOption
 from layer.ipc import segment
 from layer.ipc.doorbell import Doorbell, Ringer
 from layer.ipc.journal import Journal, Lock
-from layer.ipc.layout import NIL, OWNER_CHANNEL
+from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
 from layer.ipc.store import Store
 from layer.ipc.table import Key, make_key
@@ -352,7 +352,7 @@ class IPCChannelLayer(BaseChannelLayer):
             self._register(j, channel, key)
             return
         self._local.pop(channel, None)
-        idx = self._store.find(OWNER_CHANNEL, *key)
+        idx = self._store.channel_index(*key)
         if idx != NIL and (waker := self._store.pass_on(j, idx)) != NIL:
             wake.append(waker)
 

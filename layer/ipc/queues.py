@@ -23,7 +23,6 @@ from layer.ipc.layout import (
     G_OFF,
     MSG,
     NIL,
-    OWNER_CHANNEL,
     QUEUED,
     SCRATCH,
     SLOTS3,
@@ -179,30 +178,38 @@ class Queues(Waiters):
 
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
         """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
-        name, h = key
-        idx = self.find(OWNER_CHANNEL, name, h)
+        idx = self.channel_index(*key)
         if idx == NIL:
             return None
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        slots, size = self.slots, self.slot_size
         while True:
             five = FIVE.unpack_from(mm, off)
-            head, _, count, _, _ = five
+            head, tail, count, wait_head, wait_tail = five
             if not count:
                 return None
-            at = self.slots + head * self.slot_size
+            at = slots + head * size
             length, expires = MSG.unpack_from(mm, at + 4)
-            payload = None
-            if expires > now:
-                if length + 12 <= self.data:
-                    payload = mm[at + 16 : at + 16 + length]
+            if length + 12 > self.data:
+                payload = self._read(head, length) if expires > now else None
+                self._unqueue(j, off, length, five)
+            else:  # one slot: _unqueue inlined (the receive hot path)
+                payload = mm[at + 16 : at + 16 + length] if expires > now else None
+                nxt = _u32_unpack(mm, at)[0]
+                g5 = G5.unpack_from(mm, G_OFF)
+                j.queue_op(off, five, g5, at, nxt)
+                free, nfree, bump, queued, channels = g5
+                _u32_pack(mm, at, free)
+                idle = count == 1 and wait_head == NIL
+                G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels - idle)
+                if count == 1:
+                    FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
                 else:
-                    payload = self._read(head, length)
-            else:
-                self.counters.expired += 1
-            self._unqueue(j, off, length, five)
+                    FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
             if payload is not None:
                 return payload
+            self.counters.expired += 1
 
     def expire(self, j: Journal, idx: int, count: int) -> None:
         """Drop (and count) expired messages at the head of channel ``idx``."""

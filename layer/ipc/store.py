@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 
 from layer.exceptions import ChannelFull
-from layer.ipc.journal import Journal
+from layer.ipc.journal import Journal, bump_generation
 from layer.ipc.layout import (
     CHANNELS,
     E_A,
@@ -158,6 +158,7 @@ class Store(Queues):
         epoch changes and every waiting instance re-registers when woken.
         """
         mm = self.mm
+        bump_generation(mm)
         epoch = _u32_unpack(mm, EPOCH)[0]
         mm[G_OFF : G_OFF + len(_EMPTY_G)] = _EMPTY_G
         _u32_pack(mm, EPOCH, (epoch + 1) & 0xFFFFFFFF)

@@ -48,7 +48,7 @@ class Waiters(Table):
 
     def _channel_entry(self, j: Journal, name: bytes, h: int) -> int:
         """The table entry of channel ``name``, created empty if it has none yet."""
-        idx = self.find(OWNER_CHANNEL, name, h)
+        idx = self.channel_index(name, h)
         if idx == NIL:
             idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
         return idx
