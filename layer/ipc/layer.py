@@ -73,6 +73,7 @@ class IPCChannelLayer(BaseChannelLayer):
             raise
         self._ringer = Ringer(self.prefix)
         self._out = Outbox()
+        self._streak = False  # the last operation was a send: a next one may be held
         self._keys: dict[str, Key] = {}
         self._local: dict[str, deque[asyncio.Future[bytes]]] = {}
         self._node_of: dict[str, int] = {}
@@ -88,8 +89,11 @@ class IPCChannelLayer(BaseChannelLayer):
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
         key = self._keys.get(channel) or self._key(channel)
         out, store = self._out, self._store
-        if not self._lock.forked and out.admit(
-            channel, key, payload, store.slots_for(len(payload))
+        streak, self._streak = self._streak, True
+        if (
+            streak
+            and not self._lock.forked
+            and out.admit(channel, key, payload, store.slots_for(len(payload)))
         ):
             if out.due():
                 self._send_out()
@@ -113,6 +117,7 @@ class IPCChannelLayer(BaseChannelLayer):
             self._post(wake)
 
     async def _pop(self, channel: str) -> bytes:
+        self._streak = False
         local = self._local.get(channel)
         if local is None:
             key = self._keys.get(channel) or self._key(channel)

@@ -24,7 +24,7 @@ the end of its event-loop turn, as an unsent pipelined Redis command is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from layer.ipc.journal import Journal
 from layer.ipc.queues import Queues
@@ -73,26 +73,36 @@ class Outbox:
     ) -> None:
         """Push every held send, one committed run per channel stretch (lock held)."""
         items, self.items, self.size = self.items, [], 0
-        for channel, key, payloads in _runs(items):
-            count = store.push_run(j, key, payloads, expires, wake)
-            j.commit()
-            self.refill(channel, capacity_of(channel), count)
+        channel, key, payload = items[0]
+        run = [payload]
+        for item in items[1:]:
+            if item[0] == channel:
+                run.append(item[2])
+                continue
+            self._push_run(j, store, channel, key, run, expires, capacity_of, wake)
+            channel, key, payload = item
+            run = [payload]
+        self._push_run(j, store, channel, key, run, expires, capacity_of, wake)
         self.room = store.free_slots() // 2
+
+    def _push_run(
+        self,
+        j: Journal,
+        store: Queues,
+        channel: str,
+        key: Key,
+        run: list[bytes],
+        expires: float,
+        capacity_of: Callable[[str], int],
+        wake: list[int],
+    ) -> None:
+        """One stretch of sends to ``channel``: one committed mutation, then fresh credit."""
+        count = store.push_run(j, key, run, expires, wake)
+        j.commit()
+        self.refill(channel, capacity_of(channel), count)
 
     def refill(self, channel: str, capacity: int, count: int) -> None:
         """``channel`` holds ``count`` messages now: credit half the room left."""
         if len(self.credit) >= _MAX_CREDITED and channel not in self.credit:
             self.credit.clear()
         self.credit[channel] = min(WINDOW, (capacity - count) // 2)
-
-
-def _runs(items: list[Item]) -> Iterator[tuple[str, Key, list[bytes]]]:
-    """Consecutive sends to one channel, in order."""
-    channel, key, payloads = items[0][0], items[0][1], [items[0][2]]
-    for item in items[1:]:
-        if item[0] == channel:
-            payloads.append(item[2])
-        else:
-            yield channel, key, payloads
-            channel, key, payloads = item[0], item[1], [item[2]]
-    yield channel, key, payloads

@@ -114,7 +114,8 @@ class Queues(Waiters):
         head, tail, count, wait_head, wait_tail = five
         g5 = G5.unpack_from(mm, G_OFF)
         free, nfree, bump, queued, channels = g5
-        if max(map(len, payloads)) + 12 > self.data or nfree + self.geometry.n_slots - bump < m:
+        one_slot = max(map(len, payloads)) + 12 <= self.data
+        if not one_slot or nfree + self.geometry.n_slots - bump < m:
             j.commit()
             for payload in payloads:
                 try:
@@ -130,18 +131,29 @@ class Queues(Waiters):
         slots, size = self.slots, self.slot_size
         link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
-        chain = self._chain(j, free, nfree, bump, m)
+        channels += not count and wait_head == NIL
         pack = MSG.pack_into
-        for slot, payload in zip(chain, payloads, strict=True):
-            at = slots + slot * size
-            pack(mm, at + 4, len(payload), expires)
-            mm[at + 16 : at + 16 + len(payload)] = payload
-        _COUNTS.pack_into(mm, QUEUED, queued + m, channels + (not count and wait_head == NIL))
-        if count:
-            _u32_pack(mm, link, chain[0])
+        if nfree >= m:  # all from the free list, whose slots are linked in order already
+            first = last = cur = free
+            for payload in payloads:
+                at = slots + cur * size
+                pack(mm, at + 4, len(payload), expires)
+                mm[at + 16 : at + 16 + len(payload)] = payload
+                last, cur = cur, _u32_unpack(mm, at)[0]
+            G5.pack_into(mm, G_OFF, cur, nfree - m, bump, queued + m, channels)
         else:
-            head = chain[0]
-        FIVE.pack_into(mm, off, head, chain[-1], count + m, wait_head, wait_tail)
+            chain = self._chain(j, free, nfree, bump, m)
+            for slot, payload in zip(chain, payloads, strict=True):
+                at = slots + slot * size
+                pack(mm, at + 4, len(payload), expires)
+                mm[at + 16 : at + 16 + len(payload)] = payload
+            first, last = chain[0], chain[-1]
+            _COUNTS.pack_into(mm, QUEUED, queued + m, channels)
+        if count:
+            _u32_pack(mm, link, first)
+        else:
+            head = first
+        FIVE.pack_into(mm, off, head, last, count + m, wait_head, wait_tail)
         for _ in range(m):
             if wait_head == NIL or (waker := self.fire(j, idx)) == NIL:
                 break
