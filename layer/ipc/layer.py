@@ -107,14 +107,16 @@ class IPCChannelLayer(BaseChannelLayer):
         try:
             with self._lock as j:
                 expires = time.monotonic() + self.expiry
-                if out.items:
+                if out.items:  # held sends go first, in the same critical section
                     out.flush(j, store, expires, self.get_capacity, wake)
                 waker, count = store.push(j, key, payload, expires, capacity)
-                out.refill(channel, capacity, count)
                 out.room = store.free_slots() // 2
-            wake.append(waker)
         finally:
-            self._post(wake)
+            if wake:
+                self._post(wake)
+        out.refill(channel, capacity, count)
+        if waker != NIL:
+            self._ringer.ring(waker)
 
     async def _pop(self, channel: str) -> bytes:
         self._streak = False

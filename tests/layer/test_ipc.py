@@ -6,11 +6,10 @@ import asyncio
 import json
 import os
 import random
-import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,60 +17,11 @@ import pytest
 from layer.config import load
 from layer.exceptions import ChannelFull, ConfigError, InvalidOption
 from layer.ipc import IPCChannelLayer
-from tests.layer.ipc_fixture import SHM, shm_objects
+from tests.layer.ipc_fixture import SHM, Worker, shm_objects
 from tests.layer.ipc_worker import send_retrying
 
 ROOT = Path(__file__).resolve().parents[2]
 Factory = Callable[..., IPCChannelLayer]
-
-
-class Worker:
-    """A ``tests.layer.ipc_worker`` process speaking lines on stdin/stdout."""
-
-    def __init__(self, role: str, prefix: str, *args: object) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.layer.ipc_worker", role, prefix, *map(str, args)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-
-    async def line(self) -> str:
-        """The worker's next line; waits in a thread, so this process's event loop keeps
-        running (its layer's held sends are flushed at the end of a loop turn)."""
-        assert self.proc.stdout is not None
-        text = await asyncio.to_thread(self.proc.stdout.readline)
-        if not text:
-            raise AssertionError(f"worker exited with {self.proc.wait()} before saying anything")
-        return text.strip()
-
-    async def expect(self, text: str) -> None:
-        assert await self.line() == text
-
-    async def result(self, within: float = 300) -> dict:
-        out, _ = await asyncio.to_thread(self.proc.communicate, timeout=within)
-        assert self.proc.returncode == 0, f"worker failed with {self.proc.returncode}"
-        return json.loads(out.strip().splitlines()[-1])
-
-    def tell(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Workers a test starts; any still running at the end are killed."""
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        if worker.proc.poll() is None:
-            worker.kill()
 
 
 async def receive_soon(layer: IPCChannelLayer, channel: str) -> dict:
@@ -159,7 +109,7 @@ async def test_sigkill_at_random_moments_never_stops_or_tears(
     assert (await receive_soon(layer, "k.after"))["type"] == "after"
 
 
-@pytest.mark.parametrize("what", ["push", "take", "flush"])
+@pytest.mark.parametrize("what", ["push", "take", "flush", "run"])
 async def test_killed_while_holding_the_lock_mid_mutation(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker], what: str
 ) -> None:
@@ -177,7 +127,7 @@ async def test_killed_while_holding_the_lock_mid_mutation(
         assert (await layer.stats())["queued"] == 0
         await layer.group_send("h.group", {"type": "x"})
         assert (await layer.stats())["queued"] == 0
-    else:  # a half-done push or take is undone: exactly the message sent before is there
+    else:  # a half-done push, run of pushes or take is undone: only the message sent before
         assert (await receive_soon(layer, "h.chan"))["type"] == "kept"
         assert (await layer.stats())["queued"] == 0
         await layer.group_send("h.group", {"type": "x"})
