@@ -66,7 +66,7 @@ async def test_receives_cancelled_in_another_process_lose_nothing(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
 ) -> None:
     """Timed-out receives there, sends here: every message once, in order (wakes passed on)."""
-    layer = ipc_layer_factory()
+    layer = ipc_layer_factory(capacity=10_000)  # the receiver may fall behind: never full
     receiver = Worker("impatient", ipc_prefix, 2000)
     workers.append(receiver)
     await receiver.expect("ready")
