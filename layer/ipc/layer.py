@@ -109,7 +109,11 @@ class IPCChannelLayer(BaseChannelLayer):
                 expires = time.monotonic() + self.expiry
                 if out.items:  # held sends go first, in the same critical section
                     out.flush(j, store, expires, self.get_capacity, wake)
-                waker, count = store.push(j, key, payload, expires, capacity)
+                try:
+                    waker, count = store.push(j, key, payload, expires, capacity)
+                except ChannelFull:
+                    out.refill(channel, capacity, capacity)  # no credit while it is full
+                    raise
                 out.room = store.free_slots() // 2
         finally:
             if wake:
@@ -171,8 +175,7 @@ class IPCChannelLayer(BaseChannelLayer):
         return result
 
     async def _flush(self) -> None:
-        self._out.items.clear()  # emptied anyway
-        self._out.size = 0
+        self._out.discard()  # the flush would empty their channels anyway
         with self._lock as j:
             self._lock.begin_flush()
             self._store.flush()
