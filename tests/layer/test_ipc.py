@@ -17,6 +17,7 @@ import pytest
 from layer.config import load
 from layer.exceptions import ChannelFull, ConfigError, InvalidOption
 from layer.ipc import IPCChannelLayer
+from layer.ipc.layout import GEOMETRY_OFF, U32
 from tests.layer.ipc_fixture import SHM, Worker, shm_objects
 from tests.layer.ipc_worker import send_retrying
 
@@ -236,6 +237,18 @@ async def test_group_send_into_a_full_segment_skips_and_recovers(
     await layer.group_send("gf", {"type": "g", "data": blob})
     assert (await receive_soon(layer, "gf.a"))["type"] == "g"
     assert (await receive_soon(layer, "gf.b"))["type"] == "g"
+
+
+async def test_a_segment_of_an_older_layout_is_refused(ipc_prefix: str) -> None:
+    """Version 2 processes do not bump the table generation: they must never share a segment
+    with processes that cache entry indexes."""
+    old = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    U32.pack_into(old._segment.mm, GEOMETRY_OFF, 2)  # what a version-2 process created
+    try:
+        with pytest.raises(InvalidOption, match=r"layout version 2.*python -m layer\.ipc clean"):
+            IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    finally:
+        await old.close(unlink=True)
 
 
 def test_undersized_dev_shm_is_a_clear_error(ipc_prefix: str) -> None:
