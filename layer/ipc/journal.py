@@ -29,6 +29,7 @@ from layer.ipc.layout import (
     JSTATE,
     JSTATE_OFF,
     RECOVERIES,
+    TABLE_GEN,
 )
 
 _RECORD = struct.Struct("<QI4x")  # offset, length; then the saved bytes, padded to 8
@@ -36,6 +37,11 @@ _END = struct.Struct("<I")
 # The three records of a push or pop, packed from values the caller already holds: the channel
 # entry's five words, the G block's first five (slots, counts) and one slot link.
 _QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
+
+
+def bump_generation(mm: mmap.mmap) -> None:
+    """Invalidate every process's cached entry indexes (see ``Table.channel_index``)."""
+    _END.pack_into(mm, TABLE_GEN, (_END.unpack_from(mm, TABLE_GEN)[0] + 1) & 0xFFFFFFFF)
 
 
 class Journal:
@@ -99,6 +105,8 @@ class Journal:
             offset, length = _RECORD.unpack_from(mm, at)
             records.append((offset, mm[at + 16 : at + 16 + length]))
             at += 16 + ((length + 7) & ~7)
+        if records:
+            bump_generation(mm)  # an entry this mutation created (and someone cached) is gone
         for offset, saved in reversed(records):
             mm[offset : offset + len(saved)] = saved
         _END.pack_into(mm, JSTATE_OFF, 0)

@@ -21,7 +21,8 @@ from layer.exceptions import ChannelFull, InvalidOption
 from layer.ipc import segment
 from layer.ipc.doorbell import Doorbell, Ringer
 from layer.ipc.journal import Journal, Lock
-from layer.ipc.layout import NIL, OWNER_CHANNEL
+from layer.ipc.layout import NIL
+from layer.ipc.outbox import Outbox
 from layer.ipc.store import Store
 from layer.ipc.table import Key, make_key
 from layer.ipc.wakers import Wakers
@@ -71,6 +72,8 @@ class IPCChannelLayer(BaseChannelLayer):
             self._segment.close()
             raise
         self._ringer = Ringer(self.prefix)
+        self._out = Outbox()
+        self._streak = False  # the last operation was a send: a next one may be held
         self._keys: dict[str, Key] = {}
         self._local: dict[str, deque[asyncio.Future[bytes]]] = {}
         self._node_of: dict[str, int] = {}
@@ -85,19 +88,52 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
         key = self._keys.get(channel) or self._key(channel)
-        with self._lock as j:
-            waker = self._store.push(j, key, payload, time.monotonic() + self.expiry, capacity)
+        out, store = self._out, self._store
+        streak, self._streak = self._streak, True
+        if (
+            streak
+            and not self._lock.forked
+            and out.admit(channel, key, payload, store.slots_for(len(payload)))
+        ):
+            if out.due():
+                self._send_out()
+            else:
+                loop = asyncio.get_running_loop()
+                if out.loop_token is not loop:  # one flush per loop turn (and per loop)
+                    out.loop_token = loop
+                    loop.call_soon(self._send_out, True)
+            return
+        wake: list[int] = []
+        try:
+            with self._lock as j:
+                expires = time.monotonic() + self.expiry
+                if out.items:  # held sends go first, in the same critical section
+                    out.flush(j, store, expires, self.get_capacity, wake)
+                try:
+                    waker, count = store.push(j, key, payload, expires, capacity)
+                except ChannelFull:
+                    out.refill(channel, capacity, capacity)  # no credit while it is full
+                    raise
+                out.room = store.free_slots() // 2
+        finally:
+            if wake:
+                self._post(wake)
+        out.refill(channel, capacity, count)
         if waker != NIL:
             self._ringer.ring(waker)
 
     async def _pop(self, channel: str) -> bytes:
+        self._streak = False
         local = self._local.get(channel)
         if local is None:
             key = self._keys.get(channel) or self._key(channel)
             with self._lock as j:
+                wake = self._flush_out(j) if self._out.items else None
                 payload = self._store.take(j, key, time.monotonic())
                 if payload is None:
                     self._register(j, channel, key)
+            if wake:
+                self._post(wake)
             if payload is not None:
                 return payload
             local = self._local[channel] = deque()
@@ -130,6 +166,8 @@ class IPCChannelLayer(BaseChannelLayer):
         wake: list[int] = []
         now = time.monotonic()
         with self._lock as j:
+            if self._out.items:
+                wake += self._flush_out(j)
             result = self._store.group_send(
                 j, self._key(group), payload, now + self.expiry, now, self._capacity_of, wake
             )
@@ -137,6 +175,7 @@ class IPCChannelLayer(BaseChannelLayer):
         return result
 
     async def _flush(self) -> None:
+        self._out.discard()  # the flush would empty their channels anyway
         with self._lock as j:
             self._lock.begin_flush()
             self._store.flush()
@@ -146,6 +185,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._post(wake, only_live=True)
 
     async def _storage_counts(self) -> StorageCounts:
+        self._send_out()
         with self._lock:
             queued, channels, groups = self._store.counts()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
@@ -155,6 +195,7 @@ class IPCChannelLayer(BaseChannelLayer):
         segment and semaphores from ``/dev/shm`` (processes still attached keep their view)."""
         if self._closed:
             return
+        self._send_out()
         self._closed = True
         self._unwatch()
         wake: list[int] = []
@@ -244,6 +285,22 @@ class IPCChannelLayer(BaseChannelLayer):
         if waker != NIL:
             self._ringer.ring(waker)
 
+    def _send_out(self, scheduled: bool = False) -> None:
+        """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),
+        or this instance is about to do something else that must come after those sends."""
+        out = self._out
+        if scheduled:
+            out.loop_token = None
+        if out.items and not self._closed:
+            with self._lock as j:
+                wake = self._flush_out(j)
+            self._post(wake)
+
+    def _flush_out(self, j: Journal) -> list[int]:
+        wake: list[int] = []
+        self._out.flush(j, self._store, time.monotonic() + self.expiry, self.get_capacity, wake)
+        return wake
+
     def _on_chime(self) -> None:
         """The doorbell rang: consume the chimes first, so a later send rings again."""
         self._bell.drain()
@@ -305,7 +362,7 @@ class IPCChannelLayer(BaseChannelLayer):
             self._register(j, channel, key)
             return
         self._local.pop(channel, None)
-        idx = self._store.find(OWNER_CHANNEL, *key)
+        idx = self._store.channel_index(*key)
         if idx != NIL and (waker := self._store.pass_on(j, idx)) != NIL:
             wake.append(waker)
 
@@ -325,7 +382,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def _post(self, wakers: list[int], only_live: bool = False) -> None:
         for waker in set(wakers):
-            if not only_live or segment.is_held(self._segment.fd, waker):
+            if waker != NIL and (not only_live or segment.is_held(self._segment.fd, waker)):
                 self._ringer.ring(waker)
 
     # -- keys ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = 0x31435049_5453494B  # b"KISTIPC1" little-endian
-VERSION = 2  # 2: doorbell FIFOs replace the per-instance semaphores
+VERSION = 3  # 2: doorbell FIFOs replace the semaphores; 3: the table generation (cached indexes)
 NIL = 0xFFFFFFFF
 
 # -- header ------------------------------------------------------------------------------------
@@ -35,6 +35,9 @@ JSTATE = struct.Struct("<II")  # bytes of undo records in use, flush-in-progress
 JSTATE_OFF = 128
 FLUSHING = 1
 RECOVERIES = 136  # u32: how many times a lock holder repaired a dead holder's mutation
+# u32, bumped before an entry is deleted, by a rollback and by a flush: a process may cache
+# channel entry indexes while it is unchanged.
+TABLE_GEN = 140
 G_OFF = 192  # the G block: every global word a mutation may touch, journaled as one record
 G_SIZE = 48
 # A push or pop changes exactly the first five: slot free head, free count, bump, queued

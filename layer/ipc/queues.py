@@ -1,4 +1,4 @@
-"""Channel queues over the slot arena, and the per-channel lists of waiting receivers.
+"""Channel queues over the slot arena: push, pop and expiry of messages.
 
 A channel entry holds ``head, tail, count, wait_head, wait_tail``. A message is a chain of slots
 holding ``MSG`` (length, expiry) then the payload; the queue links messages through the ``next``
@@ -16,41 +16,31 @@ from layer.base import Counters
 from layer.exceptions import ChannelFull
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
-    CHANNELS,
     E_MUTABLE,
-    E_MUTABLE_SIZE,
     ENTRY_SIZE,
-    FIRED,
     FIVE,
     G5,
     G_OFF,
     MSG,
     NIL,
-    NODE,
-    NODE_SIZE,
-    OWNER_CHANNEL,
     QUEUED,
-    RING,
     SCRATCH,
     SLOTS3,
     U32,
-    W_OVERFLOW,
-    W_READ,
-    W_RING,
-    W_STATE,
-    W_WRITE,
-    WAKER_SIZE,
     Geometry,
 )
-from layer.ipc.table import Key, Table
+from layer.ipc.table import Key
+from layer.ipc.waiters import Waiters
 
 _COUNTS = struct.Struct("<II")  # queued, active channels
+_FREE_BUMP = struct.Struct("<II")  # slot free count, bump
+NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
 _RING_IO = struct.Struct("<II")  # ring read, ring write
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
 
-class Queues(Table):
+class Queues(Waiters):
     """Push/pop of payloads and the waiter lists; called with the lock held."""
 
     def __init__(self, mm: mmap.mmap, geometry: Geometry, counters: Counters) -> None:
@@ -59,19 +49,14 @@ class Queues(Table):
         self.slots = geometry.slots
         self.slot_size = geometry.slot_size
         self.data = geometry.slot_size - 4
-        self.wakers = geometry.wakers
 
     # -- messages ---------------------------------------------------------------------------
 
-    def _channel_entry(self, j: Journal, name: bytes, h: int) -> int:
-        """The table entry of channel ``name``, created empty if it has none yet."""
-        idx = self.find(OWNER_CHANNEL, name, h)
-        if idx == NIL:
-            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
-        return idx
-
-    def push(self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int) -> int:
-        """Append ``payload``; return the waker index to post (or NIL). Raises ChannelFull."""
+    def push(
+        self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
+    ) -> tuple[int, int]:
+        """Append ``payload``; return the waker index to post (or NIL) and the channel's new
+        length. Raises ChannelFull."""
         name, h = key
         mm = self.mm
         idx = self._channel_entry(j, name, h)
@@ -106,7 +91,84 @@ class Queues(Table):
         else:
             head = first
         FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        return NIL if wait_head == NIL else self.fire(j, idx)
+        return (NIL if wait_head == NIL else self.fire(j, idx)), count + 1
+
+    def push_run(
+        self, j: Journal, key: Key, payloads: list[bytes], expires: float, wake: list[int]
+    ) -> int:
+        """Append ``payloads`` in order without a capacity check (their sender admitted them
+        against credit); fire one waiter per payload while any wait, adding their wakers to
+        ``wake``; return the channel's new length.
+
+        When every payload fits one slot the run is one mutation: one journal record, the slots
+        taken as one chain (free-list slots are already linked in order), one entry update.
+        Otherwise each payload is pushed and committed on its own; one that finds the segment
+        full is dropped and counted (``dropped_full``), as its sender has already returned.
+        """
+        name, h = key
+        mm = self.mm
+        m = len(payloads)
+        idx = self._channel_entry(j, name, h)
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
+        g5 = G5.unpack_from(mm, G_OFF)
+        free, nfree, bump, queued, channels = g5
+        one_slot = max(map(len, payloads)) + 12 <= self.data
+        if not one_slot or nfree + self.geometry.n_slots - bump < m:
+            j.commit()
+            for payload in payloads:
+                try:
+                    waker, count = self.push(j, key, payload, expires, NO_LIMIT)
+                except ChannelFull:
+                    j.rollback()
+                    self.counters.dropped_full += 1
+                    continue
+                j.commit()
+                if waker != NIL:
+                    wake.append(waker)
+            return int(count)
+        slots, size = self.slots, self.slot_size
+        link = slots + tail * size if count else SCRATCH
+        j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
+        channels += not count and wait_head == NIL
+        pack = MSG.pack_into
+        if nfree >= m:  # all from the free list, whose slots are linked in order already
+            first = last = cur = free
+            for payload in payloads:
+                at = slots + cur * size
+                pack(mm, at + 4, len(payload), expires)
+                mm[at + 16 : at + 16 + len(payload)] = payload
+                last, cur = cur, _u32_unpack(mm, at)[0]
+            G5.pack_into(mm, G_OFF, cur, nfree - m, bump, queued + m, channels)
+        else:
+            chain = self._chain(j, free, nfree, bump, m)
+            for slot, payload in zip(chain, payloads, strict=True):
+                at = slots + slot * size
+                pack(mm, at + 4, len(payload), expires)
+                mm[at + 16 : at + 16 + len(payload)] = payload
+            first, last = chain[0], chain[-1]
+            _COUNTS.pack_into(mm, QUEUED, queued + m, channels)
+        if count:
+            _u32_pack(mm, link, first)
+        else:
+            head = first
+        FIVE.pack_into(mm, off, head, last, count + m, wait_head, wait_tail)
+        for _ in range(m):
+            if wait_head == NIL or (waker := self.fire(j, idx)) == NIL:
+                break
+            wake.append(waker)
+            wait_head = FIVE.unpack_from(mm, off)[3]
+        return int(count + m)
+
+    def free_slots(self) -> int:
+        """Slots not holding a message (free list plus never used)."""
+        nfree, bump = _FREE_BUMP.unpack_from(self.mm, G_OFF + 4)
+        return int(nfree + self.geometry.n_slots - bump)
+
+    def slots_for(self, length: int) -> int:
+        """How many slots a ``length``-byte payload takes."""
+        return (length + 12 + self.data - 1) // self.data
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
         """Put a payload a cancelled receive took back at the head (ignores capacity)."""
@@ -128,30 +190,38 @@ class Queues(Table):
 
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
         """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
-        name, h = key
-        idx = self.find(OWNER_CHANNEL, name, h)
+        idx = self.channel_index(*key)
         if idx == NIL:
             return None
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        slots, size = self.slots, self.slot_size
         while True:
             five = FIVE.unpack_from(mm, off)
-            head, _, count, _, _ = five
+            head, tail, count, wait_head, wait_tail = five
             if not count:
                 return None
-            at = self.slots + head * self.slot_size
+            at = slots + head * size
             length, expires = MSG.unpack_from(mm, at + 4)
-            payload = None
-            if expires > now:
-                if length + 12 <= self.data:
-                    payload = mm[at + 16 : at + 16 + length]
+            if length + 12 > self.data:
+                payload = self._read(head, length) if expires > now else None
+                self._unqueue(j, off, length, five)
+            else:  # one slot: _unqueue inlined (the receive hot path)
+                payload = mm[at + 16 : at + 16 + length] if expires > now else None
+                nxt = _u32_unpack(mm, at)[0]
+                g5 = G5.unpack_from(mm, G_OFF)
+                j.queue_op(off, five, g5, at, nxt)
+                free, nfree, bump, queued, channels = g5
+                _u32_pack(mm, at, free)
+                idle = count == 1 and wait_head == NIL
+                G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels - idle)
+                if count == 1:
+                    FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
                 else:
-                    payload = self._read(head, length)
-            else:
-                self.counters.expired += 1
-            self._unqueue(j, off, length, five)
+                    FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
             if payload is not None:
                 return payload
+            self.counters.expired += 1
 
     def expire(self, j: Journal, idx: int, count: int) -> None:
         """Drop (and count) expired messages at the head of channel ``idx``."""
@@ -257,106 +327,3 @@ class Queues(Table):
             at = slots + cur * size + 4
             out += mm[at : at + min(data, length - len(out))]
         return bytes(out)
-
-    # -- waiting receivers ------------------------------------------------------------------
-
-    def register(self, j: Journal, key: Key, waker: int, gen: int, spare: int) -> int:
-        """Add a node "waker waits on this channel" at the tail of its wait list.
-
-        ``spare`` is a fired node of the same waker to reuse, or NIL to allocate one.
-        """
-        name, h = key
-        mm = self.mm
-        idx = self._channel_entry(j, name, h)
-        if spare == NIL:
-            node = self.alloc_node(j)
-        else:
-            node = spare
-            j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
-        NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
-        j.save(off, E_MUTABLE_SIZE)
-        if wait_tail == NIL:
-            wait_head = node
-        else:
-            at = self.nodes + wait_tail * NODE_SIZE + 4
-            j.save(at, 4)
-            _u32_pack(mm, at, node)
-        FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
-        if not count and wait_tail == NIL:  # the channel was idle
-            j.save_g()
-            self._count(CHANNELS, 1)
-        return node
-
-    def fired(self, node: int) -> bool:
-        """True once a send has taken ``node`` off its list and queued it in its waker's ring."""
-        return bool(_u32_unpack(self.mm, self.nodes + node * NODE_SIZE)[0] == FIRED)
-
-    def unregister(self, j: Journal, node: int) -> int:
-        """Withdraw a node: unlink and free it; a fired one passes its wake on (the waker to
-        post is returned, or NIL)."""
-        at = self.nodes + node * NODE_SIZE
-        prev, _, idx, _, _ = NODE.unpack_from(self.mm, at)
-        if prev != FIRED:
-            self._unlink(j, node)
-            self.free_node(j, node)
-            return NIL
-        self.free_node(j, node)
-        return self.pass_on(j, idx)
-
-    def pass_on(self, j: Journal, idx: int) -> int:
-        """A wake for channel ``idx`` went unused: fire the next waiter if messages remain."""
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        count, wait_head = FIVE.unpack_from(self.mm, off)[2:4]
-        return self.fire(j, idx) if count and wait_head != NIL else NIL
-
-    def fire(self, j: Journal, idx: int) -> int:
-        """Hand a wake to the first live waiter of channel ``idx``; return its waker or NIL."""
-        mm = self.mm
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        while True:
-            node = FIVE.unpack_from(mm, off)[3]
-            if node == NIL:
-                return NIL
-            at = self.nodes + node * NODE_SIZE
-            _, _, _, waker, gen = NODE.unpack_from(mm, at)
-            self._unlink(j, node)
-            wat = self.wakers + waker * WAKER_SIZE
-            state, wgen = _RING_IO.unpack_from(mm, wat + W_STATE)
-            if not state or wgen & 0xFFFF != gen:
-                self.free_node(j, node)  # its instance is gone
-                continue
-            j.save(at, 4)
-            _u32_pack(mm, at, FIRED)
-            read, write = _RING_IO.unpack_from(mm, wat + W_READ)
-            if write - read < RING:
-                _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
-                j.save(wat + W_WRITE, 4)
-                _u32_pack(mm, wat + W_WRITE, write + 1)
-            else:
-                j.save(wat + W_OVERFLOW, 4)  # ring full: the owner rescans its nodes
-                _u32_pack(mm, wat + W_OVERFLOW, 1)
-            return int(waker)
-
-    def _unlink(self, j: Journal, node: int) -> None:
-        mm = self.mm
-        at = self.nodes + node * NODE_SIZE
-        prev, nxt, idx, _, _ = NODE.unpack_from(mm, at)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
-        j.save(off, E_MUTABLE_SIZE)
-        if prev == NIL:
-            wait_head = nxt
-        else:
-            j.save(self.nodes + prev * NODE_SIZE + 4, 4)
-            _u32_pack(mm, self.nodes + prev * NODE_SIZE + 4, nxt)
-        if nxt == NIL:
-            wait_tail = prev
-        else:
-            j.save(self.nodes + nxt * NODE_SIZE, 4)
-            _u32_pack(mm, self.nodes + nxt * NODE_SIZE, prev)
-        FIVE.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
-        if not count and wait_head == NIL:
-            j.save_g()
-            self._count(CHANNELS, -1)

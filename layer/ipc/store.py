@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 
 from layer.exceptions import ChannelFull
-from layer.ipc.journal import Journal
+from layer.ipc.journal import Journal, bump_generation
 from layer.ipc.layout import (
     CHANNELS,
     E_A,
@@ -113,7 +113,7 @@ class Store(Queues):
                 size = KEY.unpack_from(mm, off)[3]
                 name = mm[off + E_NAME : off + E_NAME + size]
                 try:
-                    waker = self.push(j, (name, ch), payload, expires, capacity_of(name))
+                    waker = self.push(j, (name, ch), payload, expires, capacity_of(name))[0]
                 except ChannelFull:
                     j.rollback()
                     dropped += 1
@@ -158,6 +158,7 @@ class Store(Queues):
         epoch changes and every waiting instance re-registers when woken.
         """
         mm = self.mm
+        bump_generation(mm)
         epoch = _u32_unpack(mm, EPOCH)[0]
         mm[G_OFF : G_OFF + len(_EMPTY_G)] = _EMPTY_G
         _u32_pack(mm, EPOCH, (epoch + 1) & 0xFFFFFFFF)

@@ -12,7 +12,7 @@ import mmap
 import zlib
 
 from layer.exceptions import ChannelFull
-from layer.ipc.journal import Journal
+from layer.ipc.journal import Journal, bump_generation
 from layer.ipc.layout import (
     E_MUTABLE,
     E_NAME,
@@ -28,11 +28,13 @@ from layer.ipc.layout import (
     NODE_FREE,
     NODE_SIZE,
     OWNER_CHANNEL,
+    TABLE_GEN,
     U32,
     Geometry,
 )
 
 Key = tuple[bytes, int]  # a name's ASCII bytes and its CRC-32
+_INDEX_CACHE = 8192
 
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -58,6 +60,8 @@ class Table:
         self.mask = geometry.n_buckets - 1
         self.entries = geometry.entries
         self.nodes = geometry.nodes
+        self._index: dict[bytes, int] = {}  # channel name -> entry, valid for ``_index_gen``
+        self._index_gen = -1
 
     # -- hash table -------------------------------------------------------------------------
 
@@ -79,6 +83,26 @@ class Table:
                 return idx
             idx = nxt
         return NIL
+
+    def channel_index(self, name: bytes, h: int) -> int:
+        """``find(OWNER_CHANNEL, name, h)`` through this process's cache of entry indexes.
+
+        An entry never moves while it exists, and every delete (or rollback, or flush) bumps
+        the table generation first, so a cached index is valid while the generation is unchanged.
+        """
+        gen = _u32_unpack(self.mm, TABLE_GEN)[0]
+        cache = self._index
+        if gen != self._index_gen:
+            cache.clear()
+            self._index_gen = gen
+        idx = cache.get(name)
+        if idx is None:
+            idx = self.find(OWNER_CHANNEL, name, h)
+            if idx != NIL:
+                if len(cache) >= _INDEX_CACHE:
+                    cache.clear()
+                cache[name] = idx
+        return idx
 
     def insert(self, j: Journal, owner: int, name: bytes, h: int, five: tuple[int, ...]) -> int:
         """Create entry ``(owner, name)`` with its five kind-specific words; ChannelFull if none."""
@@ -105,6 +129,7 @@ class Table:
     def delete(self, j: Journal, idx: int) -> None:
         """Unlink entry ``idx`` from its hash chain and return it to the pool."""
         mm = self.mm
+        bump_generation(mm)
         off = self.entries + idx * ENTRY_SIZE
         nxt, h, _, _ = KEY.unpack_from(mm, off)
         link = self.buckets + ((h & self.mask) << 2)

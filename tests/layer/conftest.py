@@ -14,7 +14,7 @@ import pytest
 
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
-from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
+from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix, workers
 from tests.layer.redis_fixtures import (
     redis_layer_factory,
     redis_server,
@@ -32,6 +32,7 @@ __all__ = [
     "redis_server",
     "redis_sharded_layer_factory",
     "redis_shards",
+    "workers",
 ]
 
 

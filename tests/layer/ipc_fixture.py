@@ -1,10 +1,17 @@
-"""IPC backend fixtures: a unique prefix per test, and nothing left in /dev/shm afterwards."""
+"""IPC backend fixtures: a unique prefix per test, nothing left in /dev/shm afterwards, and
+worker processes (``tests.layer.ipc_worker``) that tests start and talk to."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +19,7 @@ import pytest
 from layer.ipc import IPCChannelLayer
 
 SHM = "/dev/shm"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def shm_objects(prefix: str) -> list[str]:
@@ -50,3 +58,52 @@ async def ipc_layer_factory(ipc_prefix: str) -> AsyncIterator[Callable[..., IPCC
     from layer.ipc.segment import unlink
 
     unlink(ipc_prefix)
+
+
+class Worker:
+    """A ``tests.layer.ipc_worker`` process speaking lines on stdin/stdout."""
+
+    def __init__(self, role: str, prefix: str, *args: object) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.layer.ipc_worker", role, prefix, *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    async def line(self) -> str:
+        """The worker's next line; waits in a thread, so this process's event loop keeps
+        running (its layer's held sends are flushed at the end of a loop turn)."""
+        assert self.proc.stdout is not None
+        text = await asyncio.to_thread(self.proc.stdout.readline)
+        if not text:
+            raise AssertionError(f"worker exited with {self.proc.wait()} before saying anything")
+        return text.strip()
+
+    async def expect(self, text: str) -> None:
+        assert await self.line() == text
+
+    async def result(self, within: float = 300) -> dict:
+        out, _ = await asyncio.to_thread(self.proc.communicate, timeout=within)
+        assert self.proc.returncode == 0, f"worker failed with {self.proc.returncode}"
+        return json.loads(out.strip().splitlines()[-1])
+
+    def tell(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Workers a test starts; any still running at the end are killed."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.kill()

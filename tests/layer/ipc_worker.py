@@ -133,11 +133,41 @@ def hold(layer: IPCChannelLayer, what: str) -> None:
             layer._store.push(j, key, b"\x81\xa4type\xa4torn", time.monotonic() + 60, 100)
         elif what == "take":
             assert layer._store.take(j, key, time.monotonic()) is not None
+        elif what == "run":  # a coalesced run of sends, all written, never committed
+            runs = [b"\x81\xa4type\xa4torn"] * 5
+            layer._store.push_run(j, key, runs, time.monotonic() + 60, [])
         elif what == "flush":
             layer._lock.begin_flush()
             layer._store.mm[layer._store.buckets : layer._store.buckets + 4] = b"\xff" * 4
         say("holding")
         time.sleep(600)
+
+
+async def burst(layer: IPCChannelLayer, channel: str, count: int) -> None:
+    """Send ``count`` numbered messages in one loop turn, then block that loop (no turn ends,
+    so sends still held are never flushed) until the parent SIGKILLs us."""
+    for i in range(count):
+        await layer.send(channel, {"type": "b", "i": i})
+    say("sent")
+    time.sleep(600)  # noqa: ASYNC251 -- blocking the loop on purpose: no turn may end
+
+
+async def stream(layer: IPCChannelLayer, me: int, channel: str, count: int) -> None:
+    """``count`` numbered messages in bursts of a few loop turns each (held, then flushed)."""
+    for i in range(count):
+        await send_retrying(layer, channel, {"type": "s", "p": me, "i": i})
+        if i % 97 == 0:
+            await asyncio.sleep(0)
+    say({"sent": count})
+
+
+async def drain(layer: IPCChannelLayer, channel: str) -> None:
+    """Receive from ``channel`` until ``stop``; report ``(producer, i)`` pairs in order."""
+    say("ready")
+    got: list[tuple[int, int]] = []
+    while (message := await layer.receive(channel))["type"] != "stop":
+        got.append((message["p"], message["i"]))
+    say({"got": got})
 
 
 async def main(role: str, prefix: str, args: list[str]) -> None:
@@ -153,6 +183,12 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
             await checked_stream(layer, args[0], int(args[1]))
         elif role == "impatient":
             await impatient(layer, int(args[0]))
+        elif role == "burst":
+            await burst(layer, args[0], int(args[1]))
+        elif role == "stream-to":
+            await stream(layer, int(args[0]), args[1], int(args[2]))
+        elif role == "drain":
+            await drain(layer, args[0])
         elif role == "victim":
             await victim(layer)
         elif role == "hold":

@@ -1,0 +1,115 @@
+"""The sender's outbox: sends admitted against credit, pushed many per critical section.
+
+A send normally takes the segment lock, journals and commits, and may ring a doorbell: ~8 µs
+of which the payload copy is a small part. A send that follows another send of the same
+instance (a producer loop, a burst; after a receive the layer pushes directly, so ping-pong
+gains no latency) is instead held here while the last flush showed room for it (*credit*),
+and the held sends go into the segment
+together: one lock round trip, one journal record per run of sends to one channel, at most one
+doorbell per woken process. The outbox is flushed when it holds ``WINDOW`` messages or
+``BUDGET`` bytes (synchronously, inside the send that filled it), at the end of the event-loop
+turn otherwise (``loop.call_soon``), and before anything else this instance does to the segment
+(a send without credit, a receive, a group send, stats, flush, close), so one instance's
+operations reach the segment in the order they were made.
+
+Credit keeps ``ChannelFull`` honest. A channel's credit is half the room its capacity had at
+the last flush, at most ``WINDOW``; a send without credit is pushed at once with the real
+capacity check (and raises). One process sending to a channel therefore never exceeds its
+capacity; several processes sending to one channel may overshoot it by their credit, as the
+Redis layer's pipelined sends do. Slots are credited the same way (half the free slots seen):
+a segment that fills up anyway, because other processes filled it meanwhile, drops the
+credited messages that no longer fit and counts them in ``dropped_full``.
+
+At-most-once: a message admitted here but not yet flushed is lost if this process dies before
+the end of its event-loop turn, as an unsent pipelined Redis command is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from layer.ipc.journal import Journal
+from layer.ipc.queues import Queues
+from layer.ipc.table import Key
+
+WINDOW = 64  # messages per flush, and the most credit a channel gets
+BUDGET = 64 * 1024  # payload bytes that make a flush due
+_MAX_CREDITED = 8192  # channels remembered; beyond, credit starts afresh
+
+Item = tuple[str, Key, bytes]
+
+
+class Outbox:
+    """Admitted sends not yet in the segment, and what each channel may still take."""
+
+    __slots__ = ("credit", "items", "loop_token", "room", "size")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.size = 0  # payload bytes in ``items``
+        self.credit: dict[str, int] = {}
+        self.room = 0  # slots that admitted sends may still take before a flush
+        self.loop_token: object = None  # the loop a flush is scheduled on (None: none is)
+
+    def admit(self, channel: str, key: Key, payload: bytes, slots: int) -> bool:
+        """Hold a send for the next flush if credit allows; False means "push it now"."""
+        credit = self.credit.get(channel, 0)
+        if credit <= 0 or slots > self.room:
+            return False
+        self.credit[channel] = credit - 1
+        self.room -= slots
+        self.items.append((channel, key, payload))
+        self.size += len(payload)
+        return True
+
+    def discard(self) -> None:
+        """Forget the held sends (a flush of the whole layer is about to empty their queues)."""
+        self.items.clear()
+        self.size = 0
+
+    def due(self) -> bool:
+        return len(self.items) >= WINDOW or self.size >= BUDGET
+
+    def flush(
+        self,
+        j: Journal,
+        store: Queues,
+        expires: float,
+        capacity_of: Callable[[str], int],
+        wake: list[int],
+    ) -> None:
+        """Push every held send, one committed run per channel stretch (lock held)."""
+        items, self.items, self.size = self.items, [], 0
+        channel, key, payload = items[0]
+        run = [payload]
+        for item in items[1:]:
+            if item[0] == channel:
+                run.append(item[2])
+                continue
+            self._push_run(j, store, channel, key, run, expires, capacity_of, wake)
+            channel, key, payload = item
+            run = [payload]
+        self._push_run(j, store, channel, key, run, expires, capacity_of, wake)
+        self.room = store.free_slots() // 2
+
+    def _push_run(
+        self,
+        j: Journal,
+        store: Queues,
+        channel: str,
+        key: Key,
+        run: list[bytes],
+        expires: float,
+        capacity_of: Callable[[str], int],
+        wake: list[int],
+    ) -> None:
+        """One stretch of sends to ``channel``: one committed mutation, then fresh credit."""
+        count = store.push_run(j, key, run, expires, wake)
+        j.commit()
+        self.refill(channel, capacity_of(channel), count)
+
+    def refill(self, channel: str, capacity: int, count: int) -> None:
+        """``channel`` holds ``count`` messages now: credit half the room left."""
+        if len(self.credit) >= _MAX_CREDITED and channel not in self.credit:
+            self.credit.clear()
+        self.credit[channel] = min(WINDOW, (capacity - count) // 2)

@@ -1,0 +1,155 @@
+"""Per-channel lists of waiting receivers, and the wake rings they are fired into.
+
+A receive that finds its channel empty links a node "instance W waits on channel C" at the tail
+of the channel's wait list; a send that finds a waiter unlinks the first live node, marks it
+fired and appends it to its owner's wake ring, and the sender rings the owner's doorbell.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+from layer.ipc.journal import Journal
+from layer.ipc.layout import (
+    CHANNELS,
+    E_MUTABLE,
+    E_MUTABLE_SIZE,
+    ENTRY_SIZE,
+    FIRED,
+    FIVE,
+    NIL,
+    NODE,
+    NODE_SIZE,
+    OWNER_CHANNEL,
+    RING,
+    U32,
+    W_OVERFLOW,
+    W_READ,
+    W_RING,
+    W_STATE,
+    W_WRITE,
+    WAKER_SIZE,
+    Geometry,
+)
+from layer.ipc.table import Key, Table
+
+_RING_IO = struct.Struct("<II")  # ring read, ring write (or: in use, generation)
+_u32_pack = U32.pack_into
+_u32_unpack = U32.unpack_from
+
+
+class Waiters(Table):
+    """Register, fire and withdraw waiter nodes; called with the lock held."""
+
+    def __init__(self, mm: mmap.mmap, geometry: Geometry) -> None:
+        super().__init__(mm, geometry)
+        self.wakers = geometry.wakers
+
+    def _channel_entry(self, j: Journal, name: bytes, h: int) -> int:
+        """The table entry of channel ``name``, created empty if it has none yet."""
+        idx = self.channel_index(name, h)
+        if idx == NIL:
+            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        return idx
+
+    def register(self, j: Journal, key: Key, waker: int, gen: int, spare: int) -> int:
+        """Add a node "waker waits on this channel" at the tail of its wait list.
+
+        ``spare`` is a fired node of the same waker to reuse, or NIL to allocate one.
+        """
+        name, h = key
+        mm = self.mm
+        idx = self._channel_entry(j, name, h)
+        if spare == NIL:
+            node = self.alloc_node(j)
+        else:
+            node = spare
+            j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
+        j.save(off, E_MUTABLE_SIZE)
+        if wait_tail == NIL:
+            wait_head = node
+        else:
+            at = self.nodes + wait_tail * NODE_SIZE + 4
+            j.save(at, 4)
+            _u32_pack(mm, at, node)
+        FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
+        if not count and wait_tail == NIL:  # the channel was idle
+            j.save_g()
+            self._count(CHANNELS, 1)
+        return node
+
+    def fired(self, node: int) -> bool:
+        """True once a send has taken ``node`` off its list and queued it in its waker's ring."""
+        return bool(_u32_unpack(self.mm, self.nodes + node * NODE_SIZE)[0] == FIRED)
+
+    def unregister(self, j: Journal, node: int) -> int:
+        """Withdraw a node: unlink and free it; a fired one passes its wake on (the waker to
+        post is returned, or NIL)."""
+        at = self.nodes + node * NODE_SIZE
+        prev, _, idx, _, _ = NODE.unpack_from(self.mm, at)
+        if prev != FIRED:
+            self._unlink(j, node)
+            self.free_node(j, node)
+            return NIL
+        self.free_node(j, node)
+        return self.pass_on(j, idx)
+
+    def pass_on(self, j: Journal, idx: int) -> int:
+        """A wake for channel ``idx`` went unused: fire the next waiter if messages remain."""
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        count, wait_head = FIVE.unpack_from(self.mm, off)[2:4]
+        return self.fire(j, idx) if count and wait_head != NIL else NIL
+
+    def fire(self, j: Journal, idx: int) -> int:
+        """Hand a wake to the first live waiter of channel ``idx``; return its waker or NIL."""
+        mm = self.mm
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        while True:
+            node = FIVE.unpack_from(mm, off)[3]
+            if node == NIL:
+                return NIL
+            at = self.nodes + node * NODE_SIZE
+            _, _, _, waker, gen = NODE.unpack_from(mm, at)
+            self._unlink(j, node)
+            wat = self.wakers + waker * WAKER_SIZE
+            state, wgen = _RING_IO.unpack_from(mm, wat + W_STATE)
+            if not state or wgen & 0xFFFF != gen:
+                self.free_node(j, node)  # its instance is gone
+                continue
+            j.save(at, 4)
+            _u32_pack(mm, at, FIRED)
+            read, write = _RING_IO.unpack_from(mm, wat + W_READ)
+            if write - read < RING:
+                _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
+                j.save(wat + W_WRITE, 4)
+                _u32_pack(mm, wat + W_WRITE, write + 1)
+            else:
+                j.save(wat + W_OVERFLOW, 4)  # ring full: the owner rescans its nodes
+                _u32_pack(mm, wat + W_OVERFLOW, 1)
+            return int(waker)
+
+    def _unlink(self, j: Journal, node: int) -> None:
+        mm = self.mm
+        at = self.nodes + node * NODE_SIZE
+        prev, nxt, idx, _, _ = NODE.unpack_from(mm, at)
+        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        j.save(off, E_MUTABLE_SIZE)
+        if prev == NIL:
+            wait_head = nxt
+        else:
+            j.save(self.nodes + prev * NODE_SIZE + 4, 4)
+            _u32_pack(mm, self.nodes + prev * NODE_SIZE + 4, nxt)
+        if nxt == NIL:
+            wait_tail = prev
+        else:
+            j.save(self.nodes + nxt * NODE_SIZE, 4)
+            _u32_pack(mm, self.nodes + nxt * NODE_SIZE, prev)
+        FIVE.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
+        if not count and wait_head == NIL:
+            j.save_g()
+            self._count(CHANNELS, -1)

@@ -1,0 +1,111 @@
+"""IPC sends held in the outbox: order, exactly-once, capacity and crashes, across processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from layer.exceptions import ChannelFull
+from layer.ipc import IPCChannelLayer
+from layer.ipc.outbox import WINDOW
+from tests.layer.ipc_fixture import Worker
+from tests.layer.ipc_worker import send_retrying
+
+Factory = Callable[..., IPCChannelLayer]
+
+
+async def test_sends_in_one_turn_are_held_then_arrive_in_order(ipc_layer_factory: Factory) -> None:
+    sender, receiver = ipc_layer_factory(), ipc_layer_factory()
+    for i in range(WINDOW // 2):  # interleaved over two channels, fewer than a flush's worth
+        await sender.send("o.a", {"type": "a", "i": i})
+        await sender.send("o.b", {"type": "b", "i": i})
+    assert sender._out.items, "consecutive sends should have been held"
+    assert (await receiver.stats())["queued"] < WINDOW  # not in the segment yet
+    await asyncio.sleep(0)  # the end of the loop turn flushes them
+    assert not sender._out.items
+    assert (await receiver.stats())["queued"] == WINDOW
+    for channel in ("o.a", "o.b"):
+        got = [(await receiver.receive(channel))["i"] for _ in range(WINDOW // 2)]
+        assert got == list(range(WINDOW // 2))
+
+
+async def test_own_receive_and_stats_see_held_sends(ipc_layer_factory: Factory) -> None:
+    layer = ipc_layer_factory()
+    for i in range(10):
+        await layer.send("o.self", {"type": "x", "i": i})
+    assert (await layer.stats())["queued"] == 10
+    await layer.send("o.self", {"type": "x", "i": 10})
+    assert [(await layer.receive("o.self"))["i"] for _ in range(11)] == list(range(11))
+
+
+async def test_group_send_comes_after_held_sends(ipc_layer_factory: Factory) -> None:
+    layer, other = ipc_layer_factory(), ipc_layer_factory()
+    await other.group_add("o.room", "o.member")
+    await layer.send("o.member", {"type": "direct", "i": 0})
+    await layer.send("o.member", {"type": "direct", "i": 1})  # held
+    await layer.group_send("o.room", {"type": "group"})
+    got = [(await other.receive("o.member"))["type"] for _ in range(3)]
+    assert got == ["direct", "direct", "group"]
+
+
+@pytest.mark.parametrize("capacity", [1, 3, 10, 200])
+async def test_channel_full_is_raised_at_capacity_with_held_sends(
+    ipc_layer_factory: Factory, capacity: int
+) -> None:
+    """One sender in one loop turn: exactly ``capacity`` sends succeed, the next raises."""
+    layer, other = ipc_layer_factory(capacity=capacity), ipc_layer_factory()
+    for i in range(capacity):
+        await layer.send("o.cap", {"type": "x", "i": i})
+    with pytest.raises(ChannelFull, match="capacity"):
+        await layer.send("o.cap", {"type": "x", "i": capacity})
+    assert (await other.stats())["queued"] == capacity
+    assert layer.counters.dropped_full == 1
+    got = [(await other.receive("o.cap"))["i"] for _ in range(capacity)]
+    assert got == list(range(capacity))
+    await layer.send("o.cap", {"type": "x", "i": -1})  # room again
+    assert (await other.receive("o.cap"))["i"] == -1
+
+
+async def test_two_streaming_producers_two_consumers_exactly_once_in_order(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """Held and flushed runs from two processes, taken by two others: every message once, each
+    producer's messages in order at each consumer."""
+    layer = ipc_layer_factory(capacity=10_000)
+    count = 20_000
+    for _ in range(2):
+        workers.append(Worker("drain", ipc_prefix, "o.work"))
+        await workers[-1].expect("ready")
+    producers = [Worker("stream-to", ipc_prefix, p, "o.work", count) for p in range(2)]
+    workers.extend(producers)
+    for producer in producers:
+        assert (await producer.result())["sent"] == count
+    for _ in range(2):
+        await send_retrying(layer, "o.work", {"type": "stop"})
+    seen = [(await worker.result())["got"] for worker in workers[:2]]
+    everything = [tuple(m) for got in seen for m in got]
+    assert len(everything) == len(set(everything)) == 2 * count
+    for got in seen:
+        for p in range(2):
+            mine = [i for q, i in got if q == p]
+            assert mine == sorted(mine), f"producer {p}'s order changed"
+
+
+async def test_a_sender_killed_with_held_sends_loses_only_those(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """At-most-once: sends still held when the process dies are lost; what was flushed is
+    intact, in order, never duplicated, and the segment works on."""
+    layer = ipc_layer_factory()
+    sender = Worker("burst", ipc_prefix, "o.burst", 100)
+    workers.append(sender)
+    await sender.expect("sent")  # its loop is blocked: the last held sends never flush
+    sender.kill()
+    queued = (await layer.stats())["queued"]
+    assert 0 < queued < 100
+    got = [(await layer.receive("o.burst"))["i"] for _ in range(queued)]
+    assert got == list(range(queued))
+    await layer.send("o.burst", {"type": "b", "i": "after"})
+    assert (await layer.receive("o.burst"))["i"] == "after"
