@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
@@ -61,6 +62,7 @@ class Worker:
         self._full: asyncio.Future[None] | None = None  # set while every slot is taken
         self._taker: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._beats: dict[str, asyncio.Task[None]] = {}  # heartbeat sends still in flight
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
@@ -107,9 +109,10 @@ class Worker:
     async def stop(self) -> None:
         if not self.draining:
             await self.drain()
-        for task in self._loops:
+        tasks = [*self._loops, *self._beats.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.lifespan.shutdown()
 
     # -- loops -----------------------------------------------------------------------------
@@ -244,14 +247,27 @@ class Worker:
                 else:
                     peers.add(inst.reply)
             for peer in peers:
-                await self._quietly(self.layer.send(peer, beat), peer)
+                self._background(peer, self.layer.send(peer, beat))
             if ticks % 2 == 0 and not self.draining:
-                await self._quietly(self.layer.group_send(wire.PROTOCOL_GROUP, hello), "hello")
+                self._background("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
             for peer, seen in list(self._seen.items()):
                 if now - seen > 60:
                     del self._seen[peer]
             ticks += 1
             await asyncio.sleep(self.heartbeat)
+
+    def _background(self, what: str, call: Coroutine[Any, Any, None]) -> None:
+        """Run one heartbeat send on its own task, at most one in flight per peer.
+
+        A send to an unreachable shard can take seconds: it must delay neither the beats to
+        other peers nor the checks for silent protocol servers.
+        """
+        if what in self._beats:  # the previous one is still trying: one in flight per peer
+            call.close()
+            return
+        task = asyncio.create_task(self._quietly(call, what))
+        self._beats[what] = task
+        task.add_done_callback(lambda _, what=what: self._beats.pop(what, None))
 
     async def _quietly(self, call: Awaitable[None], what: str) -> None:
         try:
