@@ -125,7 +125,8 @@ class BaseChannelLayer(ABC):
         names.require_valid_channel_name(channel)
         payload = encode(message, self.max_message_size)
         try:
-            await self._push(channel, payload, self.get_capacity(channel))
+            capacity = self._capacity_cache.get(channel) or self.get_capacity(channel)
+            await self._push(channel, payload, capacity)
         except ChannelFull:
             self.counters.dropped_full += 1
             raise
@@ -140,7 +141,8 @@ class BaseChannelLayer(ABC):
         names.require_valid_channel_name(channel)
         payload = encode_trusted(message, self.max_message_size)
         try:
-            await self._push(channel, payload, self.get_capacity(channel))
+            capacity = self._capacity_cache.get(channel) or self.get_capacity(channel)
+            await self._push(channel, payload, capacity)
         except ChannelFull:
             self.counters.dropped_full += 1
             raise

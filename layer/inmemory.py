@@ -43,7 +43,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._put(channel, payload, capacity)
 
     def _put(self, channel: str, payload: bytes, capacity: int) -> None:
-        if time.monotonic() >= self._next_sweep:
+        now = time.monotonic()
+        if now >= self._next_sweep:
             self._sweep()
         chan = self._channels.get(channel)
         if chan is None:
@@ -56,10 +57,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 return
         queue = chan.queue
         if len(queue) >= capacity:
-            self._prune(queue, time.monotonic())
+            self._prune(queue, now)
             if len(queue) >= capacity:
                 raise ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
-        queue.append((time.monotonic() + self.expiry, payload))
+        queue.append((now + self.expiry, payload))
 
     def _prune(self, queue: deque[tuple[float, bytes]], now: float) -> None:
         while queue and queue[0][0] <= now:
@@ -86,7 +87,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             chan = self._channels[channel] = _Channel()
         queue = chan.queue
         if queue:
-            self._prune(queue, time.monotonic())
+            if queue[0][0] <= time.monotonic():
+                self._prune(queue, time.monotonic())
             if queue:
                 payload = queue.popleft()[1]
                 if not queue and not chan.waiters:

@@ -175,11 +175,16 @@ class Instance:
         if self.closed or self.gone:
             return
         if kind == "http.response.start":
-            self.status = wire.app_value("status", message["status"], int)
+            status = message["status"]
+            if type(status) is not int:
+                wire.app_value("status", status, int)  # raises, unless an int subclass
+            self.status = status
             self._buffer = [wire.app_headers(message.get("headers", []))]
             self.loop.call_soon(self._flush_soon)
         elif kind == "http.response.body":
-            body: bytes = wire.app_value("body", message.get("body", b""), _BYTES)
+            body: bytes = message.get("body", b"")
+            if type(body) is not bytes:
+                wire.app_value("body", body, _BYTES)
             more: bool = message.get("more_body", False)
             if not more and self._buffer and self._flush is None and len(body) <= self.chunk:
                 self.closed = True  # the common case: the whole response in one message
