@@ -183,8 +183,8 @@ class Instance:
             self.loop.call_soon(self._flush_soon)
         elif kind == "http.response.body":
             body: bytes = message.get("body", b"")
-            if type(body) is not bytes:
-                wire.app_value("body", body, _BYTES)
+            if type(body) is not bytes:  # a snapshot: the app may reuse a bytearray
+                body = bytes(wire.app_value("body", body, _BYTES))
             more: bool = message.get("more_body", False)
             if not more and self._buffer and self._flush is None and len(body) <= self.chunk:
                 self.closed = True  # the common case: the whole response in one message
@@ -252,7 +252,7 @@ class Instance:
         if text is not None:
             key, data = "t", wire.app_value("text", text, str)
         else:
-            key, data = "b", wire.app_value("bytes", message.get("bytes") or b"", _BYTES)
+            key, data = "b", bytes(wire.app_value("bytes", message.get("bytes") or b"", _BYTES))
         for piece, more in wire.slices(data, self.chunk):
             await wire.window(self).reserve()
             await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})

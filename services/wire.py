@@ -87,7 +87,7 @@ def export_scope(scope: dict[str, Any]) -> Any:
 
 def import_scope(data: Any) -> dict[str, Any]:
     """Rebuild a scope: msgpack turns tuples into lists; apps expect tuples for addresses."""
-    if type(data) is list:  # a malformed one raises KeyError or ValueError
+    if type(data) is list or type(data) is tuple:  # malformed: KeyError or ValueError
         scope: dict[str, Any] = dict(zip(_SCOPE_KEYS[data[0]], data, strict=True))
     else:
         scope = data
@@ -102,15 +102,17 @@ def import_scope(data: Any) -> dict[str, Any]:
     return scope
 
 
-def app_headers(headers: Any) -> list[Any]:
-    """The app's headers as a list of byte-string pairs; ``TypeError`` naming a bad one.
+def app_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """A copy of the app's headers as byte-string pairs; ``TypeError`` naming a bad one.
 
-    Checked here because the services send their messages unvalidated (``send_trusted``).
+    Checked here because the services send their messages unvalidated (``send_trusted``), and
+    copied because an in-process layer hands the message over without encoding it.
     """
-    pairs: list[Any] = headers if type(headers) is list else [tuple(h) for h in headers]
-    for pair in pairs:
+    pairs = []
+    for pair in headers:
         if len(pair) != 2 or not isinstance(pair[0], bytes) or not isinstance(pair[1], bytes):
             raise TypeError(f"headers must be [name, value] pairs of byte strings, got {pair!r}")
+        pairs.append((pair[0], pair[1]))
     return pairs
 
 
