@@ -119,7 +119,9 @@ def app_headers(headers: Any) -> list[tuple[bytes, bytes]]:
 def app_value(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
     """``value`` if it is a ``kind``, else ``TypeError`` naming the ASGI key."""
     if not isinstance(value, kind):
-        raise TypeError(f"{name!r} must be {kind}, got {type(value).__name__}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+        raise TypeError(f"ASGI key {name!r} must be {wanted}, got {type(value).__name__}")
     return value
 
 
