@@ -93,17 +93,25 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
+        assert self.process is not None
+        with self.client() as client:
+            self.wait_until(client, self.process, timeout)
+
+    @staticmethod
+    def wait_until(
+        client: redis.Redis, process: subprocess.Popen[bytes], timeout: float = 10.0
+    ) -> None:
+        """Until ``client`` gets a PONG from the server ``process`` is starting (or it dies)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with self.client() as client:
-                    client.ping()
+                client.ping()
                 return
             except redis.RedisError:
                 if time.monotonic() > deadline:
                     raise
-                if self.process is not None and self.process.poll() is not None:
-                    code = self.process.returncode
+                if process.poll() is not None:
+                    code = process.returncode
                     raise RuntimeError(f"redis-server exited with {code}") from None
                 time.sleep(0.02)
 

@@ -1,0 +1,147 @@
+"""The Redis layer against servers reached the less common ways users configure: TLS
+(``rediss://``) and Sentinel. Real redis-server processes (TLS port, sentinel mode), no mocks."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from layer.redis import RedisChannelLayer
+from tests.support.redis_server import RedisServer, free_port
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _start(args: list[str], client: redis.Redis) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    try:
+        RedisServer.wait_until(client, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+@pytest.fixture(scope="module")
+def tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = _self_signed(directory)
+    port = free_port()
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    args = ["--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+    args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    args += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+    process = _start(args, redis.Redis.from_url(url))
+    yield url
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def sentinel_hosts(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """One sentinel monitoring the session's redis-server as master ``kitmaster``."""
+    directory = tmp_path_factory.mktemp("sentinel")
+    port = free_port()
+    conf = directory / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"sentinel monitor kitmaster 127.0.0.1 {redis_server.port} 1\n"
+    )
+    process = _start([str(conf), "--sentinel"], redis.Redis(port=port))
+    yield {"sentinels": [("127.0.0.1", port)], "master_name": "kitmaster"}
+    process.kill()
+    process.wait()
+
+
+async def _chat(hosts: list[Any]) -> None:
+    """Send, receive, group fan-out and flush through ``hosts``."""
+    layer = RedisChannelLayer(hosts=hosts, prefix=f"t{uuid.uuid4().hex[:10]}")
+    try:
+        await layer.send("plain", {"type": "m", "n": 1})
+        assert await layer.receive("plain") == {"type": "m", "n": 1}
+        mine = await layer.new_channel()
+        await layer.group_add("room", mine)
+        await layer.group_send("room", {"type": "m", "text": "hi"})
+        assert await layer.receive(mine) == {"type": "m", "text": "hi"}
+        await layer.send("left", {"type": "m"})
+        await layer.flush()
+        assert (await layer.stats())["queued"] == 0
+    finally:
+        await layer.close()
+
+
+async def test_rediss_url_with_ca(tls_url: str) -> None:
+    await _chat([tls_url])
+
+
+async def test_rediss_rejects_an_untrusted_server(tls_url: str) -> None:
+    """Without the CA the handshake fails, as a ConnectionError naming the shard, not a hang."""
+    untrusted = tls_url.split("?")[0]
+    layer = RedisChannelLayer(hosts=[untrusted], prefix="untrusted", socket_timeout=2)
+    try:
+        with pytest.raises(ConnectionError, match=r"127\.0\.0\.1"):
+            await layer.send("plain", {"type": "m"})
+    finally:
+        await layer.close()
+
+
+async def test_sentinel_resolves_the_master(sentinel_hosts: dict[str, Any]) -> None:
+    await _chat([sentinel_hosts])
+
+
+async def test_sentinel_with_an_unknown_master_fails_clearly(
+    sentinel_hosts: dict[str, Any],
+) -> None:
+    hosts = [{**sentinel_hosts, "master_name": "nosuchmaster"}]
+    layer = RedisChannelLayer(hosts=hosts, prefix="nomaster", socket_timeout=2)
+    try:
+        with pytest.raises(ConnectionError, match="nosuchmaster"):
+            await layer.send("plain", {"type": "m"})
+    finally:
+        await layer.close()
