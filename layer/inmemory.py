@@ -3,10 +3,11 @@
 Each channel is a deque of ``(expires_at, payload)`` plus a deque of waiting receivers. A send
 to a channel with a waiter hands the payload straight to it, so the queue and the waiters are
 never both non-empty. Payloads are msgpack bytes, so a sender mutating its dict afterwards never
-changes what is received. All expiries of a channel share one duration, so expired messages are
-always at the head and pruning is O(1) amortised. Channels nobody reads again (a crashed
-client's reply channel) and lapsed group members are swept at most once per ``expiry``, so
-memory does not grow with abandoned names.
+changes what is received (``send_trusted`` hands its message object over as it is: its caller
+promises not to touch it again). All expiries of a channel share one duration, so expired
+messages are always at the head and pruning is O(1) amortised. Channels nobody reads again (a
+crashed client's reply channel) and lapsed group members are swept at most once per ``expiry``,
+so memory does not grow with abandoned names.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull
+from layer.messages import Message
+
+Payload = bytes | Message  # a dict only from send_trusted, which hands the object over
 
 
 class _Channel:
     __slots__ = ("queue", "waiters")
 
     def __init__(self) -> None:
-        self.queue: deque[tuple[float, bytes]] = deque()
-        self.waiters: deque[asyncio.Future[bytes]] = deque()
+        self.queue: deque[tuple[float, Payload]] = deque()
+        self.waiters: deque[asyncio.Future[Payload]] = deque()
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
@@ -42,8 +46,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
         self._put(channel, payload, capacity)
 
-    def _put(self, channel: str, payload: bytes, capacity: int) -> None:
-        if time.monotonic() >= self._next_sweep:
+    async def _push_message(self, channel: str, message: Message, capacity: int) -> None:
+        self._put(channel, message, capacity)  # one process: a trusted message needs no copy
+
+    def _put(self, channel: str, payload: Payload, capacity: int) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep:
             self._sweep()
         chan = self._channels.get(channel)
         if chan is None:
@@ -56,12 +64,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 return
         queue = chan.queue
         if len(queue) >= capacity:
-            self._prune(queue, time.monotonic())
+            self._prune(queue, now)
             if len(queue) >= capacity:
                 raise ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
-        queue.append((time.monotonic() + self.expiry, payload))
+        queue.append((now + self.expiry, payload))
 
-    def _prune(self, queue: deque[tuple[float, bytes]], now: float) -> None:
+    def _prune(self, queue: deque[tuple[float, Payload]], now: float) -> None:
         while queue and queue[0][0] <= now:
             queue.popleft()
             self.counters.expired += 1
@@ -80,19 +88,20 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if not members:
                 del self._groups[group]
 
-    async def _pop(self, channel: str) -> bytes:
+    async def _pop(self, channel: str) -> Payload:
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
         queue = chan.queue
         if queue:
-            self._prune(queue, time.monotonic())
+            if queue[0][0] <= time.monotonic():
+                self._prune(queue, time.monotonic())
             if queue:
                 payload = queue.popleft()[1]
                 if not queue and not chan.waiters:
                     del self._channels[channel]
                 return payload
-        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
         chan.waiters.append(waiter)
         try:
             return await waiter
@@ -105,7 +114,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 del self._channels[channel]
             raise
 
-    def _requeue(self, channel: str, chan: _Channel, payload: bytes) -> None:
+    def _requeue(self, channel: str, chan: _Channel, payload: Payload) -> None:
         """A cancelled receiver already got ``payload``: give it to the next waiter or the head."""
         while chan.waiters:
             waiter = chan.waiters.popleft()

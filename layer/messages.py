@@ -85,6 +85,15 @@ def _check(value: object) -> None:
 def encode(message: Message, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     """Validate and serialise ``message``; raise ``MessageTooLarge`` past ``max_size`` bytes."""
     validate_message(message)
+    return encode_trusted(message, max_size)
+
+
+def encode_trusted(message: Message, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+    """Serialise without the validating walk, for code that builds every value of ``message``.
+
+    msgpack still refuses what it cannot encode (``TypeError``); what it would accept but a
+    message must not hold (non-str keys, ints past 64 bits) is the caller's guarantee.
+    """
     payload: bytes = _packb(message)
     if len(payload) > max_size:
         raise MessageTooLarge(

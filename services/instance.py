@@ -22,6 +22,9 @@ log = logging.getLogger("layerkit.worker")
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
+_BYTES = (bytes, bytearray, memoryview)
+_STR_OR_NONE = (str, type(None))
+
 
 class Instance:
     """Runs the app for one HTTP request or WebSocket and relays its events."""
@@ -119,7 +122,7 @@ class Instance:
         if self.gone:
             return
         try:
-            await self.layer.send(self.reply, message)
+            await self.layer.send_trusted(self.reply, message)
         except ChannelFull:
             if not await wire.send_patiently(self.layer, self.reply, message):
                 log.warning("protocol channel %s stayed full; dropping %s", self.reply, self.id)
@@ -172,11 +175,16 @@ class Instance:
         if self.closed or self.gone:
             return
         if kind == "http.response.start":
-            self.status = message["status"]
-            self._buffer = [message.get("headers", [])]
+            status = message["status"]
+            if type(status) is not int:
+                wire.app_value("status", status, int)  # raises, unless an int subclass
+            self.status = status
+            self._buffer = [wire.app_headers(message.get("headers", []))]
             self.loop.call_soon(self._flush_soon)
         elif kind == "http.response.body":
             body: bytes = message.get("body", b"")
+            if type(body) is not bytes:  # a snapshot: the app may reuse a bytearray
+                body = bytes(wire.app_value("body", body, _BYTES))
             more: bool = message.get("more_body", False)
             if not more and self._buffer and self._flush is None and len(body) <= self.chunk:
                 self.closed = True  # the common case: the whole response in one message
@@ -188,14 +196,14 @@ class Instance:
         elif kind == "websocket.accept":
             self.known = self.accepted = True
             reply: Message = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
-            reply["sp"] = message.get("subprotocol")
+            reply["sp"] = wire.app_value("subprotocol", message.get("subprotocol"), _STR_OR_NONE)
             if message.get("headers"):
-                reply["h"] = wire.pack_headers(message["headers"])
+                reply["h"] = wire.app_headers(message["headers"])
             await self._post(reply)
         elif kind == "websocket.close":
             self.closed = True
-            self.status = message.get("code", 1000)
-            reason = message.get("reason") or ""
+            self.status = wire.app_value("code", message.get("code", 1000), int)
+            reason = wire.app_value("reason", message.get("reason") or "", str)
             await self._post(
                 {"type": wire.WS_CLOSE, "c": self.id, "code": self.status, "rs": reason}
             )
@@ -234,14 +242,17 @@ class Instance:
             "c": self.id,
             "w": self.worker,
             "st": self.status,
-            "h": wire.pack_headers(headers),
+            "h": headers,
             "b": body,
             "m": more,
         }
 
     async def _frame(self, message: Message) -> None:
         text = message.get("text")
-        key, data = ("t", text) if text is not None else ("b", message.get("bytes") or b"")
+        if text is not None:
+            key, data = "t", wire.app_value("text", text, str)
+        else:
+            key, data = "b", bytes(wire.app_value("bytes", message.get("bytes") or b"", _BYTES))
         for piece, more in wire.slices(data, self.chunk):
             await wire.window(self).reserve()
             await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})

@@ -165,7 +165,7 @@ class ProtocolServer:
 
     async def _beat(self, peer: str) -> None:
         try:
-            await self.layer.send(peer, {"type": wire.HEARTBEAT, "r": self.reply})
+            await self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})
         except ChannelFull:
             pass
         except Exception:
@@ -217,7 +217,7 @@ class ProtocolServer:
                 "d": time.time() + self.pickup_timeout,
             }
             try:
-                await self.layer.send(wire.WORK_CHANNEL, open_message)
+                await self.layer.send_trusted(wire.WORK_CHANNEL, open_message)
             except ChannelFull:
                 status = await replies.plain(send, 503, b"all workers are busy\n", retry=True)
                 return
@@ -249,7 +249,7 @@ class ProtocolServer:
                         {
                             "type": "http.response.start",
                             "status": status,
-                            "headers": wire.unpack_headers(message["h"]),
+                            "headers": message["h"],
                         }
                     )
                 await send(
@@ -312,7 +312,7 @@ class ProtocolServer:
                 "d": time.time() + self.pickup_timeout,
             }
             try:
-                await self.layer.send(wire.WORK_CHANNEL, message)
+                await self.layer.send_trusted(wire.WORK_CHANNEL, message)
             except ChannelFull:
                 code = await replies.ws_refuse(send, 1013, "all workers are busy")
                 return
@@ -350,7 +350,7 @@ class ProtocolServer:
             elif kind == wire.WS_ACCEPT:
                 accept = {"type": "websocket.accept", "subprotocol": message.get("sp")}
                 if message.get("h"):
-                    accept["headers"] = wire.unpack_headers(message["h"])
+                    accept["headers"] = message["h"]
                 await send(accept)
                 self.metrics.websockets.labels(self.role).inc()
                 reader = asyncio.create_task(self._read_websocket(conn, receive))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
@@ -55,12 +57,12 @@ class Worker:
         self.draining = False
         self._conns: dict[str, Instance] = {}
         self._runners: set[asyncio.Task[None]] = set()
+        self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
-        self._idle: list[asyncio.Future[Instance]] = []  # runners waiting for a connection
         self._seen: dict[str, float] = {}
-        self._full: asyncio.Future[None] | None = None  # set while every slot is taken
-        self._taker: asyncio.Task[None] | None = None
+        self._receive_failed = -math.inf  # loop time the last failed receive was logged
         self._loops: list[asyncio.Task[None]] = []
+        self._beats: dict[str, asyncio.Task[None]] = {}  # heartbeat sends still in flight
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
@@ -71,11 +73,11 @@ class Worker:
             asyncio.create_task(self._heartbeats(), name="worker-heartbeat"),
             asyncio.create_task(self._announcer(), name="worker-announce"),
         ]
-        self._taker = asyncio.create_task(self._take(), name="worker-take")
+        self._spawn()
         log.info("worker channel %s, concurrency %d", self.channel, self.concurrency)
 
     def ready(self) -> bool:
-        return not self.draining and self._taker is not None and not self._taker.done()
+        return not self.draining and bool(self._runners)
 
     async def _probe(self) -> None:
         websockets = sum(1 for inst in self._conns.values() if inst.accepted and not inst.closed)
@@ -85,9 +87,10 @@ class Worker:
     async def drain(self) -> None:
         """Stop taking work, close WebSockets with 1012, let HTTP finish within the grace period."""
         self.draining = True
-        if self._taker is not None:
-            self._taker.cancel()
-            await asyncio.gather(self._taker, return_exceptions=True)
+        receiving = list(self._receiving)
+        for task in receiving:  # cancel-safe: a message already taken goes back to the queue
+            task.cancel()
+        await asyncio.gather(*receiving, return_exceptions=True)
         log.info("draining %d connection(s) for up to %.0f s", len(self._conns), self.drain_timeout)
         for inst in list(self._conns.values()):
             if inst.kind == "websocket" and not inst.closed:
@@ -107,67 +110,69 @@ class Worker:
     async def stop(self) -> None:
         if not self.draining:
             await self.drain()
-        for task in self._loops:
+        tasks = [*self._loops, *self._beats.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.lifespan.shutdown()
 
     # -- loops -----------------------------------------------------------------------------
 
-    async def _take(self) -> None:
-        """Receive new connections while a slot is free."""
-        loop = asyncio.get_running_loop()
-        receive, conns = self.layer.receive, self._conns
-        while True:
-            if len(conns) >= self.concurrency:  # wait for a free slot (see _serve)
-                self._full = loop.create_future()
-                await self._full
-                continue
-            try:
-                message = await receive(wire.WORK_CHANNEL)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("receiving work failed; retrying")
-                await asyncio.sleep(self.heartbeat)
-                continue
-            if message.get("d", 0) < time.time():
-                continue  # its protocol server has already answered 503
-            try:
-                inst = Instance(self.layer, self.channel, self.chunk, message, loop)
-            except (KeyError, TypeError, ValueError):
-                log.error("ignoring malformed work message of type %r", message.get("type"))
-                continue
-            if self.lifespan.state:
-                inst.scope["state"] = dict(self.lifespan.state)
-            self._conns[inst.id] = inst
-            self._hand_over(inst, loop)
-
-    def _hand_over(self, inst: Instance, loop: asyncio.AbstractEventLoop) -> None:
-        """Give ``inst`` to an idle runner, or start one (at most ``concurrency`` exist)."""
-        idle = self._idle
-        while idle:
-            waiter = idle.pop()  # the most recently idle runner
-            if not waiter.done():
-                waiter.set_result(inst)
-                return
-        task = loop.create_task(self._runner(inst))
+    def _spawn(self) -> None:
+        task = asyncio.create_task(self._runner())
         self._runners.add(task)
         task.add_done_callback(self._runners.discard)
 
-    async def _runner(self, inst: Instance) -> None:
-        """Serve connections one after another: handing one over is cheaper than a new task."""
+    async def _runner(self) -> None:
+        """Take a connection from the work channel, serve it, repeat.
+
+        Each idle runner waits in ``receive``, and there are at most ``concurrency`` runners, so
+        the worker only takes work it has a free slot for; unserved work stays queued for
+        siblings. A fast request costs neither a task nor a hand-over between tasks, and a
+        backend can wake several idle runners at once.
+        """
         loop = asyncio.get_running_loop()
-        while True:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self.draining:
+            inst = await self._take(task, loop)
+            if inst is None:
+                continue
+            if not self._receiving and len(self._runners) < self.concurrency:
+                self._spawn()  # someone keeps taking work while this one serves
             try:
                 await self._serve(inst)
             except Exception:  # never let one connection's failure kill the runner silently
                 log.exception("serving %s %s failed", inst.kind, inst.id)
-            if self.draining:
-                return
-            waiter: asyncio.Future[Instance] = loop.create_future()
-            self._idle.append(waiter)
-            inst = await waiter
+
+    async def _take(
+        self, task: asyncio.Task[None], loop: asyncio.AbstractEventLoop
+    ) -> Instance | None:
+        """The next connection from the work channel, or None for one to skip."""
+        self._receiving.add(task)
+        try:
+            message = await self.layer.receive(wire.WORK_CHANNEL)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if loop.time() - self._receive_failed > self.heartbeat:  # once, not per runner
+                self._receive_failed = loop.time()
+                log.exception("receiving work failed; retrying")
+            await asyncio.sleep(self.heartbeat)
+            return None
+        finally:
+            self._receiving.discard(task)
+        if message.get("d", 0) < time.time():
+            return None  # its protocol server has already answered 503
+        try:
+            inst = Instance(self.layer, self.channel, self.chunk, message, loop)
+        except (KeyError, TypeError, ValueError):
+            log.error("ignoring malformed work message of type %r", message.get("type"))
+            return None
+        if self.lifespan.state:
+            inst.scope["state"] = dict(self.lifespan.state)
+        self._conns[inst.id] = inst
+        return inst
 
     async def _serve(self, inst: Instance) -> None:
         started = time.perf_counter()
@@ -175,8 +180,6 @@ class Worker:
             await inst.run(self.app)
         finally:
             del self._conns[inst.id]
-            if self._full is not None and not self._full.done():
-                self._full.set_result(None)
             if self.draining and not self._conns:
                 self._drained.set()
             if inst.kind == "http":
@@ -244,14 +247,27 @@ class Worker:
                 else:
                     peers.add(inst.reply)
             for peer in peers:
-                await self._quietly(self.layer.send(peer, beat), peer)
+                self._background(peer, self.layer.send(peer, beat))
             if ticks % 2 == 0 and not self.draining:
-                await self._quietly(self.layer.group_send(wire.PROTOCOL_GROUP, hello), "hello")
+                self._background("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
             for peer, seen in list(self._seen.items()):
                 if now - seen > 60:
                     del self._seen[peer]
             ticks += 1
             await asyncio.sleep(self.heartbeat)
+
+    def _background(self, what: str, call: Coroutine[Any, Any, None]) -> None:
+        """Run one heartbeat send on its own task, at most one in flight per peer.
+
+        A send to an unreachable shard can take seconds: it must delay neither the beats to
+        other peers nor the checks for silent protocol servers.
+        """
+        if what in self._beats:  # the previous one is still trying: one in flight per peer
+            call.close()
+            return
+        task = asyncio.create_task(self._quietly(call, what))
+        self._beats[what] = task
+        task.add_done_callback(lambda _, what=what: self._beats.pop(what, None))
 
     async def _quietly(self, call: Awaitable[None], what: str) -> None:
         try:

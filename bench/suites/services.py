@@ -100,7 +100,12 @@ def _direct(procs: _Processes, port: int) -> None:
             "httptools",
             "--loop",
             "uvloop",
+            # The protocol server's own uvicorn settings (services/runner.py), so the only
+            # difference is the layer hop: no access log, no proxy-header rewriting, no
+            # ``server`` header.
             "--no-access-log",
+            "--no-proxy-headers",
+            "--no-server-header",
             "--log-level",
             "warning",
         ]

@@ -51,6 +51,19 @@ async def test_tuples_arrive_as_lists(channel_layer: BaseChannelLayer) -> None:
     assert (await receive_soon(channel_layer, "c"))["tuple"] == [1, 2]
 
 
+async def test_send_trusted_delivers_in_order_within_capacity(
+    layer_factory: LayerFactory,
+) -> None:
+    layer = layer_factory(capacity=2)
+    first = {"type": "k.x", "c": "a.1", "b": b"\x00", "l": [[b"n", b"v"]], "m": False}
+    await layer.send_trusted("trusted", first)
+    await layer.send("trusted", {"type": "k.y"})  # trusted and plain sends share the queue
+    with pytest.raises(ChannelFull):
+        await layer.send_trusted("trusted", {"type": "k.z"})
+    assert await receive_soon(layer, "trusted") == first
+    assert (await receive_soon(layer, "trusted"))["type"] == "k.y"
+
+
 async def test_fifo_per_channel(channel_layer: BaseChannelLayer) -> None:
     for i in range(50):
         await channel_layer.send("fifo", {"type": "n", "i": i})

@@ -53,6 +53,13 @@ def test_app_error_is_a_500(served: Served) -> None:
         assert client.get("/json").status_code == 200
 
 
+def test_wrongly_typed_response_is_a_500_naming_the_key(served: Served) -> None:
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        assert client.get("/wrong-types").status_code == 500
+    logs = "".join(worker.output() for worker in served.workers)
+    assert "ASGI key 'body' must be bytes or bytearray or memoryview, got str" in logs
+
+
 async def test_websocket_echo_small_and_large(served: Served) -> None:
     async with websockets.connect(f"{served.ws_url}/echo", max_size=None) as ws:
         await ws.send("hello")

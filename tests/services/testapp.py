@@ -91,6 +91,12 @@ async def crash(scope: Scope, receive: Any, send: Any) -> None:
     raise RuntimeError("the test app crashes on purpose")
 
 
+async def wrong_types(scope: Scope, receive: Any, send: Any) -> None:
+    """Sends a str body (ASGI wants bytes): the worker must refuse it, naming the key."""
+    await _start(send)
+    await send({"type": "http.response.body", "body": "not bytes"})
+
+
 async def ws_whoami(scope: Scope, receive: Any, send: Any) -> None:
     """Accept, say which worker pid holds the socket, then echo until the client leaves."""
     ident = _query(scope).get("id", "-")
@@ -106,5 +112,12 @@ async def ws_whoami(scope: Scope, receive: Any, send: Any) -> None:
         await send({**event, "type": "websocket.send"})
 
 
-_HTTP = {"/sleep": sleep, "/echo-body": echo_body, "/big": big, "/stream": stream, "/crash": crash}
+_HTTP = {
+    "/sleep": sleep,
+    "/echo-body": echo_body,
+    "/big": big,
+    "/stream": stream,
+    "/crash": crash,
+    "/wrong-types": wrong_types,
+}
 _WS = {"/whoami": ws_whoami}
