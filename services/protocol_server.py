@@ -12,12 +12,14 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
 from layer.messages import Message
 from services import replies, wire
+from services.background import OneInFlight
 from services.metrics import Metrics
 
 log = logging.getLogger("layerkit.protocol")
@@ -69,7 +71,7 @@ class ProtocolServer:
         self._seen: dict[str, float] = {}
         self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
-        self._beats: dict[str, asyncio.Task[None]] = {}  # heartbeat sends still in flight
+        self._background = OneInFlight(log)  # heartbeats and re-joins
         self._prefix = ""
         self._loop: asyncio.AbstractEventLoop  # set by start()
         metrics.add_probe(self._probe)
@@ -88,10 +90,9 @@ class ProtocolServer:
         log.info("protocol server reply channel %s", self.reply)
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._beats.values()]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, self._background.cancel(), return_exceptions=True)
         try:
             await self.layer.group_discard(wire.PROTOCOL_GROUP, self.reply)
         except Exception:  # the layer may already be gone; nothing to clean then
@@ -155,21 +156,19 @@ class ProtocolServer:
                     self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
                 else:
                     peers.add(conn.worker)
-            for peer in peers - self._beats.keys():  # a send to an unreachable shard can take
-                beat = asyncio.create_task(self._beat(peer))  # seconds: never stall the checks
-                self._beats[peer] = beat
-                beat.add_done_callback(lambda _, peer=peer: self._beats.pop(peer, None))
+            for peer in peers:  # a send to an unreachable shard can take seconds:
+                self._background.run(peer, self._beat(peer))  # never stall the checks
+            # Join again: the membership lapses after group_expiry, and a Redis shard that
+            # restarted empty forgot it (then no worker's hello would reach us, /readyz false).
+            self._background.run(
+                wire.PROTOCOL_GROUP, self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
+            )
             for worker, seen in list(self._seen.items()):
                 if now - seen > 60:
                     del self._seen[worker]
 
-    async def _beat(self, peer: str) -> None:
-        try:
-            await self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})
-        except ChannelFull:
-            pass
-        except Exception:
-            log.exception("heartbeat to %s failed", peer)
+    def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
+        return self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})
 
     def _fail(self, conn: _Conn, code: int, why: str) -> None:
         conn.failed = True

@@ -13,13 +13,11 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Coroutine
-from typing import Any
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import ChannelFull
 from layer.messages import Message
 from services import wire
+from services.background import OneInFlight
 from services.instance import ASGIApp, Instance
 from services.lifespan import Lifespan
 from services.metrics import Metrics
@@ -62,7 +60,7 @@ class Worker:
         self._seen: dict[str, float] = {}
         self._receive_failed = -math.inf  # loop time the last failed receive was logged
         self._loops: list[asyncio.Task[None]] = []
-        self._beats: dict[str, asyncio.Task[None]] = {}  # heartbeat sends still in flight
+        self._background = OneInFlight(log)  # heartbeats and hellos
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
@@ -110,10 +108,9 @@ class Worker:
     async def stop(self) -> None:
         if not self.draining:
             await self.drain()
-        tasks = [*self._loops, *self._beats.values()]
-        for task in tasks:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._loops, self._background.cancel(), return_exceptions=True)
         await self.lifespan.shutdown()
 
     # -- loops -----------------------------------------------------------------------------
@@ -247,32 +244,11 @@ class Worker:
                 else:
                     peers.add(inst.reply)
             for peer in peers:
-                self._background(peer, self.layer.send(peer, beat))
+                self._background.run(peer, self.layer.send(peer, beat))
             if ticks % 2 == 0 and not self.draining:
-                self._background("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
+                self._background.run("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
             for peer, seen in list(self._seen.items()):
                 if now - seen > 60:
                     del self._seen[peer]
             ticks += 1
             await asyncio.sleep(self.heartbeat)
-
-    def _background(self, what: str, call: Coroutine[Any, Any, None]) -> None:
-        """Run one heartbeat send on its own task, at most one in flight per peer.
-
-        A send to an unreachable shard can take seconds: it must delay neither the beats to
-        other peers nor the checks for silent protocol servers.
-        """
-        if what in self._beats:  # the previous one is still trying: one in flight per peer
-            call.close()
-            return
-        task = asyncio.create_task(self._quietly(call, what))
-        self._beats[what] = task
-        task.add_done_callback(lambda _, what=what: self._beats.pop(what, None))
-
-    async def _quietly(self, call: Awaitable[None], what: str) -> None:
-        try:
-            await call
-        except ChannelFull:
-            pass
-        except Exception:
-            log.exception("heartbeat (%s) failed", what)

@@ -102,6 +102,10 @@ class RedisChannelLayer(BaseChannelLayer):
         """Index (in ``hosts``) of the shard holding ``channel``."""
         return self.ring.node_for(names.non_local_name(channel))
 
+    def shard_of_group(self, group: str) -> int:
+        """Index (in ``hosts``) of the shard holding ``group``'s membership."""
+        return self.ring.node_for(f"group:{group}")
+
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         if loop is self._last[0]:
@@ -205,7 +209,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _group_keys(self, group: str) -> tuple[tuple[str, str], Pipe, _LoopState]:
         state = self._state()
-        pipe = state.shards[self.ring.node_for(f"group:{group}")].pipe
+        pipe = state.shards[self.shard_of_group(group)].pipe
         return (f"{self.prefix}:g:{group}", f"{self.prefix}:gc:{group}"), pipe, state
 
     async def _group_add(self, group: str, channel: str) -> None:

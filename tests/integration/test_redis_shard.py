@@ -39,8 +39,8 @@ def sharded_layer() -> Any:
 
 
 def group_shard(layer: Any, room: str) -> int:
-    """Shard of the demo's room group (`chat.<room>`), routed as layer/redis/layer.py does."""
-    return int(layer.ring.node_for(f"group:chat.{room}"))
+    """Shard of the demo's room group (`chat.<room>`)."""
+    return int(layer.shard_of_group(f"chat.{room}"))
 
 
 def process_channel(stack: Stack, service: str) -> str:

@@ -21,6 +21,7 @@ from tests.support.redis_server import RedisServer
 
 CHANNEL_LOG = re.compile(r"(?:reply channel|worker channel) ([A-Za-z0-9_.\-!]+)")
 SEEN = 0.5  # seconds for the processes' event loops to see the closed connections
+HEARTBEAT = 0.2
 
 
 @pytest.fixture
@@ -31,17 +32,22 @@ def shards() -> Iterator[list[RedisServer]]:
         server.stop()
 
 
-@pytest.fixture
-def processes(shards: list[RedisServer]) -> Iterator[tuple[Service, Service]]:
+def _processes(shards: list[RedisServer], **extra: str) -> Iterator[tuple[Service, Service]]:
     env = {
         "LAYER_CONFIG": str(Path(ROOT) / "config" / "redis-sharded.yaml"),
         **{f"REDIS_SHARD_{i}": server.url for i, server in enumerate(shards)},
+        **extra,
     }
     worker = Service("worker", dict(env)).start()
     proto = Service("protocol", dict(env)).start()
     yield proto, worker
     for service in (proto, worker):
         service.stop()
+
+
+@pytest.fixture
+def processes(shards: list[RedisServer]) -> Iterator[tuple[Service, Service]]:
+    yield from _processes(shards)
 
 
 async def echoed(proto: Service, text: str) -> None:
@@ -70,3 +76,24 @@ async def test_first_websocket_after_a_shard_restart_is_served(
         await echoed(proto, f"after restarting shard {victim}")  # the first try, no retry
     for service in processes:
         assert service.process is not None and service.process.poll() is None
+
+
+@pytest.fixture
+def fast_heartbeat(shards: list[RedisServer]) -> Iterator[tuple[Service, Service]]:
+    """Processes whose readiness window (10 heartbeats) is 2 s, so a lapse shows quickly."""
+    yield from _processes(shards, KIT_HEARTBEAT=str(HEARTBEAT))
+
+
+async def test_protocol_server_is_ready_again_after_its_group_shard_restarts(
+    shards: list[RedisServer], fast_heartbeat: tuple[Service, Service]
+) -> None:
+    """Workers' hellos go to the protocol group; a shard that restarts empty forgot its members,
+    so unless the protocol server joins again, /readyz lapses and never comes back."""
+    proto, _ = fast_heartbeat
+    wait_until(proto.ready, "the protocol server ready")
+    home = RedisChannelLayer(hosts=[server.url for server in shards]).shard_of_group("kit.protocol")
+    shards[home].kill()
+    shards[home].start()
+    await asyncio.sleep(10 * HEARTBEAT + 0.5)  # every hello from before the restart has lapsed
+    wait_until(proto.ready, "the protocol server ready again, without a restart")
+    assert proto.process is not None and proto.process.poll() is None

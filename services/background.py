@@ -1,0 +1,45 @@
+"""Fire-and-forget layer calls for heartbeats and announcements, at most one in flight per key.
+
+A send to an unreachable shard can take seconds (up to the layer's ``socket_timeout``): run
+inline it would delay the beats to every other peer and the checks for silent peers, and run
+unbounded it would pile up a task per tick. So each key (a peer, "hello", the group) gets one
+task; a tick that finds the previous one still trying skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from layer.exceptions import ChannelFull
+
+
+class OneInFlight:
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def run(self, key: str, call: Coroutine[Any, Any, object]) -> None:
+        """Start ``call`` unless the previous call under ``key`` is still in flight."""
+        if key in self._tasks:
+            call.close()
+            return
+        task = asyncio.create_task(self._quietly(key, call))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    async def _quietly(self, key: str, call: Coroutine[Any, Any, object]) -> None:
+        try:
+            await call
+        except ChannelFull:
+            pass  # a peer too busy to take a heartbeat is alive; the next tick tries again
+        except Exception:
+            self._log.exception("background %s failed", key)
+
+    async def cancel(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
