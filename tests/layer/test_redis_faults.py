@@ -10,17 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from layer.redis import RedisChannelLayer, ShardUnavailable
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
 
 
 @pytest.fixture
 def servers() -> Iterator[list[RedisServer]]:
-    started = [RedisServer().start() for _ in range(3)]
-    yield started
-    for server in started:
-        server.stop()
+    yield from running(3)
 
 
 @pytest.fixture

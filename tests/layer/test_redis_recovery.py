@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from layer.redis import RedisChannelLayer, ShardUnavailable
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
 DEAD = 1  # the shard that gets killed
@@ -27,10 +27,7 @@ SEEN = 0.3  # seconds for the event loop to see closed connections (not an asser
 
 @pytest.fixture
 def servers() -> Iterator[list[RedisServer]]:
-    started = [RedisServer().start() for _ in range(3)]
-    yield started
-    for server in started:
-        server.stop()
+    yield from running(3)
 
 
 @pytest.fixture

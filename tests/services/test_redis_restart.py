@@ -17,7 +17,7 @@ import pytest
 from layer.redis import RedisChannelLayer
 from tests.integration.chat import hear_text, join, new_room, say
 from tests.services.procs import ROOT, Service, wait_until
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, running
 
 CHANNEL_LOG = re.compile(r"(?:reply channel|worker channel) ([A-Za-z0-9_.\-!]+)")
 SEEN = 0.5  # seconds for the processes' event loops to see the closed connections
@@ -26,10 +26,7 @@ HEARTBEAT = 0.2
 
 @pytest.fixture
 def shards() -> Iterator[list[RedisServer]]:
-    servers = [RedisServer().start() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
+    yield from running(3)
 
 
 def _processes(shards: list[RedisServer], **extra: str) -> Iterator[tuple[Service, Service]]:
