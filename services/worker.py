@@ -241,6 +241,10 @@ class Worker:
                     )
                     inst.gone = True
                     inst.lose_peer(1006)
+                    # Silence may be one-way (its beats lost on a dead shard while its reply
+                    # channel still works): tell it, so its client gets 502/1011, not a hang.
+                    lost = {"type": wire.APP_ERROR, "c": inst.id, "code": 502}
+                    self._background.run(inst.id, self.layer.send_trusted(inst.reply, lost))
                 else:
                     peers.add(inst.reply)
             for peer in peers:
