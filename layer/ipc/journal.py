@@ -66,6 +66,11 @@ class Journal:
         self.end += step
         _END.pack_into(mm, JSTATE_OFF, self.end)
 
+    def set_u32(self, offset: int, value: int) -> None:
+        """Journal the word at ``offset``, then write ``value`` there (a link or a count)."""
+        self.save(offset, 4)
+        _END.pack_into(self.mm, offset, value)
+
     def queue_op(
         self,
         entry: int,

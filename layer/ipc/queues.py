@@ -305,8 +305,7 @@ class Queues(Waiters):
         extra = k - taken
         if extra:
             if chain:  # the last free slot's link changes: a rollback must restore it
-                j.save(slots + chain[-1] * size, 4)
-                _u32_pack(mm, slots + chain[-1] * size, bump)
+                j.set_u32(slots + chain[-1] * size, bump)
             for slot in range(bump, bump + extra - 1):
                 _u32_pack(mm, slots + slot * size, slot + 1)
             chain.extend(range(bump, bump + extra))

@@ -72,8 +72,7 @@ class Store(Queues):
             first = midx
         else:
             at = self.entries + last * ENTRY_SIZE + E_B
-            j.save(at, 4)
-            _u32_pack(mm, at, midx)
+            j.set_u32(at, midx)
         FIVE.pack_into(mm, goff, first, midx, members + 1, NIL, NIL)
 
     def group_discard(self, j: Journal, group: Key, channel: Key) -> None:
@@ -135,14 +134,12 @@ class Store(Queues):
             first = nxt
         else:
             at = self.entries + prev * ENTRY_SIZE + E_B
-            j.save(at, 4)
-            _u32_pack(mm, at, nxt)
+            j.set_u32(at, nxt)
         if nxt == NIL:
             last = prev
         else:
             at = self.entries + nxt * ENTRY_SIZE + E_A
-            j.save(at, 4)
-            _u32_pack(mm, at, prev)
+            j.set_u32(at, prev)
         FIVE.pack_into(mm, goff, first, last, members - 1, NIL, NIL)
         self.delete(j, midx)
         if members == 1:

@@ -122,8 +122,7 @@ class Table:
         KEY.pack_into(mm, off, _u32_unpack(mm, bucket)[0], h, owner, len(name))
         FIVE.pack_into(mm, off + 16, *five)
         mm[off + E_NAME : off + E_NAME + len(name)] = name
-        j.save(bucket, 4)
-        _u32_pack(mm, bucket, idx)
+        j.set_u32(bucket, idx)
         return idx
 
     def delete(self, j: Journal, idx: int) -> None:
@@ -137,10 +136,8 @@ class Table:
         while cur != idx:
             link = self.entries + cur * ENTRY_SIZE + E_NEXT
             cur = _u32_unpack(mm, link)[0]
-        j.save(link, 4)
-        _u32_pack(mm, link, nxt)
-        j.save(off + E_OWNER, 4)
-        _u32_pack(mm, off + E_OWNER, NIL)  # free: a reclaim scan must not take it for idle
+        j.set_u32(link, nxt)
+        j.set_u32(off + E_OWNER, NIL)  # free: a reclaim scan must not take it for idle
         self._free(j, ENTRY_FREE, self.entries, ENTRY_SIZE, E_NEXT, idx)
 
     def _reclaim(self, j: Journal) -> int:
@@ -177,8 +174,7 @@ class Table:
     def free_node(self, j: Journal, idx: int) -> None:
         """Return a node; its entry word becomes NIL so a scan can tell free from used."""
         off = self.nodes + idx * NODE_SIZE
-        j.save(off + 8, 4)
-        _u32_pack(self.mm, off + 8, NIL)
+        j.set_u32(off + 8, NIL)
         self._free(j, NODE_FREE, self.nodes, NODE_SIZE, 4, idx)
 
     def _alloc(
@@ -202,8 +198,7 @@ class Table:
         mm = self.mm
         j.save_g()
         at = base + idx * stride + link
-        j.save(at, 4)
-        _u32_pack(mm, at, _u32_unpack(mm, free)[0])
+        j.set_u32(at, _u32_unpack(mm, free)[0])
         _u32_pack(mm, free, idx)
 
     def _count(self, at: int, delta: int) -> None:

@@ -74,8 +74,7 @@ class Waiters(Table):
             wait_head = node
         else:
             at = self.nodes + wait_tail * NODE_SIZE + 4
-            j.save(at, 4)
-            _u32_pack(mm, at, node)
+            j.set_u32(at, node)
         FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
         if not count and wait_tail == NIL:  # the channel was idle
             j.save_g()
@@ -120,16 +119,13 @@ class Waiters(Table):
             if not state or wgen & 0xFFFF != gen:
                 self.free_node(j, node)  # its instance is gone
                 continue
-            j.save(at, 4)
-            _u32_pack(mm, at, FIRED)
+            j.set_u32(at, FIRED)
             read, write = _RING_IO.unpack_from(mm, wat + W_READ)
             if write - read < RING:
                 _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
-                j.save(wat + W_WRITE, 4)
-                _u32_pack(mm, wat + W_WRITE, write + 1)
+                j.set_u32(wat + W_WRITE, write + 1)
             else:
-                j.save(wat + W_OVERFLOW, 4)  # ring full: the owner rescans its nodes
-                _u32_pack(mm, wat + W_OVERFLOW, 1)
+                j.set_u32(wat + W_OVERFLOW, 1)  # ring full: the owner rescans its nodes
             return int(waker)
 
     def _unlink(self, j: Journal, node: int) -> None:
@@ -142,13 +138,11 @@ class Waiters(Table):
         if prev == NIL:
             wait_head = nxt
         else:
-            j.save(self.nodes + prev * NODE_SIZE + 4, 4)
-            _u32_pack(mm, self.nodes + prev * NODE_SIZE + 4, nxt)
+            j.set_u32(self.nodes + prev * NODE_SIZE + 4, nxt)
         if nxt == NIL:
             wait_tail = prev
         else:
-            j.save(self.nodes + nxt * NODE_SIZE, 4)
-            _u32_pack(mm, self.nodes + nxt * NODE_SIZE, prev)
+            j.set_u32(self.nodes + nxt * NODE_SIZE, prev)
         FIVE.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
         if not count and wait_head == NIL:
             j.save_g()
