@@ -30,6 +30,7 @@ import websockets
 
 from bench.core import Result, SuiteResult, Target
 from layer.config import get_channel_layer
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "services.demo.app:application"
@@ -42,13 +43,6 @@ DIRECT, COMBINED, IPC, REDIS = (
 HTTP, WS = "GET /json", "WebSocket echo"
 WRK_CONNECTIONS = 32
 WS_CLIENTS, WS_BURST = 8, 16
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Processes:
@@ -69,9 +63,7 @@ class _Processes:
         return child
 
     def layerkit(self, role: str, **env: str) -> None:
-        self.spawn(
-            [sys.executable, "-m", "services", role], KIT_ADMIN_PORT=str(_free_port()), **env
-        )
+        self.spawn([sys.executable, "-m", "services", role], KIT_ADMIN_PORT=str(free_port()), **env)
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -146,7 +138,7 @@ def _ipc() -> Iterator[Setup]:
 
 @contextlib.contextmanager
 def _redis() -> Iterator[Setup]:
-    port = _free_port()
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = subprocess.Popen(
         [
@@ -315,7 +307,7 @@ class Measured:
 def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None:
     """One round: start the subject's processes, load them, keep the better numbers."""
     procs = _Processes()
-    port = _free_port()
+    port = free_port()
     with subject.setup() as setup:
         if setup.config is not None and best.pair == "-":
             best.pair = f"{layer_pair_cost(setup.config, setup.env, 500 if quick else 3000):.0f}"

@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,10 @@ from pathlib import Path
 import httpx
 
 from tests.k8s.model import Container, Obj, Pod, containers
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_LIMIT = 60.0  # bounds a hung start only; nothing is asserted about speed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
