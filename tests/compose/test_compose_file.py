@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -160,7 +159,6 @@ def test_layer_configs_exist(compose: dict[str, Any]) -> None:
         assert (ROOT / "config" / Path(config).name).is_file(), config
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 @pytest.mark.parametrize(
     "env_file", [[], ["--env-file", str(ENV_EXAMPLE)]], ids=["defaults", "env"]
 )

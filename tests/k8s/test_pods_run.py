@@ -9,7 +9,6 @@ See :mod:`tests.k8s.podrun` for what stands in for the node.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,24 +24,6 @@ BACKENDS = {
     "ipc": "layer.ipc.",
     "redis-sharded": "layer.redis.",
 }
-# Modules each overlay's pods need, which other parts of the kit provide.
-NEEDS = {
-    "inmemory": ["services.cli"],
-    "ipc": ["services.cli", "layer.ipc"],
-    "redis-sharded": ["services.cli", "layer.redis", "tests.support.redis_server"],
-}
-
-
-def _missing(name: str) -> list[str]:
-    missing = []
-    for module in NEEDS[name]:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            missing.append(module)
-    return missing
 
 
 @contextlib.contextmanager
@@ -70,8 +51,6 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_pods_pass_their_probes_and_serve_through_the_service(name: str) -> None:
-    if missing := _missing(name):
-        pytest.skip(f"this checkout lacks {', '.join(missing)}")
     objects = render(ROOT / "k8s" / "overlays" / name)
     kit_pods = [
         p

@@ -8,7 +8,6 @@ IPC and Redis join the list when their backends exist in ``layer/``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -146,16 +145,6 @@ class Backend:
     config: str
     env: dict[str, str] = field(default_factory=dict)
     cleanup: Callable[[], None] = lambda: None
-
-
-def cross_process_backends() -> list[str]:
-    """The cross-process backends that exist in this checkout (each failure test runs on them)."""
-    names = []
-    if importlib.util.find_spec("layer.ipc") is not None:
-        names.append("ipc")
-    if importlib.util.find_spec("layer.redis") is not None:
-        names.append("redis")
-    return names
 
 
 @contextlib.contextmanager

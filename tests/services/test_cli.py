@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.services.conftest import CROSS
 from tests.services.procs import ROOT, Service
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,7 +43,6 @@ def test_check_config_inmemory() -> None:
     assert "shards:  1 (this process only)" in result.stdout
 
 
-@pytest.mark.skipif("redis" not in CROSS, reason="Redis backend not in this checkout")
 def test_check_config_redis_takes_hosts_from_env() -> None:
     result = layerkit(
         "check-config",
@@ -100,7 +98,6 @@ def test_json_logs_and_env_options() -> None:
         service.discard()
 
 
-@pytest.mark.skipif("redis" not in CROSS, reason="Redis backend not in this checkout")
 def test_check_config_prints_every_shard() -> None:
     shards = {f"REDIS_SHARD_{i}": f"redis://10.0.0.{i + 1}:6379/0" for i in range(3)}
     result = layerkit("check-config", "--config", "config/redis-sharded.yaml", **shards)
