@@ -218,6 +218,10 @@ class Pipe:
         finally:
             self._connecting = None
         self._writer = getattr(self._conn, "_writer", None)
+        # Scripts first: an EVALSHA that met NOSCRIPT would run later, as an EVAL, after
+        # commands queued behind it (a group_add overtaking the group_send before it).
+        loads = [(("SCRIPT", "LOAD", source), self._sink) for source in Script.sources()]
+        self._out = [*loads, *self._out]
         self._pending = deque()  # the last connection's reader owns (and fails) the old one
         self._reader = asyncio.ensure_future(self._read(self._conn, self._pending))
         self._flush()
@@ -272,7 +276,8 @@ class Pipe:
             future.set_result(reply)
 
     def _eval_instead(self, args: Sequence[Arg], future: asyncio.Future[Any]) -> None:
-        """The server lost its script cache (restart, SCRIPT FLUSH): send the source once."""
+        """The server lost its script cache (SCRIPT FLUSH; each connection loads every script
+        first): send the source once."""
         source = Script.source_of(str(args[1]))
         retry = self.call("EVAL", source, *args[2:])
         retry.add_done_callback(lambda done: _chain(done, future))

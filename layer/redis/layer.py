@@ -32,7 +32,7 @@ from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
-from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_SEND
+from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN, GROUP_SEND
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,12 @@ class RedisChannelLayer(BaseChannelLayer):
             payload = self._crypter.decrypt(payload, channel)
         return payload
 
-    def _group_keys(self, group: str) -> tuple[tuple[str, str], Pipe, _LoopState]:
+    def _group_keys(self, group: str) -> tuple[tuple[str, str, str], Pipe, _LoopState]:
+        """The group's members, their capacities and its fan-out plan (see scripts.py)."""
         state = self._state()
         pipe = state.shards[self.shard_of_group(group)].pipe
-        return (f"{self.prefix}:g:{group}", f"{self.prefix}:gc:{group}"), pipe, state
+        prefix = self.prefix
+        return (f"{prefix}:g:{group}", f"{prefix}:gc:{group}", f"{prefix}:gp:{group}"), pipe, state
 
     async def _group_add(self, group: str, channel: str) -> None:
         keys, pipe, _ = self._group_keys(group)
@@ -244,13 +246,14 @@ class RedisChannelLayer(BaseChannelLayer):
             delivered, dropped, expired = await sent
             self.counters.expired += expired
             return delivered, dropped
-        flat = await pipe.script(GROUP_MEMBERS, keys, (now_ms,))
+        flat = await pipe.script(GROUP_PLAN, keys, (now_ms, self._channel_prefix))
         by_shard: defaultdict[int, list[bytes]] = defaultdict(list)
-        for i in range(0, len(flat), 2):
-            by_shard[self.ring.node_for(names.non_local_name(flat[i].decode()))] += flat[i : i + 2]
+        skip = len(self._channel_prefix)
+        for i in range(0, len(flat), 2):  # plan entries: list key, "<capacity> <members> ..."
+            by_shard[self.ring.node_for(flat[i][skip:].decode())] += flat[i : i + 2]
         shards = list(by_shard)
         replies = await asyncio.gather(
-            *(state.shards[i].pipe.script(FANOUT, (), (*common, *by_shard[i])) for i in shards),
+            *(state.shards[i].pipe.script(FANOUT, (), (*common[:4], *by_shard[i])) for i in shards),
             return_exceptions=True,
         )
         delivered = dropped = 0
@@ -259,7 +262,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 log.warning(
                     "group_send(%r) to shard %s failed: %s", group, self.shards[index].name, reply
                 )
-                dropped += len(by_shard[index]) // 2
+                dropped += sum(int(spec.split(b" ", 2)[1]) for spec in by_shard[index][1::2])
                 continue
             delivered += reply[0]
             dropped += reply[1]

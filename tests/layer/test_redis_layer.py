@@ -69,6 +69,45 @@ async def test_keys_expire_and_flush_uses_scan(redis_server: RedisServer) -> Non
     await layer.close()
 
 
+@pytest.mark.parametrize("servers", ["redis_server", "redis_shards"])
+async def test_group_send_follows_membership_changes_after_its_plan_is_cached(
+    servers: str, request: pytest.FixtureRequest
+) -> None:
+    """A group_send caches the group's fan-out plan; every later add, discard and lapse
+    must still be seen by the next send."""
+    found = request.getfixturevalue(servers)
+    shards: list[RedisServer] = found if isinstance(found, list) else [found]
+    layer = RedisChannelLayer(hosts=[s.url for s in shards], prefix=f"p{uuid.uuid4().hex[:8]}")
+    a, b, idle = [await layer.new_channel() for _ in range(3)]
+    shared = "shared.member"
+    await layer.group_add("room", a)
+    await layer.group_add("room", shared)
+    await layer.group_send("room", {"type": "m", "n": 1})  # builds the plan
+    await layer.group_add("room", b)
+    await layer.group_send("room", {"type": "m", "n": 2})
+    await layer.group_discard("room", a)
+    await layer.group_send("room", {"type": "m", "n": 3})
+    await layer.stats()  # group_send returns once queued; this waits until it ran
+    with shards[layer.shard_of_group("room")].client() as client:
+        client.zadd(f"{layer.prefix}:g:room", {b: 1})  # b's membership lapsed long ago
+    await layer.group_send("room", {"type": "m", "n": 4})
+
+    async def numbers(channel: str) -> list[int]:
+        got: list[int] = []
+        while True:
+            try:
+                got.append((await asyncio.wait_for(layer.receive(channel), 0.3))["n"])
+            except TimeoutError:
+                return got
+
+    assert await numbers(a) == [1, 2]
+    assert await numbers(b) == [2, 3]
+    assert await numbers(shared) == [1, 2, 3, 4]
+    assert await numbers(idle) == []
+    await layer.flush()
+    await layer.close()
+
+
 async def test_timed_out_receive_is_a_clean_cancellation(redis_server: RedisServer) -> None:
     """channels_redis surfaces a redis TimeoutError here; ours is asyncio's own timeout."""
     layer = make(redis_server, f"t{uuid.uuid4().hex[:8]}", socket_timeout=0.2)
