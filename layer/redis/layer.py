@@ -26,6 +26,7 @@ from typing import Any
 from layer import names
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
+from layer.messages import Message, decode
 from layer.options import positive_number
 from layer.redis.connection import Pipe
 from layer.redis.crypto import Crypter
@@ -131,11 +132,18 @@ class RedisChannelLayer(BaseChannelLayer):
             block_timeout=_BLOCK_TIMEOUT,
             expiry=self.expiry,
             on_expired=self._count_expired,
+            open_payload=self._open,
         )
         return _Shard(pipe, receiver)
 
     def _count_expired(self, count: int) -> None:
         self.counters.expired += count
+
+    def _open(self, payload: bytes) -> Message:
+        """A popped payload as the message it carries (decrypted first)."""
+        if self._crypter is not None:
+            payload = self._crypter.decrypt(payload, "(a group)")
+        return decode(payload)
 
     # -- storage --------------------------------------------------------------------------------
 
@@ -193,7 +201,7 @@ class RedisChannelLayer(BaseChannelLayer):
         else:
             state.credit.pop(key, None)
 
-    async def _pop(self, channel: str) -> bytes:
+    async def _pop(self, channel: str) -> bytes | Message:
         shards = self._state().shards
         if len(shards) == 1:  # no routing to do (the fast path of a fan-out's many receives)
             receiver = shards[0].receiver
@@ -203,7 +211,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if payload is None:
             routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)
-        if self._crypter is not None:
+        if self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
 

@@ -55,6 +55,28 @@ async def test_rotated_key_reads_old_messages(redis_server: RedisServer) -> None
         await layer.close()
 
 
+async def test_encrypted_fan_out_to_one_process(redis_server: RedisServer) -> None:
+    """A fan-out entry for several members of one process is decrypted once for all of them;
+    one sent with a key the process lacks still fails every receive, naming its channel."""
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    mine = make(redis_server, prefix, symmetric_encryption_keys=["mine"])
+    other = make(redis_server, prefix, symmetric_encryption_keys=["other"])
+    members = [await mine.new_channel() for _ in range(2)]
+    for member in members:
+        await mine.group_add("room", member)
+    await mine.group_send("room", {"type": "t", "text": "ours"})
+    await mine.stats()  # group_send returns once queued; this waits until it ran
+    await other.group_send("room", {"type": "t", "text": "theirs"})
+    for member in members:
+        assert (await asyncio.wait_for(mine.receive(member), 5))["text"] == "ours"
+    for member in members:
+        with pytest.raises(UndecryptableMessage, match=f"'{member}'"):
+            await asyncio.wait_for(mine.receive(member), 5)
+    for layer in (mine, other):
+        await layer.flush()
+        await layer.close()
+
+
 async def test_keys_expire_and_flush_uses_scan(redis_server: RedisServer) -> None:
     layer = make(redis_server, f"k{uuid.uuid4().hex[:8]}", expiry=5)
     await layer.send("ttl", {"type": "t"})
