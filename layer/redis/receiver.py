@@ -317,22 +317,22 @@ class Receiver:
             # Entries sent back but not yet pushed are older than these: keep them first.
             entries = [e for k, es in self._returns if k == key for e in es] + entries
             self._returns = [(k, es) for k, es in self._returns if k != key]
+        boxes_of: dict[bytes, list[Mailbox]] = {}  # a group's entries repeat one local part
         for entry in entries:
             try:
                 expires_at, local, payload = split_entry(entry)
-                locals_ = local.decode().split(",") if inbox else ("",)
+                if expires_at <= now:
+                    expired += 1
+                    continue
+                boxes = boxes_of.get(local)
+                if boxes is None:
+                    names = local.decode().split(",") if inbox else ("",)
+                    boxes = boxes_of[local] = [self._mailbox(routing + n, key) for n in names]
             except ValueError:  # not written by this layer: skip it, keep the loop alive
                 log.error("dropped a malformed entry %.40r on %s", entry, key)
                 continue
-            if expires_at <= now:
-                expired += 1
-                continue
-            shared = self._shared(payload) if len(locals_) > 1 else payload
-            for name in locals_:
-                channel = routing + name
-                box = self._mailboxes.get(channel)
-                if box is None:
-                    box = self._mailboxes[channel] = Mailbox(channel, key, inbox)
+            shared = self._shared(payload) if len(boxes) > 1 else payload
+            for box in boxes:
                 if box.waiters:
                     self._give(box, shared, expires=expires_at)
                 else:  # nobody waiting yet (a busy receiver): keep it for the next receive
@@ -341,6 +341,12 @@ class Receiver:
                     self._settle(box)
         if expired:
             self._on_expired(expired)
+
+    def _mailbox(self, channel: str, key: str) -> Mailbox:
+        box = self._mailboxes.get(channel)
+        if box is None:
+            box = self._mailboxes[channel] = Mailbox(channel, key, key.endswith("!"))
+        return box
 
     def _shared(self, payload: bytes) -> Popped:
         """A fan-out entry's payload for all its local members: decoded once when a shallow
