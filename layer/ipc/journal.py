@@ -37,6 +37,9 @@ _END = struct.Struct("<I")
 # The three records of a push or pop, packed from values the caller already holds: the channel
 # entry's five words, the G block's first five (slots, counts) and one slot link.
 _QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
+_QUEUE_OP_SIZE = _QUEUE_OP.size
+_QUEUE_OP_LAST = JOURNAL_END - JOURNAL_OFF - _QUEUE_OP_SIZE  # the last ``end`` it fits after
+_THREE_WORDS = struct.Struct("<" + "QI4xI4x" * 3)  # three one-word records: a waiter fired
 
 
 def bump_generation(mm: mmap.mmap) -> None:
@@ -80,11 +83,22 @@ class Journal:
         link_old: int,
     ) -> None:
         """Journal a queue push/pop in one write (the hot path's equivalent of three saves)."""
-        at = JOURNAL_OFF + self.end
-        if at + _QUEUE_OP.size > JOURNAL_END:
+        end = self.end
+        if end > _QUEUE_OP_LAST:
             raise RuntimeError("IPC journal overflow: one mutation touched too many records")
-        _QUEUE_OP.pack_into(self.mm, at, entry, 20, *five, G_OFF, 20, *g5, link, 4, link_old)
-        self.end += _QUEUE_OP.size
+        mm = self.mm
+        _QUEUE_OP.pack_into(mm, JOURNAL_OFF + end, entry, 20, *five, G_OFF, 20, *g5, link, 4,
+                            link_old)  # fmt: skip
+        self.end = end = end + _QUEUE_OP_SIZE
+        _END.pack_into(mm, JSTATE_OFF, end)
+
+    def three_words(self, a: int, a_old: int, b: int, b_old: int, c: int, c_old: int) -> None:
+        """Journal three words whose old values the caller holds, in one write."""
+        at = JOURNAL_OFF + self.end
+        if at + _THREE_WORDS.size > JOURNAL_END:
+            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+        _THREE_WORDS.pack_into(self.mm, at, a, 4, a_old, b, 4, b_old, c, 4, c_old)
+        self.end += _THREE_WORDS.size
         _END.pack_into(self.mm, JSTATE_OFF, self.end)
 
     def save_g(self) -> None:
