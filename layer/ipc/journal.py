@@ -39,6 +39,10 @@ _END = struct.Struct("<I")
 _QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
 _QUEUE_OP_SIZE = _QUEUE_OP.size
 _QUEUE_OP_LAST = JOURNAL_END - JOURNAL_OFF - _QUEUE_OP_SIZE  # the last ``end`` it fits after
+# A waiter registering with a spare node: the node's four words, the channel entry's five and
+# the active-channel count.
+_REGISTER = struct.Struct("<QI4xIIII" + "QI4xIIIII4x" + "QI4xI4x")
+_NODE_WORDS = struct.Struct("<IIII")
 _THREE_WORDS = struct.Struct("<" + "QI4xI4x" * 3)  # three one-word records: a waiter fired
 
 
@@ -100,6 +104,19 @@ class Journal:
         _THREE_WORDS.pack_into(self.mm, at, a, 4, a_old, b, 4, b_old, c, 4, c_old)
         self.end += _THREE_WORDS.size
         _END.pack_into(self.mm, JSTATE_OFF, self.end)
+
+    def register_op(
+        self, node: int, entry: int, five: tuple[int, int, int, int, int], counter: int
+    ) -> None:
+        """Journal a waiter's registration on a reused node in one write."""
+        mm = self.mm
+        at = JOURNAL_OFF + self.end
+        if at + _REGISTER.size > JOURNAL_END:
+            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+        _REGISTER.pack_into(mm, at, node, 16, *_NODE_WORDS.unpack_from(mm, node), entry, 20,
+                            *five, counter, 4, _END.unpack_from(mm, counter)[0])  # fmt: skip
+        self.end += _REGISTER.size
+        _END.pack_into(mm, JSTATE_OFF, self.end)
 
     def save_g(self) -> None:
         """Save the G block (pool heads and counts) once per mutation."""

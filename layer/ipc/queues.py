@@ -51,7 +51,6 @@ class Queues(Waiters):
         self.slot_size = geometry.slot_size
         self.data = geometry.slot_size - 4
         self.one_slot = self.data - 12  # the longest payload that fits one slot
-        self.mutable = geometry.entries + E_MUTABLE  # entry 0's five words
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -216,7 +215,8 @@ class Queues(Waiters):
         free, nfree, bump, queued, channels = g5
         _u32_pack(mm, at, free)  # the payload's bytes stay intact until the slot is reused
         if count == 1:
-            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels - (wait_head == NIL))
+            channels -= wait_head == NIL  # the channel goes idle
+            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
             _THREE.pack_into(mm, off, NIL, NIL, 0)
         else:
             G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)

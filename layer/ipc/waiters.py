@@ -64,13 +64,23 @@ class Waiters(Table):
         name, h = key
         mm = self.mm
         idx = self._channel_entry(j, name, h)
+        off = self.mutable + idx * ENTRY_SIZE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, _, wait_tail = five
+        if spare != NIL and wait_tail == NIL:  # the hot path: alone on the list, a spare node
+            at = self.nodes + spare * NODE_SIZE
+            j.register_op(at, off, five, CHANNELS)
+            NODE.pack_into(mm, at, NIL, NIL, idx, waker, gen)
+            FIVE.pack_into(mm, off, head, tail, count, spare, spare)
+            if not count:  # the channel was idle
+                _u32_pack(mm, CHANNELS, _u32_unpack(mm, CHANNELS)[0] + 1)
+            return spare
         if spare == NIL:
             node = self.alloc_node(j)
         else:
             node = spare
             j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        wait_head = five[3]
         NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
         j.save(off, E_MUTABLE_SIZE)
         if wait_tail == NIL:

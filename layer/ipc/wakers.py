@@ -83,7 +83,8 @@ class Wakers:
     def pending(self, waker: int) -> bool:
         """Whether ``waker``'s ring holds wakes (or overflowed): a hint read without the lock,
         which ``drain`` then takes under it."""
-        _, _, read, write, overflow = WAKER.unpack_from(self.store.mm, self.base + waker * WAKER_SIZE)
+        at = self.base + waker * WAKER_SIZE
+        _, _, read, write, overflow = WAKER.unpack_from(self.store.mm, at)
         return bool(read != write or overflow)
 
     def dead(self, me: int) -> list[int]:
