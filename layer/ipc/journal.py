@@ -34,6 +34,8 @@ from layer.ipc.layout import (
 
 _RECORD = struct.Struct("<QI4x")  # offset, length; then the saved bytes, padded to 8
 _END = struct.Struct("<I")
+_STATE_WORD = struct.Struct("<Q").unpack_from  # JSTATE as one word: zero when all is settled
+_flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
 # The three records of a push or pop, packed from values the caller already holds: the channel
 # entry's five words, the G block's first five (slots, counts) and one slot link.
 _QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
@@ -170,19 +172,21 @@ class Lock:
                 "this IPC layer was created before os.fork(): parent and child would share one "
                 "lock; create channel layers in the process that uses them"
             )
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        if JSTATE.unpack_from(self.mm, JSTATE_OFF) != (0, 0):
+        _flock(self._fd, _LOCK_EX)
+        if _STATE_WORD(self.mm, JSTATE_OFF)[0]:  # undo records or a flush left behind
             self._recover()
         return self.journal
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            if exc_type is None:
-                self.journal.commit()
-            else:
+            if exc_type is not None:
                 self.journal.rollback()
+            elif self.journal.end:
+                self.journal.commit()
+            else:  # nothing was journaled (a read, or every record already committed)
+                self.journal._g_saved = False
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _flock(self._fd, _LOCK_UN)
 
     def _recover(self) -> None:
         """A holder died mid-mutation: undo it, or finish its flush."""
