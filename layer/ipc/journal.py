@@ -181,10 +181,8 @@ class Lock:
         try:
             if exc_type is not None:
                 self.journal.rollback()
-            elif self.journal.end:
+            elif self.journal.end:  # else nothing is left to commit (a read, or all committed)
                 self.journal.commit()
-            else:  # nothing was journaled (a read, or every record already committed)
-                self.journal._g_saved = False
         finally:
             _flock(self._fd, _LOCK_UN)
 

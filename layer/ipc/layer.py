@@ -333,7 +333,8 @@ class IPCChannelLayer(BaseChannelLayer):
         """Deliver what fired at this instance (runs on the event loop)."""
         if self._closed:
             return
-        store, wake = self._store, list[int]()
+        store = self._store
+        wake: list[int] = []
         dead = self._wakers.dead(self._waker) if reap else []  # syscalls outside the lock
         with self._lock as j:
             if dead:
@@ -354,12 +355,13 @@ class IPCChannelLayer(BaseChannelLayer):
                     store.free_node(j, node)
                     j.commit()
                 self._deliver(j, channel, wake)
-        self._post(wake)
+        if wake:
+            self._post(wake)
 
     def _deliver(self, j: Journal, channel: str, wake: list[int]) -> None:
         """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
         local = self._local.get(channel)
-        key = self._key(channel)
+        key = self._keys.get(channel) or self._key(channel)
         now = time.monotonic()
         while local:
             future = local[0]

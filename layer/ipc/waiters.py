@@ -36,7 +36,6 @@ from layer.ipc.layout import (
 from layer.ipc.table import Key, Table
 
 _RING_IO = struct.Struct("<II")  # ring read, ring write (or: in use, generation)
-_NODE_TAIL = struct.Struct("<I4xHH")  # a node's next, waker, waker generation
 _WAKER4 = struct.Struct("<IIII")  # in use, generation, ring read, ring write
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -148,13 +147,13 @@ class Waiters(Table):
         caller then takes the general path)."""
         mm = self.mm
         at = self.nodes + node * NODE_SIZE
-        nxt, waker, gen = _NODE_TAIL.unpack_from(mm, at + 4)
+        prev, nxt, _, waker, gen = NODE.unpack_from(mm, at)
         wat = self.wakers + waker * WAKER_SIZE
         state, wgen, read, write = _WAKER4.unpack_from(mm, wat)
         if not state or wgen & 0xFFFF != gen or write - read >= RING:
             return None
         nat = SCRATCH if nxt == NIL else self.nodes + nxt * NODE_SIZE
-        j.three_words(at, NIL, nat, _u32_unpack(mm, nat)[0], wat + W_WRITE, write)
+        j.three_words(at, prev, nat, _u32_unpack(mm, nat)[0], wat + W_WRITE, write)
         _u32_pack(mm, at, FIRED)
         _u32_pack(mm, nat, NIL)
         _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
