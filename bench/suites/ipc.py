@@ -200,6 +200,7 @@ def run(quick: bool) -> SuiteResult:
         targets=targets,
         notes=(
             "Producer and consumer (or pinger and echo) are separate processes on one host. "
+            f"Each figure is the best of {repeats} runs; the subjects' runs alternate. "
             f"Message: `{{'type': 'chat.message', 'text': 'hello world', 'n': 1}}`. "
             "`asgi_ipc` 1.4.2 (ASGI 1, sync API, no blocking receive: its receiver polls "
             "in a tight loop) runs from `bench/.peers/asgi_ipc` with `msgpack-python`. "
