@@ -34,9 +34,18 @@ from layer.ipc.layout import (
 
 _RECORD = struct.Struct("<QI4x")  # offset, length; then the saved bytes, padded to 8
 _END = struct.Struct("<I")
+_STATE_WORD = struct.Struct("<Q").unpack_from  # JSTATE as one word: zero when all is settled
+_flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
 # The three records of a push or pop, packed from values the caller already holds: the channel
 # entry's five words, the G block's first five (slots, counts) and one slot link.
 _QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
+_QUEUE_OP_SIZE = _QUEUE_OP.size
+_QUEUE_OP_LAST = JOURNAL_END - JOURNAL_OFF - _QUEUE_OP_SIZE  # the last ``end`` it fits after
+# A waiter registering with a spare node: the node's four words, the channel entry's five and
+# the active-channel count.
+_REGISTER = struct.Struct("<QI4xIIII" + "QI4xIIIII4x" + "QI4xI4x")
+_NODE_WORDS = struct.Struct("<IIII")
+_THREE_WORDS = struct.Struct("<" + "QI4xI4x" * 3)  # three one-word records: a waiter fired
 
 
 def bump_generation(mm: mmap.mmap) -> None:
@@ -80,12 +89,36 @@ class Journal:
         link_old: int,
     ) -> None:
         """Journal a queue push/pop in one write (the hot path's equivalent of three saves)."""
-        at = JOURNAL_OFF + self.end
-        if at + _QUEUE_OP.size > JOURNAL_END:
+        end = self.end
+        if end > _QUEUE_OP_LAST:
             raise RuntimeError("IPC journal overflow: one mutation touched too many records")
-        _QUEUE_OP.pack_into(self.mm, at, entry, 20, *five, G_OFF, 20, *g5, link, 4, link_old)
-        self.end += _QUEUE_OP.size
+        mm = self.mm
+        _QUEUE_OP.pack_into(mm, JOURNAL_OFF + end, entry, 20, *five, G_OFF, 20, *g5, link, 4,
+                            link_old)  # fmt: skip
+        self.end = end = end + _QUEUE_OP_SIZE
+        _END.pack_into(mm, JSTATE_OFF, end)
+
+    def three_words(self, a: int, a_old: int, b: int, b_old: int, c: int, c_old: int) -> None:
+        """Journal three words whose old values the caller holds, in one write."""
+        at = JOURNAL_OFF + self.end
+        if at + _THREE_WORDS.size > JOURNAL_END:
+            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+        _THREE_WORDS.pack_into(self.mm, at, a, 4, a_old, b, 4, b_old, c, 4, c_old)
+        self.end += _THREE_WORDS.size
         _END.pack_into(self.mm, JSTATE_OFF, self.end)
+
+    def register_op(
+        self, node: int, entry: int, five: tuple[int, int, int, int, int], counter: int
+    ) -> None:
+        """Journal a waiter's registration on a reused node in one write."""
+        mm = self.mm
+        at = JOURNAL_OFF + self.end
+        if at + _REGISTER.size > JOURNAL_END:
+            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+        _REGISTER.pack_into(mm, at, node, 16, *_NODE_WORDS.unpack_from(mm, node), entry, 20,
+                            *five, counter, 4, _END.unpack_from(mm, counter)[0])  # fmt: skip
+        self.end += _REGISTER.size
+        _END.pack_into(mm, JSTATE_OFF, self.end)
 
     def save_g(self) -> None:
         """Save the G block (pool heads and counts) once per mutation."""
@@ -139,19 +172,19 @@ class Lock:
                 "this IPC layer was created before os.fork(): parent and child would share one "
                 "lock; create channel layers in the process that uses them"
             )
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        if JSTATE.unpack_from(self.mm, JSTATE_OFF) != (0, 0):
+        _flock(self._fd, _LOCK_EX)
+        if _STATE_WORD(self.mm, JSTATE_OFF)[0]:  # undo records or a flush left behind
             self._recover()
         return self.journal
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            if exc_type is None:
-                self.journal.commit()
-            else:
+            if exc_type is not None:
                 self.journal.rollback()
+            elif self.journal.end:  # else nothing is left to commit (a read, or all committed)
+                self.journal.commit()
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _flock(self._fd, _LOCK_UN)
 
     def _recover(self) -> None:
         """A holder died mid-mutation: undo it, or finish its flush."""

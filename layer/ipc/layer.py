@@ -81,6 +81,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the doorbell
         self._timer: asyncio.TimerHandle | None = None
+        self._deferred = False  # chimes were left in the FIFO for the next loop turn
         self._closed = False
         self._post(wake)
 
@@ -302,8 +303,21 @@ class IPCChannelLayer(BaseChannelLayer):
         return wake
 
     def _on_chime(self) -> None:
-        """The doorbell rang: consume the chimes first, so a later send rings again."""
-        self._bell.drain()
+        """The doorbell rang: deliver first, and consume the chimes one loop turn later.
+
+        A woken receiver's reply is a roundtrip's critical path, so the FIFO's bytes are left
+        there until the loop's next turn, which runs the woken receivers' steps first and then
+        this again (the FIFO is still readable): that call reads them. Nothing is missed: a
+        sender appends to the ring before it chimes, and the ring is looked at again (without
+        the lock: a hint that ``_on_wake`` checks under it) after every read of the FIFO.
+        """
+        if self._deferred or not self._wakers.pending(self._waker):
+            self._deferred = False
+            self._bell.drain()
+            if not self._wakers.pending(self._waker):
+                return
+        else:
+            self._deferred = True
         self._on_wake()
 
     def _tick(self) -> None:
@@ -319,7 +333,8 @@ class IPCChannelLayer(BaseChannelLayer):
         """Deliver what fired at this instance (runs on the event loop)."""
         if self._closed:
             return
-        store, wake = self._store, list[int]()
+        store = self._store
+        wake: list[int] = []
         dead = self._wakers.dead(self._waker) if reap else []  # syscalls outside the lock
         with self._lock as j:
             if dead:
@@ -340,12 +355,13 @@ class IPCChannelLayer(BaseChannelLayer):
                     store.free_node(j, node)
                     j.commit()
                 self._deliver(j, channel, wake)
-        self._post(wake)
+        if wake:
+            self._post(wake)
 
     def _deliver(self, j: Journal, channel: str, wake: list[int]) -> None:
         """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
         local = self._local.get(channel)
-        key = self._key(channel)
+        key = self._keys.get(channel) or self._key(channel)
         now = time.monotonic()
         while local:
             future = local[0]
@@ -379,6 +395,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._bell.fd)
         self._loop = None
+        self._deferred = False  # the next loop's first chime reads what was left
 
     def _post(self, wakers: list[int], only_live: bool = False) -> None:
         for waker in set(wakers):

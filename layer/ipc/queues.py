@@ -35,7 +35,8 @@ from layer.ipc.waiters import Waiters
 _COUNTS = struct.Struct("<II")  # queued, active channels
 _FREE_BUMP = struct.Struct("<II")  # slot free count, bump
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
-_RING_IO = struct.Struct("<II")  # ring read, ring write
+_SLOT_HEAD = struct.Struct("<IId")  # a slot's next, then MSG: payload length, expires
+_THREE = struct.Struct("<III")  # a channel entry's head, tail, count
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
@@ -49,6 +50,7 @@ class Queues(Waiters):
         self.slots = geometry.slots
         self.slot_size = geometry.slot_size
         self.data = geometry.slot_size - 4
+        self.one_slot = self.data - 12  # the longest payload that fits one slot
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -90,6 +92,10 @@ class Queues(Waiters):
             _u32_pack(mm, link, first)
         else:
             head = first
+        if wait_head != NIL and (fired := self.fire_head(j, wait_head, wait_tail)) is not None:
+            waker, wait_head, wait_tail = fired  # the entry's journal record covers these too
+            FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
+            return waker, count + 1
         FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
         return (NIL if wait_head == NIL else self.fire(j, idx)), count + 1
 
@@ -194,31 +200,40 @@ class Queues(Waiters):
         if idx == NIL:
             return None
         mm = self.mm
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        slots, size = self.slots, self.slot_size
+        off = self.mutable + idx * ENTRY_SIZE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, _ = five
+        if not count:
+            return None
+        at = self.slots + head * self.slot_size
+        nxt, length, expires = _SLOT_HEAD.unpack_from(mm, at)
+        if length > self.one_slot or expires <= now:
+            return self._take_slow(j, off, now)
+        # The hot path: an unexpired one-slot message (_unqueue, inlined).
+        g5 = G5.unpack_from(mm, G_OFF)
+        j.queue_op(off, five, g5, at, nxt)
+        free, nfree, bump, queued, channels = g5
+        _u32_pack(mm, at, free)  # the payload's bytes stay intact until the slot is reused
+        if count == 1:
+            channels -= wait_head == NIL  # the channel goes idle
+            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
+            _THREE.pack_into(mm, off, NIL, NIL, 0)
+        else:
+            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
+            _THREE.pack_into(mm, off, nxt, tail, count - 1)
+        return mm[at + 16 : at + 16 + length]
+
+    def _take_slow(self, j: Journal, off: int, now: float) -> bytes | None:
+        """``take`` when the head is expired or spans several slots."""
+        mm = self.mm
         while True:
             five = FIVE.unpack_from(mm, off)
-            head, tail, count, wait_head, wait_tail = five
-            if not count:
+            if not five[2]:
                 return None
-            at = slots + head * size
-            length, expires = MSG.unpack_from(mm, at + 4)
-            if length + 12 > self.data:
-                payload = self._read(head, length) if expires > now else None
-                self._unqueue(j, off, length, five)
-            else:  # one slot: _unqueue inlined (the receive hot path)
-                payload = mm[at + 16 : at + 16 + length] if expires > now else None
-                nxt = _u32_unpack(mm, at)[0]
-                g5 = G5.unpack_from(mm, G_OFF)
-                j.queue_op(off, five, g5, at, nxt)
-                free, nfree, bump, queued, channels = g5
-                _u32_pack(mm, at, free)
-                idle = count == 1 and wait_head == NIL
-                G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels - idle)
-                if count == 1:
-                    FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
-                else:
-                    FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
+            head = five[0]
+            length, expires = MSG.unpack_from(mm, self.slots + head * self.slot_size + 4)
+            payload = self._read(head, length) if expires > now else None
+            self._unqueue(j, off, length, five)
             if payload is not None:
                 return payload
             self.counters.expired += 1

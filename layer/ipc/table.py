@@ -59,6 +59,7 @@ class Table:
         self.buckets = geometry.buckets
         self.mask = geometry.n_buckets - 1
         self.entries = geometry.entries
+        self.mutable = geometry.entries + E_MUTABLE  # entry 0's five kind-specific words
         self.nodes = geometry.nodes
         self._index: dict[bytes, int] = {}  # channel name -> entry, valid for ``_index_gen``
         self._index_gen = -1

@@ -23,6 +23,7 @@ from layer.ipc.layout import (
     NODE_SIZE,
     OWNER_CHANNEL,
     RING,
+    SCRATCH,
     U32,
     W_OVERFLOW,
     W_READ,
@@ -35,6 +36,7 @@ from layer.ipc.layout import (
 from layer.ipc.table import Key, Table
 
 _RING_IO = struct.Struct("<II")  # ring read, ring write (or: in use, generation)
+_WAKER4 = struct.Struct("<IIII")  # in use, generation, ring read, ring write
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
@@ -61,13 +63,23 @@ class Waiters(Table):
         name, h = key
         mm = self.mm
         idx = self._channel_entry(j, name, h)
+        off = self.mutable + idx * ENTRY_SIZE
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, _, wait_tail = five
+        if spare != NIL and wait_tail == NIL:  # the hot path: alone on the list, a spare node
+            at = self.nodes + spare * NODE_SIZE
+            j.register_op(at, off, five, CHANNELS)
+            NODE.pack_into(mm, at, NIL, NIL, idx, waker, gen)
+            FIVE.pack_into(mm, off, head, tail, count, spare, spare)
+            if not count:  # the channel was idle
+                _u32_pack(mm, CHANNELS, _u32_unpack(mm, CHANNELS)[0] + 1)
+            return spare
         if spare == NIL:
             node = self.alloc_node(j)
         else:
             node = spare
             j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
+        wait_head = five[3]
         NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
         j.save(off, E_MUTABLE_SIZE)
         if wait_tail == NIL:
@@ -127,6 +139,26 @@ class Waiters(Table):
             else:
                 j.set_u32(wat + W_OVERFLOW, 1)  # ring full: the owner rescans its nodes
             return int(waker)
+
+    def fire_head(self, j: Journal, node: int, wait_tail: int) -> tuple[int, int, int] | None:
+        """``fire`` for a push that has journaled its channel entry and will write it last:
+        hand the wake to ``node``, the head of the wait list, if its instance is live and its
+        ring has room; return ``(waker, wait_head, wait_tail)`` for the entry, or None (the
+        caller then takes the general path)."""
+        mm = self.mm
+        at = self.nodes + node * NODE_SIZE
+        prev, nxt, _, waker, gen = NODE.unpack_from(mm, at)
+        wat = self.wakers + waker * WAKER_SIZE
+        state, wgen, read, write = _WAKER4.unpack_from(mm, wat)
+        if not state or wgen & 0xFFFF != gen or write - read >= RING:
+            return None
+        nat = SCRATCH if nxt == NIL else self.nodes + nxt * NODE_SIZE
+        j.three_words(at, prev, nat, _u32_unpack(mm, nat)[0], wat + W_WRITE, write)
+        _u32_pack(mm, at, FIRED)
+        _u32_pack(mm, nat, NIL)
+        _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
+        _u32_pack(mm, wat + W_WRITE, write + 1)
+        return waker, nxt, (NIL if nxt == NIL else wait_tail)
 
     def _unlink(self, j: Journal, node: int) -> None:
         mm = self.mm

@@ -80,6 +80,13 @@ class Wakers:
         mm[at + W_READ : at + W_READ + 12] = bytes(12)  # the ring restarts at 0: no wrap-around
         return nodes, bool(overflow)
 
+    def pending(self, waker: int) -> bool:
+        """Whether ``waker``'s ring holds wakes (or overflowed): a hint read without the lock,
+        which ``drain`` then takes under it."""
+        at = self.base + waker * WAKER_SIZE
+        _, _, read, write, overflow = WAKER.unpack_from(self.store.mm, at)
+        return bool(read != write or overflow)
+
     def dead(self, me: int) -> list[int]:
         """Records in use whose instance died; a hint read without the lock (see reap_dead)."""
         mm = self.store.mm

@@ -17,7 +17,7 @@ import zlib
 
 from layer.exceptions import ChannelFull
 from layer.ipc import IPCChannelLayer
-from layer.ipc.layout import RECOVERIES
+from layer.ipc.layout import NIL, RECOVERIES
 from layer.ipc.table import make_key
 
 SIZE = "16MB"
@@ -136,6 +136,16 @@ def hold(layer: IPCChannelLayer, what: str) -> None:
         elif what == "run":  # a coalesced run of sends, all written, never committed
             runs = [b"\x81\xa4type\xa4torn"] * 5
             layer._store.push_run(j, key, runs, time.monotonic() + 60, [])
+        elif what in ("fire", "register"):  # a waiter of ours fired, or re-registered
+            wait, torn = make_key("h.wait"), b"\x81\xa4type\xa4torn"
+            node = layer._store.register(j, wait, layer._waker, layer._gen, NIL)
+            j.commit()
+            layer._store.push(j, wait, torn, time.monotonic() + 60, 100)  # fires our node
+            if what == "register":  # take the message, then reuse the fired node
+                j.commit()
+                assert layer._store.take(j, wait, time.monotonic()) is not None
+                j.commit()
+                layer._store.register(j, wait, layer._waker, layer._gen, node)
         elif what == "flush":
             layer._lock.begin_flush()
             layer._store.mm[layer._store.buckets : layer._store.buckets + 4] = b"\xff" * 4

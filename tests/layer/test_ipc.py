@@ -110,7 +110,7 @@ async def test_sigkill_at_random_moments_never_stops_or_tears(
     assert (await receive_soon(layer, "k.after"))["type"] == "after"
 
 
-@pytest.mark.parametrize("what", ["push", "take", "flush", "run"])
+@pytest.mark.parametrize("what", ["push", "take", "flush", "run", "fire", "register"])
 async def test_killed_while_holding_the_lock_mid_mutation(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker], what: str
 ) -> None:
@@ -391,6 +391,28 @@ async def test_more_wakes_than_the_ring_holds(ipc_layer_factory: Factory) -> Non
     done = await asyncio.wait_for(asyncio.gather(*waiting), 10)
     assert [m["type"] for m in done] == ["wake"] * 200
     assert (await layer.stats())["queued"] == 0
+
+
+async def test_chimes_are_all_read_after_their_wakes(ipc_layer_factory: Factory) -> None:
+    """Wakes are delivered before their chimes are read (a turn later): every wake arrives,
+    including one rung while an earlier chime was unread, and then the FIFO is empty, so the
+    loop sleeps instead of calling the reader again and again."""
+    layer, sender = ipc_layer_factory(), ipc_layer_factory()
+    for round_ in range(20):
+        first = asyncio.ensure_future(layer.receive("chime.a"))
+        second = asyncio.ensure_future(layer.receive("chime.b"))
+        await asyncio.sleep(0)  # both registered, the doorbell watched
+        await sender.send("chime.a", {"type": "a", "i": round_})
+        if round_ % 2:
+            await asyncio.sleep(0)  # the first wake is delivered, its chime not yet read
+        await sender.send("chime.b", {"type": "b", "i": round_})
+        got = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert got == [{"type": "a", "i": round_}, {"type": "b", "i": round_}]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not layer._deferred
+    with pytest.raises(BlockingIOError):
+        os.read(layer._bell.fd, 1)
 
 
 def test_a_layer_waits_in_one_event_loop_after_another(ipc_prefix: str) -> None:
