@@ -26,8 +26,9 @@ _BYTES = (bytes, bytearray, memoryview)
 _STR_OR_NONE = (str, type(None))
 
 
-class Instance:
-    """Runs the app for one HTTP request or WebSocket and relays its events."""
+class Instance(wire.Inbox):
+    """Runs the app for one HTTP request or WebSocket and relays its events; its inbox gets the
+    follow-ups the worker's dispatch loop routes to it."""
 
     __slots__ = (
         "_buffer",
@@ -39,11 +40,9 @@ class Instance:
         "consumed",
         "gone",
         "id",
-        "inbox",
         "kind",
         "known",
         "layer",
-        "loop",
         "reply",
         "scope",
         "started",
@@ -60,7 +59,7 @@ class Instance:
         message: Message,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.layer = layer
         self.worker = worker
         self.chunk = chunk
@@ -68,7 +67,6 @@ class Instance:
         self.reply: str = message["r"]
         self.kind = "http" if message["type"] == wire.HTTP_OPEN else "websocket"
         self.scope = wire.import_scope(message["s"])
-        self.inbox = wire.Inbox(loop)
         self.window: wire.Window | None = None  # created when the response or frames stream
         self.consumed: wire.Consumed | None = None
         self.started = loop.time()
@@ -111,7 +109,7 @@ class Instance:
 
     def lose_peer(self, code: int) -> None:
         """The client or its protocol server is gone: the app's next receive says so."""
-        self.inbox.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
+        self.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
 
     async def announce(self) -> None:
         """Send ``k.pick``: the app is slow to answer, or the request body has to stream to us."""
@@ -146,7 +144,7 @@ class Instance:
             if self.closed:  # the app closed the socket; Channels waits for this to stop
                 return {"type": "websocket.disconnect", "code": self.status}
         while True:
-            message = await self.inbox.get()
+            message = await self.get()
             kind = message["type"]
             if kind == wire.DISCONNECT:
                 self.gone = True

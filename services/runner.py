@@ -58,6 +58,7 @@ def _server(app: Any, host: str, port: int, grace: float, http: Any = "httptools
         host=host,
         port=port,
         http=http,
+        interface="asgi3",  # the protocol server's __call__ returns a coroutine, not async def
         lifespan="off",
         log_config=None,
         access_log=False,

@@ -137,10 +137,13 @@ class Worker:
                 continue
             if not self._receiving and len(self._runners) < self.concurrency:
                 self._spawn()  # someone keeps taking work while this one serves
+            started = time.perf_counter()
             try:
-                await self._serve(inst)
+                await inst.run(self.app)
             except Exception:  # never let one connection's failure kill the runner silently
                 log.exception("serving %s %s failed", inst.kind, inst.id)
+            finally:
+                self._finished(inst, started)
 
     async def _take(
         self, task: asyncio.Task[None], loop: asyncio.AbstractEventLoop
@@ -171,18 +174,14 @@ class Worker:
         self._conns[inst.id] = inst
         return inst
 
-    async def _serve(self, inst: Instance) -> None:
-        started = time.perf_counter()
-        try:
-            await inst.run(self.app)
-        finally:
-            del self._conns[inst.id]
-            if self.draining and not self._conns:
-                self._drained.set()
-            if inst.kind == "http":
-                self.metrics.request(self.role, inst.status, time.perf_counter() - started)
-            else:
-                self.metrics.count(self.role, inst.kind, inst.status)
+    def _finished(self, inst: Instance, started: float) -> None:
+        del self._conns[inst.id]
+        if self.draining and not self._conns:
+            self._drained.set()
+        if inst.kind == "http":
+            self.metrics.request(self.role, inst.status, time.perf_counter() - started)
+        else:
+            self.metrics.count(self.role, inst.kind, inst.status)
 
     async def _dispatch(self) -> None:
         """Route follow-up messages on this worker's channel to their instances."""
@@ -208,7 +207,7 @@ class Worker:
                 if inst.window is not None:
                     inst.window.acked(message["n"])
             else:
-                inst.inbox.put(message)
+                inst.put(message)
 
     async def _announcer(self) -> None:
         """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.
