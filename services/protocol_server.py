@@ -76,6 +76,7 @@ class ProtocolServer:
         self._background = OneInFlight(log)  # heartbeats and re-joins
         self._prefix = ""
         self._loop: asyncio.AbstractEventLoop  # set by start()
+        self._requests = metrics.http(self.role)
         metrics.add_probe(self._probe)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -243,7 +244,7 @@ class ProtocolServer:
             del self._conns[conn.id]
             if pump is not None:
                 pump.cancel()
-            self.metrics.request(self.role, status, time.perf_counter() - started)
+            self._requests.record(status, time.perf_counter() - started)
 
     async def _relay_http(
         self, conn: _Conn, message: Message, receive: Receive, send: Send, rest: bytes, more: bool

@@ -61,6 +61,7 @@ class Worker:
         self._receive_failed = -math.inf  # loop time the last failed receive was logged
         self._loops: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and hellos
+        self._requests = metrics.http(self.role)
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
@@ -179,7 +180,7 @@ class Worker:
         if self.draining and not self._conns:
             self._drained.set()
         if inst.kind == "http":
-            self.metrics.request(self.role, inst.status, time.perf_counter() - started)
+            self._requests.record(inst.status, time.perf_counter() - started)
         else:
             self.metrics.count(self.role, inst.kind, inst.status)
 
