@@ -26,6 +26,27 @@ _BYTES = (bytes, bytearray, memoryview)
 _STR_OR_NONE = (str, type(None))
 
 
+class HeldStarts:
+    """Instances whose app sent ``http.response.start`` this loop turn: one callback per turn
+    sends the start of those whose app yielded before its first body (no timer per request)."""
+
+    __slots__ = ("_held", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[Instance] = []
+
+    def add(self, inst: Instance) -> None:
+        if not self._held:
+            self._loop.call_soon(self._run)
+        self._held.append(inst)
+
+    def _run(self) -> None:
+        held, self._held = self._held, []
+        for inst in held:
+            inst.flush_start()
+
+
 class Instance(wire.Inbox):
     """Runs the app for one HTTP request or WebSocket and relays its events; its inbox gets the
     follow-ups the worker's dispatch loop routes to it."""
@@ -39,6 +60,7 @@ class Instance(wire.Inbox):
         "closed",
         "consumed",
         "gone",
+        "held",
         "id",
         "kind",
         "known",
@@ -58,8 +80,10 @@ class Instance(wire.Inbox):
         chunk: int,
         message: Message,
         loop: asyncio.AbstractEventLoop,
+        held: HeldStarts,
     ) -> None:
         super().__init__(loop)
+        self.held = held
         self.layer = layer
         self.worker = worker
         self.chunk = chunk
@@ -178,7 +202,7 @@ class Instance(wire.Inbox):
                 wire.app_value("status", status, int)  # raises, unless an int subclass
             self.status = status
             self._buffer = [wire.app_headers(message.get("headers", []))]
-            self.loop.call_soon(self._flush_soon)
+            self.held.add(self)
         elif kind == "http.response.body":
             body: bytes = message.get("body", b"")
             if type(body) is not bytes:  # a snapshot: the app may reuse a bytearray
@@ -208,7 +232,7 @@ class Instance(wire.Inbox):
         else:
             raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
 
-    def _flush_soon(self) -> None:
+    def flush_start(self) -> None:
         """The app sent headers and then yielded: send them without waiting for a body."""
         if self._buffer and not self.closed and self._flush is None:
             self._flush = asyncio.ensure_future(self._body(b"", True))

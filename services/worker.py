@@ -18,7 +18,7 @@ from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import wire
 from services.background import OneInFlight
-from services.instance import ASGIApp, Instance
+from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
 from services.metrics import Metrics
 
@@ -62,9 +62,11 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and hellos
         self._requests = metrics.http(self.role)
+        self._held: HeldStarts  # made by start(), on the loop that runs the instances
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
+        self._held = HeldStarts(asyncio.get_running_loop())
         self.channel = await self.layer.new_channel("worker")
         await self.lifespan.startup()
         self._loops = [
@@ -166,7 +168,7 @@ class Worker:
         if message.get("d", 0) < time.time():
             return None  # its protocol server has already answered 503
         try:
-            inst = Instance(self.layer, self.channel, self.chunk, message, loop)
+            inst = Instance(self.layer, self.channel, self.chunk, message, loop, self._held)
         except (KeyError, TypeError, ValueError):
             log.error("ignoring malformed work message of type %r", message.get("type"))
             return None
