@@ -131,6 +131,13 @@ class Instance(wire.Inbox):
             self.status = 500
             await self._post({"type": wire.APP_ERROR, "c": self.id})
 
+    def client_left(self) -> None:
+        """``k.disc`` arrived: drop the app's sends from now on, and wake one waiting for acks
+        that will never come (the app's next ``receive`` says the client left)."""
+        self.gone = True
+        if self.window is not None:
+            self.window.open_wide()
+
     def lose_peer(self, code: int) -> None:
         """The client or its protocol server is gone: the app's next receive says so."""
         self.put({"type": wire.DISCONNECT, "c": self.id, "code": code})

@@ -271,6 +271,8 @@ class ProtocolServer:
                 )
                 if not message["m"]:
                     return status, pump
+                if pump is None:  # a streaming response: the worker must hear if the client leaves
+                    pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
                 if consumed is None:
                     consumed = wire.Consumed()
                 if consumed.one() and conn.worker is not None:

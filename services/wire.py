@@ -221,6 +221,10 @@ class Window:
                 self._waiter = None
         self._sent += 1
 
+    def open_wide(self) -> None:
+        """The receiver is gone: never wait again (whatever is sent now is dropped anyway)."""
+        self.acked(1 << 62)
+
     def acked(self, count: int) -> None:
         self._acked = max(self._acked, count)
         waiter = self._waiter

@@ -210,6 +210,8 @@ class Worker:
                 if inst.window is not None:
                     inst.window.acked(message["n"])
             else:
+                if kind == wire.DISCONNECT:
+                    inst.client_left()
                 inst.put(message)
 
     async def _announcer(self) -> None:
