@@ -10,12 +10,15 @@ builtin ``ConnectionError``) naming the shard; the next command reconnects by it
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from layer.redis.hosts import ShardSpec
@@ -41,11 +44,36 @@ async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> Abst
     conn: AbstractConnection = spec.pool.make_connection()  # type: ignore[no-untyped-call]
     conn.socket_timeout = socket_timeout
     try:
+        await _look_up(conn)
         await conn.connect()  # type: ignore[no-untyped-call]
     except (RedisError, OSError) as exc:
         await conn.disconnect(nowait=True)
         raise ShardUnavailable(f"Redis shard {spec.name} is unavailable: {exc}") from exc
     return conn
+
+
+async def _look_up(conn: AbstractConnection) -> None:
+    """Resolve the server's host name before redis-py connects to it.
+
+    uvloop's ``create_connection``, cancelled by redis-py's connect timeout while the name is
+    still resolving (a shard whose DNS name is gone, e.g. a stopped container), leaves the
+    lookup's future behind, and its ``gaierror`` is logged as "Future exception was never
+    retrieved" (uvloop PR #590). A lookup of our own cancels cleanly and fails with a clear
+    error; a name that resolved is answered again at once by the connect that follows.
+    """
+    if not isinstance(conn, Connection) or isinstance(conn, SentinelManagedConnection):
+        return  # a unix socket, or a master's address found at connect time
+    host = conn.host
+    try:
+        ipaddress.ip_address(host)
+        return  # nothing to resolve
+    except ValueError:
+        pass
+    lookup = asyncio.get_running_loop().getaddrinfo(host, conn.port, type=socket.SOCK_STREAM)
+    try:
+        await asyncio.wait_for(lookup, conn.socket_connect_timeout)
+    except TimeoutError as exc:
+        raise OSError(f"looking up {host!r} took over {conn.socket_connect_timeout} s") from exc
 
 
 def pack(commands: Sequence[Sequence[Arg]]) -> list[bytes]:
@@ -218,6 +246,10 @@ class Pipe:
         finally:
             self._connecting = None
         self._writer = getattr(self._conn, "_writer", None)
+        # Scripts first: an EVALSHA that met NOSCRIPT would run later, as an EVAL, after
+        # commands queued behind it (a group_add overtaking the group_send before it).
+        loads = [(("SCRIPT", "LOAD", source), self._sink) for source in Script.sources()]
+        self._out = [*loads, *self._out]
         self._pending = deque()  # the last connection's reader owns (and fails) the old one
         self._reader = asyncio.ensure_future(self._read(self._conn, self._pending))
         self._flush()
@@ -272,7 +304,8 @@ class Pipe:
             future.set_result(reply)
 
     def _eval_instead(self, args: Sequence[Arg], future: asyncio.Future[Any]) -> None:
-        """The server lost its script cache (restart, SCRIPT FLUSH): send the source once."""
+        """The server lost its script cache (SCRIPT FLUSH; each connection loads every script
+        first): send the source once."""
         source = Script.source_of(str(args[1]))
         retry = self.call("EVAL", source, *args[2:])
         retry.add_done_callback(lambda done: _chain(done, future))

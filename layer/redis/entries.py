@@ -12,6 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from layer.messages import Message
+
+# A dict: a fan-out entry decoded once and shared by its local members; taking one copies it.
+Popped = bytes | Message
+
 
 def split_entry(entry: bytes) -> tuple[int, bytes, bytes]:
     """``(expires_at_ms, local_part, payload)`` of a list entry."""
@@ -32,7 +37,7 @@ class Mailbox:
         self.channel = channel
         self.key = key
         self.inbox = inbox
-        self.buffer: deque[tuple[int, bytes]] = deque()  # (expires_at_ms, payload)
-        self.waiters: deque[asyncio.Future[bytes]] = deque()
+        self.buffer: deque[tuple[int, Popped]] = deque()  # (expires_at_ms, payload)
+        self.waiters: deque[asyncio.Future[Popped]] = deque()
         self.returning = False
         self.touched = 0.0

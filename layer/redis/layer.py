@@ -26,13 +26,14 @@ from typing import Any
 from layer import names
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
+from layer.messages import Message, decode
 from layer.options import positive_number
 from layer.redis.connection import Pipe
 from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
-from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_SEND
+from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN, GROUP_SEND
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,18 @@ class RedisChannelLayer(BaseChannelLayer):
             block_timeout=_BLOCK_TIMEOUT,
             expiry=self.expiry,
             on_expired=self._count_expired,
+            open_payload=self._open,
         )
         return _Shard(pipe, receiver)
 
     def _count_expired(self, count: int) -> None:
         self.counters.expired += count
+
+    def _open(self, payload: bytes) -> Message:
+        """A popped payload as the message it carries (decrypted first)."""
+        if self._crypter is not None:
+            payload = self._crypter.decrypt(payload, "(a group)")
+        return decode(payload)
 
     # -- storage --------------------------------------------------------------------------------
 
@@ -193,7 +201,7 @@ class RedisChannelLayer(BaseChannelLayer):
         else:
             state.credit.pop(key, None)
 
-    async def _pop(self, channel: str) -> bytes:
+    async def _pop(self, channel: str) -> bytes | Message:
         shards = self._state().shards
         if len(shards) == 1:  # no routing to do (the fast path of a fan-out's many receives)
             receiver = shards[0].receiver
@@ -203,14 +211,16 @@ class RedisChannelLayer(BaseChannelLayer):
         if payload is None:
             routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)
-        if self._crypter is not None:
+        if self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
 
-    def _group_keys(self, group: str) -> tuple[tuple[str, str], Pipe, _LoopState]:
+    def _group_keys(self, group: str) -> tuple[tuple[str, str, str], Pipe, _LoopState]:
+        """The group's members, their capacities and its fan-out plan (see scripts.py)."""
         state = self._state()
         pipe = state.shards[self.shard_of_group(group)].pipe
-        return (f"{self.prefix}:g:{group}", f"{self.prefix}:gc:{group}"), pipe, state
+        prefix = self.prefix
+        return (f"{prefix}:g:{group}", f"{prefix}:gc:{group}", f"{prefix}:gp:{group}"), pipe, state
 
     async def _group_add(self, group: str, channel: str) -> None:
         keys, pipe, _ = self._group_keys(group)
@@ -244,13 +254,14 @@ class RedisChannelLayer(BaseChannelLayer):
             delivered, dropped, expired = await sent
             self.counters.expired += expired
             return delivered, dropped
-        flat = await pipe.script(GROUP_MEMBERS, keys, (now_ms,))
+        flat = await pipe.script(GROUP_PLAN, keys, (now_ms, self._channel_prefix))
         by_shard: defaultdict[int, list[bytes]] = defaultdict(list)
-        for i in range(0, len(flat), 2):
-            by_shard[self.ring.node_for(names.non_local_name(flat[i].decode()))] += flat[i : i + 2]
+        skip = len(self._channel_prefix)
+        for i in range(0, len(flat), 2):  # plan entries: list key, "<capacity> <members> ..."
+            by_shard[self.ring.node_for(flat[i][skip:].decode())] += flat[i : i + 2]
         shards = list(by_shard)
         replies = await asyncio.gather(
-            *(state.shards[i].pipe.script(FANOUT, (), (*common, *by_shard[i])) for i in shards),
+            *(state.shards[i].pipe.script(FANOUT, (), (*common[:4], *by_shard[i])) for i in shards),
             return_exceptions=True,
         )
         delivered = dropped = 0
@@ -259,7 +270,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 log.warning(
                     "group_send(%r) to shard %s failed: %s", group, self.shards[index].name, reply
                 )
-                dropped += len(by_shard[index]) // 2
+                dropped += sum(int(spec.split(b" ", 2)[1]) for spec in by_shard[index][1::2])
                 continue
             delivered += reply[0]
             dropped += reply[1]

@@ -17,12 +17,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
+from layer.messages import Message
 from layer.redis.connection import Arg, Pipe, ShardUnavailable
-from layer.redis.entries import Mailbox, make_entry, split_entry
+from layer.redis.entries import Mailbox, Popped, make_entry, split_entry
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
 
@@ -35,6 +36,7 @@ RETURN_DELAY = 1.0  # seconds a popped shared entry waits for a local receiver b
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class Receiver:
@@ -49,6 +51,7 @@ class Receiver:
         block_timeout: float,
         expiry: float,
         on_expired: Callable[[int], None],
+        open_payload: Callable[[bytes], Message],
     ) -> None:
         self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
         self._expiry = expiry
@@ -56,6 +59,7 @@ class Receiver:
         self._wake_key = wake_key
         self._block_timeout = block_timeout
         self._on_expired = on_expired
+        self._open = open_payload
         self._mailboxes: dict[str, Mailbox] = {}
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
         self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
@@ -74,12 +78,12 @@ class Receiver:
 
     # -- the receive side ---------------------------------------------------------------------
 
-    def take(self, channel: str) -> bytes | None:
+    def take(self, channel: str) -> Popped | None:
         """An entry already popped for ``channel``, if any (the fast path of a receive)."""
         box = self._mailboxes.get(channel)
         return None if box is None or not box.buffer else self._take(box)
 
-    async def pop(self, channel: str, key_prefix: str, routing: str) -> bytes:
+    async def pop(self, channel: str, key_prefix: str, routing: str) -> Popped:
         box = self._mailboxes.get(channel)
         if box is not None and box.buffer:  # the fast path: popped already
             payload = self._take(box)
@@ -105,7 +109,7 @@ class Receiver:
         payload = self._take(box)
         if payload is not None:
             return payload
-        waiter: asyncio.Future[bytes] = self._loop.create_future()
+        waiter: asyncio.Future[Popped] = self._loop.create_future()
         box.waiters.append(waiter)
         self._waiting[key] = self._waiting.get(key, 0) + 1
         self._wanted(key)
@@ -122,7 +126,7 @@ class Receiver:
             self._settle(box)
             raise
 
-    def _take(self, box: Mailbox) -> bytes | None:
+    def _take(self, box: Mailbox) -> Popped | None:
         buffer = box.buffer
         if not buffer:
             return None
@@ -134,16 +138,16 @@ class Receiver:
             return self._take(box)
         if not buffer:
             self._settle(box)
-        return payload
+        return payload.copy() if type(payload) is dict else payload  # see _shared
 
-    def _give(self, box: Mailbox, payload: bytes, front: bool = False, expires: int = 0) -> None:
+    def _give(self, box: Mailbox, payload: Popped, front: bool = False, expires: int = 0) -> None:
         """Hand ``payload`` to the first live waiter, else keep it (at the front if requeued)."""
         waiters = box.waiters
         while waiters:
             waiter = waiters.popleft()
             self._waiting[box.key] -= 1
             if not waiter.done():
-                waiter.set_result(payload)
+                waiter.set_result(payload.copy() if type(payload) is dict else payload)
                 return
         expires = expires or int((time.time() + self._expiry) * 1000)
         if front:
@@ -170,9 +174,8 @@ class Receiver:
             box.returning = True
             self._loop.call_later(RETURN_DELAY - idle, self._return, box)
             return
-        entries = [make_entry(expires, payload) for expires, payload in box.buffer]
+        self._returns.append((box.key, _entries(box)))
         box.buffer.clear()
-        self._returns.append((box.key, entries))
         self._settle(box)
         self._wanted(None)
 
@@ -314,29 +317,46 @@ class Receiver:
             # Entries sent back but not yet pushed are older than these: keep them first.
             entries = [e for k, es in self._returns if k == key for e in es] + entries
             self._returns = [(k, es) for k, es in self._returns if k != key]
+        boxes_of: dict[bytes, list[Mailbox]] = {}  # a group's entries repeat one local part
         for entry in entries:
             try:
                 expires_at, local, payload = split_entry(entry)
-                locals_ = local.decode().split(",") if inbox else ("",)
+                if expires_at <= now:
+                    expired += 1
+                    continue
+                boxes = boxes_of.get(local)
+                if boxes is None:
+                    names = local.decode().split(",") if inbox else ("",)
+                    boxes = boxes_of[local] = [self._mailbox(routing + n, key) for n in names]
             except ValueError:  # not written by this layer: skip it, keep the loop alive
                 log.error("dropped a malformed entry %.40r on %s", entry, key)
                 continue
-            if expires_at <= now:
-                expired += 1
-                continue
-            for name in locals_:
-                channel = routing + name
-                box = self._mailboxes.get(channel)
-                if box is None:
-                    box = self._mailboxes[channel] = Mailbox(channel, key, inbox)
+            shared = self._shared(payload) if len(boxes) > 1 else payload
+            for box in boxes:
                 if box.waiters:
-                    self._give(box, payload, expires=expires_at)
+                    self._give(box, shared, expires=expires_at)
                 else:  # nobody waiting yet (a busy receiver): keep it for the next receive
-                    box.buffer.append((expires_at, payload))
+                    box.buffer.append((expires_at, shared))
                 if not inbox:
                     self._settle(box)
         if expired:
             self._on_expired(expired)
+
+    def _mailbox(self, channel: str, key: str) -> Mailbox:
+        box = self._mailboxes.get(channel)
+        if box is None:
+            box = self._mailboxes[channel] = Mailbox(channel, key, key.endswith("!"))
+        return box
+
+    def _shared(self, payload: bytes) -> Popped:
+        """A fan-out entry's payload for all its local members: decoded once when a shallow
+        copy of the message is a whole one (every value immutable; each receiver gets its own
+        copy, see :meth:`_take`), else the bytes, decoded by each receive."""
+        try:
+            message = self._open(payload)
+        except Exception:  # undecryptable or malformed: each receive raises, naming its channel
+            return payload
+        return message if _IMMUTABLE.issuperset(map(type, message.values())) else payload
 
     def prune(self) -> None:
         """Drop expired entries held for process-specific channels nobody is receiving on,
@@ -378,8 +398,7 @@ class Receiver:
             self._task.cancel()
         for box in self._mailboxes.values():
             if not box.inbox and box.buffer:
-                entries = [make_entry(exp, payload) for exp, payload in box.buffer]
-                self._returns.append((box.key, entries))
+                self._returns.append((box.key, _entries(box)))
                 box.buffer.clear()
         pushes = [
             self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self._returns
@@ -387,3 +406,9 @@ class Receiver:
         self._returns = []
         await asyncio.gather(*pushes, return_exceptions=True)
         await self._conn.close()
+
+
+def _entries(box: Mailbox) -> list[bytes]:
+    """A shared channel's popped entries, as list entries again (only a process's own inbox
+    holds decoded fan-out messages, and it never sends entries back)."""
+    return [make_entry(expires, cast(bytes, payload)) for expires, payload in box.buffer]

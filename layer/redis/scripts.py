@@ -31,6 +31,11 @@ class Script:
     def source_of(cls, sha: str) -> str:
         return cls._by_sha[sha]
 
+    @classmethod
+    def sources(cls) -> list[str]:
+        """Every script, for ``SCRIPT LOAD`` on each new connection."""
+        return list(cls._by_sha.values())
+
 
 # Drops expired heads of a full list; returns the new length or -1 when still full.
 _ROOM = """
@@ -78,15 +83,22 @@ return out
 """
 )
 
-# Fan-out to members given as parallel lists; members of one process share one inbox entry.
-_FANOUT = (
+# A group's fan-out plan: one entry per member list, ``key -> "<capacity> <members> <locals>"``
+# (locals: the comma-separated local parts of that process's members; empty for a shared
+# channel). It is kept in a hash beside the group, dropped whenever membership changes (add,
+# discard, a lapsed member pruned) and rebuilt by the next send, so a send reads one field per
+# member process instead of walking and parsing every member.
+_PLAN = (
     _ROOM
     + """
-local function fanout(now, ttl, header, payload, prefix, members, caps)
-  local order, locals, capof, counts = {}, {}, {}, {}
+local function build_plan(zkey, hkey, pkey, prefix)
+  local members = redis.call('ZRANGE', zkey, 0, -1)
+  if #members == 0 then return {} end
+  local caps = redis.call('HMGET', hkey, unpack(members))
+  local order, locals, capof = {}, {}, {}
   for i, member in ipairs(members) do
     local bang = string.find(member, '!', 1, true)
-    local key, loc = prefix .. member, ''
+    local key, loc = prefix .. member, nil
     if bang then
       key = prefix .. string.sub(member, 1, bang)
       loc = string.sub(member, bang + 1)
@@ -95,94 +107,105 @@ local function fanout(now, ttl, header, payload, prefix, members, caps)
       order[#order + 1] = key
       locals[key] = {}
       capof[key] = tonumber(caps[i]) or 100
-      counts[key] = 0
     end
-    if bang then table.insert(locals[key], loc) end
-    counts[key] = counts[key] + 1
+    if loc then table.insert(locals[key], loc) end
   end
-  local delivered, dropped, expired = 0, 0, 0
+  local plan = {}
   for _, key in ipairs(order) do
-    local len, gone = room(key, capof[key], now)
+    local names = locals[key]
+    local spec = capof[key] .. ' ' .. math.max(#names, 1) .. ' ' .. table.concat(names, ',')
+    plan[#plan + 1] = key
+    plan[#plan + 1] = spec
+    redis.call('HSET', pkey, key, spec)
+  end
+  local ttl = redis.call('PTTL', zkey)
+  if ttl > 0 then redis.call('PEXPIRE', pkey, ttl) end
+  return plan
+end
+
+-- The plan of a group ({key, spec, ...}), after pruning members whose membership lapsed.
+local function group_plan(zkey, hkey, pkey, now, prefix)
+  local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
+  if #first == 0 then return {} end
+  if tonumber(first[2]) > now then
+    local plan = redis.call('HGETALL', pkey)
+    if #plan > 0 then return plan end
+  else
+    local stale = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
+    redis.call('HDEL', hkey, unpack(stale))
+    redis.call('DEL', pkey)
+  end
+  return build_plan(zkey, hkey, pkey, prefix)
+end
+
+-- Push one entry per planned list (from ARGV[first] on: key, spec, key, spec, ...).
+local function fanout(now, ttl, header, payload, plan, first)
+  local delivered, dropped, expired = 0, 0, 0
+  for i = first, #plan, 2 do
+    local key = plan[i]
+    local cap, count, locals = string.match(plan[i + 1], '^(%d+) (%d+) (.*)$')
+    count = tonumber(count)
+    local len, gone = room(key, tonumber(cap), now)
     expired = expired + gone
     if len < 0 then
-      dropped = dropped + counts[key]
+      dropped = dropped + count
     else
-      redis.call('RPUSH', key, header .. table.concat(locals[key], ',') .. ' ' .. payload)
+      redis.call('RPUSH', key, header .. locals .. ' ' .. payload)
       redis.call('PEXPIRE', key, ttl)
-      delivered = delivered + counts[key]
+      delivered = delivered + count
     end
   end
   return {delivered, dropped, expired}
 end
-
-local function live_members(zkey, hkey, now)
-  local stale = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
-  if #stale > 0 then
-    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
-    redis.call('HDEL', hkey, unpack(stale))
-  end
-  local members = redis.call('ZRANGE', zkey, 0, -1)
-  if #members == 0 then return members, {} end
-  return members, redis.call('HMGET', hkey, unpack(members))
-end
 """
 )
 
-# ARGV: now_ms, ttl_ms, header, payload, prefix, member, capacity, member, capacity, ...
+# ARGV: now_ms, ttl_ms, header, payload, then plan entries: key, spec, key, spec, ...
 FANOUT = Script(
-    _FANOUT
+    _PLAN
     + """
-local members, caps = {}, {}
-for i = 6, #ARGV, 2 do
-  members[#members + 1] = ARGV[i]
-  caps[#caps + 1] = ARGV[i + 1]
-end
-return fanout(tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], members, caps)
+return fanout(tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV, 5)
 """
 )
 
-# KEYS: group zset, group capacity hash; ARGV: now_ms, ttl_ms, header, payload, prefix.
+# KEYS: group zset, capacity hash, plan hash; ARGV: now_ms, ttl_ms, header, payload, prefix.
 # Only valid when every member's list lives on this server (a single-shard layer).
 GROUP_SEND = Script(
-    _FANOUT
+    _PLAN
     + """
 local now = tonumber(ARGV[1])
-local members, caps = live_members(KEYS[1], KEYS[2], now)
-if #members == 0 then return {0, 0, 0} end
-return fanout(now, ARGV[2], ARGV[3], ARGV[4], ARGV[5], members, caps)
+local plan = group_plan(KEYS[1], KEYS[2], KEYS[3], now, ARGV[5])
+return fanout(now, ARGV[2], ARGV[3], ARGV[4], plan, 1)
 """
 )
 
-# KEYS: group zset, group capacity hash; ARGV: now_ms -> {member, capacity, ...}
-GROUP_MEMBERS = Script(
-    _FANOUT
+# KEYS: group zset, capacity hash, plan hash; ARGV: now_ms, prefix -> {key, spec, ...}
+GROUP_PLAN = Script(
+    _PLAN
     + """
-local members, caps = live_members(KEYS[1], KEYS[2], tonumber(ARGV[1]))
-local out = {}
-for i, member in ipairs(members) do
-  out[#out + 1] = member
-  out[#out + 1] = caps[i] or '100'
-end
-return out
+return group_plan(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[2])
 """
 )
 
-# KEYS: group zset, group capacity hash; ARGV: expires_at_ms, ttl_ms, channel, capacity
+# KEYS: group zset, capacity hash, plan hash; ARGV: expires_at_ms, ttl_ms, channel, capacity
 GROUP_ADD = Script(
     """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
 return 1
 """
 )
 
-# KEYS: group zset, group capacity hash; ARGV: channel
+# KEYS: group zset, capacity hash, plan hash; ARGV: channel
 GROUP_DISCARD = Script(
     """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
 return 1
 """
 )

@@ -271,6 +271,25 @@ async def test_group_send_to_process_specific_members(channel_layer: BaseChannel
         assert (await receive_soon(channel_layer, member))["text"] == "hi"
 
 
+async def test_group_members_each_own_their_message(channel_layer: BaseChannelLayer) -> None:
+    """Members in one process may be served from one stored copy; what a receiver does to
+    its message (top level or nested) must not show in another member's."""
+    members = [await channel_layer.new_channel() for _ in range(3)]
+    for member in members:
+        await channel_layer.group_add("own", member)
+    await channel_layer.group_send("own", {"type": "flat", "n": 1})
+    await channel_layer.group_send("own", {"type": "nested", "items": [1], "meta": {"k": "v"}})
+    first = [await receive_soon(channel_layer, member) for member in members]
+    first[0]["n"] = 99
+    assert [message["n"] for message in first] == [99, 1, 1]
+    second = [await receive_soon(channel_layer, member) for member in members]
+    second[0]["items"].append(2)
+    second[0]["meta"]["k"] = "changed"
+    second[1]["type"] = "changed"
+    assert second[2] == {"type": "nested", "items": [1], "meta": {"k": "v"}}
+    assert second[1]["items"] == [1] and second[1]["meta"] == {"k": "v"}
+
+
 async def test_group_fan_out_to_many_members(channel_layer: BaseChannelLayer) -> None:
     members = [f"fan.{i}" for i in range(100)]
     for member in members:

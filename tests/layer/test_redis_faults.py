@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -99,3 +100,27 @@ async def test_group_send_reaches_live_shards_when_one_is_down(
     for member in members[:2]:
         assert (await asyncio.wait_for(layer.receive(member), GUARD))["type"] == "hello"
     assert layer.counters.dropped_full == 1
+
+
+def test_unresolvable_shard_fails_cleanly_under_uvloop() -> None:
+    """A shard whose host name does not resolve within the connect timeout fails with
+    ``ShardUnavailable``, and leaves no lookup behind whose error nobody retrieves (uvloop's
+    create_connection, cancelled mid-lookup, did: "Future exception was never retrieved")."""
+    uvloop = pytest.importorskip("uvloop")
+    unhandled: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        layer = RedisChannelLayer(
+            hosts=[("shard-that-does-not-resolve.invalid", 6379)], socket_connect_timeout=0.001
+        )
+        for _ in range(3):
+            with pytest.raises(ShardUnavailable, match="shard-that-does-not-resolve"):
+                await asyncio.wait_for(layer.send("c", {"type": "t"}), GUARD)
+        await asyncio.sleep(1)  # the lookups finish (and fail) meanwhile
+        gc.collect()  # an unretrieved exception is reported when its future is collected
+        await asyncio.sleep(0)
+        await layer.close()
+
+    uvloop.run(main())
+    assert unhandled == []

@@ -55,6 +55,28 @@ async def test_rotated_key_reads_old_messages(redis_server: RedisServer) -> None
         await layer.close()
 
 
+async def test_encrypted_fan_out_to_one_process(redis_server: RedisServer) -> None:
+    """A fan-out entry for several members of one process is decrypted once for all of them;
+    one sent with a key the process lacks still fails every receive, naming its channel."""
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    mine = make(redis_server, prefix, symmetric_encryption_keys=["mine"])
+    other = make(redis_server, prefix, symmetric_encryption_keys=["other"])
+    members = [await mine.new_channel() for _ in range(2)]
+    for member in members:
+        await mine.group_add("room", member)
+    await mine.group_send("room", {"type": "t", "text": "ours"})
+    await mine.stats()  # group_send returns once queued; this waits until it ran
+    await other.group_send("room", {"type": "t", "text": "theirs"})
+    for member in members:
+        assert (await asyncio.wait_for(mine.receive(member), 5))["text"] == "ours"
+    for member in members:
+        with pytest.raises(UndecryptableMessage, match=f"'{member}'"):
+            await asyncio.wait_for(mine.receive(member), 5)
+    for layer in (mine, other):
+        await layer.flush()
+        await layer.close()
+
+
 async def test_keys_expire_and_flush_uses_scan(redis_server: RedisServer) -> None:
     layer = make(redis_server, f"k{uuid.uuid4().hex[:8]}", expiry=5)
     await layer.send("ttl", {"type": "t"})
@@ -66,6 +88,45 @@ async def test_keys_expire_and_flush_uses_scan(redis_server: RedisServer) -> Non
         await layer.flush()
         assert client.keys(f"{layer.prefix}:*") == [] and other
         assert client.get("unrelated-key") == b"kept"
+    await layer.close()
+
+
+@pytest.mark.parametrize("servers", ["redis_server", "redis_shards"])
+async def test_group_send_follows_membership_changes_after_its_plan_is_cached(
+    servers: str, request: pytest.FixtureRequest
+) -> None:
+    """A group_send caches the group's fan-out plan; every later add, discard and lapse
+    must still be seen by the next send."""
+    found = request.getfixturevalue(servers)
+    shards: list[RedisServer] = found if isinstance(found, list) else [found]
+    layer = RedisChannelLayer(hosts=[s.url for s in shards], prefix=f"p{uuid.uuid4().hex[:8]}")
+    a, b, idle = [await layer.new_channel() for _ in range(3)]
+    shared = "shared.member"
+    await layer.group_add("room", a)
+    await layer.group_add("room", shared)
+    await layer.group_send("room", {"type": "m", "n": 1})  # builds the plan
+    await layer.group_add("room", b)
+    await layer.group_send("room", {"type": "m", "n": 2})
+    await layer.group_discard("room", a)
+    await layer.group_send("room", {"type": "m", "n": 3})
+    await layer.stats()  # group_send returns once queued; this waits until it ran
+    with shards[layer.shard_of_group("room")].client() as client:
+        client.zadd(f"{layer.prefix}:g:room", {b: 1})  # b's membership lapsed long ago
+    await layer.group_send("room", {"type": "m", "n": 4})
+
+    async def numbers(channel: str) -> list[int]:
+        got: list[int] = []
+        while True:
+            try:
+                got.append((await asyncio.wait_for(layer.receive(channel), 0.3))["n"])
+            except TimeoutError:
+                return got
+
+    assert await numbers(a) == [1, 2]
+    assert await numbers(b) == [2, 3]
+    assert await numbers(shared) == [1, 2, 3, 4]
+    assert await numbers(idle) == []
+    await layer.flush()
     await layer.close()
 
 
