@@ -26,8 +26,30 @@ _BYTES = (bytes, bytearray, memoryview)
 _STR_OR_NONE = (str, type(None))
 
 
-class Instance:
-    """Runs the app for one HTTP request or WebSocket and relays its events."""
+class HeldStarts:
+    """Instances whose app sent ``http.response.start`` this loop turn: one callback per turn
+    sends the start of those whose app yielded before its first body (no timer per request)."""
+
+    __slots__ = ("_held", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[Instance] = []
+
+    def add(self, inst: Instance) -> None:
+        if not self._held:
+            self._loop.call_soon(self._run)
+        self._held.append(inst)
+
+    def _run(self) -> None:
+        held, self._held = self._held, []
+        for inst in held:
+            inst.flush_start()
+
+
+class Instance(wire.Inbox):
+    """Runs the app for one HTTP request or WebSocket and relays its events; its inbox gets the
+    follow-ups the worker's dispatch loop routes to it."""
 
     __slots__ = (
         "_buffer",
@@ -38,12 +60,11 @@ class Instance:
         "closed",
         "consumed",
         "gone",
+        "held",
         "id",
-        "inbox",
         "kind",
         "known",
         "layer",
-        "loop",
         "reply",
         "scope",
         "started",
@@ -59,8 +80,10 @@ class Instance:
         chunk: int,
         message: Message,
         loop: asyncio.AbstractEventLoop,
+        held: HeldStarts,
     ) -> None:
-        self.loop = loop
+        super().__init__(loop)
+        self.held = held
         self.layer = layer
         self.worker = worker
         self.chunk = chunk
@@ -68,7 +91,6 @@ class Instance:
         self.reply: str = message["r"]
         self.kind = "http" if message["type"] == wire.HTTP_OPEN else "websocket"
         self.scope = wire.import_scope(message["s"])
-        self.inbox = wire.Inbox(loop)
         self.window: wire.Window | None = None  # created when the response or frames stream
         self.consumed: wire.Consumed | None = None
         self.started = loop.time()
@@ -109,9 +131,16 @@ class Instance:
             self.status = 500
             await self._post({"type": wire.APP_ERROR, "c": self.id})
 
+    def client_left(self) -> None:
+        """``k.disc`` arrived: drop the app's sends from now on, and wake one waiting for acks
+        that will never come (the app's next ``receive`` says the client left)."""
+        self.gone = True
+        if self.window is not None:
+            self.window.open_wide()
+
     def lose_peer(self, code: int) -> None:
         """The client or its protocol server is gone: the app's next receive says so."""
-        self.inbox.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
+        self.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
 
     async def announce(self) -> None:
         """Send ``k.pick``: the app is slow to answer, or the request body has to stream to us."""
@@ -146,7 +175,7 @@ class Instance:
             if self.closed:  # the app closed the socket; Channels waits for this to stop
                 return {"type": "websocket.disconnect", "code": self.status}
         while True:
-            message = await self.inbox.get()
+            message = await self.get()
             kind = message["type"]
             if kind == wire.DISCONNECT:
                 self.gone = True
@@ -180,7 +209,7 @@ class Instance:
                 wire.app_value("status", status, int)  # raises, unless an int subclass
             self.status = status
             self._buffer = [wire.app_headers(message.get("headers", []))]
-            self.loop.call_soon(self._flush_soon)
+            self.held.add(self)
         elif kind == "http.response.body":
             body: bytes = message.get("body", b"")
             if type(body) is not bytes:  # a snapshot: the app may reuse a bytearray
@@ -210,7 +239,7 @@ class Instance:
         else:
             raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
 
-    def _flush_soon(self) -> None:
+    def flush_start(self) -> None:
         """The app sent headers and then yielded: send them without waiting for a body."""
         if self._buffer and not self.closed and self._flush is None:
             self._flush = asyncio.ensure_future(self._body(b"", True))

@@ -19,12 +19,23 @@ Probe = Callable[[], Awaitable[None]]
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class _Latency:
-    __slots__ = ("buckets", "sum")
+class HttpRecorder:
+    """One role's HTTP responses by status and their latency histogram: plain ints, bumped by
+    one method call per request (the hot path holds the recorder, no lookups by role)."""
+
+    __slots__ = ("buckets", "counts", "sum")
 
     def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
         self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
         self.sum = 0.0
+
+    def record(self, status: int, seconds: float) -> None:
+        """One HTTP request: its status and latency, first byte in to last byte out."""
+        counts = self.counts
+        counts[status] = counts.get(status, 0) + 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
 
 
 class Metrics:
@@ -33,7 +44,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._counts: dict[tuple[str, str, int], int] = {}
-        self._latency: dict[str, _Latency] = {}
+        self._http: dict[str, HttpRecorder] = {}
         self.registry.register(self)
         self.inflight = Gauge(
             "kit_inflight_connections",
@@ -50,19 +61,16 @@ class Metrics:
         self._probes: list[Probe] = []
 
     def count(self, role: str, kind: str, status: int) -> None:
-        """One HTTP response (status code) or WebSocket close (close code)."""
+        """One WebSocket close (close code) or other non-HTTP outcome of ``kind``."""
         key = (role, kind, status)
         self._counts[key] = self._counts.get(key, 0) + 1
 
-    def request(self, role: str, status: int, seconds: float) -> None:
-        """One HTTP request: its status and latency (one call on the hot path)."""
-        key = (role, "http", status)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        latency = self._latency.get(role)
-        if latency is None:
-            latency = self._latency[role] = _Latency()
-        latency.buckets[bisect_left(BUCKETS, seconds)] += 1
-        latency.sum += seconds
+    def http(self, role: str) -> HttpRecorder:
+        """The recorder of ``role``'s HTTP requests (created on first use)."""
+        recorder = self._http.get(role)
+        if recorder is None:
+            recorder = self._http[role] = HttpRecorder()
+        return recorder
 
     def collect(self) -> Iterator[Metric]:
         """prometheus_client's collector interface: the request counter and latency histogram."""
@@ -71,7 +79,10 @@ class Metrics:
             "HTTP responses by status code and WebSocket closes by close code",
             labels=["role", "kind", "status"],
         )
-        for (role, kind, status), value in sorted(self._counts.items()):
+        counts = dict(self._counts)
+        for role, recorder in self._http.items():
+            counts.update(((role, "http", status), n) for status, n in recorder.counts.items())
+        for (role, kind, status), value in sorted(counts.items()):
             requests.add_metric([role, kind, str(status)], value)
         yield requests
         latency = HistogramMetricFamily(
@@ -79,7 +90,7 @@ class Metrics:
             "HTTP request latency, first byte in to last byte out",
             labels=["role"],
         )
-        for role, data in sorted(self._latency.items()):
+        for role, data in sorted(self._http.items()):
             running, cumulative = 0, []
             for bound, count in zip([*map(str, BUCKETS), "+Inf"], data.buckets, strict=True):
                 running += count

@@ -32,13 +32,15 @@ FAIL = "k.fail"  # local only: the watchdog or the body pump ends a connection (
 GONE = "k.gone"  # local only: the client disconnected
 
 
-class _Conn:
-    __slots__ = ("assigned", "created", "failed", "id", "inbox", "window", "worker")
+class _Conn(wire.Inbox):
+    """One client connection; its inbox gets what the dispatch loop routes to it."""
+
+    __slots__ = ("assigned", "created", "failed", "id", "window", "worker")
 
     def __init__(self, conn_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         now = loop.time()
         self.id = conn_id
-        self.inbox = wire.Inbox(loop)
         self.window: wire.Window | None = None  # only streamed bodies and frames need one
         self.worker: str | None = None
         self.created = now
@@ -74,6 +76,7 @@ class ProtocolServer:
         self._background = OneInFlight(log)  # heartbeats and re-joins
         self._prefix = ""
         self._loop: asyncio.AbstractEventLoop  # set by start()
+        self._requests = metrics.http(self.role)
         metrics.add_probe(self._probe)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class ProtocolServer:
                 if conn.window is not None:
                     conn.window.acked(message["n"])
             else:
-                conn.inbox.put(message)
+                conn.put(message)
 
     async def _watchdog(self) -> None:
         """Fail stuck connections and tell our workers we are alive."""
@@ -173,20 +176,24 @@ class ProtocolServer:
     def _fail(self, conn: _Conn, code: int, why: str) -> None:
         conn.failed = True
         log.warning("connection %s: %s", conn.id, why)
-        conn.inbox.put({"type": FAIL, "code": code})
+        conn.put({"type": FAIL, "code": code})
 
     # -- ASGI ------------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """The ASGI 3 entry point; a plain function returning the handler's coroutine, so each
+        request's task runs one coroutine less (uvicorn is told the interface: asgi3)."""
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            return self._http(scope, receive, send)
+        if kind == "websocket":
+            return self._websocket(scope, receive, send)
+        return self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
 
     def _open(self) -> _Conn:
         conn = _Conn(f"{self._prefix}{next(self._ids)}", self._loop)
@@ -224,22 +231,30 @@ class ProtocolServer:
                 log.exception("cannot reach the channel layer")
                 status = await replies.plain(send, 503, b"channel layer unavailable\n", retry=True)
                 return
-            status, pump = await self._relay_http(conn, receive, send, rest, more)
+            message = await conn.get()
+            if message["type"] == wire.RESPONSE and not message["m"]:  # the whole response
+                status = message["st"]
+                await send(
+                    {"type": "http.response.start", "status": status, "headers": message["h"]}
+                )
+                await send({"type": "http.response.body", "body": message["b"]})
+            else:
+                status, pump = await self._relay_http(conn, message, receive, send, rest, more)
         finally:
             del self._conns[conn.id]
             if pump is not None:
                 pump.cancel()
-            self.metrics.request(self.role, status, time.perf_counter() - started)
+            self._requests.record(status, time.perf_counter() - started)
 
     async def _relay_http(
-        self, conn: _Conn, receive: Receive, send: Send, rest: bytes, more: bool
+        self, conn: _Conn, message: Message, receive: Receive, send: Send, rest: bytes, more: bool
     ) -> tuple[int, asyncio.Task[None] | None]:
-        """Relay the worker's response; returns the status sent and the body pump (if any)."""
+        """Relay the worker's response from ``message`` on; returns the status sent and the body
+        pump (if any). A response that streams, a pick-up or a failure comes this way."""
         status = 0
         pump: asyncio.Task[None] | None = None
         consumed: wire.Consumed | None = None
         while True:
-            message = await conn.inbox.get()
             kind = message["type"]
             if kind == wire.RESPONSE or kind == wire.RESPONSE_BODY:
                 if kind == wire.RESPONSE:
@@ -256,6 +271,8 @@ class ProtocolServer:
                 )
                 if not message["m"]:
                     return status, pump
+                if pump is None:  # a streaming response: the worker must hear if the client leaves
+                    pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
                 if consumed is None:
                     consumed = wire.Consumed()
                 if consumed.one() and conn.worker is not None:
@@ -270,6 +287,7 @@ class ProtocolServer:
                 return status, pump
             else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
                 return await replies.failure(send, message.get("code", 500)), pump
+            message = await conn.get()
 
     async def _pump_body(self, conn: _Conn, receive: Receive, rest: bytes, more: bool) -> None:
         """Stream the rest of the request body to the worker, then report a disconnect."""
@@ -283,7 +301,7 @@ class ProtocolServer:
                     last = not tail and not more
                     message = {"type": wire.BODY, "c": conn.id, "b": piece, "m": not last}
                     if not await wire.send_patiently(self.layer, worker, message):
-                        conn.inbox.put({"type": FAIL, "code": 502})
+                        conn.put({"type": FAIL, "code": 502})
                         return
             if not more:
                 break
@@ -295,7 +313,7 @@ class ProtocolServer:
         while (await receive())["type"] != "http.disconnect":
             pass
         await wire.send_patiently(self.layer, worker, {"type": wire.DISCONNECT, "c": conn.id})
-        conn.inbox.put({"type": GONE})
+        conn.put({"type": GONE})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = self._open()
@@ -334,7 +352,7 @@ class ProtocolServer:
         consumed = wire.Consumed()
         parts: list[Any] = []
         while True:
-            message = await conn.inbox.get()
+            message = await conn.get()
             kind = message["type"]
             if kind == wire.WS_OUT:
                 parts.append(message.get("t", message.get("b")))
@@ -382,8 +400,8 @@ class ProtocolServer:
                 await wire.window(conn).reserve()
                 message = {"type": wire.WS_IN, "c": cid, key: piece, "f": more}
                 if not await wire.send_patiently(layer, worker, message):
-                    conn.inbox.put({"type": FAIL, "code": 502})
+                    conn.put({"type": FAIL, "code": 502})
                     return
         code = event.get("code", 1005)
         await wire.send_patiently(layer, worker, {"type": wire.DISCONNECT, "c": cid, "code": code})
-        conn.inbox.put({"type": GONE, "code": code})
+        conn.put({"type": GONE, "code": code})

@@ -21,6 +21,7 @@ import uvicorn
 from layer.base import BaseChannelLayer
 from services import context
 from services.admin import AdminApp, Check
+from services.coalesce import CoalescingHttpToolsProtocol
 from services.instance import ASGIApp
 from services.metrics import Metrics
 from services.protocol_server import ProtocolServer
@@ -51,12 +52,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _server(app: Any, host: str, port: int, grace: float) -> _Server:
+def _server(app: Any, host: str, port: int, grace: float, http: Any = "httptools") -> _Server:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=http,
+        interface="asgi3",  # the protocol server's __call__ returns a coroutine, not async def
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -105,7 +107,13 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
     servers = [admin]
     front: _Server | None = None
     if protocol is not None:
-        front = _server(protocol, settings.host, settings.port, settings.drain_timeout)
+        front = _server(
+            protocol,
+            settings.host,
+            settings.port,
+            settings.drain_timeout,
+            http=CoalescingHttpToolsProtocol,  # a response's head and body in one write
+        )
         servers.append(front)
     tasks = [asyncio.create_task(server.serve()) for server in servers]
 

@@ -9,7 +9,6 @@ the two small primitives both sides need: a per-connection inbox and a send wind
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Iterator
 from operator import itemgetter
@@ -63,7 +62,7 @@ _SCOPE_KEYS = {
         "path", "raw_path", "query_string", "headers", "subprotocols",
     ),
 }  # fmt: skip
-_SCOPE_VALUES = {kind: itemgetter(*keys) for kind, keys in _SCOPE_KEYS.items()}
+_SCOPE_SHAPES = {kind: (itemgetter(*keys), len(keys)) for kind, keys in _SCOPE_KEYS.items()}
 
 
 def chunk_size(layer: BaseChannelLayer) -> int:
@@ -76,27 +75,31 @@ def export_scope(scope: dict[str, Any]) -> Any:
 
     A scope with exactly uvicorn's keys becomes a tuple of their values; any other scope a map.
     """
-    values = _SCOPE_VALUES.get(scope["type"])
-    if values is not None:
-        local = ("state" in scope) + ("extensions" in scope) + ("app" in scope)
-        if len(scope) == len(_SCOPE_KEYS[scope["type"]]) + local:
-            with contextlib.suppress(KeyError):
+    shape = _SCOPE_SHAPES.get(scope["type"])
+    if shape is not None:
+        values, size = shape
+        extra = len(scope) - size
+        if extra == ("state" in scope) + ("extensions" in scope) + ("app" in scope):
+            try:
                 return values(scope)
+            except KeyError:  # as many keys, but not the same ones
+                pass
     return {key: value for key, value in scope.items() if key not in _LOCAL_SCOPE_KEYS}
 
 
 def import_scope(data: Any) -> dict[str, Any]:
     """Rebuild a scope: msgpack turns tuples into lists; apps expect tuples for addresses."""
+    scope: dict[str, Any]
     if type(data) is list or type(data) is tuple:  # malformed: KeyError or ValueError
-        scope: dict[str, Any] = dict(zip(_SCOPE_KEYS[data[0]], data, strict=True))
+        scope = dict(zip(_SCOPE_KEYS[data[0]], data, strict=True))
     else:
         scope = data
+        scope.setdefault("headers", [])  # [[name, value], ...]: any iterable of pairs
     client, server = scope.get("client"), scope.get("server")
-    if client is not None:
+    if client is not None and type(client) is not tuple:
         scope["client"] = tuple(client)
-    if server is not None:
+    if server is not None and type(server) is not tuple:
         scope["server"] = tuple(server)
-    scope.setdefault("headers", [])  # [[name, value], ...]: ASGI allows any iterable of pairs
     scope["extensions"] = {}
     scope["state"] = {}
     return scope
@@ -160,29 +163,42 @@ async def send_patiently(
 
 
 class Inbox:
-    """A minimal single-consumer queue (cheaper than ``asyncio.Queue`` for one message)."""
+    """A single-consumer queue that a connection object is (cheaper than ``asyncio.Queue``).
 
-    __slots__ = ("_items", "_loop", "_waiter")
+    A message for a consumer already waiting goes straight into its future; the queue itself
+    is only made for a second message (most connections only ever get one).
+    """
+
+    __slots__ = ("_items", "_waiter", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop  # given, not looked up: get_running_loop() costs a getpid() on 3.11
-        self._items: deque[Message] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self.loop = loop  # given, not looked up: get_running_loop() costs a getpid() on 3.11
+        self._items: deque[Message] | None = None
+        self._waiter: asyncio.Future[Message] | None = None
 
     def put(self, message: Message) -> None:
-        self._items.append(message)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # a cancelled get leaves a done waiter behind
+                waiter.set_result(message)
+                return
+        if self._items is None:
+            self._items = deque()
+        self._items.append(message)
 
     async def get(self) -> Message:
-        while not self._items:
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
+        if self._items:
+            return self._items.popleft()
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed over, then cancelled
+                if self._items is None:
+                    self._items = deque()
+                self._items.appendleft(waiter.result())
+            raise
 
 
 class Window:
@@ -204,6 +220,10 @@ class Window:
             finally:
                 self._waiter = None
         self._sent += 1
+
+    def open_wide(self) -> None:
+        """The receiver is gone: never wait again (whatever is sent now is dropped anyway)."""
+        self.acked(1 << 62)
 
     def acked(self, count: int) -> None:
         self._acked = max(self._acked, count)

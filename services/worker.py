@@ -18,7 +18,7 @@ from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import wire
 from services.background import OneInFlight
-from services.instance import ASGIApp, Instance
+from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
 from services.metrics import Metrics
 
@@ -61,9 +61,12 @@ class Worker:
         self._receive_failed = -math.inf  # loop time the last failed receive was logged
         self._loops: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and hellos
+        self._requests = metrics.http(self.role)
+        self._held: HeldStarts  # made by start(), on the loop that runs the instances
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
+        self._held = HeldStarts(asyncio.get_running_loop())
         self.channel = await self.layer.new_channel("worker")
         await self.lifespan.startup()
         self._loops = [
@@ -137,10 +140,13 @@ class Worker:
                 continue
             if not self._receiving and len(self._runners) < self.concurrency:
                 self._spawn()  # someone keeps taking work while this one serves
+            started = time.perf_counter()
             try:
-                await self._serve(inst)
+                await inst.run(self.app)
             except Exception:  # never let one connection's failure kill the runner silently
                 log.exception("serving %s %s failed", inst.kind, inst.id)
+            finally:
+                self._finished(inst, started)
 
     async def _take(
         self, task: asyncio.Task[None], loop: asyncio.AbstractEventLoop
@@ -162,7 +168,7 @@ class Worker:
         if message.get("d", 0) < time.time():
             return None  # its protocol server has already answered 503
         try:
-            inst = Instance(self.layer, self.channel, self.chunk, message, loop)
+            inst = Instance(self.layer, self.channel, self.chunk, message, loop, self._held)
         except (KeyError, TypeError, ValueError):
             log.error("ignoring malformed work message of type %r", message.get("type"))
             return None
@@ -171,18 +177,14 @@ class Worker:
         self._conns[inst.id] = inst
         return inst
 
-    async def _serve(self, inst: Instance) -> None:
-        started = time.perf_counter()
-        try:
-            await inst.run(self.app)
-        finally:
-            del self._conns[inst.id]
-            if self.draining and not self._conns:
-                self._drained.set()
-            if inst.kind == "http":
-                self.metrics.request(self.role, inst.status, time.perf_counter() - started)
-            else:
-                self.metrics.count(self.role, inst.kind, inst.status)
+    def _finished(self, inst: Instance, started: float) -> None:
+        del self._conns[inst.id]
+        if self.draining and not self._conns:
+            self._drained.set()
+        if inst.kind == "http":
+            self._requests.record(inst.status, time.perf_counter() - started)
+        else:
+            self.metrics.count(self.role, inst.kind, inst.status)
 
     async def _dispatch(self) -> None:
         """Route follow-up messages on this worker's channel to their instances."""
@@ -208,7 +210,9 @@ class Worker:
                 if inst.window is not None:
                     inst.window.acked(message["n"])
             else:
-                inst.inbox.put(message)
+                if kind == wire.DISCONNECT:
+                    inst.client_left()
+                inst.put(message)
 
     async def _announcer(self) -> None:
         """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.

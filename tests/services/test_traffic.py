@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from tests.services.conftest import CROSS, Served, StackFactory, serve
+from tests.services.procs import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,6 +46,17 @@ def test_streaming_response_arrives_in_pieces(served: Served) -> None:
     ):
         assert response.status_code == 200
         assert b"".join(response.iter_raw()) == b"0\n1\n2\nend\n"
+
+
+def test_client_leaving_a_streaming_response_reaches_the_app(served: Served, events: Path) -> None:
+    with (
+        httpx.Client(base_url=served.url, timeout=10) as client,
+        client.stream("GET", "/stream-until-gone", params={"id": "s1"}) as response,
+    ):
+        lines = response.iter_lines()
+        assert [next(lines), next(lines)] == ["tick", "tick"]
+    # The connection closed mid-stream: the app's receive must say http.disconnect.
+    wait_until(lambda: events.exists() and "gone s1 " in events.read_text(), "the app to see it")
 
 
 def test_app_error_is_a_500(served: Served) -> None:

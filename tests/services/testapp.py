@@ -87,6 +87,25 @@ async def stream(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"end\n"})
 
 
+async def stream_until_gone(scope: Scope, receive: Any, send: Any) -> None:
+    """Stream ticks until ``receive`` says the client left (as an SSE endpoint would)."""
+    ident = _query(scope).get("id", "-")
+    await _start(send)
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    while not gone.is_set():
+        await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+        await asyncio.sleep(0.02)
+    await watcher
+    record("gone", ident)
+
+
 async def crash(scope: Scope, receive: Any, send: Any) -> None:
     raise RuntimeError("the test app crashes on purpose")
 
@@ -117,6 +136,7 @@ _HTTP = {
     "/echo-body": echo_body,
     "/big": big,
     "/stream": stream,
+    "/stream-until-gone": stream_until_gone,
     "/crash": crash,
     "/wrong-types": wrong_types,
 }
