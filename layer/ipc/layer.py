@@ -19,6 +19,7 @@ from typing import Any
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
 from layer.ipc import segment
+from layer.ipc.ahead import Held, TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
@@ -83,6 +84,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._timer: asyncio.TimerHandle | None = None
         self._deferred = False  # chimes were left in the FIFO for the next loop turn
         self._closed = False
+        self._ahead = TakeAhead(self.counters, self._send_back)
         self._post(wake)
 
     # -- storage ------------------------------------------------------------------------------
@@ -125,20 +127,34 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _pop(self, channel: str) -> bytes:
         self._streak = False
+        ahead = self._ahead
+        if channel in ahead.held:  # taken ahead by an earlier receive here: no lock
+            payload = ahead.take(channel)
+            if payload is not None:
+                return payload
+        loop = asyncio.get_running_loop()
         local = self._local.get(channel)
         if local is None:
             key = self._keys.get(channel) or self._key(channel)
+            now = time.monotonic()
+            extra = ahead.extra(channel, now, loop)
+            taken: Held = []
             with self._lock as j:
                 wake = self._flush_out(j) if self._out.items else None
-                payload = self._store.take(j, key, time.monotonic())
+                if extra:
+                    taken = self._store.take_run(j, key, now, 1 + extra)
+                    payload = taken[0][0] if taken else None
+                else:
+                    payload = self._store.take(j, key, now)
                 if payload is None:
                     self._register(j, channel, key)
             if wake:
                 self._post(wake)
             if payload is not None:
+                if len(taken) > 1:
+                    ahead.keep(channel, taken[1:], loop)
                 return payload
             local = self._local[channel] = deque()
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         local.append(future)
         if self._loop is not loop:
@@ -177,6 +193,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _flush(self) -> None:
         self._out.discard()  # the flush would empty their channels anyway
+        self._ahead.clear()
         with self._lock as j:
             self._lock.begin_flush()
             self._store.flush()
@@ -187,8 +204,11 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _storage_counts(self) -> StorageCounts:
         self._send_out()
+        held = self._ahead.held  # taken ahead: no longer in the segment, not yet received
         with self._lock:
             queued, channels, groups = self._store.counts()
+            channels += sum(not self._store.active(self._key(c)) for c in held)
+        queued += self._ahead.queued()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
     async def close(self, unlink: bool = False) -> None:
@@ -197,6 +217,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._closed:
             return
         self._send_out()
+        self._send_back(self._ahead.release())
         self._closed = True
         self._unwatch()
         wake: list[int] = []
@@ -275,16 +296,29 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._closed:
             return
         self._drop_idle(channel)
+        expires = time.monotonic() + self.expiry
+        if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
+            return
         try:
             with self._lock as j:
-                waker = self._store.push_front(
-                    j, self._key(channel), payload, time.monotonic() + self.expiry
-                )
+                waker = self._store.push_front(j, self._key(channel), payload, expires)
         except ChannelFull:
             self.counters.dropped_full += 1
             return
         if waker != NIL:
             self._ringer.ring(waker)
+
+    def _send_back(self, held: dict[str, Held]) -> None:
+        """Messages taken ahead on shared channels go back to the front of their channels, in
+        their order, in one critical section (nobody here received them in time, or close())."""
+        if not held or self._closed:
+            return
+        wake: list[int] = []
+        now = time.monotonic()
+        with self._lock as j:
+            for channel, items in held.items():
+                self._store.push_front_run(j, self._key(channel), items, now, wake)
+        self._post(wake)
 
     def _send_out(self, scheduled: bool = False) -> None:
         """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),
@@ -362,18 +396,16 @@ class IPCChannelLayer(BaseChannelLayer):
         """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
         local = self._local.get(channel)
         key = self._keys.get(channel) or self._key(channel)
-        now = time.monotonic()
-        while local:
-            future = local[0]
-            if future.done():
-                local.popleft()
-                continue
-            payload = self._store.take(j, key, now)
-            j.commit()
-            if payload is None:
-                break
-            local.popleft()
-            future.set_result(payload)
+        if local:  # the waiting receives first, in order; then up to PREFETCH more, if allowed
+            waiting = [future for future in local if not future.done()]
+            most = len(waiting) + self._ahead.waiting_extra(channel) if waiting else 0
+            taken = self._store.take_run(j, key, time.monotonic(), most)
+            for future, (payload, _) in zip(waiting, taken, strict=False):
+                future.set_result(payload)
+            if len(taken) > len(waiting):
+                self._ahead.keep(channel, taken[len(waiting) :], asyncio.get_running_loop())
+            local.clear()
+            local.extend(waiting[len(taken) :])
         if local:
             self._register(j, channel, key)
             return
