@@ -17,16 +17,13 @@ from collections import deque
 from collections.abc import Callable
 
 from layer.base import PREFETCH, RETURN_DELAY, STREAMING, Counters
+from layer.names import process_specific
 
 PRUNE_EVERY = 5.0  # seconds between sweeps of expired messages held for channels nobody receives
 _RECEIVES_KEPT = 10_000  # shared channels whose last receive is remembered (then forgotten)
 _NEVER = float("-inf")
 
 Held = list[tuple[bytes, float]]  # payloads with their expiry (time.monotonic()), oldest first
-
-
-def process_specific(channel: str) -> bool:
-    return "!" in channel
 
 
 class TakeAhead:

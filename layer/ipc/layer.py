@@ -6,6 +6,8 @@ node for (this instance, channel) in the same critical section, so no send can s
 "empty" and "waiting"; it then waits on a future. The event loop watches the instance's
 doorbell FIFO and drains the wake ring when it chimes; a timer every 0.25 s while receivers
 wait reaps dead instances, so a crash delays survivors by well under a second.
+A receive may take up to 32 messages ahead in its critical section (``ahead.py``), which later
+receives here get without the lock.
 """
 
 from __future__ import annotations
