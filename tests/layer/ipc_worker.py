@@ -193,7 +193,7 @@ async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> None:
     say({"got": got, "held": held})
     if then == "wait":
         await asyncio.to_thread(sys.stdin.readline)
-    say({"held_at_close": layer._ahead.queued()})
+    say({"held_at_close": layer._ahead.queued(), "ticking": layer._ahead._timer is not None})
 
 
 async def main(role: str, prefix: str, args: list[str]) -> None:
