@@ -34,8 +34,9 @@ from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "services.demo.app:application"
-DIRECT, COMBINED, IPC, REDIS = (
+DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS = (
     "(a) uvicorn direct",
+    "(a1) uvicorn direct, one write",
     "(b) combined in-memory",
     "(c) protocol+worker IPC",
     "(d) protocol+worker Redis",
@@ -100,6 +101,20 @@ def _direct(procs: _Processes, port: int) -> None:
             "--no-server-header",
             "--log-level",
             "warning",
+        ]
+    )
+
+
+def _direct_one_write(procs: _Processes, port: int) -> None:
+    """(a) with the protocol server's coalescing transport: no target, it shows how much of
+    (b)-(d)'s figure comes from writing a response once rather than from the layer."""
+    procs.spawn(
+        [
+            sys.executable,
+            "-c",
+            "import uvicorn; from services.coalesce import CoalescingHttpToolsProtocol as P; "
+            f"uvicorn.run({APP!r}, port={port}, http=P, loop='uvloop', access_log=False, "
+            "proxy_headers=False, server_header=False, log_level='warning')",
         ]
     )
 
@@ -182,6 +197,7 @@ class Subject:
 # Hooks: a backend that is not in this checkout yet is skipped (and named in the notes).
 SUBJECTS = [
     Subject(DIRECT, lambda: True, lambda: _always(Setup(_direct))),
+    Subject(DIRECT_ONE_WRITE, lambda: True, lambda: _always(Setup(_direct_one_write))),
     Subject(COMBINED, lambda: True, lambda: _always(Setup(_combined, "config/inmemory.yaml"))),
     Subject(IPC, lambda: importlib.util.find_spec("layer.ipc") is not None, _ipc),
     Subject(
@@ -354,9 +370,11 @@ def run(quick: bool) -> SuiteResult:
         "server + one worker (two processes for the two cores; the protocol server is the "
         "busier one, so more workers would only add contention). The protocol server writes a "
         "response's head and body in one write (services/coalesce.py); (a) is stock uvicorn, "
-        "which writes them separately. Each request is two layer send+receive pairs (request and "
-        "response), so the last column, measured in-process on the same layer, is a floor the "
-        "backend puts under (b)-(d) whatever the services do.\n\n"
+        "which writes them separately, and the targets compare with (a); (a1) is uvicorn with "
+        "the protocol server's one-write transport (no target), to show how much of the "
+        "figures that transport explains. Each request is two layer send+receive pairs "
+        "(request and response), so the last column, measured in-process on the same layer, "
+        "is a floor the backend puts under (b)-(d) whatever the services do.\n\n"
         "| subject | req/s | p50 ms | p99 ms | WS echo msg/s | layer send+receive, CPU µs |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
