@@ -231,15 +231,7 @@ class ProtocolServer:
                 log.exception("cannot reach the channel layer")
                 status = await replies.plain(send, 503, b"channel layer unavailable\n", retry=True)
                 return
-            message = await conn.get()
-            if message["type"] == wire.RESPONSE and not message["m"]:  # the whole response
-                status = message["st"]
-                await send(
-                    {"type": "http.response.start", "status": status, "headers": message["h"]}
-                )
-                await send({"type": "http.response.body", "body": message["b"]})
-            else:
-                status, pump = await self._relay_http(conn, message, receive, send, rest, more)
+            status, pump = await self._relay_http(conn, receive, send, rest, more)
         finally:
             del self._conns[conn.id]
             if pump is not None:
@@ -247,14 +239,14 @@ class ProtocolServer:
             self._requests.record(status, time.perf_counter() - started)
 
     async def _relay_http(
-        self, conn: _Conn, message: Message, receive: Receive, send: Send, rest: bytes, more: bool
+        self, conn: _Conn, receive: Receive, send: Send, rest: bytes, more: bool
     ) -> tuple[int, asyncio.Task[None] | None]:
-        """Relay the worker's response from ``message`` on; returns the status sent and the body
-        pump (if any). A response that streams, a pick-up or a failure comes this way."""
+        """Relay the worker's response; returns the status sent and the body pump (if any)."""
         status = 0
         pump: asyncio.Task[None] | None = None
         consumed: wire.Consumed | None = None
         while True:
+            message = await conn.get()
             kind = message["type"]
             if kind == wire.RESPONSE or kind == wire.RESPONSE_BODY:
                 if kind == wire.RESPONSE:
@@ -287,7 +279,6 @@ class ProtocolServer:
                 return status, pump
             else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
                 return await replies.failure(send, message.get("code", 500)), pump
-            message = await conn.get()
 
     async def _pump_body(self, conn: _Conn, receive: Receive, rest: bytes, more: bool) -> None:
         """Stream the rest of the request body to the worker, then report a disconnect."""

@@ -91,7 +91,7 @@ class Receiver:
                 return payload
         if box is None:
             key = key_prefix + routing
-            box = self._mailboxes[channel] = Mailbox(channel, key, routing.endswith("!"))
+            box = self._mailbox(channel, key)
             self._routes[key] = routing
         key = box.key
         # Bulk pops (prefetch, an armed inbox) only for a receiver that keeps receiving here:
