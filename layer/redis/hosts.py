@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from layer.exceptions import InvalidOption
 
@@ -104,7 +104,7 @@ def _sentinel(kwargs: dict[str, Any], defaults: dict[str, Any], where: str) -> S
     if not isinstance(sentinels, Sequence) or isinstance(sentinels, str) or not sentinels:
         raise InvalidOption(f"{where}: sentinels must be a list of (host, port) pairs")
     sentinel_kwargs = kwargs.pop("sentinel_kwargs", None) or {}
-    manager = Sentinel(  # type: ignore[no-untyped-call]
+    manager = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         [tuple(s) for s in sentinels],
         sentinel_kwargs={
             "socket_timeout": defaults["socket_timeout"],
