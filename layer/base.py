@@ -25,6 +25,12 @@ CapacitySpec = Mapping[str | re.Pattern[str], int] | Iterable[tuple[str | re.Pat
 
 _CAPACITY_CACHE_SIZE = 4096
 
+# Taking messages ahead, for backends that take several per trip to their storage (one rule for
+# all of them; docs/redis.md "Guarantees", docs/ipc.md "Taking ahead"):
+PREFETCH = 32  # messages a receive may take ahead of the receives waiting on that channel
+STREAMING = 1.0  # a second receive on a shared channel within this many seconds keeps receiving
+RETURN_DELAY = 1.0  # seconds a shared channel's message taken ahead waits for a receive here
+
 
 @dataclass
 class Counters:

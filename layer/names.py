@@ -52,6 +52,11 @@ def require_valid_group_name(name: object) -> None:
         raise InvalidName(_explain("Group", name, extra=""))
 
 
+def process_specific(name: str) -> bool:
+    """Whether ``name`` is process-specific (``prefix!local``): only its process receives it."""
+    return "!" in name
+
+
 def non_local_name(name: str) -> str:
     """The routing part of a name: up to and including ``!``, or the whole name."""
     bang = name.find("!")

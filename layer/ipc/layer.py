@@ -1,17 +1,15 @@
 """``IPCChannelLayer``: the base's storage over one POSIX shared-memory segment per prefix.
 
 Every operation is one short critical section under the segment lock (no ``await`` inside, so
-it is atomic for the event loop too). A receive that finds its channel empty registers a waiter
-node for (this instance, channel) in the same critical section, so no send can slip between
-"empty" and "waiting"; it then waits on a future. The event loop watches the instance's
-doorbell FIFO and drains the wake ring when it chimes; a timer every 0.25 s while receivers
-wait reaps dead instances, so a crash delays survivors by well under a second.
+it is atomic for the event loop too). A receive that finds its channel empty waits on a future
+(``waiting.py``: waiter nodes, the doorbell, delivery); a send coalesced behind another waits in
+the outbox for the end of the loop turn (``outbox.py``). A receive may take up to 32 messages
+ahead in its critical section (``ahead.py``), which later receives here get without the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -19,21 +17,18 @@ from typing import Any
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
 from layer.ipc import segment
+from layer.ipc.ahead import Held, TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
 from layer.ipc.store import Store
-from layer.ipc.table import Key, make_key
+from layer.ipc.waiting import POLL, Waiting
 from layer.ipc.wakers import Wakers
 from layer.options import byte_size, positive_int
 
-POLL = 0.25  # seconds between liveness checks while this instance has waiting receivers
-_KEY_CACHE = 8192
-_SPARE_NODES = 64
 
-
-class IPCChannelLayer(BaseChannelLayer):
+class IPCChannelLayer(Waiting, BaseChannelLayer):
     """Channel layer shared by the processes of one host through ``/dev/shm``."""
 
     cross_process = True
@@ -74,15 +69,16 @@ class IPCChannelLayer(BaseChannelLayer):
         self._ringer = Ringer(self.prefix)
         self._out = Outbox()
         self._streak = False  # the last operation was a send: a next one may be held
-        self._keys: dict[str, Key] = {}
-        self._local: dict[str, deque[asyncio.Future[bytes]]] = {}
-        self._node_of: dict[str, int] = {}
-        self._chan_of: dict[int, str] = {}
-        self._spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the doorbell
-        self._timer: asyncio.TimerHandle | None = None
-        self._deferred = False  # chimes were left in the FIFO for the next loop turn
+        self._keys = {}
+        self._local = {}
+        self._node_of = {}
+        self._chan_of = {}
+        self._spare = []
+        self._loop = None
+        self._timer = None
+        self._deferred = False
         self._closed = False
+        self._ahead = TakeAhead(self.counters, self._send_back)
         self._post(wake)
 
     # -- storage ------------------------------------------------------------------------------
@@ -125,20 +121,34 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _pop(self, channel: str) -> bytes:
         self._streak = False
+        ahead = self._ahead
+        if channel in ahead.held:  # taken ahead by an earlier receive here: no lock
+            payload = ahead.take(channel)
+            if payload is not None:
+                return payload
+        loop = asyncio.get_running_loop()
         local = self._local.get(channel)
         if local is None:
             key = self._keys.get(channel) or self._key(channel)
+            now = time.monotonic()
+            extra = ahead.extra(channel, now, loop)
+            taken: Held = []
             with self._lock as j:
                 wake = self._flush_out(j) if self._out.items else None
-                payload = self._store.take(j, key, time.monotonic())
+                if extra:
+                    taken = self._store.take_run(j, key, now, 1 + extra)
+                    payload = taken[0][0] if taken else None
+                else:
+                    payload = self._store.take(j, key, now)
                 if payload is None:
                     self._register(j, channel, key)
             if wake:
                 self._post(wake)
             if payload is not None:
+                if len(taken) > 1:
+                    ahead.keep(channel, taken[1:], loop)
                 return payload
             local = self._local[channel] = deque()
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         local.append(future)
         if self._loop is not loop:
@@ -177,6 +187,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _flush(self) -> None:
         self._out.discard()  # the flush would empty their channels anyway
+        self._ahead.clear()
         with self._lock as j:
             self._lock.begin_flush()
             self._store.flush()
@@ -187,8 +198,11 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def _storage_counts(self) -> StorageCounts:
         self._send_out()
+        held = self._ahead.held  # taken ahead: no longer in the segment, not yet received
         with self._lock:
             queued, channels, groups = self._store.counts()
+            channels += sum(not self._store.active(self._key(c)) for c in held)
+        queued += self._ahead.queued()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
     async def close(self, unlink: bool = False) -> None:
@@ -197,6 +211,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._closed:
             return
         self._send_out()
+        self._send_back(self._ahead.release())
         self._closed = True
         self._unwatch()
         wake: list[int] = []
@@ -216,53 +231,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if unlink:
             segment.unlink(self.prefix)
 
-    # -- waiting ------------------------------------------------------------------------------
-
-    def _register(self, j: Journal, channel: str, key: Key) -> None:
-        self._check_epoch(j)
-        if channel not in self._node_of:
-            spare = self._spare.pop() if self._spare else NIL
-            node = self._store.register(j, key, self._waker, self._gen, spare)
-            self._node_of[channel] = node
-            self._chan_of[node] = channel
-
-    def _check_epoch(self, j: Journal) -> bool:
-        """After a flush every node is gone: forget ours and re-register waiting channels."""
-        epoch = self._store.epoch()
-        if epoch == self._epoch:
-            return False
-        self._epoch = epoch
-        self._node_of.clear()
-        self._chan_of.clear()
-        self._spare.clear()  # the flush emptied the node pool
-        for channel in self._local:
-            self._register(j, channel, self._key(channel))
-        return True
-
-    def _forget(self, channel: str, future: asyncio.Future[bytes]) -> None:
-        """A waiting receive was cancelled."""
-        local = self._local.get(channel)
-        if local is not None:
-            with contextlib.suppress(ValueError):
-                local.remove(future)
-        self._drop_idle(channel)
-
-    def _drop_idle(self, channel: str) -> None:
-        """Withdraw this instance's node for ``channel`` if nobody here waits on it any more.
-
-        A node that has already fired stays: draining the ring passes its wake on.
-        """
-        local = self._local.get(channel)
-        if self._closed or (local and any(not f.done() for f in local)):
-            return
-        self._local.pop(channel, None)
-        node = self._node_of.get(channel)
-        if node is None:
-            return
-        with self._lock as j:
-            if not self._check_epoch(j) and not self._store.fired(node):
-                self._store.unregister(j, node)
-                del self._node_of[channel], self._chan_of[node]
+    # -- messages going back or out ----------------------------------------------------------
 
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
@@ -275,16 +244,29 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._closed:
             return
         self._drop_idle(channel)
+        expires = time.monotonic() + self.expiry
+        if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
+            return
         try:
             with self._lock as j:
-                waker = self._store.push_front(
-                    j, self._key(channel), payload, time.monotonic() + self.expiry
-                )
+                waker = self._store.push_front(j, self._key(channel), payload, expires)
         except ChannelFull:
             self.counters.dropped_full += 1
             return
         if waker != NIL:
             self._ringer.ring(waker)
+
+    def _send_back(self, held: dict[str, Held]) -> None:
+        """Messages taken ahead on shared channels go back to the front of their channels, in
+        their order, in one critical section (nobody here received them in time, or close())."""
+        if not held or self._closed:
+            return
+        wake: list[int] = []
+        now = time.monotonic()
+        with self._lock as j:
+            for channel, items in held.items():
+                self._store.push_front_run(j, self._key(channel), items, now, wake)
+        self._post(wake)
 
     def _send_out(self, scheduled: bool = False) -> None:
         """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),
@@ -301,116 +283,6 @@ class IPCChannelLayer(BaseChannelLayer):
         wake: list[int] = []
         self._out.flush(j, self._store, time.monotonic() + self.expiry, self.get_capacity, wake)
         return wake
-
-    def _on_chime(self) -> None:
-        """The doorbell rang: deliver first, and consume the chimes one loop turn later.
-
-        A woken receiver's reply is a roundtrip's critical path, so the FIFO's bytes are left
-        there until the loop's next turn, which runs the woken receivers' steps first and then
-        this again (the FIFO is still readable): that call reads them. Nothing is missed: a
-        sender appends to the ring before it chimes, and the ring is looked at again (without
-        the lock: a hint that ``_on_wake`` checks under it) after every read of the FIFO.
-        """
-        if self._deferred or not self._wakers.pending(self._waker):
-            self._deferred = False
-            self._bell.drain()
-            if not self._wakers.pending(self._waker):
-                return
-        else:
-            self._deferred = True
-        self._on_wake()
-
-    def _tick(self) -> None:
-        """While receivers wait: reap dead instances and pick up wakes whose chime was lost
-        (a sender killed between its send and its chime)."""
-        self._timer = None
-        if self._local and not self._closed:
-            self._on_wake(reap=True)
-            if self._local and self._loop is not None and not self._loop.is_closed():
-                self._timer = self._loop.call_later(POLL, self._tick)
-
-    def _on_wake(self, reap: bool = False) -> None:
-        """Deliver what fired at this instance (runs on the event loop)."""
-        if self._closed:
-            return
-        store = self._store
-        wake: list[int] = []
-        dead = self._wakers.dead(self._waker) if reap else []  # syscalls outside the lock
-        with self._lock as j:
-            if dead:
-                self._wakers.reap_dead(j, dead, wake)
-            self._check_epoch(j)
-            nodes, overflow = self._wakers.drain(j, self._waker)
-            j.commit()
-            if overflow:
-                nodes += [node for node in self._chan_of if store.fired(node)]
-            for node in nodes:
-                channel = self._chan_of.get(node)
-                if channel is None or not store.fired(node):
-                    continue  # a stale ring entry
-                del self._chan_of[node], self._node_of[channel]
-                if len(self._spare) < _SPARE_NODES:
-                    self._spare.append(node)
-                else:
-                    store.free_node(j, node)
-                    j.commit()
-                self._deliver(j, channel, wake)
-        if wake:
-            self._post(wake)
-
-    def _deliver(self, j: Journal, channel: str, wake: list[int]) -> None:
-        """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
-        local = self._local.get(channel)
-        key = self._keys.get(channel) or self._key(channel)
-        now = time.monotonic()
-        while local:
-            future = local[0]
-            if future.done():
-                local.popleft()
-                continue
-            payload = self._store.take(j, key, now)
-            j.commit()
-            if payload is None:
-                break
-            local.popleft()
-            future.set_result(payload)
-        if local:
-            self._register(j, channel, key)
-            return
-        self._local.pop(channel, None)
-        idx = self._store.channel_index(*key)
-        if idx != NIL and (waker := self._store.pass_on(j, idx)) != NIL:
-            wake.append(waker)
-
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Have ``loop`` (the one receiving now) watch the doorbell instead of an older loop."""
-        self._unwatch()
-        loop.add_reader(self._bell.fd, self._on_chime)
-        self._loop = loop
-
-    def _unwatch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._bell.fd)
-        self._loop = None
-        self._deferred = False  # the next loop's first chime reads what was left
-
-    def _post(self, wakers: list[int], only_live: bool = False) -> None:
-        for waker in set(wakers):
-            if waker != NIL and (not only_live or segment.is_held(self._segment.fd, waker)):
-                self._ringer.ring(waker)
-
-    # -- keys ---------------------------------------------------------------------------------
-
-    def _key(self, name: str) -> Key:
-        key = self._keys.get(name)
-        if key is None:
-            if len(self._keys) >= _KEY_CACHE:
-                self._keys.clear()
-            key = self._keys[name] = make_key(name)
-        return key
 
     def _capacity_of(self, name: bytes) -> int:
         return self.get_capacity(name.decode("ascii"))

@@ -194,13 +194,50 @@ class Queues(Waiters):
         _COUNTS.pack_into(mm, QUEUED, g5[3] + 1, g5[4] + (not count and wait_head == NIL))
         return NIL if wait_head == NIL else self.fire(j, idx)
 
+    def push_front_run(
+        self, j: Journal, key: Key, items: list[tuple[bytes, float]], now: float, wake: list[int]
+    ) -> None:
+        """Put messages a process took ahead back at the head, in their order, committing per
+        message; expired ones are dropped and counted, as are ones the segment has no room for
+        (``dropped_full``). Wakers to post go to ``wake``."""
+        for payload, expires in reversed(items):
+            if expires <= now:
+                self.counters.expired += 1
+                continue
+            try:
+                waker = self.push_front(j, key, payload, expires)
+            except ChannelFull:
+                j.rollback()
+                self.counters.dropped_full += 1
+                continue
+            j.commit()
+            if waker != NIL:
+                wake.append(waker)
+
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
         """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
         idx = self.channel_index(*key)
         if idx == NIL:
             return None
-        mm = self.mm
+        taken = self._take_at(j, self.mutable + idx * ENTRY_SIZE, now)
+        return None if taken is None else taken[0]
+
+    def take_run(self, j: Journal, key: Key, now: float, most: int) -> list[tuple[bytes, float]]:
+        """Pop up to ``most`` unexpired payloads with their expiry, oldest first (a receive
+        taking ahead: one critical section for all), committing the journal after each."""
+        taken: list[tuple[bytes, float]] = []
+        idx = self.channel_index(*key)
+        if idx == NIL:
+            return taken
         off = self.mutable + idx * ENTRY_SIZE
+        while len(taken) < most and (got := self._take_at(j, off, now)) is not None:
+            j.commit()
+            taken.append(got)
+        return taken
+
+    def _take_at(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
+        """Pop the oldest unexpired payload and its expiry of the channel at ``off``."""
+        mm = self.mm
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, _ = five
         if not count:
@@ -221,10 +258,10 @@ class Queues(Waiters):
         else:
             G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
             _THREE.pack_into(mm, off, nxt, tail, count - 1)
-        return mm[at + 16 : at + 16 + length]
+        return mm[at + 16 : at + 16 + length], expires
 
-    def _take_slow(self, j: Journal, off: int, now: float) -> bytes | None:
-        """``take`` when the head is expired or spans several slots."""
+    def _take_slow(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
+        """``_take_at`` when the head is expired or spans several slots."""
         mm = self.mm
         while True:
             five = FIVE.unpack_from(mm, off)
@@ -235,8 +272,16 @@ class Queues(Waiters):
             payload = self._read(head, length) if expires > now else None
             self._unqueue(j, off, length, five)
             if payload is not None:
-                return payload
+                return payload, expires
             self.counters.expired += 1
+
+    def active(self, key: Key) -> bool:
+        """Whether the channel has messages or waiters (counted in ``channels``)."""
+        idx = self.channel_index(*key)
+        if idx == NIL:
+            return False
+        _, _, count, wait_head, _ = FIVE.unpack_from(self.mm, self.mutable + idx * ENTRY_SIZE)
+        return bool(count) or wait_head != NIL
 
     def expire(self, j: Journal, idx: int, count: int) -> None:
         """Drop (and count) expired messages at the head of channel ``idx``."""

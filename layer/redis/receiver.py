@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
+from layer.base import PREFETCH, RETURN_DELAY, STREAMING
 from layer.messages import Message
 from layer.redis.connection import Arg, Pipe, ShardUnavailable
 from layer.redis.entries import Mailbox, Popped, make_entry, split_entry
@@ -29,10 +30,7 @@ from layer.redis.scripts import MPOP
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 32  # extra entries a shared channel may pop for a receiver that keeps receiving
 INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when streaming
-STREAMING = 1.0  # a second receive on a list within this many seconds turns on bulk pops
-RETURN_DELAY = 1.0  # seconds a popped shared entry waits for a local receiver before going back
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0

@@ -180,6 +180,22 @@ async def drain(layer: IPCChannelLayer, channel: str) -> None:
     say({"got": got})
 
 
+async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> None:
+    """Receive two messages from a shared channel in a row (the second takes ahead), report
+    them and how many were held after each; then close at once (``close``) or keep the loop
+    running until told to stop (``wait``: the held messages go back on their own)."""
+    say("ready")
+    sys.stdin.readline()
+    got = [(await layer.receive(channel))["i"]]
+    held = [layer._ahead.queued()]
+    got.append((await layer.receive(channel))["i"])
+    held.append(layer._ahead.queued())
+    say({"got": got, "held": held})
+    if then == "wait":
+        await asyncio.to_thread(sys.stdin.readline)
+    say({"held_at_close": layer._ahead.queued(), "ticking": layer._ahead._timer is not None})
+
+
 async def main(role: str, prefix: str, args: list[str]) -> None:
     if role == "start":  # attach only after the parent says go: all at the same instant
         sys.stdin.readline()
@@ -197,6 +213,8 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
             await burst(layer, args[0], int(args[1]))
         elif role == "stream-to":
             await stream(layer, int(args[0]), args[1], int(args[2]))
+        elif role == "take-two":
+            await take_two(layer, args[0], args[1])
         elif role == "drain":
             await drain(layer, args[0])
         elif role == "victim":
