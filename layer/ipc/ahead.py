@@ -3,20 +3,33 @@
 A receive that finds messages takes up to ``PREFETCH`` more in the same critical section: on a
 process-specific channel (``name!local``: only this process receives it) always, on a shared
 channel only for a receiver that keeps receiving (its previous receive on that channel here was
-within ``STREAMING``), so a one-off receive takes only what it returns and nothing is held away
-from the other processes receiving on that channel. A shared channel's held messages that nobody
-here received for ``RETURN_DELAY`` go back to the front of the channel, as do those held at
-``close()``. The rules and constants are the Redis layer's (``layer.base``, docs/redis.md).
+within ``STREAMING``), so a one-off receive takes only what it returns. A shared channel's held
+messages that nobody here received for ``RETURN_DELAY`` go back to the front of the channel, as
+do those held at ``close()`` or at interpreter exit. The rules and constants are the Redis
+layer's (``layer.base``, docs/redis.md).
+
+Sending them back is the job of a thread, not of an event-loop timer: the loop that took them
+may be blocked (synchronous code, a full pipe), parked between ``async_to_sync`` calls, or gone
+without ``close()``, and a message held by a process that does not serve its loop must not be
+held away from the other processes. The thread runs only while a shared channel has messages
+held; it and the loop's thread share the segment lock's re-entrant ``mutex``, which also
+guards the held messages.
 """
 
 from __future__ import annotations
 
-import asyncio
+import atexit
+import contextlib
+import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
 
 from layer.base import PREFETCH, RETURN_DELAY, STREAMING, Counters
+from layer.ipc.doorbell import Ringer
+from layer.ipc.journal import Journal, Lock
+from layer.ipc.store import Store
+from layer.ipc.table import make_key
 from layer.names import process_specific
 
 PRUNE_EVERY = 5.0  # seconds between sweeps of expired messages held for channels nobody receives
@@ -27,42 +40,47 @@ Held = list[tuple[bytes, float]]  # payloads with their expiry (time.monotonic()
 
 
 class TakeAhead:
-    """One layer instance's held messages, per channel, and when to send them back."""
+    """One layer instance's held messages, per channel, and the thread that sends back those
+    of shared channels nobody here receives."""
 
-    def __init__(self, counters: Counters, send_back: Callable[[dict[str, Held]], None]) -> None:
+    def __init__(self, counters: Counters, lock: Lock, store: Store, prefix: str) -> None:
         self.held: dict[str, deque[tuple[bytes, float]]] = {}  # only channels holding some
         self._counters = counters
-        self._send_back = send_back
+        self._lock = lock
+        self._mutex = lock.mutex
+        self._store = store
+        self._prefix = prefix
         self._received: dict[str, float] = {}  # shared channel -> its last receive here
         self._streaming: set[str] = set()  # shared channels whose last receive kept receiving
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._returner: threading.Thread | None = None
+        self._closing = threading.Condition(lock.mutex)  # wakes the returner at close()
+        self._closed = False
         self._pruned = time.monotonic()
+        _OPEN.add(self)
 
     def take(self, channel: str) -> bytes | None:
         """The oldest unexpired message held for ``channel``; expired ones are dropped and
         counted."""
-        held = self.held.get(channel)
-        if held is None:
-            return None
-        now = time.monotonic()
-        if not process_specific(channel):
-            self._received[channel] = now
-        payload: bytes | None = None
-        while held:
-            payload, expires = held.popleft()
-            if expires > now:
-                break
-            self._counters.expired += 1
-            payload = None
-        if not held:
-            del self.held[channel]
-        return payload
+        with self._mutex:
+            held = self.held.get(channel)
+            if held is None:  # sent back since the caller looked
+                return None
+            now = time.monotonic()
+            if not process_specific(channel):
+                self._received[channel] = now
+            payload: bytes | None = None
+            while held:
+                payload, expires = held.popleft()
+                if expires > now:
+                    break
+                self._counters.expired += 1
+                payload = None
+            if not held:
+                del self.held[channel]
+            return payload
 
-    def extra(self, channel: str, now: float, loop: asyncio.AbstractEventLoop) -> int:
+    def extra(self, channel: str, now: float) -> int:
         """A receive on ``channel`` goes to the segment: how many it may take ahead."""
-        if self._timer_loop is not loop and self._timer_loop is not None:
-            self._adopt(loop)
         if process_specific(channel):
             return PREFETCH
         if len(self._received) >= _RECEIVES_KEPT:
@@ -80,86 +98,102 @@ class TakeAhead:
         """How many a wake delivering to ``channel``'s waiting receives may take ahead."""
         return PREFETCH if process_specific(channel) or channel in self._streaming else 0
 
-    def keep(self, channel: str, items: Held, loop: asyncio.AbstractEventLoop) -> None:
+    def keep(self, channel: str, items: Held) -> None:
         """Hold messages taken ahead (newer than any held already)."""
-        held = self.held.get(channel)
-        if held is None:
-            self.held[channel] = deque(items)
-        else:
-            held.extend(items)
-        now = time.monotonic()
-        if not process_specific(channel):
-            self._received[channel] = now  # the receive they were taken with ended just now
-            if self._timer is None:
-                self._arm(loop, RETURN_DELAY)
-            elif self._timer_loop is not loop:
-                self._adopt(loop)
-        elif now - self._pruned > PRUNE_EVERY:
-            self._prune(now)
+        with self._mutex:
+            held = self.held.get(channel)
+            if held is None:
+                self.held[channel] = deque(items)
+            else:
+                held.extend(items)
+            now = time.monotonic()
+            if not process_specific(channel):
+                self._received[channel] = now  # the receive they were taken with ended just now
+                if self._returner is None and not self._closed:
+                    self._returner = threading.Thread(
+                        target=self._return_idle, name="ipc-take-ahead", daemon=True
+                    )
+                    self._returner.start()
+            elif now - self._pruned > PRUNE_EVERY:
+                self._prune(now)
 
     def unreceive(self, channel: str, payload: bytes, expires: float) -> bool:
         """A cancelled receive's message goes before those held for ``channel``, if any."""
-        held = self.held.get(channel)
-        if held is None:
-            return False
-        held.appendleft((payload, expires))
-        return True
+        with self._mutex:
+            held = self.held.get(channel)
+            if held is None:
+                return False
+            held.appendleft((payload, expires))
+            return True
 
     def queued(self) -> int:
-        return sum(map(len, self.held.values()))
+        with self._mutex:
+            return sum(map(len, self.held.values()))
+
+    def returning(self) -> bool:
+        """Whether the thread sending back shared channels' held messages is running."""
+        return self._returner is not None
 
     def clear(self) -> None:
-        """Drop everything held (``flush()``)."""
-        self.held.clear()
-        self._disarm()
+        """Drop everything held (``flush()``); the returner, finding nothing, stops."""
+        with self._mutex:
+            self.held.clear()
 
-    def release(self) -> dict[str, Held]:
-        """Stop; return the shared channels' held messages (``close()`` sends them back)."""
-        self._disarm()
-        shared = {c: list(h) for c, h in self.held.items() if not process_specific(c)}
-        self.held.clear()
-        return shared
+    def close(self) -> list[int]:
+        """Stop; send the shared channels' held messages back. Returns the wakers to ring."""
+        with self._lock as j:
+            self._closed = True
+            self._closing.notify_all()
+            _OPEN.discard(self)
+            wake = self._send_back(j, [c for c in self.held if not process_specific(c)])
+            self.held.clear()
+        return wake
 
-    def _due(self) -> None:
-        """Send back the shared channels' messages not received for ``RETURN_DELAY``; look
-        again when the next one is due, and not at all once nothing shared is held."""
-        self._timer = None
-        loop = self._timer_loop
+    def _send_back(self, j: Journal, channels: list[str]) -> list[int]:
+        """Put the messages held for ``channels`` back at their fronts, in their order (the
+        caller holds the lock: nothing here can take one of them meanwhile)."""
+        wake: list[int] = []
         now = time.monotonic()
-        due: dict[str, Held] = {}
-        wait: float | None = None
-        for channel, held in list(self.held.items()):
-            if process_specific(channel):
-                continue
-            idle = now - self._received.get(channel, _NEVER)
-            if idle >= RETURN_DELAY:
-                due[channel] = list(held)
-                del self.held[channel]
-            else:
-                wait = min(wait if wait is not None else RETURN_DELAY, RETURN_DELAY - idle)
-        if wait is not None and loop is not None:
-            self._arm(loop, wait)
-        if due:
-            self._send_back(due)
+        for channel in channels:
+            items = list(self.held.pop(channel))
+            self._store.push_front_run(j, make_key(channel), items, now, wake)
+        return wake
 
-    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The timer's loop closed (``async_to_sync`` may run each call in a fresh loop): the
-        loop receiving now looks after the held messages instead."""
-        if self._timer_loop is not None and self._timer_loop.is_closed():
-            self._timer = None
-            self._timer_loop = None
-            if any(not process_specific(c) for c in self.held):
-                self._arm(loop, RETURN_DELAY)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        self._timer_loop = loop
-        self._timer = loop.call_later(delay, self._due)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self._timer_loop = None
+    def _return_idle(self) -> None:
+        """The returner: send back the shared channels' messages not received for
+        ``RETURN_DELAY``, whatever this process's event loop is doing; sleep until the next one
+        is due, and stop once no shared channel holds any (an idle process has no thread)."""
+        ringer = Ringer(self._prefix)
+        try:
+            with self._mutex:
+                while not self._closed:
+                    now = time.monotonic()
+                    due: list[str] = []
+                    wait: float | None = None
+                    for channel in self.held:
+                        if process_specific(channel):
+                            continue
+                        idle = now - self._received.get(channel, _NEVER)
+                        if idle >= RETURN_DELAY:
+                            due.append(channel)
+                        else:
+                            left = RETURN_DELAY - idle
+                            wait = left if wait is None else min(wait, left)
+                    if wait is None:  # stopping: said before the messages are visible again
+                        self._returner = None
+                    if due:
+                        with self._lock as j:
+                            wake = self._send_back(j, due)
+                        for waker in set(wake):
+                            ringer.ring(waker)
+                    if wait is None:
+                        return
+                    self._closing.wait(wait)
+        finally:
+            ringer.close()
+            with self._mutex:
+                if self._returner is threading.current_thread():  # it failed: a keep restarts
+                    self._returner = None
 
     def _prune(self, now: float) -> None:
         """Drop expired messages held for process-specific channels nobody receives on any
@@ -173,3 +207,19 @@ class TakeAhead:
                     self.held[channel] = kept
                 else:
                     del self.held[channel]
+
+
+_OPEN: weakref.WeakSet[TakeAhead] = weakref.WeakSet()
+
+
+@atexit.register
+def _send_back_at_exit() -> None:
+    """The interpreter exits with layers never closed: their shared channels' held messages
+    go back (a killed process loses them; at most once)."""
+    for ahead in list(_OPEN):
+        with contextlib.suppress(Exception):  # e.g. a segment closed under the layer
+            wake = ahead.close()
+            ringer = Ringer(ahead._prefix)
+            for waker in set(wake):
+                ringer.ring(waker)
+            ringer.close()

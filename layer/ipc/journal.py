@@ -17,6 +17,7 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -159,9 +160,17 @@ class Journal:
 
 
 class Lock:
-    """``with lock:`` holds the segment exclusively; on entry repairs what a dead holder left."""
+    """``with lock:`` holds the segment exclusively; on entry repairs what a dead holder left.
 
-    __slots__ = ("__weakref__", "_fd", "_redo_flush", "forked", "journal", "mm", "recoveries")
+    ``flock`` excludes other processes but not other threads of this one (they share the open
+    file description), so ``mutex`` is taken first: the take-ahead return thread
+    (``ahead.py``) and the event loop's thread never mutate the segment at once. It is
+    re-entrant, so that thread can hold it across a check and the critical section it decides.
+    """
+
+    __slots__ = (
+        "__weakref__", "_fd", "_redo_flush", "forked", "journal", "mm", "mutex", "recoveries"
+    )  # fmt: skip
 
     def __init__(self, fd: int, mm: mmap.mmap, redo_flush: Callable[[], None]) -> None:
         self._fd = fd
@@ -170,6 +179,7 @@ class Lock:
         self._redo_flush = redo_flush
         self.recoveries = 0
         self.forked = False
+        self.mutex = threading.RLock()
         _LOCKS.add(self)
 
     def __enter__(self) -> Journal:
@@ -178,10 +188,15 @@ class Lock:
                 "this IPC layer was created before os.fork(): parent and child would share one "
                 "lock; create channel layers in the process that uses them"
             )
+        self.mutex.acquire()
         try:
-            _flock(self._fd, _LOCK_TRY)
-        except BlockingIOError:
-            self._wait()
+            try:
+                _flock(self._fd, _LOCK_TRY)
+            except BlockingIOError:
+                self._wait()
+        except BaseException:
+            self.mutex.release()
+            raise
         if _STATE_WORD(self.mm, JSTATE_OFF)[0]:  # undo records or a flush left behind
             self._recover()
         return self.journal
@@ -194,6 +209,7 @@ class Lock:
                 self.journal.commit()
         finally:
             _flock(self._fd, _LOCK_UN)
+            self.mutex.release()
 
     def _wait(self) -> None:
         """The lock is busy: spin briefly on a non-blocking try, then sleep for it."""

@@ -78,7 +78,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         self._timer = None
         self._deferred = False
         self._closed = False
-        self._ahead = TakeAhead(self.counters, self._send_back)
+        self._ahead = TakeAhead(self.counters, self._lock, self._store, self.prefix)
         self._post(wake)
 
     # -- storage ------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         if local is None:
             key = self._keys.get(channel) or self._key(channel)
             now = time.monotonic()
-            extra = ahead.extra(channel, now, loop)
+            extra = ahead.extra(channel, now)
             taken: Held = []
             with self._lock as j:
                 wake = self._flush_out(j) if self._out.items else None
@@ -146,7 +146,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
                 self._post(wake)
             if payload is not None:
                 if len(taken) > 1:
-                    ahead.keep(channel, taken[1:], loop)
+                    ahead.keep(channel, taken[1:])
                 return payload
             local = self._local[channel] = deque()
         future: asyncio.Future[bytes] = loop.create_future()
@@ -199,10 +199,10 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
     async def _storage_counts(self) -> StorageCounts:
         self._send_out()
         held = self._ahead.held  # taken ahead: no longer in the segment, not yet received
-        with self._lock:
+        with self._lock:  # its mutex guards the held messages too
             queued, channels, groups = self._store.counts()
             channels += sum(not self._store.active(self._key(c)) for c in held)
-        queued += self._ahead.queued()
+            queued += self._ahead.queued()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
     async def close(self, unlink: bool = False) -> None:
@@ -211,7 +211,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         if self._closed:
             return
         self._send_out()
-        self._send_back(self._ahead.release())
+        self._post(self._ahead.close())
         self._closed = True
         self._unwatch()
         wake: list[int] = []
@@ -255,18 +255,6 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
             return
         if waker != NIL:
             self._ringer.ring(waker)
-
-    def _send_back(self, held: dict[str, Held]) -> None:
-        """Messages taken ahead on shared channels go back to the front of their channels, in
-        their order, in one critical section (nobody here received them in time, or close())."""
-        if not held or self._closed:
-            return
-        wake: list[int] = []
-        now = time.monotonic()
-        with self._lock as j:
-            for channel, items in held.items():
-                self._store.push_front_run(j, self._key(channel), items, now, wake)
-        self._post(wake)
 
     def _send_out(self, scheduled: bool = False) -> None:
         """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),

@@ -166,7 +166,7 @@ class Waiting:
             for future, (payload, _) in zip(waiting, taken, strict=False):
                 future.set_result(payload)
             if len(taken) > len(waiting):
-                self._ahead.keep(channel, taken[len(waiting) :], asyncio.get_running_loop())
+                self._ahead.keep(channel, taken[len(waiting) :])
             local.clear()
             local.extend(waiting[len(taken) :])
         if local:

@@ -180,10 +180,13 @@ async def drain(layer: IPCChannelLayer, channel: str) -> None:
     say({"got": got})
 
 
-async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> None:
+async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> bool:
     """Receive two messages from a shared channel in a row (the second takes ahead), report
-    them and how many were held after each; then close at once (``close``) or keep the loop
-    running until told to stop (``wait``: the held messages go back on their own)."""
+    them and how many were held after each; then receive no more on it and: ``close`` at once;
+    ``wait`` with the loop running until told to stop (the held messages go back on their
+    own); ``block`` the event loop in a synchronous read until told to stop (as a process
+    busy in blocking code, or parked between ``async_to_sync`` calls); or ``exit`` the
+    process without ``close()``. Returns whether ``main`` should close the layer."""
     say("ready")
     sys.stdin.readline()
     got = [(await layer.receive(channel))["i"]]
@@ -191,15 +194,21 @@ async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> None:
     got.append((await layer.receive(channel))["i"])
     held.append(layer._ahead.queued())
     say({"got": got, "held": held})
+    if then == "exit":
+        return False
     if then == "wait":
         await asyncio.to_thread(sys.stdin.readline)
-    say({"held_at_close": layer._ahead.queued(), "ticking": layer._ahead._timer is not None})
+    elif then == "block":
+        sys.stdin.readline()  # no loop turn until the parent has received the held messages
+    say({"held_at_close": layer._ahead.queued(), "returning": layer._ahead.returning()})
+    return True
 
 
 async def main(role: str, prefix: str, args: list[str]) -> None:
     if role == "start":  # attach only after the parent says go: all at the same instant
         sys.stdin.readline()
     layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=10_000)
+    close = True
     try:
         if role == "produce":
             await produce(layer, int(args[0]), int(args[1]), int(args[2]))
@@ -214,7 +223,7 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
         elif role == "stream-to":
             await stream(layer, int(args[0]), args[1], int(args[2]))
         elif role == "take-two":
-            await take_two(layer, args[0], args[1])
+            close = await take_two(layer, args[0], args[1])
         elif role == "drain":
             await drain(layer, args[0])
         elif role == "victim":
@@ -229,7 +238,8 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
             say("ready")
             say(await layer.receive(args[0]))
     finally:
-        await layer.close()
+        if close:
+            await layer.close()
 
 
 if __name__ == "__main__":

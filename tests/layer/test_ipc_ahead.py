@@ -50,13 +50,14 @@ async def test_held_messages_no_longer_count_against_capacity(ipc_layer_factory:
     assert [(await receiver.receive(channel))["i"] for _ in range(9)] == list(range(1, 10))
 
 
-@pytest.mark.parametrize("then", ["wait", "close"])
+@pytest.mark.parametrize("then", ["wait", "close", "block", "exit"])
 async def test_a_shared_channels_held_messages_go_back_for_another_process(
     then: str, ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
 ) -> None:
     """The taker receives two in a row (the second takes the other eight ahead) and no more:
-    they go back to the front after the delay (``wait``) or at its ``close()``, and this
-    process receives them, each message exactly once."""
+    they go back to the front after the delay (``wait``; also while its event loop is blocked,
+    ``block``), at its ``close()`` (``close``), or when it exits without closing (``exit``),
+    and this process receives them, each message exactly once, in order."""
     layer = ipc_layer_factory()
     taker = Worker("take-two", ipc_prefix, "a.work", then)
     workers.append(taker)
@@ -64,13 +65,15 @@ async def test_a_shared_channels_held_messages_go_back_for_another_process(
     await send_all(layer, "a.work", range(10))
     taker.tell("go")
     assert json.loads(await taker.line()) == {"got": [0, 1], "held": [0, 8]}
-    got = [(await asyncio.wait_for(layer.receive("a.work"), 60))["i"] for _ in range(8)]
+    got = [(await asyncio.wait_for(layer.receive("a.work"), 10))["i"] for _ in range(8)]
     assert got == list(range(2, 10))
-    if then == "wait":
+    if then in ("wait", "block"):
         taker.tell("stop")
-    # Sent back by the timer, which then stopped (an idle process does not tick), or by close()
-    held, ticking = (0, False) if then == "wait" else (8, True)
-    assert json.loads(await taker.line()) == {"held_at_close": held, "ticking": ticking}
+    if then != "exit":
+        # Sent back by the return thread, which then stopped (an idle process has none), or
+        # by close()
+        held, returning = (0, False) if then in ("wait", "block") else (8, True)
+        assert json.loads(await taker.line()) == {"held_at_close": held, "returning": returning}
     assert await asyncio.to_thread(taker.proc.wait) == 0
     stats = await layer.stats()
     assert (stats["queued"], stats["channels"]) == (0, 0)
