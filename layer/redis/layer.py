@@ -201,13 +201,21 @@ class RedisChannelLayer(BaseChannelLayer):
         else:
             state.credit.pop(key, None)
 
-    async def _pop(self, channel: str) -> bytes | Message:
+    def _receiver(self, channel: str) -> Receiver:
         shards = self._state().shards
         if len(shards) == 1:  # no routing to do (the fast path of a fan-out's many receives)
-            receiver = shards[0].receiver
-        else:
-            receiver = shards[self.ring.node_for(names.non_local_name(channel))].receiver
-        payload = receiver.take(channel)  # already popped: no coroutine, no waiting
+            return shards[0].receiver
+        return shards[self.ring.node_for(names.non_local_name(channel))].receiver
+
+    def _ready(self, channel: str) -> bytes | Message | None:
+        payload = self._receiver(channel).take(channel)  # already popped: no coroutine
+        if payload is not None and self._crypter is not None and type(payload) is bytes:
+            payload = self._crypter.decrypt(payload, channel)
+        return payload
+
+    async def _pop(self, channel: str) -> bytes | Message:
+        receiver = self._receiver(channel)
+        payload = receiver.take(channel)
         if payload is None:
             routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)
