@@ -149,7 +149,8 @@ class BaseChannelLayer(ABC):
         names.require_valid_channel_name(channel)
         try:
             capacity = self._capacity_cache.get(channel) or self.get_capacity(channel)
-            await self._push_message(channel, message, capacity)
+            if not self._store_trusted(channel, message, capacity):
+                await self._push_message(channel, message, capacity)
         except ChannelFull:
             self.counters.dropped_full += 1
             raise
@@ -161,7 +162,9 @@ class BaseChannelLayer(ABC):
         Cancelling a receive never loses a message: one already taken goes back to the front.
         """
         names.require_valid_channel_name(channel)
-        payload = await self._pop(channel)
+        payload = self._ready(channel)
+        if payload is None:
+            payload = await self._pop(channel)
         self.counters.received += 1
         if isinstance(payload, dict):  # handed over by send_trusted in this process
             return payload
@@ -217,9 +220,20 @@ class BaseChannelLayer(ABC):
         """Append ``payload`` (expiring after ``self.expiry``) or raise ``ChannelFull``."""
 
     async def _push_message(self, channel: str, message: Message, capacity: int) -> None:
-        """Store a trusted ``message`` (see ``send_trusted``): encoded, unless the backend never
-        leaves this process and keeps the object itself, for ``_pop`` to return as it is."""
+        """Store a trusted ``message`` (see ``send_trusted``), encoded. A backend that never
+        leaves this process keeps the object itself instead (``_store_trusted``)."""
         await self._push(channel, encode_trusted(message, self.max_message_size), capacity)
+
+    def _store_trusted(self, channel: str, message: Message, capacity: int) -> bool:
+        """Store a trusted ``message`` at once if this backend can (in-process: the object itself,
+        for ``_ready``/``_pop`` to return as it is): True when stored. Saves the
+        ``_push_message`` coroutine on every such send."""
+        return False
+
+    def _ready(self, channel: str) -> bytes | Message | None:
+        """The next payload of ``channel`` if one is at hand (taken), else None and ``_pop``
+        waits for one. Saves the ``_pop`` coroutine on every receive that need not wait."""
+        return None
 
     @abstractmethod
     async def _pop(self, channel: str) -> bytes | Message:

@@ -46,8 +46,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
         self._put(channel, payload, capacity)
 
-    async def _push_message(self, channel: str, message: Message, capacity: int) -> None:
+    def _store_trusted(self, channel: str, message: Message, capacity: int) -> bool:
         self._put(channel, message, capacity)  # one process: a trusted message needs no copy
+        return True
 
     def _put(self, channel: str, payload: Payload, capacity: int) -> None:
         now = time.monotonic()
@@ -88,19 +89,27 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if not members:
                 del self._groups[group]
 
+    def _ready(self, channel: str) -> Payload | None:
+        chan = self._channels.get(channel)
+        if chan is None or not chan.queue:
+            return None
+        queue = chan.queue
+        if queue[0][0] <= time.monotonic():
+            self._prune(queue, time.monotonic())
+            if not queue:
+                return None
+        payload = queue.popleft()[1]
+        if not queue and not chan.waiters:
+            del self._channels[channel]
+        return payload
+
     async def _pop(self, channel: str) -> Payload:
+        payload = self._ready(channel)
+        if payload is not None:
+            return payload
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
-        queue = chan.queue
-        if queue:
-            if queue[0][0] <= time.monotonic():
-                self._prune(queue, time.monotonic())
-            if queue:
-                payload = queue.popleft()[1]
-                if not queue and not chan.waiters:
-                    del self._channels[channel]
-                return payload
         waiter: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
         chan.waiters.append(waiter)
         try:

@@ -138,6 +138,7 @@ class Pipe:
         self._held = False
         self._closed = False
         self._writer: asyncio.StreamWriter | None = None
+        self._appending: list[Arg] = []  # the RPUSH of the last append (see append)
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
         """Queue one command for the next batched write."""
@@ -166,8 +167,22 @@ class Pipe:
 
     def append(self, key: str, ttl_ms: int, entry: bytes) -> asyncio.Future[Any]:
         """RPUSH + PEXPIRE, no capacity check (the sender holds credit): a fifth of the PUSH
-        script's server time, which is on every message's path. Resolves with the length."""
-        future = self.call("RPUSH", key, entry)
+        script's server time, which is on every message's path. Resolves with the length.
+
+        Appends to one key queued back to back (a worker's replies to one protocol server, a
+        protocol server's requests to the work channel, in one loop turn) become one RPUSH of
+        all their entries and one PEXPIRE: two commands per burst, not two per message, for
+        the server to run and for this side to pack and parse. They share the future (the
+        length after the last entry); only directly adjacent appends merge, so no command for
+        that key can be overtaken."""
+        out = self._out
+        if len(out) >= 2 and out[-2][0] is self._appending and self._appending[1] == key:
+            self._appending.append(entry)
+            return out[-2][1]
+        future: asyncio.Future[Any] = self._loop.create_future()
+        command: list[Arg] = ["RPUSH", key, entry]
+        out.append((command, future))
+        self._appending = command
         self.fire("PEXPIRE", key, ttl_ms)
         return future
 

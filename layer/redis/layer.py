@@ -56,6 +56,8 @@ class _LoopState:
     credit: dict[str, int] = field(default_factory=dict)
     inflight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     group_sends: int = 0  # group_sends returned to their callers, replies not yet booked
+    appended: asyncio.Future[Any] | None = None  # the reply of the last unchecked send's RPUSH
+    appended_count: list[int] = field(default_factory=lambda: [0])  # messages it carries
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -162,24 +164,36 @@ class RedisChannelLayer(BaseChannelLayer):
         )
         credit = state.credit.get(key, 0)
         state.inflight[key] += 1
-        done = functools.partial(self._pushed, state, key, capacity)
         if credit > 0 and pipe.healthy():  # the last reply showed room: don't wait for this one
             state.credit[key] = credit - 1
-            pipe.append(key, self._ttl_ms, entry).add_done_callback(done)
+            sent = pipe.append(key, self._ttl_ms, entry)
+            if sent is state.appended:  # joined the RPUSH queued just before (Pipe.append)
+                state.appended_count[0] += 1
+            else:  # its reply is booked once, for every entry it carries
+                state.appended, state.appended_count = sent, [1]
+                sent.add_done_callback(
+                    functools.partial(self._pushed, state, key, capacity, state.appended_count)
+                )
             if pipe.congested():
                 await pipe.drain()
             return
         reply = pipe.push(key, now_ms, capacity, self._ttl_ms, entry)
-        reply.add_done_callback(done)
+        reply.add_done_callback(functools.partial(self._pushed, state, key, capacity, [1]))
         length, _ = await reply
         if length < 0:
             raise ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
 
     def _pushed(
-        self, state: _LoopState, key: str, capacity: int, reply: asyncio.Future[Any]
+        self,
+        state: _LoopState,
+        key: str,
+        capacity: int,
+        count: list[int],
+        reply: asyncio.Future[Any],
     ) -> None:
-        """Book a push reply: expired heads dropped, and how far ahead later sends may go."""
-        left = state.inflight[key] - 1
+        """Book the reply of a push (``count[0]`` messages): expired heads dropped, and how
+        far ahead later sends may go."""
+        left = state.inflight[key] - count[0]
         if left:
             state.inflight[key] = left
         else:
@@ -201,13 +215,21 @@ class RedisChannelLayer(BaseChannelLayer):
         else:
             state.credit.pop(key, None)
 
-    async def _pop(self, channel: str) -> bytes | Message:
+    def _receiver(self, channel: str) -> Receiver:
         shards = self._state().shards
         if len(shards) == 1:  # no routing to do (the fast path of a fan-out's many receives)
-            receiver = shards[0].receiver
-        else:
-            receiver = shards[self.ring.node_for(names.non_local_name(channel))].receiver
-        payload = receiver.take(channel)  # already popped: no coroutine, no waiting
+            return shards[0].receiver
+        return shards[self.ring.node_for(names.non_local_name(channel))].receiver
+
+    def _ready(self, channel: str) -> bytes | Message | None:
+        payload = self._receiver(channel).take(channel)  # already popped: no coroutine
+        if payload is not None and self._crypter is not None and type(payload) is bytes:
+            payload = self._crypter.decrypt(payload, channel)
+        return payload
+
+    async def _pop(self, channel: str) -> bytes | Message:
+        receiver = self._receiver(channel)
+        payload = receiver.take(channel)
         if payload is None:
             routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)

@@ -240,3 +240,37 @@ def test_async_to_sync_calls_each_in_a_fresh_loop_lose_nothing(redis_server: Red
     assert got == list(range(21))
     assert len(layer._states) <= 1, "closed loops' connections are dropped"
     async_to_sync(layer.flush)()
+
+
+async def test_back_to_back_sends_to_a_channel_share_one_rpush_in_order(
+    redis_server: RedisServer,
+) -> None:
+    """Sends queued in one loop turn to one channel (credit held) go out as one multi-entry
+    RPUSH; a send to another channel in between starts a new one, and each channel's order
+    is kept."""
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    sender, receiver = (make(redis_server, prefix, capacity=1000) for _ in range(2))
+    for channel in ("a", "b"):  # their replies grant the credit that lets sends go unchecked
+        await sender.send(channel, {"type": "x", "i": -1})
+    client = redis_server.client()
+
+    def rpush_calls() -> int:
+        return int(client.info("commandstats").get("cmdstat_rpush", {}).get("calls", 0))
+
+    before = rpush_calls()
+    runs = [("a", 5), ("b", 3), ("a", 5), ("b", 1), ("a", 7)]
+    sent = {"a": 0, "b": 0}
+    sends = []
+    for channel, count in runs:
+        for _ in range(count):
+            sends.append(sender.send(channel, {"type": "x", "i": sent[channel]}))
+            sent[channel] += 1
+    await asyncio.gather(*sends)
+    assert rpush_calls() - before == len(runs)
+    for channel, count in sent.items():
+        got = [(await receiver.receive(channel))["i"] for _ in range(count + 1)]
+        assert got == list(range(-1, count))
+    client.close()
+    for layer in (sender, receiver):
+        await layer.flush()
+        await layer.close()
