@@ -20,6 +20,13 @@ def positive_number(name: str, value: object) -> float:
     return float(value)
 
 
+def non_negative_number(name: str, value: object) -> float:
+    """A number of seconds that may be 0 (the feature off)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidOption(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def positive_int(name: str, value: object) -> int:
     """A count that must be an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -23,9 +23,9 @@ from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
 from layer.ipc.store import Store
-from layer.ipc.waiting import POLL, Waiting
+from layer.ipc.waiting import POLL, SPIN, Waiting
 from layer.ipc.wakers import Wakers
-from layer.options import byte_size, positive_int
+from layer.options import byte_size, non_negative_number, positive_int
 
 
 class IPCChannelLayer(Waiting, BaseChannelLayer):
@@ -40,6 +40,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         size: int | str = "256MB",
         slot_size: int = 256,
         group_access: bool = False,
+        spin: float = SPIN,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -51,6 +52,8 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         if not isinstance(group_access, bool):
             raise InvalidOption(f"group_access must be true or false, got {group_access!r}")
         self.mode = 0o660 if group_access else 0o600
+        self.spin = non_negative_number("spin", spin)
+        self._spin_until = 0.0
         self._segment = segment.attach(self.prefix, self.size, self.slot_size, self.mode)
         self._store = Store(self._segment.mm, self._segment.geometry, self.counters)
         self._lock = Lock(self._segment.fd, self._segment.mm, self._store.flush)
@@ -117,11 +120,14 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
                 self._post(wake)
         out.refill(channel, capacity, count)
         if waker != NIL:
-            self._ringer.ring(waker)
+            self._ring(waker)
 
     def _ready(self, channel: str) -> bytes | None:
-        """A message an earlier receive here took ahead: no lock and no coroutine."""
-        self._streak = False
+        """A message an earlier receive here took ahead: no lock and no coroutine.
+
+        It leaves ``_streak`` alone: a process receiving what it took ahead is in a burst, so
+        its next send may be held (a ping-pong never has messages ahead and goes to ``_pop``).
+        """
         return self._ahead.take(channel) if channel in self._ahead.held else None
 
     async def _pop(self, channel: str) -> bytes:
@@ -156,6 +162,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
             self._watch(loop)
         if self._timer is None:
             self._timer = loop.call_later(POLL, self._tick)
+        self._spin(loop)
         try:
             return await future
         except asyncio.CancelledError:
@@ -255,7 +262,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
             self.counters.dropped_full += 1
             return
         if waker != NIL:
-            self._ringer.ring(waker)
+            self._ring(waker)
 
     def _send_out(self, scheduled: bool = False) -> None:
         """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),

@@ -74,8 +74,8 @@ FIRED = 0xFFFFFFFE  # a node's prev once a send has fired it (it is then in its 
 # -- wakers ------------------------------------------------------------------------------------
 RING = 64
 WAKER_SIZE = 64 + 4 * RING
-WAKER = struct.Struct("<IIIII")  # in use, generation, ring read, ring write, overflowed
-W_STATE, W_READ, W_WRITE, W_OVERFLOW = 0, 8, 12, 16  # generation at 4
+WAKER = struct.Struct("<IIIIII")  # in use, generation, ring read, ring write, overflowed, spinning
+W_STATE, W_READ, W_WRITE, W_OVERFLOW, W_SPINNING = 0, 8, 12, 16, 20  # generation at 4
 W_RING = 64
 MAX_WAKERS = 256
 

@@ -23,6 +23,7 @@ from layer.ipc.layout import (
     U32,
     W_READ,
     W_RING,
+    W_SPINNING,
     W_STATE,
     WAKER,
     WAKER_SIZE,
@@ -51,8 +52,8 @@ class Wakers:
                     self.reap(j, waker, wake)
                     gen = _STATE_GEN.unpack_from(self.store.mm, at + W_STATE)[1]
                 gen = (gen + 1) & 0xFFFF
-                j.save(at, 20)
-                WAKER.pack_into(self.store.mm, at, 1, gen, 0, 0, 0)
+                j.save(at, WAKER.size)
+                WAKER.pack_into(self.store.mm, at, 1, gen, 0, 0, 0, 0)
                 return waker, gen
         raise RuntimeError(
             f"all {self.count} IPC waker records are held by live layer instances; "
@@ -63,15 +64,15 @@ class Wakers:
         """Give the record up (its nodes were withdrawn by the owner); nodes left go stale."""
         at = self.base + waker * WAKER_SIZE
         gen = _STATE_GEN.unpack_from(self.store.mm, at + W_STATE)[1]
-        j.save(at, 20)
-        WAKER.pack_into(self.store.mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0)
+        j.save(at, WAKER.size)
+        WAKER.pack_into(self.store.mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0, 0)
         segment.release(self.fd, waker)
 
     def drain(self, j: Journal, waker: int) -> tuple[list[int], bool]:
         """The nodes fired at ``waker`` since the last drain, and whether its ring overflowed."""
         mm = self.store.mm
         at = self.base + waker * WAKER_SIZE
-        _, _, read, write, overflow = WAKER.unpack_from(mm, at)
+        _, _, read, write, overflow, _ = WAKER.unpack_from(mm, at)
         if read == write and not overflow:
             return [], False
         ring = at + W_RING
@@ -84,8 +85,16 @@ class Wakers:
         """Whether ``waker``'s ring holds wakes (or overflowed): a hint read without the lock,
         which ``drain`` then takes under it."""
         at = self.base + waker * WAKER_SIZE
-        _, _, read, write, overflow = WAKER.unpack_from(self.store.mm, at)
+        _, _, read, write, overflow, _ = WAKER.unpack_from(self.store.mm, at)
         return bool(read != write or overflow)
+
+    def spinning(self, waker: int) -> bool:
+        """Whether ``waker``'s owner is polling its ring (a sender then need not ring it)."""
+        return bool(U32.unpack_from(self.store.mm, self.base + waker * WAKER_SIZE + W_SPINNING)[0])
+
+    def set_spinning(self, waker: int, on: bool) -> None:
+        """Only the owner writes its flag, without the lock (see ``Waiting._spin``)."""
+        U32.pack_into(self.store.mm, self.base + waker * WAKER_SIZE + W_SPINNING, int(on))
 
     def dead(self, me: int) -> list[int]:
         """Records in use whose instance died; a hint read without the lock (see reap_dead)."""
@@ -125,6 +134,6 @@ class Wakers:
             else:
                 store.unregister(j, node)
             j.commit()
-        j.save(at, 20)
-        WAKER.pack_into(mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0)
+        j.save(at, WAKER.size)
+        WAKER.pack_into(mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0, 0)
         j.commit()

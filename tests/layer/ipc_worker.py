@@ -19,6 +19,7 @@ from layer.exceptions import ChannelFull
 from layer.ipc import IPCChannelLayer
 from layer.ipc.layout import NIL, RECOVERIES
 from layer.ipc.table import make_key
+from layer.ipc.waiting import SPIN
 
 SIZE = "16MB"
 
@@ -207,7 +208,8 @@ async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> bool:
 async def main(role: str, prefix: str, args: list[str]) -> None:
     if role == "start":  # attach only after the parent says go: all at the same instant
         sys.stdin.readline()
-    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=10_000)
+    spin = float(os.environ.get("IPC_TEST_SPIN", SPIN))  # tests run both wake paths
+    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=10_000, spin=spin)
     close = True
     try:
         if role == "produce":

@@ -32,11 +32,18 @@ async def receive_soon(layer: IPCChannelLayer, channel: str) -> dict:
 # -- many processes ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spin", ["0", "0.0002"], ids=["sleeping", "spinning"])
 async def test_four_producers_four_consumers_exactly_once_in_order(
-    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+    ipc_layer_factory: Factory,
+    ipc_prefix: str,
+    workers: list[Worker],
+    spin: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Every wake by the doorbell FIFO (spin 0) and, by default, mostly by a spinning poll."""
+    monkeypatch.setenv("IPC_TEST_SPIN", spin)
     producers, consumers, count, group_every = 4, 4, 25_000, 50
-    layer = ipc_layer_factory()
+    layer = ipc_layer_factory(spin=float(spin))
     group_total = producers * len(range(0, count, group_every))
     for c in range(consumers):
         workers.append(Worker("consume", ipc_prefix, c, group_total))
@@ -268,6 +275,8 @@ def test_undersized_dev_shm_is_a_clear_error(ipc_prefix: str) -> None:
         ({"size": "lots"}, "size"),
         ({"slot_size": 100}, "slot_size"),
         ({"group_access": "yes"}, "group_access"),
+        ({"spin": -1}, "spin"),
+        ({"spin": "fast"}, "spin"),
     ],
 )
 def test_bad_ipc_options_are_named(options: dict, error: str) -> None:
@@ -413,6 +422,28 @@ async def test_chimes_are_all_read_after_their_wakes(ipc_layer_factory: Factory)
     assert not layer._deferred
     with pytest.raises(BlockingIOError):
         os.read(layer._bell.fd, 1)
+
+
+async def test_a_spinning_receiver_is_woken_without_its_doorbell(
+    ipc_layer_factory: Factory,
+) -> None:
+    """While a parked receive polls (``spin``), a sender skips the FIFO write: it never even
+    opens the receiver's doorbell; once the spin ends the receiver sleeps and is rung."""
+    layer, sender = ipc_layer_factory(spin=30), ipc_layer_factory(spin=0)
+    waiting = asyncio.ensure_future(layer.receive("spin.a"))
+    await asyncio.sleep(0.05)
+    assert sender._wakers.spinning(layer._waker)
+    await sender.send("spin.a", {"type": "polled"})
+    assert (await asyncio.wait_for(waiting, 10))["type"] == "polled"
+    assert layer._waker not in sender._ringer.fds
+
+    layer.spin = 0.01
+    waiting = asyncio.ensure_future(layer.receive("spin.b"))
+    await asyncio.sleep(0.3)  # the spin restarted with the new length, and ended
+    assert not sender._wakers.spinning(layer._waker)
+    await sender.send("spin.b", {"type": "rung"})
+    assert (await asyncio.wait_for(waiting, 10))["type"] == "rung"
+    assert layer._waker in sender._ringer.fds
 
 
 def test_a_layer_waits_in_one_event_loop_after_another(ipc_prefix: str) -> None:
