@@ -11,6 +11,8 @@ from __future__ import annotations
 import mmap
 import struct
 import time
+from collections.abc import Callable, Iterable
+from functools import partial
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull
@@ -123,17 +125,9 @@ class Queues(Waiters):
         one_slot = max(map(len, payloads)) + 12 <= self.data
         if not one_slot or nfree + self.geometry.n_slots - bump < m:
             j.commit()
-            for payload in payloads:
-                try:
-                    waker, count = self.push(j, key, payload, expires, NO_LIMIT)
-                except ChannelFull:
-                    j.rollback()
-                    self.counters.dropped_full += 1
-                    continue
-                j.commit()
-                if waker != NIL:
-                    wake.append(waker)
-            return int(count)
+            pushes = (partial(self._push_unlimited, j, key, p, expires) for p in payloads)
+            self._one_by_one(j, pushes, wake)
+            return int(FIVE.unpack_from(mm, off)[2])
         slots, size = self.slots, self.slot_size
         link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
@@ -200,12 +194,21 @@ class Queues(Waiters):
         """Put messages a process took ahead back at the head, in their order, committing per
         message; expired ones are dropped and counted, as are ones the segment has no room for
         (``dropped_full``). Wakers to post go to ``wake``."""
-        for payload, expires in reversed(items):
-            if expires <= now:
-                self.counters.expired += 1
-                continue
+        live = [(payload, expires) for payload, expires in reversed(items) if expires > now]
+        self.counters.expired += len(items) - len(live)
+        pushes = (partial(self.push_front, j, key, p, expires) for p, expires in live)
+        self._one_by_one(j, pushes, wake)
+
+    def _push_unlimited(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
+        return self.push(j, key, payload, expires, NO_LIMIT)[0]
+
+    def _one_by_one(self, j: Journal, pushes: Iterable[Callable[[], int]], wake: list[int]) -> None:
+        """Run each push as its own committed mutation; one that finds the segment full is
+        rolled back, dropped and counted (``dropped_full``): its sender has already returned.
+        Wakers to post go to ``wake``."""
+        for push in pushes:
             try:
-                waker = self.push_front(j, key, payload, expires)
+                waker = push()
             except ChannelFull:
                 j.rollback()
                 self.counters.dropped_full += 1
