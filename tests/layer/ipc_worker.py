@@ -17,7 +17,7 @@ import zlib
 
 from layer.exceptions import ChannelFull
 from layer.ipc import IPCChannelLayer
-from layer.ipc.layout import NIL, RECOVERIES
+from layer.ipc.layout import ENTRY_SIZE, NIL, RECOVERIES
 from layer.ipc.table import make_key
 from layer.ipc.waiting import SPIN
 
@@ -134,6 +134,12 @@ def hold(layer: IPCChannelLayer, what: str) -> None:
             layer._store.push(j, key, b"\x81\xa4type\xa4torn", time.monotonic() + 60, 100)
         elif what == "take":
             assert layer._store.take(j, key, time.monotonic()) is not None
+        elif what == "take_run":  # a run taken ahead in one mutation, never committed
+            for _ in range(3):
+                layer._store.push(j, key, b"\x81\xa4type\xa4more", time.monotonic() + 60, 100)
+                j.commit()
+            head = layer._store.mutable + layer._store.channel_index(*key) * ENTRY_SIZE
+            assert len(layer._store._take_many(head, j, time.monotonic(), 10)) == 4
         elif what == "run":  # a coalesced run of sends, all written, never committed
             runs = [b"\x81\xa4type\xa4torn"] * 5
             layer._store.push_run(j, key, runs, time.monotonic() + 60, [])

@@ -117,7 +117,7 @@ async def test_sigkill_at_random_moments_never_stops_or_tears(
     assert (await receive_soon(layer, "k.after"))["type"] == "after"
 
 
-@pytest.mark.parametrize("what", ["push", "take", "flush", "run", "fire", "register"])
+@pytest.mark.parametrize("what", ["push", "take", "take_run", "flush", "run", "fire", "register"])
 async def test_killed_while_holding_the_lock_mid_mutation(
     ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker], what: str
 ) -> None:
@@ -137,6 +137,9 @@ async def test_killed_while_holding_the_lock_mid_mutation(
         assert (await layer.stats())["queued"] == 0
     else:  # a half-done push, run of pushes or take is undone: only the message sent before
         assert (await receive_soon(layer, "h.chan"))["type"] == "kept"
+        if what == "take_run":  # and the holder's three, back in the channel in order
+            for _ in range(3):
+                assert (await receive_soon(layer, "h.chan"))["type"] == "more"
         assert (await layer.stats())["queued"] == 0
         await layer.group_send("h.group", {"type": "x"})
         assert (await receive_soon(layer, "h.member"))["type"] == "x"
