@@ -144,8 +144,14 @@ class Waiting:
     def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:
             return  # another loop took over the doorbell (``_unwatch`` ended this spin)
-        if not self._closed and self._wakers.pending(self._waker):
-            self._on_wake()
+        try:
+            if not self._closed and self._wakers.pending(self._waker):
+                self._on_wake()
+        except BaseException:  # the loop reports it; the doorbell takes over the wakes
+            self._spin_until = 0.0
+            self._wakers.set_spinning(self._waker, False)
+            self._ringer.ring(self._waker)
+            raise
         if self._closed or not self._local or time.monotonic() >= self._spin_until:
             self._spin_until = 0.0
             if not self._closed:
