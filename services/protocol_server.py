@@ -166,9 +166,7 @@ class ProtocolServer:
             self._background.run(
                 wire.PROTOCOL_GROUP, self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
             )
-            for worker, seen in list(self._seen.items()):
-                if now - seen > 60:
-                    del self._seen[worker]
+            wire.forget_silent(self._seen, now)
 
     def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
         return self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})

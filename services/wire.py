@@ -65,6 +65,17 @@ _SCOPE_KEYS = {
 _SCOPE_SHAPES = {kind: (itemgetter(*keys), len(keys)) for kind, keys in _SCOPE_KEYS.items()}
 
 
+FORGET_PEER_AFTER = 60.0  # seconds: a peer silent this long leaves the last-seen table
+
+
+def forget_silent(seen: dict[str, float], now: float) -> None:
+    """Drop peers of a last-seen table (peer -> loop time) not heard from for a minute, so
+    the table of a long-running process does not grow with every peer that ever came and went."""
+    for peer, last in list(seen.items()):
+        if now - last > FORGET_PEER_AFTER:
+            del seen[peer]
+
+
 def chunk_size(layer: BaseChannelLayer) -> int:
     """Largest body/frame slice per message: half the layer's limit leaves room for headers."""
     return max(4096, min(256 * 1024, layer.max_message_size // 2))

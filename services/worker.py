@@ -255,8 +255,6 @@ class Worker:
                 self._background.run(peer, self.layer.send(peer, beat))
             if ticks % 2 == 0 and not self.draining:
                 self._background.run("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
-            for peer, seen in list(self._seen.items()):
-                if now - seen > 60:
-                    del self._seen[peer]
+            wire.forget_silent(self._seen, now)
             ticks += 1
             await asyncio.sleep(self.heartbeat)
