@@ -148,17 +148,25 @@ class Waiting:
             if not self._closed and self._wakers.pending(self._waker):
                 self._on_wake()
         except BaseException:  # the loop reports it; the doorbell takes over the wakes
-            self._spin_until = 0.0
-            self._wakers.set_spinning(self._waker, False)
-            self._ringer.ring(self._waker)
+            self._end_spin(chime=True)
             raise
         if self._closed or not self._local or time.monotonic() >= self._spin_until:
-            self._spin_until = 0.0
-            if not self._closed:
-                self._wakers.set_spinning(self._waker, False)
-                self._on_wake()  # under the lock: wakes appended while the flag was set
+            self._end_spin(chime=False)
         else:
             loop.call_soon(self._poll, loop)
+
+    def _end_spin(self, chime: bool) -> None:
+        """Clear our flag, then pick up the wakes that skipped the FIFO while it was set: drain
+        them now under the lock, or (``chime``) ring our own FIFO so the doorbell's reader,
+        maybe on another loop, drains them."""
+        self._spin_until = 0.0
+        if self._closed:
+            return
+        self._wakers.set_spinning(self._waker, False)
+        if chime:
+            self._ringer.ring(self._waker)
+        else:
+            self._on_wake()
 
     def _ring(self, waker: int) -> None:
         if not self._wakers.spinning(waker):
@@ -238,10 +246,7 @@ class Waiting:
             self._loop.remove_reader(self._bell.fd)
         self._loop = None
         if self._spin_until:  # wakes that skipped the FIFO meanwhile: chime for the next loop
-            self._spin_until = 0.0
-            self._wakers.set_spinning(self._waker, False)
-            if not self._closed:
-                self._ringer.ring(self._waker)
+            self._end_spin(chime=True)
         self._deferred = False  # the next loop's first chime reads what was left
 
     def _post(self, wakers: list[int], only_live: bool = False) -> None:
