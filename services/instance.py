@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import ChannelFull
 from layer.messages import Message
 from services import wire
+from services.batching import Batcher, deliver
 
 log = logging.getLogger("layerkit.worker")
 
@@ -56,6 +56,7 @@ class Instance(wire.Inbox):
         "_first",
         "_flush",
         "accepted",
+        "batcher",
         "chunk",
         "closed",
         "consumed",
@@ -81,9 +82,11 @@ class Instance(wire.Inbox):
         message: Message,
         loop: asyncio.AbstractEventLoop,
         held: HeldStarts,
+        batcher: Batcher | None,
     ) -> None:
         super().__init__(loop)
         self.held = held
+        self.batcher = batcher  # None: each message is sent (and awaited) on its own
         self.layer = layer
         self.worker = worker
         self.chunk = chunk
@@ -150,14 +153,17 @@ class Instance(wire.Inbox):
     async def _post(self, message: Message) -> None:
         if self.gone:
             return
-        try:
-            await self.layer.send_trusted(self.reply, message)
-        except ChannelFull:
-            if not await wire.send_patiently(self.layer, self.reply, message):
-                log.warning("protocol channel %s stayed full; dropping %s", self.reply, self.id)
-                self.gone = True
-        except (ConnectionError, OSError) as exc:  # e.g. the shard of the reply channel is down
-            log.warning("reply channel %s unreachable (%s); dropping %s", self.reply, exc, self.id)
+        if self.batcher is not None:
+            self.batcher.post(self.reply, message)
+            return
+        why = await deliver(self.layer, self.reply, message)
+        if why is not None:
+            self.lost(why)
+
+    def lost(self, why: str) -> None:
+        """A message to the protocol server could not be delivered: stop talking to it."""
+        if not self.gone:
+            log.warning("reply channel %s %s; dropping %s", self.reply, why, self.id)
             self.gone = True
 
     # -- ASGI receive ----------------------------------------------------------------------

@@ -114,8 +114,7 @@ class ProtocolServer:
 
     async def _dispatch(self) -> None:
         """Route everything arriving on the reply channel to its connection."""
-        loop = asyncio.get_running_loop()
-        receive, reply, conns, seen = self.layer.receive, self.reply, self._conns, self._seen
+        receive, reply, route = self.layer.receive, self.reply, self._route
         while True:
             try:
                 message = await receive(reply)
@@ -125,22 +124,33 @@ class ProtocolServer:
                 log.exception("receiving on %s failed; retrying", reply)
                 await asyncio.sleep(self.heartbeat)
                 continue
-            kind = message.get("type")
-            if kind == wire.HEARTBEAT or kind == wire.HELLO:
-                self.worker_seen = seen[message["w"]] = loop.time()
-                continue
-            conn = conns.get(message.get("c", ""))
-            if conn is None:
-                continue  # a late answer for a connection that already ended
-            worker = message.get("w")
-            if worker is not None and conn.worker is None:
-                conn.worker = worker
-                conn.assigned = self.worker_seen = seen[worker] = loop.time()
-            if kind == wire.ACK:
-                if conn.window is not None:
-                    conn.window.acked(message["n"])
-            else:
-                conn.put(message)
+            try:
+                if message.get("type") == wire.BATCH:
+                    for one in message["ms"]:
+                        route(one)
+                else:
+                    route(message)
+            except (KeyError, TypeError, AttributeError):  # not from one of our workers
+                log.error("ignoring a malformed message of type %r", message.get("type"))
+
+    def _route(self, message: Message) -> None:
+        """Hand one message from a worker to its connection (or note the worker is alive)."""
+        kind = message.get("type")
+        if kind == wire.HEARTBEAT or kind == wire.HELLO:
+            self.worker_seen = self._seen[message["w"]] = self._loop.time()
+            return
+        conn = self._conns.get(message.get("c", ""))
+        if conn is None:
+            return  # a late answer for a connection that already ended
+        worker = message.get("w")
+        if worker is not None and conn.worker is None:
+            conn.worker = worker
+            conn.assigned = self.worker_seen = self._seen[worker] = self._loop.time()
+        if kind == wire.ACK:
+            if conn.window is not None:
+                conn.window.acked(message["n"])
+        else:
+            conn.put(message)
 
     async def _watchdog(self) -> None:
         """Fail stuck connections and tell our workers we are alive."""

@@ -40,6 +40,7 @@ WS_CLOSE = "k.close"  # c, code, rs (reason)
 APP_ERROR = "k.err"  # c, code (default 500): the app raised, or was cancelled at drain
 # both directions
 ACK = "k.ack"  # c, n: the receiver has consumed n data messages of this connection
+BATCH = "k.batch"  # ms: messages for one peer posted in one loop turn, in order (batching.py)
 HEARTBEAT = "k.hb"  # w or r: the sender is alive (sent to peers with open connections)
 HELLO = "k.hello"  # w: a worker exists (group_send to PROTOCOL_GROUP; drives /readyz)
 

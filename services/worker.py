@@ -18,6 +18,7 @@ from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import wire
 from services.background import OneInFlight
+from services.batching import Batcher, batches_replies
 from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
 from services.metrics import Metrics
@@ -63,6 +64,7 @@ class Worker:
         self._background = OneInFlight(log)  # heartbeats and hellos
         self._requests = metrics.http(self.role)
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
+        self._batcher = Batcher(layer, self._lost) if batches_replies(layer) else None
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
@@ -114,6 +116,8 @@ class Worker:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, self._background.cancel(), return_exceptions=True)
+        if self._batcher is not None:
+            await self._batcher.close()  # the last replies, before the layer closes
         await self.lifespan.shutdown()
 
     # -- loops -----------------------------------------------------------------------------
@@ -168,7 +172,9 @@ class Worker:
         if message.get("d", 0) < time.time():
             return None  # its protocol server has already answered 503
         try:
-            inst = Instance(self.layer, self.channel, self.chunk, message, loop, self._held)
+            inst = Instance(
+                self.layer, self.channel, self.chunk, message, loop, self._held, self._batcher
+            )
         except (KeyError, TypeError, ValueError):
             log.error("ignoring malformed work message of type %r", message.get("type"))
             return None
@@ -176,6 +182,13 @@ class Worker:
             inst.scope["state"] = dict(self.lifespan.state)
         self._conns[inst.id] = inst
         return inst
+
+    def _lost(self, message: Message, why: str) -> None:
+        inst = self._conns.get(message.get("c", ""))
+        if inst is not None:
+            inst.lost(why)
+        else:
+            log.warning("dropped a %s message: its reply channel %s", message["type"], why)
 
     def _finished(self, inst: Instance, started: float) -> None:
         del self._conns[inst.id]

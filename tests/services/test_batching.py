@@ -1,0 +1,156 @@
+"""Replies batched per peer and loop turn (services/batching.py), on a real IPC layer, and
+end to end through protocol server + workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from layer.config import get_channel_layer
+from layer.ipc import IPCChannelLayer
+from layer.messages import Message
+from services import wire
+from services.batching import ALONE, MOST, Batcher
+from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
+from tests.services.conftest import CROSS, StackFactory, serve
+from tests.services.procs import ROOT
+
+__all__ = ["ipc_layer_factory", "ipc_prefix"]
+pytestmark = pytest.mark.timeout(60)
+
+Factory = Callable[..., IPCChannelLayer]
+
+
+def _reply(n: int, body: bytes = b"") -> Message:
+    return {"type": wire.RESPONSE_BODY, "c": f"x.{n}", "b": body, "m": False}
+
+
+async def _received(layer: IPCChannelLayer, channel: str, count: int) -> list[Message]:
+    return [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(count)]
+
+
+async def test_one_turns_replies_leave_as_one_message_in_order(
+    ipc_layer_factory: Factory,
+) -> None:
+    layer = ipc_layer_factory()
+    lost: list[tuple[Message, str]] = []
+    batcher = Batcher(layer, lambda message, why: lost.append((message, why)))
+    a, b = await layer.new_channel("a"), await layer.new_channel("b")
+    big = b"x" * (ALONE + 1)
+    posted = [_reply(0), _reply(1), _reply(2), _reply(3, big), _reply(4), _reply(5)]
+    for message in posted:
+        batcher.post(a, message)
+    batcher.post(b, _reply(9))
+    await batcher.close()
+    first, alone, last = await _received(layer, a, 3)
+    assert first == {"type": wire.BATCH, "ms": posted[:3]}
+    assert alone == posted[3]  # a large body goes on its own, in its place
+    assert last == {"type": wire.BATCH, "ms": posted[4:]}
+    assert await _received(layer, b, 1) == [_reply(9)]  # one message: not wrapped
+    assert lost == []
+
+
+async def test_a_batch_holds_at_most_MOST_messages(ipc_layer_factory: Factory) -> None:
+    layer = ipc_layer_factory()
+    batcher = Batcher(layer, lambda message, why: None)
+    channel = await layer.new_channel("a")
+    for n in range(MOST + 1):
+        batcher.post(channel, _reply(n))
+    await batcher.close()
+    full, rest = await _received(layer, channel, 2)
+    assert [m["c"] for m in full["ms"]] == [f"x.{n}" for n in range(MOST)]
+    assert rest == _reply(MOST)
+
+
+async def test_posts_while_a_send_waits_follow_it_in_order(ipc_layer_factory: Factory) -> None:
+    """A full channel holds the first send back (it retries); what is posted meanwhile waits
+    for it, then follows in order."""
+    layer = ipc_layer_factory(capacity=1)
+    batcher = Batcher(layer, lambda message, why: None)
+    channel = await layer.new_channel("a")
+    await layer.send(channel, {"type": "filler"})
+    batcher.post(channel, _reply(0))
+    batcher.post(channel, _reply(1))
+    await asyncio.sleep(0.05)  # the batch is retrying against the full channel
+    batcher.post(channel, _reply(2))
+    await asyncio.sleep(0.05)
+    assert (await layer.receive(channel))["type"] == "filler"
+    got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
+    await batcher.close()
+    assert got == [{"type": wire.BATCH, "ms": [_reply(0), _reply(1)]}, _reply(2)]
+
+
+async def test_a_batch_too_large_for_the_layer_goes_one_by_one(
+    ipc_layer_factory: Factory,
+) -> None:
+    """Headers are not counted when batching; a batch the layer refuses is split up."""
+    layer = ipc_layer_factory(max_message_size=8192)
+    lost: list[tuple[Message, str]] = []
+    batcher = Batcher(layer, lambda message, why: lost.append((message, why)))
+    channel = await layer.new_channel("a")
+    posted = [{**_reply(n), "h": [(b"x-pad", b"p" * 3000)]} for n in range(4)]
+    for message in posted:
+        batcher.post(channel, message)
+    await batcher.close()
+    got = await _received(layer, channel, 4)
+    assert [m["c"] for m in got] == ["x.0", "x.1", "x.2", "x.3"]
+    assert lost == []
+
+
+async def test_replies_to_a_channel_that_stays_full_are_reported_lost(
+    ipc_layer_factory: Factory,
+) -> None:
+    layer = ipc_layer_factory(capacity=1)
+    lost: list[tuple[Message, str]] = []
+    batcher = Batcher(layer, lambda message, why: lost.append((message, why)))
+    channel = await layer.new_channel("a")
+    await layer.send(channel, {"type": "filler"})
+    batcher.post(channel, _reply(0))
+    batcher.post(channel, _reply(1))
+    await asyncio.wait_for(batcher.close(), 15)  # gives up after send_patiently's 5 s
+    assert [(m["c"], why) for m, why in lost] == [("x.0", "stayed full"), ("x.1", "stayed full")]
+
+
+@pytest.mark.parametrize("name", CROSS)
+async def test_concurrent_requests_each_get_their_own_answer(
+    stacks: StackFactory, events: Path, name: str
+) -> None:
+    """Many requests at once: replies travel batched, and each reaches its own client."""
+    served = serve(stacks, name, events, workers=1)
+    bodies = [f"request {n} ".encode() * (n + 1) for n in range(200)]
+    async with httpx.AsyncClient(
+        base_url=served.url, timeout=30, limits=httpx.Limits(max_connections=64)
+    ) as client:
+        replies = await asyncio.gather(*(client.post("/echo-body", content=b) for b in bodies))
+    assert [reply.status_code for reply in replies] == [200] * len(bodies)
+    assert [reply.content for reply in replies] == bodies
+
+
+async def test_malformed_messages_on_the_reply_channel_are_ignored(
+    stacks: StackFactory, events: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever lands on a protocol server's reply channel, it logs it and keeps serving."""
+    served = serve(stacks, "ipc", events, workers=1)
+    for key, value in served.stack.backend.env.items():
+        monkeypatch.setenv(key, value)
+    layer = get_channel_layer("default", ROOT / served.stack.backend.config)
+    try:
+        for junk in (
+            {"type": wire.BATCH, "ms": 5},
+            {"type": wire.HEARTBEAT},
+            {"type": "k.resp", "c": 7},
+        ):
+            await layer.group_send(wire.PROTOCOL_GROUP, junk)
+    finally:
+        with contextlib.suppress(Exception):
+            await layer.close()
+    async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
+        for _ in range(3):
+            assert (await client.get("/json")).status_code == 200
+    assert "ignoring a malformed message of type 'k.batch'" in served.front.output()
+    assert "ignoring a malformed message of type 'k.hb'" in served.front.output()
