@@ -341,7 +341,7 @@ def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None
 
 
 def run(quick: bool) -> SuiteResult:
-    seconds, rounds = (2, 1) if quick else (8, 2)
+    seconds, rounds = (2, 1) if quick else (8, 3)
     skipped = [s.name for s in SUBJECTS if not s.available()]
     subjects = [s for s in SUBJECTS if s.name not in skipped]
     best = {s.name: Measured() for s in subjects}
@@ -368,7 +368,9 @@ def run(quick: bool) -> SuiteResult:
         f"WebSocket echo: {WS_CLIENTS} connections, bursts of {WS_BURST} messages. All subjects "
         "serve the same demo app on this machine in the same run; (c)/(d) are one protocol "
         "server + one worker (two processes for the two cores; the protocol server is the "
-        "busier one, so more workers would only add contention). The protocol server writes a "
+        "busier one, so more workers would only add contention); on IPC and Redis a worker sends "
+        "its replies to one protocol server from one loop turn as one layer message "
+        "(services/batching.py). The protocol server writes a "
         "response's head and body in one write (services/coalesce.py); (a) is stock uvicorn, "
         "which writes them separately, and the targets compare with (a); (a1) is uvicorn with "
         "the protocol server's one-write transport (no target), to show how much of the "
