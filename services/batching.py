@@ -1,14 +1,16 @@
-"""Replies to one peer posted during one event-loop turn leave as one layer message (``k.batch``).
+"""Messages for one peer posted during one event-loop turn leave as one layer message (``k.batch``).
 
 A worker answering a burst of requests for the same protocol server (it takes the burst in one
 turn, and a fast app answers each before yielding) would otherwise pay the layer's per-message
-cost for every reply: its own send, and the protocol server's receive. Held until the end of the
-turn and sent together, they cost one. Order per peer is kept: one sender task per peer sends
-everything posted for it in posting order, and a message too big to share (a large body slice)
-goes alone, in its place. A peer that cannot be reached costs only its own connections.
+cost for every reply: its own send, and the protocol server's receive; likewise a protocol
+server forwarding a WebSocket client's burst of frames. Held until the end of the turn and sent
+together, they cost one. Order per peer is kept: one sender per peer sends everything posted
+for it in posting order, and a message too big to share (a large body slice) goes alone, in its
+place. A peer that cannot be reached costs only its own connections.
 
 In-process layers hand message objects over without encoding them (``send_trusted``), so there
-batching would only add work: :func:`batches_replies` says when to use it.
+batching would only add work: :func:`worth_batching` says when to use it. Both processes' own
+channels are read by :func:`dispatch`, which unpacks batches.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ MOST = 64  # messages per batch
 Lost = Callable[[Message, str], None]
 
 
-def batches_replies(layer: BaseChannelLayer) -> bool:
+def worth_batching(layer: BaseChannelLayer) -> bool:
     """Whether messages for one peer are worth batching on ``layer`` (not in-process)."""
     return not isinstance(layer, InMemoryChannelLayer)
 
@@ -40,6 +42,32 @@ def batches_replies(layer: BaseChannelLayer) -> bool:
 def _alone(message: Message) -> bool:
     data = message.get("b", message.get("t"))
     return data is not None and len(data) > ALONE
+
+
+async def dispatch(
+    layer: BaseChannelLayer, channel: str, route: Callable[[Message], None], retry: float
+) -> None:
+    """Receive on a process's own ``channel`` forever, handing every message to ``route`` (the
+    messages of a ``k.batch`` one by one). A failing receive is retried after ``retry`` s; a
+    message ``route`` cannot read (not from one of our peers) is logged and skipped."""
+    receive = layer.receive
+    while True:
+        try:
+            message = await receive(channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("receiving on %s failed; retrying", channel)
+            await asyncio.sleep(retry)
+            continue
+        try:
+            if message.get("type") == wire.BATCH:
+                for one in message["ms"]:
+                    route(one)
+            else:
+                route(message)
+        except (KeyError, TypeError, AttributeError):
+            log.error("ignoring a malformed message of type %r on %s", message.get("type"), channel)
 
 
 async def deliver(layer: BaseChannelLayer, channel: str, message: Message) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
 from layer.messages import Message
-from services import replies, wire
+from services import batching, replies, wire
 from services.background import OneInFlight
 from services.metrics import Metrics
 
@@ -74,6 +74,9 @@ class ProtocolServer:
         self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and re-joins
+        self._batcher = (
+            batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
+        )
         self._prefix = ""
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._requests = metrics.http(self.role)
@@ -96,6 +99,8 @@ class ProtocolServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, self._background.cancel(), return_exceptions=True)
+        if self._batcher is not None:
+            await self._batcher.close()
         try:
             await self.layer.group_discard(wire.PROTOCOL_GROUP, self.reply)
         except Exception:  # the layer may already be gone; nothing to clean then
@@ -112,26 +117,9 @@ class ProtocolServer:
 
     # -- background loops ------------------------------------------------------------------
 
-    async def _dispatch(self) -> None:
+    def _dispatch(self) -> Coroutine[Any, Any, None]:
         """Route everything arriving on the reply channel to its connection."""
-        receive, reply, route = self.layer.receive, self.reply, self._route
-        while True:
-            try:
-                message = await receive(reply)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("receiving on %s failed; retrying", reply)
-                await asyncio.sleep(self.heartbeat)
-                continue
-            try:
-                if message.get("type") == wire.BATCH:
-                    for one in message["ms"]:
-                        route(one)
-                else:
-                    route(message)
-            except (KeyError, TypeError, AttributeError):  # not from one of our workers
-                log.error("ignoring a malformed message of type %r", message.get("type"))
+        return batching.dispatch(self.layer, self.reply, self._route, self.heartbeat)
 
     def _route(self, message: Message) -> None:
         """Hand one message from a worker to its connection (or note the worker is alive)."""
@@ -177,6 +165,20 @@ class ProtocolServer:
                 wire.PROTOCOL_GROUP, self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
             )
             wire.forget_silent(self._seen, now)
+
+    async def _to_worker(self, worker: str, message: Message) -> bool:
+        """Send to a connection's worker: batched per loop turn where the layer leaves the
+        process, else at once; False if it could not be delivered (the caller fails the
+        connection; a lost batched message fails it through :meth:`_lost`)."""
+        if self._batcher is not None:
+            self._batcher.post(worker, message)
+            return True
+        return await wire.send_patiently(self.layer, worker, message)
+
+    def _lost(self, message: Message, why: str) -> None:
+        conn = self._conns.get(message.get("c", ""))
+        if conn is not None and not conn.failed:
+            self._fail(conn, 502, f"its worker's channel {why}")
 
     def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
         return self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})
@@ -277,7 +279,7 @@ class ProtocolServer:
                     consumed = wire.Consumed()
                 if consumed.one() and conn.worker is not None:
                     ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
-                    await wire.send_patiently(self.layer, conn.worker, ack)
+                    await self._to_worker(conn.worker, ack)
             elif kind == wire.PICKED:
                 if pump is None:
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
@@ -299,7 +301,7 @@ class ProtocolServer:
                     await wire.window(conn).reserve()
                     last = not tail and not more
                     message = {"type": wire.BODY, "c": conn.id, "b": piece, "m": not last}
-                    if not await wire.send_patiently(self.layer, worker, message):
+                    if not await self._to_worker(worker, message):
                         conn.put({"type": FAIL, "code": 502})
                         return
             if not more:
@@ -311,7 +313,7 @@ class ProtocolServer:
             pending = [(event.get("body", b""), more)]
         while (await receive())["type"] != "http.disconnect":
             pass
-        await wire.send_patiently(self.layer, worker, {"type": wire.DISCONNECT, "c": conn.id})
+        await self._to_worker(worker, {"type": wire.DISCONNECT, "c": conn.id})
         conn.put({"type": GONE})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -362,7 +364,7 @@ class ProtocolServer:
                     await send({"type": "websocket.send", key: data})
                 if consumed.one() and conn.worker is not None:
                     ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
-                    await wire.send_patiently(self.layer, conn.worker, ack)
+                    await self._to_worker(conn.worker, ack)
             elif kind == wire.WS_ACCEPT:
                 accept = {"type": "websocket.accept", "subprotocol": message.get("sp")}
                 if message.get("h"):
@@ -388,7 +390,7 @@ class ProtocolServer:
         """Forward client frames to the worker (fragmenting large ones) until the client leaves."""
         worker = conn.worker
         assert worker is not None
-        layer, cid = self.layer, conn.id
+        cid = conn.id
         while True:
             event = await receive()
             if event["type"] != "websocket.receive":
@@ -398,9 +400,9 @@ class ProtocolServer:
             for piece, more in wire.slices(data, self.chunk):
                 await wire.window(conn).reserve()
                 message = {"type": wire.WS_IN, "c": cid, key: piece, "f": more}
-                if not await wire.send_patiently(layer, worker, message):
+                if not await self._to_worker(worker, message):
                     conn.put({"type": FAIL, "code": 502})
                     return
         code = event.get("code", 1005)
-        await wire.send_patiently(layer, worker, {"type": wire.DISCONNECT, "c": cid, "code": code})
+        await self._to_worker(worker, {"type": wire.DISCONNECT, "c": cid, "code": code})
         conn.put({"type": GONE, "code": code})

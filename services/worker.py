@@ -13,12 +13,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.messages import Message
-from services import wire
+from services import batching, wire
 from services.background import OneInFlight
-from services.batching import Batcher, batches_replies
+from services.batching import Batcher, worth_batching
 from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
 from services.metrics import Metrics
@@ -63,12 +65,14 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and hellos
         self._requests = metrics.http(self.role)
+        self._loop: asyncio.AbstractEventLoop  # set by start()
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
-        self._batcher = Batcher(layer, self._lost) if batches_replies(layer) else None
+        self._batcher = Batcher(layer, self._lost) if worth_batching(layer) else None
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:
-        self._held = HeldStarts(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self._held = HeldStarts(self._loop)
         self.channel = await self.layer.new_channel("worker")
         await self.lifespan.startup()
         self._loops = [
@@ -199,33 +203,25 @@ class Worker:
         else:
             self.metrics.count(self.role, inst.kind, inst.status)
 
-    async def _dispatch(self) -> None:
+    def _dispatch(self) -> Coroutine[Any, Any, None]:
         """Route follow-up messages on this worker's channel to their instances."""
-        loop = asyncio.get_running_loop()
-        receive, channel, conns = self.layer.receive, self.channel, self._conns
-        while True:
-            try:
-                message: Message = await receive(channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("receiving on %s failed; retrying", channel)
-                await asyncio.sleep(self.heartbeat)
-                continue
-            kind = message.get("type")
-            if kind == wire.HEARTBEAT:
-                self._seen[message["r"]] = loop.time()
-                continue
-            inst = conns.get(message.get("c", ""))
-            if inst is None:
-                continue
-            if kind == wire.ACK:
-                if inst.window is not None:
-                    inst.window.acked(message["n"])
-            else:
-                if kind == wire.DISCONNECT:
-                    inst.client_left()
-                inst.put(message)
+        return batching.dispatch(self.layer, self.channel, self._route, self.heartbeat)
+
+    def _route(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == wire.HEARTBEAT:
+            self._seen[message["r"]] = self._loop.time()
+            return
+        inst = self._conns.get(message.get("c", ""))
+        if inst is None:
+            return
+        if kind == wire.ACK:
+            if inst.window is not None:
+                inst.window.acked(message["n"])
+        else:
+            if kind == wire.DISCONNECT:
+                inst.client_left()
+            inst.put(message)
 
     async def _announcer(self) -> None:
         """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.

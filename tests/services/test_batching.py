@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from layer.config import get_channel_layer
 from layer.ipc import IPCChannelLayer
@@ -154,3 +155,18 @@ async def test_malformed_messages_on_the_reply_channel_are_ignored(
             assert (await client.get("/json")).status_code == 200
     assert "ignoring a malformed message of type 'k.batch'" in served.front.output()
     assert "ignoring a malformed message of type 'k.hb'" in served.front.output()
+
+
+@pytest.mark.parametrize("name", CROSS)
+async def test_a_burst_of_frames_is_echoed_whole_and_in_order(
+    stacks: StackFactory, events: Path, name: str
+) -> None:
+    """Frames read in one turn travel to the worker batched, echoes come back batched: every
+    one arrives, in order, small and large (a large one goes on its own) mixed."""
+    served = serve(stacks, name, events, workers=1)
+    frames = [f"frame {n}" * (2000 if n % 25 == 0 else 1) for n in range(200)]
+    async with websockets.connect(f"{served.ws_url}/echo", max_size=None) as ws:
+        for frame in frames:  # no waiting between them: they pile up in the protocol server
+            await ws.send(frame)
+        echoed = [await asyncio.wait_for(ws.recv(), 10) for _ in frames]
+    assert echoed == frames
