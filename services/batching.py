@@ -31,7 +31,8 @@ log = logging.getLogger("layerkit.batching")
 ALONE = 4096  # bytes of body or frame data above which a message is sent on its own
 MOST = 64  # messages per batch
 
-Lost = Callable[[Message, str], None]
+# channel, message, why, refused (the layer refused the message as too large: the peer is fine)
+Lost = Callable[[str, Message, str, bool], None]
 
 
 def worth_batching(layer: BaseChannelLayer) -> bool:
@@ -143,19 +144,19 @@ class Batcher:
     async def _send(self, channel: str, messages: list[Message]) -> None:
         if not messages:
             return
-        if len(messages) == 1:
-            why = await deliver(self._layer, channel, messages[0])
-        else:
-            batch = {"type": wire.BATCH, "ms": messages}
-            try:
-                why = await deliver(self._layer, channel, batch)
-            except MessageTooLarge:  # many large headers: one by one instead
-                for message in messages:
-                    await self._send(channel, [message])
-                return
+        message = messages[0] if len(messages) == 1 else {"type": wire.BATCH, "ms": messages}
+        try:
+            why = await deliver(self._layer, channel, message)
+        except MessageTooLarge as exc:
+            if len(messages) > 1:  # large headers are not counted: one by one instead
+                for one in messages:
+                    await self._send(channel, [one])
+            else:
+                self._lost(channel, message, f"refused a message: {exc}", True)
+            return
         if why is not None:
-            for message in messages:
-                self._lost(message, why)
+            for lost in messages:
+                self._lost(channel, lost, why, False)
 
     async def close(self) -> None:
         """Wait until everything posted so far has been sent (or given up on)."""

@@ -160,6 +160,12 @@ class Instance(wire.Inbox):
         if why is not None:
             self.lost(why)
 
+    def refused(self) -> None:
+        """The layer refused one of the app's messages (too large): the connection fails as if
+        the app had raised (the worker tells the protocol server), later sends are dropped."""
+        self.status = 500 if self.kind == "http" else 1011
+        self.closed = True
+
     def lost(self, why: str) -> None:
         """A message to the protocol server could not be delivered: stop talking to it."""
         if not self.gone:

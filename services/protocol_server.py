@@ -175,7 +175,7 @@ class ProtocolServer:
             return True
         return await wire.send_patiently(self.layer, worker, message)
 
-    def _lost(self, message: Message, why: str) -> None:
+    def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
         conn = self._conns.get(message.get("c", ""))
         if conn is not None and not conn.failed:
             self._fail(conn, 502, f"its worker's channel {why}")

@@ -187,12 +187,20 @@ class Worker:
         self._conns[inst.id] = inst
         return inst
 
-    def _lost(self, message: Message, why: str) -> None:
-        inst = self._conns.get(message.get("c", ""))
-        if inst is not None:
+    def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
+        """A batched message could not be delivered (its instance may have finished since)."""
+        cid = message.get("c", "")
+        inst = self._conns.get(cid)
+        if refused:  # e.g. headers too large for the layer: the client gets a 500 / 1011
+            log.error("the layer %s; failing %s", why, cid)
+            if inst is not None:
+                inst.refused()
+            if self._batcher is not None:
+                self._batcher.post(channel, {"type": wire.APP_ERROR, "c": cid})
+        elif inst is not None:
             inst.lost(why)
         else:
-            log.warning("dropped a %s message: its reply channel %s", message["type"], why)
+            log.warning("dropped a %s message: channel %s %s", message["type"], channel, why)
 
     def _finished(self, inst: Instance, started: float) -> None:
         del self._conns[inst.id]

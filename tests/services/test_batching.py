@@ -40,7 +40,7 @@ async def test_one_turns_replies_leave_as_one_message_in_order(
 ) -> None:
     layer = ipc_layer_factory()
     lost: list[tuple[Message, str]] = []
-    batcher = Batcher(layer, lambda message, why: lost.append((message, why)))
+    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
     a, b = await layer.new_channel("a"), await layer.new_channel("b")
     big = b"x" * (ALONE + 1)
     posted = [_reply(0), _reply(1), _reply(2), _reply(3, big), _reply(4), _reply(5)]
@@ -58,7 +58,7 @@ async def test_one_turns_replies_leave_as_one_message_in_order(
 
 async def test_a_batch_holds_at_most_MOST_messages(ipc_layer_factory: Factory) -> None:
     layer = ipc_layer_factory()
-    batcher = Batcher(layer, lambda message, why: None)
+    batcher = Batcher(layer, lambda channel, message, why, refused: None)
     channel = await layer.new_channel("a")
     for n in range(MOST + 1):
         batcher.post(channel, _reply(n))
@@ -72,7 +72,7 @@ async def test_posts_while_a_send_waits_follow_it_in_order(ipc_layer_factory: Fa
     """A full channel holds the first send back (it retries); what is posted meanwhile waits
     for it, then follows in order."""
     layer = ipc_layer_factory(capacity=1)
-    batcher = Batcher(layer, lambda message, why: None)
+    batcher = Batcher(layer, lambda channel, message, why, refused: None)
     channel = await layer.new_channel("a")
     await layer.send(channel, {"type": "filler"})
     batcher.post(channel, _reply(0))
@@ -92,7 +92,7 @@ async def test_a_batch_too_large_for_the_layer_goes_one_by_one(
     """Headers are not counted when batching; a batch the layer refuses is split up."""
     layer = ipc_layer_factory(max_message_size=8192)
     lost: list[tuple[Message, str]] = []
-    batcher = Batcher(layer, lambda message, why: lost.append((message, why)))
+    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
     channel = await layer.new_channel("a")
     posted = [{**_reply(n), "h": [(b"x-pad", b"p" * 3000)]} for n in range(4)]
     for message in posted:
@@ -108,7 +108,7 @@ async def test_replies_to_a_channel_that_stays_full_are_reported_lost(
 ) -> None:
     layer = ipc_layer_factory(capacity=1)
     lost: list[tuple[Message, str]] = []
-    batcher = Batcher(layer, lambda message, why: lost.append((message, why)))
+    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
     channel = await layer.new_channel("a")
     await layer.send(channel, {"type": "filler"})
     batcher.post(channel, _reply(0))
@@ -170,3 +170,23 @@ async def test_a_burst_of_frames_is_echoed_whole_and_in_order(
             await ws.send(frame)
         echoed = [await asyncio.wait_for(ws.recv(), 10) for _ in frames]
     assert echoed == frames
+
+
+async def test_a_reply_too_large_for_the_layer_is_a_500(
+    stacks: StackFactory, events: Path, tmp_path: Path
+) -> None:
+    """Headers are not sliced like bodies: a response whose headers exceed the layer's message
+    size is refused by the layer, and the client gets a 500 instead of waiting."""
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        "default:\n  BACKEND: layer.ipc.IPCChannelLayer\n"
+        "  CONFIG:\n    prefix: ${IPC_PREFIX}\n    size: 64MB\n    max_message_size: 65536\n"
+    )
+    stack = stacks("ipc")
+    stack.add("worker", LAYER_CONFIG=str(config), TESTAPP_EVENTS=str(events))
+    front = stack.add("protocol", LAYER_CONFIG=str(config), TESTAPP_EVENTS=str(events))
+    async with httpx.AsyncClient(base_url=front.url, timeout=10) as client:
+        refused = await client.get("/huge-headers", params={"n": 100_000})
+        assert refused.status_code == 500
+        fits = await client.get("/huge-headers", params={"n": 1000})
+        assert fits.status_code == 200 and fits.headers["x-huge"] == "h" * 1000

@@ -116,6 +116,13 @@ async def wrong_types(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": "not bytes"})
 
 
+async def huge_headers(scope: Scope, receive: Any, send: Any) -> None:
+    """A header of ``n`` bytes: more than a small layer's message size."""
+    size = int(_query(scope).get("n", "100000"))
+    await _start(send, **{"x-huge": "h" * size})
+    await send({"type": "http.response.body", "body": b"never seen"})
+
+
 async def ws_whoami(scope: Scope, receive: Any, send: Any) -> None:
     """Accept, say which worker pid holds the socket, then echo until the client leaves."""
     ident = _query(scope).get("id", "-")
@@ -139,5 +146,6 @@ _HTTP = {
     "/stream-until-gone": stream_until_gone,
     "/crash": crash,
     "/wrong-types": wrong_types,
+    "/huge-headers": huge_headers,
 }
 _WS = {"/whoami": ws_whoami}
