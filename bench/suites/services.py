@@ -14,8 +14,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,10 +27,10 @@ import httpx
 import websockets
 
 from bench.core import Result, SuiteResult, Target
+from bench.processes import ROOT, Processes, cpu_seconds, cpu_split, reaped_cpu, wait_port
 from layer.config import get_channel_layer
 from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "services.demo.app:application"
 DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS = (
     "(a) uvicorn direct",
@@ -46,41 +44,10 @@ WRK_CONNECTIONS = 32
 WS_CLIENTS, WS_BURST = 8, 16
 
 
-class _Processes:
-    """Child processes of one subject, all stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self) -> None:
-        self.children: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, args: list[str], **env: str) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "KIT_LOG_LEVEL": "warning", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.children.append(child)
-        return child
-
-    def layerkit(self, role: str, **env: str) -> None:
-        self.spawn([sys.executable, "-m", "services", role], KIT_ADMIN_PORT=str(free_port()), **env)
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            child.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+Starter = Callable[[Processes, int], None]
 
 
-Starter = Callable[[_Processes, int], None]
-
-
-def _direct(procs: _Processes, port: int) -> None:
+def _direct(procs: Processes, port: int) -> None:
     procs.spawn(
         [
             sys.executable,
@@ -101,11 +68,12 @@ def _direct(procs: _Processes, port: int) -> None:
             "--no-server-header",
             "--log-level",
             "warning",
-        ]
+        ],
+        "uvicorn",
     )
 
 
-def _direct_one_write(procs: _Processes, port: int) -> None:
+def _direct_one_write(procs: Processes, port: int) -> None:
     """(a) with the protocol server's coalescing transport: no target, it shows how much of
     (b)-(d)'s figure comes from writing a response once rather than from the layer."""
     procs.spawn(
@@ -115,11 +83,12 @@ def _direct_one_write(procs: _Processes, port: int) -> None:
             "import uvicorn; from services.coalesce import CoalescingHttpToolsProtocol as P; "
             f"uvicorn.run({APP!r}, port={port}, http=P, loop='uvloop', access_log=False, "
             "proxy_headers=False, server_header=False, log_level='warning')",
-        ]
+        ],
+        "uvicorn",
     )
 
 
-def _combined(procs: _Processes, port: int) -> None:
+def _combined(procs: Processes, port: int) -> None:
     procs.layerkit("combined", KIT_PORT=str(port), LAYER_CONFIG="config/inmemory.yaml")
 
 
@@ -130,10 +99,11 @@ class Setup:
     start: Starter
     config: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    servers: list[tuple[str, int]] = field(default_factory=list)  # (label, pid) of e.g. redis
 
 
 def _split(config: str, **env: str) -> Setup:
-    def start(procs: _Processes, port: int) -> None:
+    def start(procs: Processes, port: int) -> None:
         procs.layerkit("worker", LAYER_CONFIG=config, **env)
         procs.layerkit("protocol", KIT_PORT=str(port), LAYER_CONFIG=config, **env)
 
@@ -174,8 +144,10 @@ def _redis() -> Iterator[Setup]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port)
-        yield _split("config/redis.yaml", REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        wait_port(port)
+        setup = _split("config/redis.yaml", REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        setup.servers.append(("redis", server.pid))
+        yield setup
     finally:
         server.terminate()
         server.wait()
@@ -209,15 +181,6 @@ SUBJECTS = [
         _redis,
     ),
 ]
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def _wait_ready(port: int) -> None:
@@ -318,11 +281,12 @@ class Measured:
     p99: float = 0.0
     echo: float = 0.0
     pair: str = "-"
+    cpu: str = "-"
 
 
 def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None:
     """One round: start the subject's processes, load them, keep the better numbers."""
-    procs = _Processes()
+    procs = Processes()
     port = free_port()
     with subject.setup() as setup:
         if setup.config is not None and best.pair == "-":
@@ -331,12 +295,16 @@ def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None
             setup.start(procs, port)
             _wait_ready(port)
             wrk(port, 1)  # warm-up
+            pids = [*procs.pids(), *setup.servers]
+            before = {label: cpu_seconds(pid) for label, pid in pids} | {"wrk": reaped_cpu()}
             rate, p50, p99 = wrk(port, seconds)
+            after = {label: cpu_seconds(pid) for label, pid in pids} | {"wrk": reaped_cpu()}
             echo = asyncio.run(ws_echo(port, seconds / 2))
         finally:
             procs.stop()
     if rate > best.rate:
         best.rate, best.p50, best.p99 = rate, p50, p99
+        best.cpu = cpu_split(before, after, rate * seconds)
     best.echo = max(best.echo, echo)
 
 
@@ -354,7 +322,8 @@ def run(quick: bool) -> SuiteResult:
         results.append(Result(HTTP, name, m.rate, "req/s"))
         results.append(Result(WS, name, m.echo, "msg/s"))
         rows.append(
-            f"| {name} | {m.rate:,.0f} | {m.p50:.2f} | {m.p99:.2f} | {m.echo:,.0f} | {m.pair} |"
+            f"| {name} | {m.rate:,.0f} | {m.p50:.2f} | {m.p99:.2f} | {m.echo:,.0f} | {m.pair} "
+            f"| {m.cpu} |"
         )
     targets = [
         Target(workload, subject, DIRECT, ratio)
@@ -370,15 +339,21 @@ def run(quick: bool) -> SuiteResult:
         "server + one worker (two processes for the two cores; the protocol server is the "
         "busier one, so more workers would only add contention); on IPC and Redis a worker sends "
         "its replies to one protocol server from one loop turn as one layer message "
-        "(services/batching.py). The protocol server writes a "
+        "and a protocol server its messages to a known worker (services/batching.py). The "
+        "protocol server writes a "
         "response's head and body in one write (services/coalesce.py); (a) is stock uvicorn, "
         "which writes them separately, and the targets compare with (a); (a1) is uvicorn with "
         "the protocol server's one-write transport (no target), to show how much of the "
         "figures that transport explains. Each request is two layer send+receive pairs "
-        "(request and response), so the last column, measured in-process on the same layer, "
-        "is a floor the backend puts under (b)-(d) whatever the services do.\n\n"
-        "| subject | req/s | p50 ms | p99 ms | WS echo msg/s | layer send+receive, CPU µs |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "(request and response), so the layer send+receive column, measured in-process on the "
+        "same layer, "
+        "is a floor the backend puts under (b)-(d) whatever the services do. The last column "
+        "splits the CPU time of the best GET run by process (from /proc, wrk included): (a) "
+        "spends all of its on one process, while (c)/(d) add the layer hop on both sides and "
+        "run three or four busy processes on two cores.\n\n"
+        "| subject | req/s | p50 ms | p99 ms | WS echo msg/s | layer send+receive, CPU µs "
+        "| CPU µs per request, by process |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
     if skipped:
         notes += f"\n\nNot measured (backend not in this checkout): {', '.join(skipped)}."

@@ -1,0 +1,81 @@
+"""Child processes of a benchmark subject, and the CPU time each of them uses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Processes:
+    """Child processes of one subject, all stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.labels: list[str] = []  # what each child is, for the CPU split
+
+    def spawn(self, args: list[str], label: str, **env: str) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "KIT_LOG_LEVEL": "warning", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.children.append(child)
+        self.labels.append(label)
+        return child
+
+    def layerkit(self, role: str, **env: str) -> None:
+        self.spawn(
+            [sys.executable, "-m", "services", role], role, KIT_ADMIN_PORT=str(free_port()), **env
+        )
+
+    def pids(self) -> list[tuple[str, int]]:
+        return [(label, child.pid) for label, child in zip(self.labels, self.children, strict=True)]
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reaped_cpu() -> float:
+    """CPU seconds of this process's finished children (wrk, once ``subprocess.run`` returns)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], requests: float) -> str:
+    """CPU µs per request of each process, e.g. ``protocol 70 + worker 41 + wrk 17``."""
+    parts = [f"{label} {(after[label] - before[label]) / requests * 1e6:.0f}" for label in after]
+    return " + ".join(parts)
