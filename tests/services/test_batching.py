@@ -31,6 +31,18 @@ def _reply(n: int, body: bytes = b"") -> Message:
     return {"type": wire.RESPONSE_BODY, "c": f"x.{n}", "b": body, "m": False}
 
 
+Lost = list[tuple[Message, str]]
+
+
+async def _batching(factory: Factory, **options: int) -> tuple[IPCChannelLayer, Batcher, Lost, str]:
+    """A layer, a batcher on it, the list it reports undelivered messages to (with why), and a
+    channel of this process to post to."""
+    layer = factory(**options)
+    lost: Lost = []
+    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
+    return layer, batcher, lost, await layer.new_channel("a")
+
+
 async def _received(layer: IPCChannelLayer, channel: str, count: int) -> list[Message]:
     return [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(count)]
 
@@ -38,10 +50,8 @@ async def _received(layer: IPCChannelLayer, channel: str, count: int) -> list[Me
 async def test_one_turns_replies_leave_as_one_message_in_order(
     ipc_layer_factory: Factory,
 ) -> None:
-    layer = ipc_layer_factory()
-    lost: list[tuple[Message, str]] = []
-    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
-    a, b = await layer.new_channel("a"), await layer.new_channel("b")
+    layer, batcher, lost, a = await _batching(ipc_layer_factory)
+    b = await layer.new_channel("b")
     big = b"x" * (ALONE + 1)
     posted = [_reply(0), _reply(1), _reply(2), _reply(3, big), _reply(4), _reply(5)]
     for message in posted:
@@ -90,10 +100,7 @@ async def test_a_batch_too_large_for_the_layer_goes_one_by_one(
     ipc_layer_factory: Factory,
 ) -> None:
     """Headers are not counted when batching; a batch the layer refuses is split up."""
-    layer = ipc_layer_factory(max_message_size=8192)
-    lost: list[tuple[Message, str]] = []
-    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
-    channel = await layer.new_channel("a")
+    layer, batcher, lost, channel = await _batching(ipc_layer_factory, max_message_size=8192)
     posted = [{**_reply(n), "h": [(b"x-pad", b"p" * 3000)]} for n in range(4)]
     for message in posted:
         batcher.post(channel, message)
@@ -106,10 +113,7 @@ async def test_a_batch_too_large_for_the_layer_goes_one_by_one(
 async def test_replies_to_a_channel_that_stays_full_are_reported_lost(
     ipc_layer_factory: Factory,
 ) -> None:
-    layer = ipc_layer_factory(capacity=1)
-    lost: list[tuple[Message, str]] = []
-    batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
-    channel = await layer.new_channel("a")
+    layer, batcher, lost, channel = await _batching(ipc_layer_factory, capacity=1)
     await layer.send(channel, {"type": "filler"})
     batcher.post(channel, _reply(0))
     batcher.post(channel, _reply(1))
