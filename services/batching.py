@@ -82,7 +82,8 @@ async def deliver(layer: BaseChannelLayer, channel: str, message: Message) -> st
 
 
 class Batcher:
-    """Per-peer queues of posted messages, each drained by its own task."""
+    """Per-peer queues of posted messages, sent at the end of the turn they were posted in
+    (a send that has to wait finishes in a task, and that peer's later posts wait for it)."""
 
     __slots__ = ("_busy", "_layer", "_loop", "_lost", "_queues", "_tasks")
 
