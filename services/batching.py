@@ -72,13 +72,18 @@ async def dispatch(
 
 
 async def deliver(layer: BaseChannelLayer, channel: str, message: Message) -> str | None:
-    """Send to a peer, waiting a while if its channel is full; why it failed, or None."""
+    """Send to a peer, waiting a while if its channel is full; why it failed, or None.
+
+    Any failure but a too-large message counts as the peer being unreachable: an exception
+    escaping here would leave the batcher's queue for that peer stuck behind it."""
     try:
         if await wire.send_patiently(layer, channel, message):
             return None
         return "stayed full"
-    except (ConnectionError, OSError) as exc:  # e.g. the shard of the channel is down
-        return f"is unreachable ({exc})"
+    except MessageTooLarge:
+        raise  # the message's fault, not the peer's: the caller decides
+    except Exception as exc:  # e.g. its shard is down, or refused the write (Redis OOM)
+        return f"is unreachable ({type(exc).__name__}: {exc})"
 
 
 class Batcher:

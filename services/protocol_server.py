@@ -237,8 +237,8 @@ class ProtocolServer:
             except ChannelFull:
                 status = await replies.plain(send, 503, b"all workers are busy\n", retry=True)
                 return
-            except (OSError, ConnectionError, TimeoutError):
-                log.exception("cannot reach the channel layer")
+            except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
+                log.exception("cannot send to the channel layer")
                 status = await replies.plain(send, 503, b"channel layer unavailable\n", retry=True)
                 return
             status, pump = await self._relay_http(conn, receive, send, rest, more)
@@ -334,8 +334,8 @@ class ProtocolServer:
             except ChannelFull:
                 code = await replies.ws_refuse(send, 1013, "all workers are busy")
                 return
-            except (OSError, ConnectionError, TimeoutError):
-                log.exception("cannot reach the channel layer")
+            except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
+                log.exception("cannot send to the channel layer")
                 code = await replies.ws_refuse(send, 1013, "channel layer unavailable")
                 return
             code, reader = await self._relay_websocket(conn, receive, send)

@@ -76,6 +76,12 @@ class Stack:
         """Run Python inside a container (the images carry no shell tools beyond coreutils)."""
         return self.exec(service, "python3", "-c", code)
 
+    def logs(self, service: str, tail: int | None = None) -> str:
+        """A container's output (stdout and stderr), all of it or its last ``tail`` lines."""
+        limit = ["--tail", str(tail)] if tail is not None else []
+        result = docker("logs", *limit, self.container(service), check=False)
+        return result.stdout + result.stderr
+
     def admin_get(self, service: str, path: str) -> str:
         """GET a path on a container's own admin port, from inside it (workers publish none)."""
         return self.python(
@@ -106,8 +112,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while (state := self.state(service))["health"] != "healthy":
             if time.monotonic() > deadline:
-                logs = docker("logs", "--tail", "30", self.container(service), check=False)
-                raise TimeoutError(f"{service} not healthy ({state}): {logs.stdout}{logs.stderr}")
+                raise TimeoutError(f"{service} not healthy ({state}): {self.logs(service, 30)}")
             time.sleep(0.5)
 
 

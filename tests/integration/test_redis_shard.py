@@ -45,11 +45,7 @@ def group_shard(layer: Any, room: str) -> int:
 
 def process_channel(stack: Stack, service: str) -> str:
     """The channel a protocol server / worker receives on, from the last start in its logs."""
-    logs = (
-        docker("logs", stack.container(service)).stdout
-        + docker("logs", stack.container(service)).stderr
-    )
-    found = CHANNEL_LOG.findall(logs)
+    found = CHANNEL_LOG.findall(stack.logs(service))
     assert found, f"{service} logged no channel"
     return str(found[-1])
 
@@ -57,6 +53,16 @@ def process_channel(stack: Stack, service: str) -> str:
 async def post(client: httpx.AsyncClient, room: str, text: str) -> int:
     response = await client.post(f"/rooms/{room}/messages", json={"user": "t", "text": text})
     return response.status_code
+
+
+def trouble(stack: Stack, services: tuple[str, ...]) -> str:
+    """The recent warnings and errors of ``services``: why a request failed, for the report."""
+    lines = []
+    for service in services:
+        for line in stack.logs(service, 200).splitlines():
+            if '"level": "error"' in line or '"level": "warning"' in line:
+                lines.append(f"{service}: {line[:800]}")
+    return "\n".join(lines[-40:])
 
 
 def runs(stack: Stack, service: str) -> tuple[str, int]:
@@ -107,7 +113,7 @@ async def test_stopped_shard_fails_only_its_traffic_and_recovers(stack: Stack) -
                                 where
                             )
                         else:
-                            assert status == 202, where
+                            assert status == 202, f"{where}\n{trouble(stack, (pod, *WORKERS))}"
     finally:
         docker("start", stack.container(redis))
     await asyncio.to_thread(stack.wait_healthy, redis)

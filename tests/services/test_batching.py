@@ -15,11 +15,13 @@ import websockets
 from layer.config import get_channel_layer
 from layer.ipc import IPCChannelLayer
 from layer.messages import Message
+from layer.redis import RedisChannelLayer
 from services import wire
 from services.batching import ALONE, MOST, Batcher
 from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
 from tests.services.conftest import CROSS, StackFactory, serve
 from tests.services.procs import ROOT
+from tests.support.redis_server import RedisServer
 
 __all__ = ["ipc_layer_factory", "ipc_prefix"]
 pytestmark = pytest.mark.timeout(60)
@@ -194,3 +196,30 @@ async def test_a_reply_too_large_for_the_layer_is_a_500(
         assert refused.status_code == 500
         fits = await client.get("/huge-headers", params={"n": 1000})
         assert fits.status_code == 200 and fits.headers["x-huge"] == "h" * 1000
+
+
+async def test_a_send_the_layer_fails_is_reported_lost_and_later_ones_still_go() -> None:
+    """Redis refusing writes (maxmemory reached, noeviction) raises a ResponseError, neither
+    a connection error nor ChannelFull: each message is reported lost, and the peer's queue
+    is not left stuck behind the failure."""
+    server = RedisServer().start()
+    layer = RedisChannelLayer(hosts=[server.url])
+    try:
+        lost: Lost = []
+        batcher = Batcher(layer, lambda channel, message, why, refused: lost.append((message, why)))
+        channel = await layer.new_channel("a")  # nothing sent yet: the first send is checked
+        admin = server.client()
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        batcher.post(channel, _reply(1))
+        batcher.post(channel, _reply(2))
+        await batcher.close()
+        assert [m["c"] for m, _ in lost] == ["x.1", "x.2"], lost
+        assert all("maxmemory" in why for _, why in lost), lost
+        admin.config_set("maxmemory", 0)
+        batcher.post(channel, _reply(3))
+        await batcher.close()
+        assert await _received(layer, channel, 1) == [_reply(3)]
+    finally:
+        await layer.close()
+        server.stop()

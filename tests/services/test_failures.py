@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import websockets
 from websockets.exceptions import ConnectionClosed
 
@@ -89,6 +90,23 @@ def test_no_pickup_in_time_is_503_and_ws_1013(stacks: StackFactory, events: Path
 
         assert asyncio.run(websocket()) == 1013
         assert running.result().status_code == 200
+
+
+async def test_layer_refusing_writes_is_503_and_ws_1013(stacks: StackFactory) -> None:
+    """Redis out of memory (noeviction) refuses the request's send with an error reply, not a
+    connection error: still the layer's 503 / 1013, not a bare 500 from uvicorn."""
+    stack = stacks("redis")
+    front = stack.add("protocol", wait=False)
+    wait_until(front.healthy, "protocol server")
+    admin = redis.Redis.from_url(stack.backend.env["REDIS_URL"])
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    async with httpx.AsyncClient(base_url=front.url, timeout=10) as client:
+        refused = await client.get("/json")
+        assert refused.status_code == 503 and b"channel layer" in refused.content
+        assert refused.headers["retry-after"] == "1"
+    async with websockets.connect(f"{front.ws_url}/echo") as ws:
+        assert await closed_code(ws, 10) == 1013
 
 
 @pytest.mark.parametrize("name", CROSS)
