@@ -52,6 +52,8 @@ def process_channel(stack: Stack, service: str) -> str:
 
 async def post(client: httpx.AsyncClient, room: str, text: str) -> int:
     response = await client.post(f"/rooms/{room}/messages", json={"user": "t", "text": text})
+    if response.status_code >= 500:  # who answered: our services (reason text) or uvicorn
+        print(f"{response.status_code} for {room} via {client.base_url}: {response.text[:200]!r}")
     return response.status_code
 
 
