@@ -186,6 +186,10 @@ class Pipe:
         self.fire("PEXPIRE", key, ttl_ms)
         return future
 
+    def queued(self) -> bool:
+        """Commands are waiting for the next write."""
+        return bool(self._out)
+
     def healthy(self) -> bool:
         """Connected, and the server has not closed the connection (noticed even when idle)."""
         return alive(self._conn)

@@ -34,6 +34,7 @@ INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
+_SETTLE_TURNS = 3  # loop turns the next pop waits for sends to go out with it, after a pop
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
 
@@ -243,8 +244,13 @@ class Receiver:
             if replies:
                 # Let the receivers just woken run first: the sends they queue then go out in
                 # the same write as the next pop (on a busy host every write costs a context
-                # switch).
-                await asyncio.sleep(0)
+                # switch). A few turns, until something is queued: what they post for the end
+                # of their turn (a batch of replies) is queued a turn later, and what answering
+                # them brings in (a client's next request) a turn or two after that.
+                for _ in range(_SETTLE_TURNS):
+                    await asyncio.sleep(0)
+                    if self.pipe.queued():
+                        break
 
     async def _fetch(self, want: dict[str, int]) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
