@@ -14,10 +14,8 @@ import contextlib
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 import venv
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ import posix_ipc
 
 from bench.core import Result, SuiteResult, Target
 from layer.ipc.segment import unlink
+from tests.support.redis_server import RedisServer
 
 OURS, PEER, REDIS = "layer IPC", "asgi_ipc 1.4.2", "layer Redis"
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,30 +58,11 @@ def redis_url() -> Iterator[str | None]:
     if importlib.util.find_spec("layer.redis") is None or shutil.which("redis-server") is None:
         yield None
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer().start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), 1) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {port} did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 def command(subject: str, peer: Path | None) -> list[str]:

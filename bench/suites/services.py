@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,9 +26,10 @@ import httpx
 import websockets
 
 from bench.core import Result, SuiteResult, Target
-from bench.processes import ROOT, Processes, cpu_seconds, cpu_split, reaped_cpu, wait_port
+from bench.processes import ROOT, Processes, cpu_seconds, cpu_split, reaped_cpu
 from layer.config import get_channel_layer
 from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
 
 APP = "services.demo.app:application"
 DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS = (
@@ -123,35 +123,14 @@ def _ipc() -> Iterator[Setup]:
 
 @contextlib.contextmanager
 def _redis() -> Iterator[Setup]:
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer().start()
     try:
-        wait_port(port)
-        setup = _split("config/redis.yaml", REDIS_URL=f"redis://127.0.0.1:{port}/0")
-        setup.servers.append(("redis", server.pid))
+        assert server.process is not None
+        setup = _split("config/redis.yaml", REDIS_URL=server.url)
+        setup.servers.append(("redis", server.process.pid))
         yield setup
     finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.stop()
 
 
 @contextlib.contextmanager
