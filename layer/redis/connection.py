@@ -107,14 +107,18 @@ def write(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> None:
     writer = conn._writer
     if writer is None:
         raise ShardUnavailable("connection closed")
-    writer.writelines(pack(commands))
+    try:
+        writer.writelines(pack(commands))
+    except RuntimeError as exc:  # uvloop, on a transport already closed
+        raise ShardUnavailable(f"connection closed: {exc}") from exc
 
 
 def alive(conn: AbstractConnection | None) -> bool:
-    """Connected, and the server has not closed the connection (seen even while idle: the
-    transport keeps reading, so a restarted server's close is noticed before the next write)."""
+    """Connected, and the server has not closed or reset the connection (seen even while
+    idle: the transport keeps reading, so a restarted server's close, or a reset, is noticed
+    before the next write)."""
     stream: asyncio.StreamReader | None = getattr(conn, "_reader", None)
-    return stream is not None and not stream.at_eof()
+    return stream is not None and not stream.at_eof() and stream.exception() is None
 
 
 class Pipe:
@@ -248,7 +252,14 @@ class Pipe:
                 self._connecting = asyncio.ensure_future(self._connect())
             return
         batch, self._out = self._out, []
-        write(conn, [args for args, _ in batch])
+        try:
+            write(conn, [args for args, _ in batch])
+        except ShardUnavailable:  # closed under us: never written, so on a new connection
+            self._out = batch + self._out
+            self._retire()
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return
         self._pending.extend(batch)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)

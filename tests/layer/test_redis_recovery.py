@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from layer.redis import RedisChannelLayer, ShardUnavailable
 from tests.support.redis_server import RedisServer, running
@@ -206,3 +209,79 @@ async def test_a_frozen_shard_fails_commands_after_the_timeout_then_recovers(
         process.send_signal(signal.SIGCONT)
     await layer.send(channel, {"type": "after"})
     assert (await asyncio.wait_for(layer.receive(channel), GUARD))["type"] == "after"
+
+
+class ResettingProxy:
+    """A TCP proxy to a real server that can reset (RST) every client connection at once, as
+    a restarted load balancer or NAT does: the client sees a reset, not a clean close."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._clients: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.append(writer)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+            dst.close()
+
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def reset_all(self) -> None:
+        for writer in self._clients:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # with linger 0: RST
+        self._clients = []
+
+    async def close(self) -> None:
+        self.reset_all()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_connections_reset_while_idle_are_replaced(servers: list[RedisServer], loop: str) -> None:
+    """A reset leaves the transport closed with an error, not at EOF. Before, the next command
+    went to the dead transport: the first command after the reset failed, and on uvloop (the
+    services' loop) the write raised RuntimeError, losing what was queued with it."""
+
+    async def scenario() -> None:
+        proxy = ResettingProxy(servers[0].port)
+        await proxy.start()
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        layer = RedisChannelLayer(hosts=[url], socket_timeout=1.0)
+        try:
+            channel = await layer.new_channel()
+            await layer.send(channel, {"type": "before"})
+            assert await asyncio.wait_for(layer.receive(channel), GUARD) == {"type": "before"}
+            waiting = asyncio.ensure_future(layer.receive(channel))
+            await asyncio.sleep(SEEN)
+            proxy.reset_all()
+            await asyncio.sleep(SEEN)  # the event loop sees the resets
+            await asyncio.wait_for(layer.group_add("g", channel), GUARD)  # a command, a reply
+            await asyncio.wait_for(layer.send(channel, {"type": "after"}), GUARD)
+            assert await asyncio.wait_for(waiting, GUARD) == {"type": "after"}
+        finally:
+            await layer.close()
+            await proxy.close()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())
