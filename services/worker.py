@@ -20,7 +20,6 @@ from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import batching, wire
 from services.background import OneInFlight
-from services.batching import Batcher, worth_batching
 from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
 from services.metrics import Metrics
@@ -67,7 +66,9 @@ class Worker:
         self._requests = metrics.http(self.role)
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
-        self._batcher = Batcher(layer, self._lost) if worth_batching(layer) else None
+        self._batcher = (
+            batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
+        )
         metrics.add_probe(self._probe)
 
     async def start(self) -> None:

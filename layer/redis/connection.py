@@ -107,10 +107,7 @@ def write(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> None:
     writer = conn._writer
     if writer is None:
         raise ShardUnavailable("connection closed")
-    try:
-        writer.writelines(pack(commands))
-    except RuntimeError as exc:  # uvloop, on a transport already closed
-        raise ShardUnavailable(f"connection closed: {exc}") from exc
+    writer.writelines(pack(commands))
 
 
 def alive(conn: AbstractConnection | None) -> bool:
@@ -252,14 +249,7 @@ class Pipe:
                 self._connecting = asyncio.ensure_future(self._connect())
             return
         batch, self._out = self._out, []
-        try:
-            write(conn, [args for args, _ in batch])
-        except ShardUnavailable:  # closed under us: never written, so on a new connection
-            self._out = batch + self._out
-            self._retire()
-            if self._connecting is None:
-                self._connecting = asyncio.ensure_future(self._connect())
-            return
+        write(conn, [args for args, _ in batch])
         self._pending.extend(batch)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
