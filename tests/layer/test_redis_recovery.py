@@ -243,6 +243,8 @@ class ResettingProxy:
 
     def reset_all(self) -> None:
         for writer in self._clients:
+            if writer.transport.is_closing():  # the client left already: its socket is gone
+                continue
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()  # with linger 0: RST
