@@ -327,7 +327,8 @@ def run(quick: bool) -> SuiteResult:
         "same layer, is a floor the backend puts under (b)-(d) whatever the services do. The "
         "last column splits the CPU time of the best GET run by process (from /proc, wrk "
         "included): (a) spends all of its on one process, while (c)/(d) add the layer hop on "
-        "both sides and run three or four busy processes on two cores.\n\n"
+        "both sides and run three or four busy processes on two cores; docs/architecture.md "
+        "(What a request costs) works out the ceiling that puts on the ratios.\n\n"
         "| subject | req/s | p50 ms | p99 ms | WS echo msg/s | layer send+receive, CPU µs "
         "| CPU µs per request, by process |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows)
