@@ -27,7 +27,7 @@ system-deps:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layer
+	$(BIN)/mypy layer services
 
 format: install
 	$(BIN)/ruff check --fix .

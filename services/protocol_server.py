@@ -12,40 +12,25 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
 from layer.messages import Message
 from services import batching, replies, wire
 from services.background import OneInFlight
+from services.connection import FAIL, GONE, Conn
 from services.metrics import Metrics
+from services.plain import BridgeHttpProtocol, PlainRequest
 
 log = logging.getLogger("layerkit.protocol")
 
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
-
-FAIL = "k.fail"  # local only: the watchdog or the body pump ends a connection (code)
-GONE = "k.gone"  # local only: the client disconnected
-
-
-class _Conn(wire.Inbox):
-    """One client connection; its inbox gets what the dispatch loop routes to it."""
-
-    __slots__ = ("assigned", "created", "failed", "id", "window", "worker")
-
-    def __init__(self, conn_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        now = loop.time()
-        self.id = conn_id
-        self.window: wire.Window | None = None  # only streamed bodies and frames need one
-        self.worker: str | None = None
-        self.created = now
-        self.assigned = now
-        self.failed = False
 
 
 class ProtocolServer:
@@ -69,7 +54,7 @@ class ProtocolServer:
         self.chunk = wire.chunk_size(layer)
         self.reply = ""
         self.worker_seen = 0.0  # loop time a worker last spoke to us (drives /readyz)
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, Conn] = {}
         self._seen: dict[str, float] = {}
         self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
@@ -183,7 +168,7 @@ class ProtocolServer:
     def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
         return self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})
 
-    def _fail(self, conn: _Conn, code: int, why: str) -> None:
+    def _fail(self, conn: Conn, code: int, why: str) -> None:
         conn.failed = True
         log.warning("connection %s: %s", conn.id, why)
         conn.put({"type": FAIL, "code": code})
@@ -205,10 +190,39 @@ class ProtocolServer:
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _open(self) -> _Conn:
-        conn = _Conn(f"{self._prefix}{next(self._ids)}", self._loop)
+    def _open(self) -> Conn:
+        conn = Conn(f"{self._prefix}{next(self._ids)}", self._loop)
         self._conns[conn.id] = conn
         return conn
+
+    def _open_message(
+        self, conn: Conn, scope: Mapping[str, Any], body: bytes, streaming: bool
+    ) -> Message:
+        return {
+            "type": wire.HTTP_OPEN,
+            "c": conn.id,
+            "r": self.reply,
+            "s": wire.export_scope(scope),
+            "b": body,
+            "m": streaming,
+            "d": time.time() + self.pickup_timeout,
+        }
+
+    async def _submit(self, message: Message) -> str | None:
+        """Hand a new connection to the work channel; None if it took it, else why not."""
+        try:
+            await self.layer.send_trusted(wire.WORK_CHANNEL, message)
+        except ChannelFull:
+            return "all workers are busy"
+        except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
+            log.exception("cannot send to the channel layer")
+            return "channel layer unavailable"
+        return None
+
+    def finish(self, conn: Conn, status: int, started: float) -> None:
+        """The connection's HTTP response is settled: forget it, count it."""
+        if self._conns.pop(conn.id, None) is not None:
+            self._requests.record(status, time.perf_counter() - started)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -222,34 +236,41 @@ class ProtocolServer:
             rest = b""
             if len(body) > self.chunk:
                 body, rest = body[: self.chunk], body[self.chunk :]
-            streaming = more or bool(rest)
-            open_message = {
-                "type": wire.HTTP_OPEN,
-                "c": conn.id,
-                "r": self.reply,
-                "s": wire.export_scope(scope),
-                "b": body,
-                "m": streaming,
-                "d": time.time() + self.pickup_timeout,
-            }
-            try:
-                await self.layer.send_trusted(wire.WORK_CHANNEL, open_message)
-            except ChannelFull:
-                status = await replies.plain(send, 503, b"all workers are busy\n", retry=True)
-                return
-            except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
-                log.exception("cannot send to the channel layer")
-                status = await replies.plain(send, 503, b"channel layer unavailable\n", retry=True)
+            why = await self._submit(self._open_message(conn, scope, body, more or bool(rest)))
+            if why is not None:
+                status = await replies.plain(send, 503, why.encode() + b"\n", retry=True)
                 return
             status, pump = await self._relay_http(conn, receive, send, rest, more)
         finally:
-            del self._conns[conn.id]
             if pump is not None:
                 pump.cancel()
-            self._requests.record(status, time.perf_counter() - started)
+            self.finish(conn, status, started)
+
+    # -- body-less requests, without a task (services/plain.py) ----------------------------
+
+    def relay_plain(self, cycle: RequestResponseCycle, http: BridgeHttpProtocol) -> None:
+        """Relay a body-less request from callbacks; called by the HTTP protocol."""
+        conn = PlainRequest(f"{self._prefix}{next(self._ids)}", self._loop, cycle, http, self)
+        self._conns[conn.id] = conn
+        http.later(self._submit_plain(conn, self._open_message(conn, cycle.scope, b"", False)))
+
+    async def _submit_plain(self, conn: PlainRequest, message: Message) -> None:
+        why = await self._submit(message)
+        if why is not None:
+            await conn.refuse(why)
+
+    async def resume(self, conn: PlainRequest, scope: Scope, receive: Receive, send: Send) -> None:
+        """Go on relaying a plain request in a uvicorn task (its inbox holds what came)."""
+        status, pump = 499, None
+        try:
+            status, pump = await self._relay_http(conn, receive, send, b"", False)
+        finally:
+            if pump is not None:
+                pump.cancel()
+            self.finish(conn, status, conn.started)
 
     async def _relay_http(
-        self, conn: _Conn, receive: Receive, send: Send, rest: bytes, more: bool
+        self, conn: Conn, receive: Receive, send: Send, rest: bytes, more: bool
     ) -> tuple[int, asyncio.Task[None] | None]:
         """Relay the worker's response; returns the status sent and the body pump (if any)."""
         status = 0
@@ -290,7 +311,7 @@ class ProtocolServer:
             else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
                 return await replies.failure(send, message.get("code", 500)), pump
 
-    async def _pump_body(self, conn: _Conn, receive: Receive, rest: bytes, more: bool) -> None:
+    async def _pump_body(self, conn: Conn, receive: Receive, rest: bytes, more: bool) -> None:
         """Stream the rest of the request body to the worker, then report a disconnect."""
         worker = conn.worker
         assert worker is not None
@@ -329,14 +350,9 @@ class ProtocolServer:
                 "s": wire.export_scope(scope),
                 "d": time.time() + self.pickup_timeout,
             }
-            try:
-                await self.layer.send_trusted(wire.WORK_CHANNEL, message)
-            except ChannelFull:
-                code = await replies.ws_refuse(send, 1013, "all workers are busy")
-                return
-            except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
-                log.exception("cannot send to the channel layer")
-                code = await replies.ws_refuse(send, 1013, "channel layer unavailable")
+            why = await self._submit(message)
+            if why is not None:
+                code = await replies.ws_refuse(send, 1013, why)
                 return
             code, reader = await self._relay_websocket(conn, receive, send)
         finally:
@@ -347,7 +363,7 @@ class ProtocolServer:
             self.metrics.count(self.role, "websocket", code)
 
     async def _relay_websocket(
-        self, conn: _Conn, receive: Receive, send: Send
+        self, conn: Conn, receive: Receive, send: Send
     ) -> tuple[int, asyncio.Task[None] | None]:
         reader: asyncio.Task[None] | None = None
         consumed = wire.Consumed()
@@ -386,7 +402,7 @@ class ProtocolServer:
                 await send({"type": "websocket.close", "code": code})
                 return code, reader
 
-    async def _read_websocket(self, conn: _Conn, receive: Receive) -> None:
+    async def _read_websocket(self, conn: Conn, receive: Receive) -> None:
         """Forward client frames to the worker (fragmenting large ones) until the client leaves."""
         worker = conn.worker
         assert worker is not None

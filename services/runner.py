@@ -21,9 +21,9 @@ import uvicorn
 from layer.base import BaseChannelLayer
 from services import context
 from services.admin import AdminApp, Check
-from services.coalesce import CoalescingHttpToolsProtocol
 from services.instance import ASGIApp
 from services.metrics import Metrics
+from services.plain import BridgeHttpProtocol
 from services.protocol_server import ProtocolServer
 from services.worker import Worker
 
@@ -112,7 +112,7 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
             settings.host,
             settings.port,
             settings.drain_timeout,
-            http=CoalescingHttpToolsProtocol,  # a response's head and body in one write
+            http=BridgeHttpProtocol,  # one write per response; body-less requests without a task
         )
         servers.append(front)
     tasks = [asyncio.create_task(server.serve()) for server in servers]

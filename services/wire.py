@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from operator import itemgetter
 from typing import Any, Protocol, TypeVar
 
@@ -82,7 +82,7 @@ def chunk_size(layer: BaseChannelLayer) -> int:
     return max(4096, min(256 * 1024, layer.max_message_size // 2))
 
 
-def export_scope(scope: dict[str, Any]) -> Any:
+def export_scope(scope: Mapping[str, Any]) -> Any:
     """The serialisable part of an ASGI scope (drops ``state``, ``extensions``, app objects).
 
     A scope with exactly uvicorn's keys becomes a tuple of their values; any other scope a map.
@@ -202,7 +202,8 @@ class Inbox:
     async def get(self) -> Message:
         if self._items:
             return self._items.popleft()
-        waiter = self._waiter = self.loop.create_future()
+        waiter: asyncio.Future[Message] = self.loop.create_future()
+        self._waiter = waiter
         try:
             return await waiter
         except asyncio.CancelledError:

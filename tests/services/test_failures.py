@@ -196,6 +196,21 @@ async def test_sigterm_drains_the_worker(stacks: StackFactory, events: Path, nam
     assert [e[3] for e in events_of(events, "disconnect")] == ["1012"]
 
 
+@pytest.mark.parametrize("name", CROSS)
+async def test_sigterm_on_the_protocol_server_finishes_requests_in_flight(
+    stacks: StackFactory, events: Path, name: str
+) -> None:
+    served = serve(stacks, name, events, workers=1)
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+        slow = asyncio.create_task(client.get("/sleep", params={"s": "1", "id": "slow"}))
+        await asyncio.to_thread(wait_until, lambda: events_of(events, "start"), "the request")
+        served.front.signal(signal.SIGTERM)
+        reply = await slow
+    assert reply.status_code == 200 and reply.content == b"slept"
+    assert reply.headers["connection"] == "close"  # no next request on it: the server stops
+    assert await asyncio.to_thread(served.front.wait) == 0
+
+
 def test_worker_on_inmemory_exits_at_once() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services", "worker", "--config", "config/inmemory.yaml"],
