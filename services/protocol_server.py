@@ -191,20 +191,20 @@ class ProtocolServer:
         await send({"type": "lifespan.shutdown.complete"})
 
     def _open(self) -> Conn:
-        conn = Conn(f"{self._prefix}{next(self._ids)}", self._loop)
+        conn = Conn(self._new_id(), self._loop)
         self._conns[conn.id] = conn
         return conn
 
-    def _open_message(
-        self, conn: Conn, scope: Mapping[str, Any], body: bytes, streaming: bool
-    ) -> Message:
+    def _new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids)}"
+
+    def _open_message(self, kind: str, conn: Conn, scope: Mapping[str, Any]) -> Message:
+        """``k.http`` or ``k.ws``: a new connection for the work channel."""
         return {
-            "type": wire.HTTP_OPEN,
+            "type": kind,
             "c": conn.id,
             "r": self.reply,
             "s": wire.export_scope(scope),
-            "b": body,
-            "m": streaming,
             "d": time.time() + self.pickup_timeout,
         }
 
@@ -236,7 +236,9 @@ class ProtocolServer:
             rest = b""
             if len(body) > self.chunk:
                 body, rest = body[: self.chunk], body[self.chunk :]
-            why = await self._submit(self._open_message(conn, scope, body, more or bool(rest)))
+            message = self._open_message(wire.HTTP_OPEN, conn, scope)
+            message["b"], message["m"] = body, more or bool(rest)
+            why = await self._submit(message)
             if why is not None:
                 status = await replies.plain(send, 503, why.encode() + b"\n", retry=True)
                 return
@@ -250,9 +252,11 @@ class ProtocolServer:
 
     def relay_plain(self, cycle: RequestResponseCycle, http: BridgeHttpProtocol) -> None:
         """Relay a body-less request from callbacks; called by the HTTP protocol."""
-        conn = PlainRequest(f"{self._prefix}{next(self._ids)}", self._loop, cycle, http, self)
+        conn = PlainRequest(self._new_id(), self._loop, cycle, http, self)
         self._conns[conn.id] = conn
-        http.later(self._submit_plain(conn, self._open_message(conn, cycle.scope, b"", False)))
+        message = self._open_message(wire.HTTP_OPEN, conn, cycle.scope)
+        message["b"], message["m"] = b"", False
+        http.later(self._submit_plain(conn, message))
 
     async def _submit_plain(self, conn: PlainRequest, message: Message) -> None:
         why = await self._submit(message)
@@ -343,13 +347,7 @@ class ProtocolServer:
         code = 1006
         try:
             await receive()  # websocket.connect
-            message: Message = {
-                "type": wire.WS_OPEN,
-                "c": conn.id,
-                "r": self.reply,
-                "s": wire.export_scope(scope),
-                "d": time.time() + self.pickup_timeout,
-            }
+            message = self._open_message(wire.WS_OPEN, conn, scope)
             why = await self._submit(message)
             if why is not None:
                 code = await replies.ws_refuse(send, 1013, why)
