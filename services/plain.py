@@ -86,7 +86,7 @@ class PlainRequest(Conn):
 
     async def refuse(self, why: str) -> None:
         """The work channel did not take the request: 503, try again later."""
-        status = await replies.plain(self.cycle.send, 503, why.encode() + b"\n", retry=True)
+        status = await replies.refuse(self.cycle.send, why)
         self.owner.finish(self, status, self.started)
 
 

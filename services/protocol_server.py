@@ -240,7 +240,7 @@ class ProtocolServer:
             message["b"], message["m"] = body, more or bool(rest)
             why = await self._submit(message)
             if why is not None:
-                status = await replies.plain(send, 503, why.encode() + b"\n", retry=True)
+                status = await replies.refuse(send, why)
                 return
             status, pump = await self._relay_http(conn, receive, send, rest, more)
         finally:

@@ -23,6 +23,11 @@ async def plain(send: Send, status: int, body: bytes, retry: bool = False) -> in
     return status
 
 
+async def refuse(send: Send, why: str) -> int:
+    """503 with ``Retry-After``: the work channel did not take the request (``why``)."""
+    return await plain(send, 503, why.encode() + b"\n", retry=True)
+
+
 async def failure(send: Send, status: int) -> int:
     """The plain-text error page for ``status`` (one of :data:`REASONS`)."""
     return await plain(send, status, REASONS.get(status, REASONS[500]))
