@@ -55,6 +55,21 @@ _NODE_WORDS = struct.Struct("<IIII")
 _THREE_WORDS = struct.Struct("<" + "QI4xI4x" * 3)  # three one-word records: a waiter fired
 
 
+class JournalFull(RuntimeError):
+    """A mutation wrote more undo records than the journal holds.
+
+    Every mutation is split into journal steps of bounded size (docs/ipc.md, "Bounds"), so this
+    is a bug in the layer, never a property of the data: the lock's exit rolls the step back,
+    the call fails with this error and the segment stays usable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "IPC journal overflow: one journal step touched more records than the journal holds "
+            f"({JOURNAL_END - JOURNAL_OFF} bytes); it was rolled back and the segment is intact"
+        )
+
+
 def bump_generation(mm: mmap.mmap) -> None:
     """Invalidate every process's cached entry indexes (see ``Table.channel_index``)."""
     _END.pack_into(mm, TABLE_GEN, (_END.unpack_from(mm, TABLE_GEN)[0] + 1) & 0xFFFFFFFF)
@@ -76,7 +91,7 @@ class Journal:
         at = JOURNAL_OFF + self.end
         step = 16 + ((length + 7) & ~7)
         if at + step > JOURNAL_END:
-            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+            raise JournalFull
         _RECORD.pack_into(mm, at, offset, length)
         mm[at + 16 : at + 16 + length] = mm[offset : offset + length]
         self.end += step
@@ -98,7 +113,7 @@ class Journal:
         """Journal a queue push/pop in one write (the hot path's equivalent of three saves)."""
         end = self.end
         if end > _QUEUE_OP_LAST:
-            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+            raise JournalFull
         mm = self.mm
         _QUEUE_OP.pack_into(mm, JOURNAL_OFF + end, entry, 20, *five, G_OFF, 20, *g5, link, 4,
                             link_old)  # fmt: skip
@@ -109,7 +124,7 @@ class Journal:
         """Journal three words whose old values the caller holds, in one write."""
         at = JOURNAL_OFF + self.end
         if at + _THREE_WORDS.size > JOURNAL_END:
-            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+            raise JournalFull
         _THREE_WORDS.pack_into(self.mm, at, a, 4, a_old, b, 4, b_old, c, 4, c_old)
         self.end += _THREE_WORDS.size
         _END.pack_into(self.mm, JSTATE_OFF, self.end)
@@ -121,7 +136,7 @@ class Journal:
         mm = self.mm
         at = JOURNAL_OFF + self.end
         if at + _REGISTER.size > JOURNAL_END:
-            raise RuntimeError("IPC journal overflow: one mutation touched too many records")
+            raise JournalFull
         _REGISTER.pack_into(mm, at, node, 16, *_NODE_WORDS.unpack_from(mm, node), entry, 20,
                             *five, counter, 4, _END.unpack_from(mm, counter)[0])  # fmt: skip
         self.end += _REGISTER.size

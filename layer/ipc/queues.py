@@ -68,11 +68,11 @@ class Queues(Waiters):
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
         if count >= capacity:
-            self.expire(j, idx, count)
+            self._drop_expired(j, off, time.monotonic())
             five = FIVE.unpack_from(mm, off)
             head, tail, count, wait_head, wait_tail = five
             if count >= capacity:
-                j.commit()  # keep the expiry; nothing else changed
+                j.commit()  # nothing of the push was written; keep what came before
                 raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
         g5 = G5.unpack_from(mm, G_OFF)
         free, nfree, bump, queued, channels = g5
@@ -154,7 +154,7 @@ class Queues(Waiters):
         else:
             head = first
         FIVE.pack_into(mm, off, head, last, count + m, wait_head, wait_tail)
-        for _ in range(m):
+        for _ in range(m):  # each fire is a journal step of its own (it commits first)
             if wait_head == NIL or (waker := self.fire(j, idx)) == NIL:
                 break
             wake.append(waker)
@@ -305,18 +305,14 @@ class Queues(Waiters):
 
     def _take_slow(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
         """``_take_at`` when the head is expired or spans several slots."""
-        mm = self.mm
-        while True:
-            five = FIVE.unpack_from(mm, off)
-            if not five[2]:
-                return None
-            head = five[0]
-            length, expires = MSG.unpack_from(mm, self.slots + head * self.slot_size + 4)
-            payload = self._read(head, length) if expires > now else None
-            self._unqueue(j, off, length, five)
-            if payload is not None:
-                return payload, expires
-            self.counters.expired += 1
+        self._drop_expired(j, off, now)
+        five = FIVE.unpack_from(self.mm, off)
+        if not five[2]:
+            return None
+        length, expires = MSG.unpack_from(self.mm, self.slots + five[0] * self.slot_size + 4)
+        payload = self._read(five[0], length)
+        self._unqueue(j, off, length, five)
+        return payload, expires
 
     def active(self, key: Key) -> bool:
         """Whether the channel has messages or waiters (counted in ``channels``)."""
@@ -326,19 +322,49 @@ class Queues(Waiters):
         _, _, count, wait_head, _ = FIVE.unpack_from(self.mm, self.mutable + idx * ENTRY_SIZE)
         return bool(count) or wait_head != NIL
 
-    def expire(self, j: Journal, idx: int, count: int) -> None:
-        """Drop (and count) expired messages at the head of channel ``idx``."""
+    def _drop_expired(self, j: Journal, off: int, now: float) -> None:
+        """Drop (and count) the expired messages at the head of the channel at ``off``, however
+        many, as one journal record, and commit.
+
+        The queue is one chain of slots (a message's last slot links to the next message's
+        first), so the expired run from the head is one chain too: it goes onto the free list
+        whole, like a run ``_take_many`` unlinks, by rewriting the entry, the G block and the
+        run's last link. Dropping them one record each overflowed the journal after a few
+        dozen (a channel that had waited a minute for a busy worker failed every receive). The
+        walk reads each message's header only; nothing is written until the three records are.
+        The caller must be at a consistent point: the commit keeps what it did before.
+        """
         mm = self.mm
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        now = time.monotonic()
-        while count:
-            five = FIVE.unpack_from(mm, off)
-            length, expires = MSG.unpack_from(mm, self.slots + five[0] * self.slot_size + 4)
+        five = FIVE.unpack_from(mm, off)
+        head, tail, count, wait_head, wait_tail = five
+        slots, size, data = self.slots, self.slot_size, self.data
+        dropped = freed = 0
+        last = nxt = head
+        while dropped < count:
+            length, expires = MSG.unpack_from(mm, slots + nxt * size + 4)
             if expires > now:
-                return
-            self._unqueue(j, off, length, five)
-            self.counters.expired += 1
-            count -= 1
+                break
+            last = nxt
+            for _ in range((length + 11) // data):  # the message's further slots
+                last = _u32_unpack(mm, slots + last * size)[0]
+            nxt = _u32_unpack(mm, slots + last * size)[0]
+            freed += (length + 12 + data - 1) // data
+            dropped += 1
+        if not dropped:
+            return
+        link = slots + last * size
+        g5 = G5.unpack_from(mm, G_OFF)
+        j.queue_op(off, five, g5, link, nxt)
+        free, nfree, bump, queued, channels = g5
+        _u32_pack(mm, link, free)
+        if dropped == count:
+            channels -= wait_head == NIL  # the channel goes idle
+            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
+        else:
+            FIVE.pack_into(mm, off, nxt, tail, count - dropped, wait_head, wait_tail)
+        G5.pack_into(mm, G_OFF, head, nfree + freed, bump, queued - dropped, channels)
+        j.commit()
+        self.counters.expired += dropped
 
     def _unqueue(
         self, j: Journal, off: int, length: int, five: tuple[int, int, int, int, int]

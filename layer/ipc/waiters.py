@@ -116,10 +116,17 @@ class Waiters(Table):
         return self.fire(j, idx) if count and wait_head != NIL else NIL
 
     def fire(self, j: Journal, idx: int) -> int:
-        """Hand a wake to the first live waiter of channel ``idx``; return its waker or NIL."""
+        """Hand a wake to the first live waiter of channel ``idx``; return its waker or NIL.
+
+        Nodes of dead instances before it are freed on the way, each in a journal step of its
+        own: the caller must be at a consistent point, and every step commits what came before
+        (a channel can hold the nodes of up to 256 dead instances; in one step they overflowed
+        the journal).
+        """
         mm = self.mm
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         while True:
+            j.commit()
             node = FIVE.unpack_from(mm, off)[3]
             if node == NIL:
                 return NIL

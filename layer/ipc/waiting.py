@@ -75,6 +75,7 @@ class Waiting:
         self._spare.clear()  # the flush emptied the node pool
         for channel in self._local:
             self._register(j, channel, self._key(channel))
+            j.commit()  # one journal step per channel: an instance may wait on thousands
         return True
 
     def _forget(self, channel: str, future: asyncio.Future[bytes]) -> None:
@@ -205,8 +206,8 @@ class Waiting:
                     self._spare.append(node)
                 else:
                     store.free_node(j, node)
-                    j.commit()
                 self._deliver(j, channel, wake)
+                j.commit()  # one journal step per channel delivered: a ring holds up to 64
         if wake:
             self._post(wake)
 
