@@ -73,9 +73,15 @@ class Waiting:
         self._node_of.clear()
         self._chan_of.clear()
         self._spare.clear()  # the flush emptied the node pool
+        store = self._store
         for channel in self._local:
-            self._register(j, channel, self._key(channel))
+            key = self._key(channel)
+            self._register(j, channel, key)
+            # A send since the flush found no node here: hand its message to a waiter now.
+            waker = store.pass_on(j, store.channel_index(*key))
             j.commit()  # one journal step per channel: an instance may wait on thousands
+            if waker != NIL:
+                self._ring(waker)
         return True
 
     def _forget(self, channel: str, future: asyncio.Future[bytes]) -> None:
