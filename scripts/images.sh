@@ -33,8 +33,9 @@ apt_install() {
         die "missing $*; install it (apt-get install $*)"
     fi
     log "installing $*"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+    # To stderr: callers such as build_base run inside $(...), whose stdout is their result.
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
 }
 
 # A daemon that answers is used as it is; only when none answers and we are root do we start one,
@@ -77,7 +78,7 @@ debian_mirror() {
                                  $1=="deb" && $2 ~ /^\[/ && $4==s { print $3; exit }' "$f")
         [ -n "$uri" ] && { echo "$uri"; return; }
     done
-    echo "http://deb.debian.org/debian"
+    die "no apt source for suite $SUITE in /etc/apt; set DEBIAN_MIRROR to a Debian mirror URL"
 }
 
 # Base image NAME-HASH from Debian packages; the tag hashes everything that shapes its content,
