@@ -21,7 +21,7 @@ import os
 import stat
 
 from layer.exceptions import InvalidOption
-from layer.ipc.segment import SHM_DIR
+from layer.ipc.segment import SHM_DIR, check_owner
 
 _CHIME = b"\0"
 
@@ -41,10 +41,11 @@ class Doorbell:
 
     def __init__(self, prefix: str, waker: int, mode: int) -> None:
         self.path = path(prefix, waker)
-        with contextlib.suppress(FileExistsError):  # an earlier owner of the record made it
+        try:
             os.mkfifo(self.path, mode)
-        with contextlib.suppress(OSError):  # the umask must not strip group access
-            os.chmod(self.path, mode)
+            os.chmod(self.path, mode)  # the umask must not strip group access
+        except FileExistsError:
+            pass  # an earlier owner of the record made it: checked below like any other
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except PermissionError as exc:
@@ -53,6 +54,11 @@ class Doorbell:
                 "(set group_access and a shared group, or use another prefix)"
             ) from exc
         _check_fifo(self.fd, self.path)
+        try:
+            check_owner(self.fd, self.path, mode, prefix)
+        except InvalidOption:
+            os.close(self.fd)
+            raise
         self.drain()  # chimes meant for the record's previous owner
 
     def drain(self) -> None:

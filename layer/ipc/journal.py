@@ -25,6 +25,7 @@ from layer.ipc.layout import (
     FLUSHING,
     G_OFF,
     G_SIZE,
+    HEADER_SIZE,
     JOURNAL_END,
     JOURNAL_OFF,
     JSTATE,
@@ -53,6 +54,7 @@ _QUEUE_OP_LAST = JOURNAL_END - JOURNAL_OFF - _QUEUE_OP_SIZE  # the last ``end`` 
 _REGISTER = struct.Struct("<QI4xIIII" + "QI4xIIIII4x" + "QI4xI4x")
 _NODE_WORDS = struct.Struct("<IIII")
 _THREE_WORDS = struct.Struct("<" + "QI4xI4x" * 3)  # three one-word records: a waiter fired
+_LONGEST = G_SIZE  # the most bytes one record saves (the G block)
 
 
 class JournalFull(RuntimeError):
@@ -67,6 +69,17 @@ class JournalFull(RuntimeError):
         super().__init__(
             "IPC journal overflow: one journal step touched more records than the journal holds "
             f"({JOURNAL_END - JOURNAL_OFF} bytes); it was rolled back and the segment is intact"
+        )
+
+
+class CorruptJournal(RuntimeError):
+    """The journal left in the segment is not one this layout writes: refused, never applied
+    (restoring its records would write wherever they point)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"the IPC segment's undo journal is corrupted ({what}); nothing was applied. Stop "
+            "the processes using this prefix and run `python -m layer.ipc clean --prefix ...`"
         )
 
 
@@ -159,12 +172,20 @@ class Journal:
         """Restore every saved record, newest first (also used after a crash)."""
         mm = self.mm
         end = _END.unpack_from(mm, JSTATE_OFF)[0]
+        if end > JOURNAL_END - JOURNAL_OFF or end % 8:
+            raise CorruptJournal(f"length {end}")
         records: list[tuple[int, bytes]] = []
         at = JOURNAL_OFF
         while at < JOURNAL_OFF + end:
             offset, length = _RECORD.unpack_from(mm, at)
+            step = 16 + ((length + 7) & ~7)
+            fits = G_OFF <= offset <= G_OFF + G_SIZE - length or (
+                HEADER_SIZE <= offset <= len(mm) - length
+            )
+            if not (0 < length <= _LONGEST and fits) or at + step > JOURNAL_OFF + end:
+                raise CorruptJournal(f"a record of {length} bytes at offset {offset}")
             records.append((offset, mm[at + 16 : at + 16 + length]))
-            at += 16 + ((length + 7) & ~7)
+            at += step
         if records:
             bump_generation(mm)  # an entry this mutation created (and someone cached) is gone
         for offset, saved in reversed(records):
@@ -213,7 +234,12 @@ class Lock:
             self.mutex.release()
             raise
         if _STATE_WORD(self.mm, JSTATE_OFF)[0]:  # undo records or a flush left behind
-            self._recover()
+            try:
+                self._recover()
+            except BaseException:  # a corrupt journal: refused, and the lock is not kept
+                _flock(self._fd, _LOCK_UN)
+                self.mutex.release()
+                raise
         return self.journal
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -240,8 +266,11 @@ class Lock:
         """A holder died mid-mutation: undo it, or finish its flush."""
         self.recoveries += 1
         _END.pack_into(self.mm, RECOVERIES, _END.unpack_from(self.mm, RECOVERIES)[0] + 1)
+        flag = JSTATE.unpack_from(self.mm, JSTATE_OFF)[1]
+        if flag not in (0, FLUSHING):
+            raise CorruptJournal(f"flush flag {flag}")
         self.journal.rollback()
-        if JSTATE.unpack_from(self.mm, JSTATE_OFF)[1] == FLUSHING:
+        if flag == FLUSHING:
             self._redo_flush()
             self.end_flush()
 

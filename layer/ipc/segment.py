@@ -13,6 +13,7 @@ import fcntl
 import mmap
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -83,6 +84,7 @@ def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
             ) from exc
     fd = shm.fd
     try:
+        check_owner(fd, f"{SHM_DIR}{name}", mode, prefix)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             geometry = _read_geometry(fd, prefix)
@@ -105,6 +107,30 @@ def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
     return Segment(prefix, fd, mm, geometry, initialised)
 
 
+def check_owner(fd: int, where: str, mode: int, prefix: str) -> None:
+    """Refuse an object that another local user could have planted, or can read.
+
+    ``/dev/shm`` is writable by every user: whoever creates ``<prefix>.ipc`` first owns it, and
+    a segment made by someone else (mode 0666, say) would hand them every header, cookie and
+    body, and the journal to corrupt. As PostgreSQL and Redis do with their files, attach only
+    to what this user owns (or, with ``group_access``, what a member of a shared group made) with
+    exactly the layer's mode.
+    """
+    info = os.fstat(fd)
+    perms = stat.S_IMODE(info.st_mode)
+    mine = info.st_uid == os.geteuid()
+    shared = bool(mode & 0o070) and info.st_gid in (os.getegid(), *os.getgroups())
+    if perms != mode or not (mine or shared):
+        owner = "group" if mode & 0o070 else "user"
+        raise InvalidOption(
+            f"{where} belongs to uid {info.st_uid} (gid {info.st_gid}) with mode {perms:04o}; "
+            f"this process (uid {os.geteuid()}) attaches only to objects its {owner} owns with "
+            f"mode {mode:04o} (group_access: 0660 in a shared group). If another user made it, "
+            f"do not use it: remove it as root (python -m layer.ipc clean --prefix {prefix} "
+            "--force) or choose another prefix"
+        )
+
+
 def _read_geometry(fd: int, prefix: str) -> Geometry | None:
     """The geometry of an initialised segment, or None if it is new or half-initialised."""
     if os.fstat(fd).st_size < HEADER_SIZE:
@@ -118,7 +144,17 @@ def _read_geometry(fd: int, prefix: str) -> Geometry | None:
             f"{SHM_DIR}{shm_name(prefix)} has layout version {values[0]}, this code needs "
             f"{VERSION}; stop its users and run `python -m layer.ipc clean --prefix {prefix}`"
         )
-    return Geometry.unpack(values)
+    geometry = Geometry.unpack(values)
+    try:
+        planned = Geometry.plan(geometry.size, geometry.slot_size)
+    except ValueError:
+        planned = None
+    if planned != geometry or os.fstat(fd).st_size < geometry.size:
+        raise InvalidOption(
+            f"{SHM_DIR}{shm_name(prefix)} has a corrupted header (its geometry is not one this "
+            f"layout makes); stop its users and run `python -m layer.ipc clean --prefix {prefix}`"
+        )
+    return geometry
 
 
 def _reserve(fd: int, prefix: str, size: int) -> None:
