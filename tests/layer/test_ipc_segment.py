@@ -11,6 +11,7 @@ import stat
 import struct
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -60,8 +61,12 @@ def test_a_segment_another_user_made_first_is_refused(ipc_prefix: str, other_uid
         assert f"uid {other_uid}" in message and "mode 0666" in message and "clean" in message
         # nothing was written to it: still the other user's empty file
         info = os.stat(f"{SHM}/{ipc_prefix}.ipc")
-        assert (info.st_uid, stat.S_IMODE(info.st_mode), info.st_size) == (other_uid, 0o666, 1 << 20)
-        assert not any(open(f"{SHM}/{ipc_prefix}.ipc", "rb").read(4096))
+        assert (info.st_uid, stat.S_IMODE(info.st_mode), info.st_size) == (
+            other_uid,
+            0o666,
+            1 << 20,
+        )
+        assert not any(Path(f"{SHM}/{ipc_prefix}.ipc").read_bytes()[:4096])
     finally:
         os.unlink(f"{SHM}/{ipc_prefix}.ipc")
 
