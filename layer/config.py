@@ -9,8 +9,10 @@ default:
 ```
 
 The file comes from an argument or ``LAYER_CONFIG``. ``${VAR}`` and ``${VAR:-default}`` are
-substituted in string values; a value that is exactly one ``${...}`` is then read as YAML, so
-numbers and lists can be injected too. Every mistake raises :class:`ConfigError` naming the
+substituted in string values; a value that is exactly one ``${...}`` is then read as JSON, so
+numbers, booleans and lists can be injected too; anything that is not JSON stays the string it
+is (YAML would turn ``0123`` into 83 and ``on`` into True: an encryption key or a password must
+come through unchanged). Every mistake raises :class:`ConfigError` naming the
 file, the key and what was expected.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -108,8 +111,8 @@ def substitute(value: Any, where: str, environ: dict[str, str] | os._Environ[str
     text = _interpolate(value, where, environ)
     if _VAR_RE.fullmatch(value):  # a lone ${VAR} may inject a number, list or mapping
         try:
-            return yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
+            return json.loads(text)
+        except ValueError:
             return text
     return text
 
@@ -165,6 +168,8 @@ def load(path: str | os.PathLike[str] | None = None) -> dict[str, LayerSpec]:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read layer config: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

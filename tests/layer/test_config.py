@@ -48,6 +48,35 @@ default:
     assert layer.capacity == 42 and layer.get_capacity("pre-abc.q") == 5
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0123", "0123"),  # YAML 1.1 read it as octal 83
+        ("on", "on"),  # YAML: True
+        ("no", "no"),
+        ("1e3", 1000.0),
+        ("-7", -7),
+        ("true", True),
+        ("256MB", "256MB"),
+        ("~", "~"),  # YAML: None
+        ("2026-12-07", "2026-12-07"),  # YAML: a date
+        ("k3y/with:colon", "k3y/with:colon"),
+        ("", ""),
+    ],
+)
+def test_a_lone_variable_is_json_or_the_exact_string(value: str, expected: object) -> None:
+    data = {"default": {"BACKEND": "x.Y", "CONFIG": {"key": "${VALUE}"}}}
+    config = parse(data, "t.yaml", {"VALUE": value})["default"].config
+    assert config["key"] == expected and type(config["key"]) is type(expected)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("default:\n  BACKEND: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 22\)"):
+        load(path)
+
+
 def test_injected_list(tmp_path: Path) -> None:
     data = {"default": {"BACKEND": "x.Y", "CONFIG": {"hosts": "${HOSTS}"}}}
     specs = parse(data, "t.yaml", {"HOSTS": '["redis://a:1", "redis://b:2"]'})
