@@ -73,7 +73,7 @@ def test_a_lone_variable_is_json_or_the_exact_string(value: str, expected: objec
 def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("default:\n  BACKEND: caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 22\)"):
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 23\)"):
         load(path)
 
 
