@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from services.instance import ASGIApp
 from services.runner import Settings, serve
 
 ROLES = ("protocol", "worker", "combined", "check-config")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 CROSS_PROCESS_CONFIGS = "config/ipc.yaml (one host), config/redis.yaml or config/redis-sharded.yaml"
 
 # (flag, env var, type, default, help); defaults of None are resolved per role.
@@ -81,9 +83,20 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         values[name] = default if value is None else value
     if values["log_format"] not in ("plain", "json"):
         parser.error(f"--log-format must be plain or json, got {values['log_format']!r}")
+    if values["log_level"] not in LOG_LEVELS:
+        parser.error(
+            f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}"
+        )
     for name in ("concurrency", "drain_timeout", "pickup_timeout", "heartbeat"):
-        if values[name] <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {values[name]!r}")
+        if not 0 < values[name] < math.inf:  # also refuses nan: it compares false
+            parser.error(
+                f"--{name.replace('_', '-')} must be a finite number > 0, got {values[name]!r}"
+            )
+    for name in ("port", "admin_port"):
+        if not 0 < values[name] <= 65535:
+            parser.error(
+                f"--{name.replace('_', '-')} must be a TCP port 1-65535, got {values[name]!r}"
+            )
     if values["config"] is None:
         if args.role in ("combined", "check-config"):
             values["config"] = "config/inmemory.yaml"

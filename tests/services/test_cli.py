@@ -64,15 +64,26 @@ def test_check_config_redis_takes_hosts_from_env() -> None:
         (["combined", "--app", "services.demo.app"], {}, "module:attribute"),
         (["combined"], {"KIT_PORT": "eighty"}, "KIT_PORT"),
         (["combined", "--log-format", "xml"], {}, "plain or json"),
-        (["combined", "--concurrency", "0"], {}, "--concurrency must be > 0"),
+        (["combined", "--concurrency", "0"], {}, "--concurrency must be a finite number > 0"),
+        (["combined", "--heartbeat", "inf"], {}, "--heartbeat must be a finite number > 0"),
+        (["combined"], {"KIT_HEARTBEAT": "nan"}, "--heartbeat must be a finite number > 0"),
+        (["combined", "--drain-timeout", "-1"], {}, "--drain-timeout must be a finite"),
+        (["combined", "--port", "99999"], {}, "--port must be a TCP port 1-65535, got 99999"),
+        (["combined", "--admin-port", "0"], {}, "--admin-port must be a TCP port"),
+        (["combined", "--log-level", "bogus"], {}, "--log-level must be one of debug, info"),
+        (["combined", "--config", "{latin1}"], {}, "not UTF-8 text"),
     ],
 )
 def test_bad_configuration_exits_2_with_a_message(
-    args: list[str], env: dict[str, str], expected: str
+    args: list[str], env: dict[str, str], expected: str, tmp_path: Path
 ) -> None:
-    result = layerkit(*args, **env)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("default: caf\xe9\n".encode("latin-1"))
+    result = layerkit(*(arg.format(latin1=latin1) for arg in args), **env)
     assert result.returncode == 2
     assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3  # usage line(s) and the one error
 
 
 def test_bad_layer_option_names_the_key(tmp_path: Path) -> None:
