@@ -74,11 +74,11 @@ class Waiters(Table):
             if not count:  # the channel was idle
                 _u32_pack(mm, CHANNELS, _u32_unpack(mm, CHANNELS)[0] + 1)
             return spare
-        if spare == NIL:
-            node = self.alloc_node(j)
-        else:
-            node = spare
-            j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
+        node = self.alloc_node(j) if spare == NIL else spare
+        # Saved however it came: a node from the free list still has the words of its last
+        # use, and a rollback that left ours on it made a free node that names a waiter (the
+        # reaper then freed it twice, looping the free list: found by layer.ipc.check).
+        j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
         wait_head = five[3]
         NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
         j.save(off, E_MUTABLE_SIZE)

@@ -17,6 +17,7 @@ import pytest
 from layer.config import load
 from layer.exceptions import ChannelFull, ConfigError, InvalidOption
 from layer.ipc import IPCChannelLayer
+from layer.ipc.check import verify
 from layer.ipc.layout import GEOMETRY_OFF, U32
 from tests.layer.ipc_fixture import SHM, Worker, shm_objects
 from tests.layer.ipc_worker import send_retrying
@@ -115,6 +116,8 @@ async def test_sigkill_at_random_moments_never_stops_or_tears(
     await layer.group_send("k.group", {"type": "after"})  # the dead members' structures work
     await layer.send("k.after", {"type": "after"})
     assert (await receive_soon(layer, "k.after"))["type"] == "after"
+    report = verify(ipc_prefix)  # what the 30 deaths left is consistent
+    assert report.ok, report.problems
 
 
 @pytest.mark.parametrize("what", ["push", "take", "take_run", "flush", "run", "fire", "register"])
@@ -143,6 +146,8 @@ async def test_killed_while_holding_the_lock_mid_mutation(
         assert (await layer.stats())["queued"] == 0
         await layer.group_send("h.group", {"type": "x"})
         assert (await receive_soon(layer, "h.member"))["type"] == "x"
+    report = verify(ipc_prefix)
+    assert report.ok, report.problems
 
 
 async def test_restarted_receiver_reattaches_and_receives(

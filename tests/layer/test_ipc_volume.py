@@ -1,0 +1,40 @@
+"""IPC across processes at volume: most messages expiring in the queue, and 1,000+ groups with
+1,000+ members in one; the segment is checked (``layer.ipc.check.verify``) after each run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from layer.ipc import IPCChannelLayer
+from layer.ipc.check import verify
+from tests.layer.ipc_fixture import Worker
+from tests.layer.volume import expiring, many_groups
+
+Factory = Callable[..., IPCChannelLayer]
+
+
+@pytest.mark.timeout(180)
+async def test_four_by_four_with_most_messages_expiring(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    layer = ipc_layer_factory(size="64MB", capacity=10_000)
+    await expiring(layer, ipc_prefix, workers, {})
+    report = verify(ipc_prefix)
+    assert report.ok, report.problems
+    assert (report.queued, report.groups, report.members) == (0, 0, 0), report.summary()
+    assert (await layer.stats())["queued"] == 0
+
+
+@pytest.mark.timeout(180)
+async def test_a_thousand_groups_and_a_thousand_members(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    layer = ipc_layer_factory(size="64MB", capacity=10_000)
+    run = await many_groups(layer, ipc_prefix, workers, {})
+    report = verify(ipc_prefix)
+    assert report.ok, report.problems
+    assert report.queued == 0, report.summary()
+    assert (report.groups, report.members) == (len(run.groups), run.memberships)
+    assert report.groups > 1000 and max(map(len, run.groups.values())) >= 1000
