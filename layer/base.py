@@ -203,6 +203,11 @@ class BaseChannelLayer(ABC):
         """Release connections/handles; data stays for other processes where it is shared."""
         return None
 
+    async def discard(self) -> None:
+        """Close, also removing shared objects this instance created if nobody else uses them:
+        a run that only validates a config (``layerkit check-config``) leaves nothing behind."""
+        await self.close()
+
     async def stats(self) -> dict[str, int]:
         """Counters of this instance plus what the storage holds now."""
         counts = await self._storage_counts()

@@ -143,7 +143,8 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
     """Print what the config resolves to: backend, options and the shards it would use.
 
     The layer is built (so every option is validated) but not used; an IPC layer attaches to
-    (or creates) its segment as any process of this config would.
+    (or creates) its segment as any process of this config would, and removes it again if it
+    created it and nobody else attached meanwhile.
     """
     print(f"config:  {spec.source}")
     print(f"alias:   {spec.alias}")
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         layer = spec.build()
         if args.role == "check-config":
             check_config(spec, layer)
-            _run(layer.close())
+            _run(layer.discard())
             return
         if args.role != "combined" and getattr(layer, "cross_process", True) is False:
             _fail(

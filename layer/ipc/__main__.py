@@ -1,4 +1,5 @@
-"""``python -m layer.ipc clean --prefix X``: remove a prefix's segment and doorbell FIFOs;
+"""``python -m layer.ipc clean --prefix X [--force]``: remove a prefix's segment and doorbell
+FIFOs (refused while live processes use it, unless ``--force``);
 ``python -m layer.ipc check --prefix X``: check its segment's consistency (exit 0 when
 consistent, 1 listing the problems, 2 when there is no segment)."""
 
@@ -9,7 +10,7 @@ import sys
 
 from layer.exceptions import InvalidOption
 from layer.ipc.check import NoSegment, verify
-from layer.ipc.segment import check_prefix, unlink
+from layer.ipc.segment import check_prefix, live_instances, unlink
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     clean = commands.add_parser("clean", help="remove /dev/shm objects of a prefix")
     clean.add_argument("--prefix", required=True, help="the layer's `prefix` option")
+    clean.add_argument(
+        "--force", action="store_true", help="remove it even while live processes use it"
+    )
     check = commands.add_parser("check", help="check the consistency of a prefix's segment")
     check.add_argument("--prefix", required=True, help="the layer's `prefix` option")
     args = parser.parse_args(argv)
@@ -26,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.command == "check":
         return _check(prefix)
+    live = live_instances(prefix)
+    if live and not args.force:
+        print(
+            f"error: {live} live layer instance(s) use prefix {prefix!r}; removing it now would "
+            "leave them on a deleted segment while new processes make another (every request "
+            "between them would fail). Stop them first, or pass --force.",
+            file=sys.stderr,
+        )
+        return 1
     removed = unlink(prefix)
     print(f"removed {len(removed)} object(s) of prefix {prefix!r}: {' '.join(removed) or '-'}")
     return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import posix_ipc
 
 from layer.base import Counters
+from layer.exceptions import InvalidOption
 from layer.ipc.journal import Lock
 
 # isort: off
@@ -35,7 +36,7 @@ from layer.ipc.layout import (
 )  # fmt: skip
 
 # isort: on
-from layer.ipc.segment import SHM_DIR, check_prefix, shm_name
+from layer.ipc.segment import SHM_DIR, check_owner, check_prefix, shm_name
 from layer.ipc.store import Store
 from layer.ipc.table import member_hash
 
@@ -89,6 +90,12 @@ def verify(prefix: str) -> Report:
     except posix_ipc.ExistentialError as exc:
         raise NoSegment(f"no IPC segment for prefix {prefix!r} ({SHM_DIR}{name})") from exc
     try:
+        try:  # someone else's segment is reported, never locked or repaired
+            check_owner(
+                fd, f"{SHM_DIR}{name}", 0o660 if os.fstat(fd).st_mode & 0o070 else 0o600, prefix
+            )
+        except InvalidOption as exc:
+            return Report([str(exc)])
         head = os.pread(fd, HEADER_SIZE, 0)
         if len(head) < HEADER_SIZE or U64.unpack_from(head, MAGIC_OFF)[0] != MAGIC:
             return Report([f"{SHM_DIR}{name} is not initialised (no magic word)"])

@@ -239,6 +239,13 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         if unlink:
             segment.unlink(self.prefix)
 
+    async def discard(self) -> None:
+        """Close; remove the segment and doorbells too if this instance created the segment
+        and no other instance has attached since."""
+        created = self._segment.initialised
+        alone = not segment.holders(self._segment.fd)  # our own lock does not count on our fd
+        await self.close(unlink=created and alone)
+
     # -- messages going back or out ----------------------------------------------------------
 
     def _give_back(self, channel: str, payload: bytes) -> None:

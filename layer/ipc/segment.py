@@ -27,6 +27,7 @@ from layer.ipc.layout import (
     HEADER_SIZE,
     MAGIC,
     MAGIC_OFF,
+    MAX_WAKERS,
     U64,
     VERSION,
     Geometry,
@@ -219,6 +220,25 @@ def is_held(fd: int, waker: int) -> bool:
     probe = _FLOCK.pack(fcntl.F_WRLCK, 0, _LIVENESS_BASE + waker, 1, 0)
     result = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
     return bool(_FLOCK.unpack(result)[0] != fcntl.F_UNLCK)
+
+
+def holders(fd: int, count: int = MAX_WAKERS) -> int:
+    """How many live layer instances (in any process) are attached to the segment of ``fd``,
+    not counting those attached through ``fd`` itself (a lock never conflicts with its own
+    open file description)."""
+    return sum(is_held(fd, waker) for waker in range(count))
+
+
+def live_instances(prefix: str) -> int:
+    """Live instances attached to ``prefix``'s segment (0 when there is none)."""
+    try:
+        shm = posix_ipc.SharedMemory(shm_name(prefix))
+    except posix_ipc.ExistentialError:
+        return 0
+    try:
+        return holders(shm.fd)
+    finally:
+        os.close(shm.fd)
 
 
 # -- removal -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pwd
 import stat
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from layer.exceptions import InvalidOption
 from layer.ipc import IPCChannelLayer
 from layer.ipc.journal import CorruptJournal
 from layer.ipc.layout import GEOMETRY_OFF, JOURNAL_OFF, JSTATE_OFF
-from tests.layer.ipc_fixture import SHM, shm_objects
+from tests.layer.ipc_fixture import ROOT, SHM, shm_objects
 
 OTHER_USER = "kit-other"
 
@@ -179,3 +180,51 @@ async def test_a_journal_record_pointing_outside_the_tables_is_refused(ipc_prefi
         os.close(fd)
         os.pwrite(layer._segment.fd, bytes(8), JSTATE_OFF)
         await layer.close(unlink=True)
+
+
+def clean(prefix: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "layer.ipc", "clean", "--prefix", prefix, *extra],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+
+
+def test_clean_refuses_a_prefix_live_processes_use(ipc_prefix: str) -> None:
+    """Removing it under a live worker made the next process create a second segment, and
+    every request between the two failed: refused unless --force."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.layer.ipc_worker", "wait", ipc_prefix, "c.q"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        refused = clean(ipc_prefix)
+        assert refused.returncode == 1
+        assert "1 live layer instance(s)" in refused.stderr and "--force" in refused.stderr
+        assert f"{ipc_prefix}.ipc" in shm_objects(ipc_prefix)
+        forced = clean(ipc_prefix, "--force")
+        assert forced.returncode == 0 and shm_objects(ipc_prefix) == []
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def check_config(prefix: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IPC_PREFIX": prefix, "IPC_SIZE": "4MB"}
+    return subprocess.run(
+        [sys.executable, "-m", "services", "check-config", "--config", "config/ipc.yaml"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=30,
+    )  # fmt: skip
+
+
+async def test_check_config_leaves_no_segment_behind(ipc_prefix: str) -> None:
+    result = check_config(ipc_prefix)
+    assert result.returncode == 0, result.stderr
+    assert "backend: layer.ipc.IPCChannelLayer" in result.stdout
+    assert shm_objects(ipc_prefix) == []
+    # a segment a deployment uses is left as it is, messages and all
+    running = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
+    await running.send("c.kept", {"type": "kept"})
+    assert check_config(ipc_prefix).returncode == 0
+    assert (await running.receive("c.kept"))["type"] == "kept"
+    await running.close(unlink=True)
