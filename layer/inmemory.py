@@ -151,14 +151,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
         delivered = dropped = 0
         for channel, expires_at in list(members.items()):
             if expires_at <= now:
-                del members[channel]
+                # pop, not del: a _put above may have run a sweep that dropped it already
+                members.pop(channel, None)
                 continue
             try:
                 self._put(channel, payload, self.get_capacity(channel))
                 delivered += 1
             except ChannelFull:
                 dropped += 1
-        if not members:
+        if not members and self._groups.get(group) is members:
             del self._groups[group]
         return delivered, dropped
 
