@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -13,15 +13,24 @@ from layer.base import BaseChannelLayer
 from services.metrics import Metrics
 
 Check = Callable[[], bool]
+Dead = Callable[[], list[str]]  # what has died of the loops a role cannot do without
 
 
 class AdminApp:
-    """``/healthz`` (process up), ``/readyz`` (layer reachable + role checks), ``/metrics``."""
+    """``/healthz`` (up, and no loop it depends on has died), ``/readyz`` (layer reachable +
+    role checks), ``/metrics``."""
 
-    def __init__(self, layer: BaseChannelLayer, metrics: Metrics, checks: dict[str, Check]) -> None:
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        metrics: Metrics,
+        checks: dict[str, Check],
+        dead: Sequence[Dead] = (),
+    ) -> None:
         self.layer = layer
         self.metrics = metrics
         self.checks = checks
+        self.dead = dead
         metrics.add_probe(self._layer_stats)
 
     async def _layer_stats(self) -> None:
@@ -42,7 +51,12 @@ class AdminApp:
             return
         path = scope["path"]
         if path == "/healthz":
-            await _reply(send, 200, b"ok\n", b"text/plain")
+            dead = [what for role in self.dead for what in role()]
+            if dead:
+                body = "".join(f"dead: {what}\n" for what in dead).encode()
+                await _reply(send, 503, body, b"text/plain")
+            else:
+                await _reply(send, 200, b"ok\n", b"text/plain")
         elif path == "/readyz":
             failing = await self._failing()
             body = json.dumps({"ready": not failing, "failing": failing}).encode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from layer.exceptions import ChannelFull
@@ -43,3 +43,33 @@ class OneInFlight:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Vital:
+    """Tasks the process cannot do without (a routing loop, a runner): one that ends before its
+    time has died; its exception is logged and :meth:`failing` names it, which fails
+    ``/healthz`` so that an orchestrator restarts the process."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._dead: dict[str, str] = {}  # task name -> how it ended
+
+    def watch(self, task: asyncio.Task[None], may_end: Callable[[], bool]) -> asyncio.Task[None]:
+        """Watch ``task``; it may end (or be cancelled) only once ``may_end()`` is true."""
+        task.add_done_callback(lambda done: self._ended(done, may_end()))
+        return task
+
+    def _ended(self, task: asyncio.Task[None], expected: bool) -> None:
+        error = None if task.cancelled() else task.exception()  # retrieved: no asyncio warning
+        if expected and error is None:
+            return
+        name = task.get_name()
+        how = "was cancelled" if task.cancelled() else "returned"
+        if error is not None:
+            how = f"raised {type(error).__name__}: {error}"
+        self._log.critical("%s %s; /healthz fails from now on", name, how, exc_info=error)
+        self._dead.setdefault(name, how)
+
+    def failing(self) -> list[str]:
+        """What has died, as ``"<task name> <how>"``; empty while everything runs."""
+        return [f"{name} {how}" for name, how in self._dead.items()]

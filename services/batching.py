@@ -10,7 +10,8 @@ place. A peer that cannot be reached costs only its own connections.
 
 In-process layers hand message objects over without encoding them (``send_trusted``), so there
 batching would only add work: :func:`worth_batching` says when to use it. Both processes' own
-channels are read by :func:`dispatch`, which unpacks batches.
+channels are read by :func:`dispatch`, which unpacks batches and checks every message
+(services/messages.py), dropping what it cannot use (:class:`Rejects`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from layer.base import BaseChannelLayer
 from layer.exceptions import MessageTooLarge
 from layer.inmemory import InMemoryChannelLayer
 from layer.messages import Message
-from services import wire
+from services import messages, wire
+from services.logs import Throttled
+from services.messages import BadMessage
+from services.metrics import Metrics
 
 log = logging.getLogger("layerkit.batching")
 
@@ -40,35 +44,100 @@ def worth_batching(layer: BaseChannelLayer) -> bool:
     return not isinstance(layer, InMemoryChannelLayer)
 
 
+def checked(layer: BaseChannelLayer, channel: messages.Channel) -> messages.Channel | None:
+    """``channel`` if what is taken from ``layer`` must be checked against it: when it crosses
+    processes (IPC, Redis), where a peer may run another version and anything else may write.
+    An in-process layer (combined mode) only carries what this process sent itself, built by
+    services/messages.py from values checked where the app handed them over: None."""
+    return channel if worth_batching(layer) else None
+
+
 def _alone(message: Message) -> bool:
-    data = message.get("b", message.get("t"))
-    return data is not None and len(data) > ALONE
+    return messages.data_size(message) > ALONE
+
+
+class Rejects:
+    """What a role does with a message it takes but cannot use: counts it
+    (``kit_bad_messages_total{role,reason}``), logs the first of each reason and then at most
+    one line per reason every 10 s, and drops it. A known type with a bad field that names one
+    of our connections also fails that connection (``spoiled``): its peer meant something for it
+    that we cannot know, and waiting on would only leave its client hanging."""
+
+    def __init__(
+        self,
+        role: str,
+        metrics: Metrics,
+        log: logging.Logger,
+        spoiled: Callable[[str, BadMessage], None] | None = None,
+    ) -> None:
+        self._role = role
+        self._metrics = metrics
+        self._log = Throttled(log)
+        self._spoiled = spoiled
+
+    def __call__(self, bad: BadMessage, message: object, channel: str) -> None:
+        self._metrics.bad_message(self._role, bad.reason)
+        what = messages.describe(message)
+        self._log(
+            bad.reason, logging.WARNING, "ignoring a malformed message of type %s on %s: %s [%s]",
+            what, channel, bad, bad.reason,
+        )  # fmt: skip
+        if self._spoiled is not None and bad.conn is not None and bad.kind is not None:
+            self._spoiled(bad.conn, bad)
+
+    def undecodable(self, channel: str, error: ValueError) -> None:
+        """The layer took a message off ``channel`` that it could not decode (or decrypt)."""
+        self._metrics.bad_message(self._role, "undecodable")
+        self._log(
+            "undecodable", logging.WARNING, "ignoring a message on %s that the layer could not "
+            "decode (%s) [undecodable]", channel, f"{type(error).__name__}: {error}".rstrip(": "),
+        )  # fmt: skip
 
 
 async def dispatch(
-    layer: BaseChannelLayer, channel: str, route: Callable[[Message], None], retry: float
+    layer: BaseChannelLayer,
+    channel: str,
+    taking: messages.Channel | None,
+    route: Callable[[Message], None],
+    rejects: Rejects,
+    retry: float,
 ) -> None:
     """Receive on a process's own ``channel`` forever, handing every message to ``route`` (the
-    messages of a ``k.batch`` one by one). A failing receive is retried after ``retry`` s; a
-    message ``route`` cannot read (not from one of our peers) is logged and skipped."""
+    messages of a ``k.batch`` one by one), each checked against ``taking`` first (unless None,
+    see :func:`checked`): a malformed one goes to ``rejects`` instead. A failing receive is
+    retried after ``retry`` s."""
     receive = layer.receive
+    check = taking.check if taking is not None else None  # messages.check, one call less
     while True:
         try:
             message = await receive(channel)
         except asyncio.CancelledError:
             raise
+        except ValueError as error:  # taken off the channel, but unreadable: skip it
+            rejects.undecodable(channel, error)
+            await asyncio.sleep(0)  # a flood of them must not starve the other tasks
+            continue
         except Exception:
             log.exception("receiving on %s failed; retrying", channel)
             await asyncio.sleep(retry)
             continue
-        try:
-            if message.get("type") == wire.BATCH:
-                for one in message["ms"]:
-                    route(one)
-            else:
-                route(message)
-        except (KeyError, TypeError, AttributeError):
-            log.error("ignoring a malformed message of type %r on %s", message.get("type"), channel)
+        if check is not None:
+            try:
+                check(message)
+            except BadMessage as bad:
+                rejects(bad, message, channel)
+                continue
+        if message[messages.TYPE] != messages.BATCH:
+            route(message)
+            continue
+        for one in message[messages.MESSAGES]:
+            if check is not None:
+                try:
+                    check(one, True)
+                except BadMessage as bad:
+                    rejects(bad, one, channel)
+                    continue
+            route(one)
 
 
 async def deliver(layer: BaseChannelLayer, channel: str, message: Message) -> str | None:
@@ -147,21 +216,21 @@ class Batcher:
                     batch = []
         await self._send(channel, batch)
 
-    async def _send(self, channel: str, messages: list[Message]) -> None:
-        if not messages:
+    async def _send(self, channel: str, queue: list[Message]) -> None:
+        if not queue:
             return
-        message = messages[0] if len(messages) == 1 else {"type": wire.BATCH, "ms": messages}
+        message = queue[0] if len(queue) == 1 else messages.batch(queue)
         try:
             why = await deliver(self._layer, channel, message)
         except MessageTooLarge as exc:
-            if len(messages) > 1:  # large headers are not counted: one by one instead
-                for one in messages:
+            if len(queue) > 1:  # large headers are not counted: one by one instead
+                for one in queue:
                     await self._send(channel, [one])
             else:
                 self._lost(channel, message, f"refused a message: {exc}", True)
             return
         if why is not None:
-            for lost in messages:
+            for lost in queue:
                 self._lost(channel, lost, why, False)
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The protocol server's record of one client connection, and the messages only it posts itself."""
+"""The protocol server's record of one client connection."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import asyncio
 
 from services import wire
 
-FAIL = "k.fail"  # local only: the watchdog or the body pump ends a connection (code)
-GONE = "k.gone"  # local only: the client disconnected
-
 
 class Conn(wire.Inbox):
     """One client connection; its inbox gets what the dispatch loop routes to it."""
 
-    __slots__ = ("assigned", "created", "failed", "id", "window", "worker")
+    __slots__ = ("assigned", "created", "failed", "id", "websocket", "window", "worker")
 
-    def __init__(self, conn_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, conn_id: str, loop: asyncio.AbstractEventLoop, websocket: bool = False
+    ) -> None:
         super().__init__(loop)
         now = loop.time()
         self.id = conn_id
+        self.websocket = websocket  # else an HTTP request
         self.window: wire.Window | None = None  # only streamed bodies and frames need one
         self.worker: str | None = None
         self.created = now

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.messages import Message
+from services import messages as msg
 from services import wire
 from services.batching import Batcher, deliver
 
@@ -90,10 +91,10 @@ class Instance(wire.Inbox):
         self.layer = layer
         self.worker = worker
         self.chunk = chunk
-        self.id: str = message["c"]
-        self.reply: str = message["r"]
-        self.kind = "http" if message["type"] == wire.HTTP_OPEN else "websocket"
-        self.scope = wire.import_scope(message["s"])
+        self.id: str = message[msg.CONN]
+        self.reply: str = message[msg.REPLY_CHANNEL]
+        self.kind = "http" if message[msg.TYPE] == msg.HTTP_OPEN else "websocket"
+        self.scope = wire.import_scope(message[msg.SCOPE])
         self.window: wire.Window | None = None  # created when the response or frames stream
         self.consumed: wire.Consumed | None = None
         self.started = loop.time()
@@ -110,20 +111,20 @@ class Instance(wire.Inbox):
         """Run the app to completion; tell the protocol server if it failed to answer."""
         first = self._first
         assert first is not None
-        if first.get("m"):
+        if first.get(msg.MORE):
             await self.announce()  # the protocol server needs us to stream the body
         try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:  # drain grace period over: the worker is going away
             if self.kind == "http" and not self.closed:
                 self.status = 502
-                await self._post({"type": wire.APP_ERROR, "c": self.id, "code": 502})
+                await self._post(msg.app_error(self.id, 502))
             raise
         except Exception:
             log.exception("application raised on %s %s", self.kind, self.scope.get("path"))
             if not self.closed:
                 self.status = 500 if self.kind == "http" else 1011
-                await self._post({"type": wire.APP_ERROR, "c": self.id})
+                await self._post(msg.app_error(self.id))
             return
         if self.closed or self.gone:
             return
@@ -132,7 +133,7 @@ class Instance(wire.Inbox):
         else:
             log.error("application returned without completing the response to %s", self.id)
             self.status = 500
-            await self._post({"type": wire.APP_ERROR, "c": self.id})
+            await self._post(msg.app_error(self.id))
 
     def client_left(self) -> None:
         """``k.disc`` arrived: drop the app's sends from now on, and wake one waiting for acks
@@ -143,12 +144,12 @@ class Instance(wire.Inbox):
 
     def lose_peer(self, code: int) -> None:
         """The client or its protocol server is gone: the app's next receive says so."""
-        self.put({"type": wire.DISCONNECT, "c": self.id, "code": code})
+        self.put(msg.disconnect(self.id, code))
 
     async def announce(self) -> None:
         """Send ``k.pick``: the app is slow to answer, or the request body has to stream to us."""
         self.known = True
-        await self._post({"type": wire.PICKED, "c": self.id, "w": self.worker})
+        await self._post(msg.picked(self.id, self.worker))
 
     async def _post(self, message: Message) -> None:
         if self.gone:
@@ -179,7 +180,11 @@ class Instance(wire.Inbox):
         if first is not None:
             self._first = None
             if self.kind == "http":
-                return {"type": "http.request", "body": first["b"], "more_body": first["m"]}
+                return {
+                    "type": "http.request",
+                    "body": first[msg.DATA],
+                    "more_body": first[msg.MORE],
+                }
             return {"type": "websocket.connect"}
         if self.closed or self.gone:
             if self.kind == "http":
@@ -188,20 +193,21 @@ class Instance(wire.Inbox):
                 return {"type": "websocket.disconnect", "code": self.status}
         while True:
             message = await self.get()
-            kind = message["type"]
-            if kind == wire.DISCONNECT:
+            kind = message[msg.TYPE]
+            if kind == msg.DISCONNECT:
                 self.gone = True
                 if self.kind == "http":
                     return {"type": "http.disconnect"}
-                return {"type": "websocket.disconnect", "code": message.get("code", 1005)}
+                return {"type": "websocket.disconnect", "code": msg.code_of(message, 1005)}
             if self.consumed is None:
                 self.consumed = wire.Consumed()
             if self.consumed.one():
-                await self._post({"type": wire.ACK, "c": self.id, "n": self.consumed.count})
-            if kind == wire.BODY:
-                return {"type": "http.request", "body": message["b"], "more_body": message["m"]}
-            self._buffer.append(message.get("t", message.get("b")))
-            if message["f"]:
+                await self._post(msg.ack(self.id, self.consumed.count))
+            if kind == msg.BODY:
+                body, more = message[msg.DATA], message[msg.MORE]
+                return {"type": "http.request", "body": body, "more_body": more}
+            self._buffer.append(msg.frame_data(message))
+            if message[msg.MORE_FRAGMENTS]:
                 continue
             parts, self._buffer = self._buffer, []
             data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
@@ -218,7 +224,9 @@ class Instance(wire.Inbox):
         if kind == "http.response.start":
             status = message["status"]
             if type(status) is not int:
-                wire.app_value("status", status, int)  # raises, unless an int subclass
+                status = wire.app_value("status", status, int)  # raises, unless an int subclass
+            if not 100 <= status <= 599:  # uvicorn would refuse it in the protocol server
+                raise ValueError(f"ASGI key 'status' must be 100-599, got {status}")
             self.status = status
             self._buffer = [wire.app_headers(message.get("headers", []))]
             self.held.add(self)
@@ -236,18 +244,14 @@ class Instance(wire.Inbox):
             await self._frame(message)
         elif kind == "websocket.accept":
             self.known = self.accepted = True
-            reply: Message = {"type": wire.WS_ACCEPT, "c": self.id, "w": self.worker}
-            reply["sp"] = wire.app_value("subprotocol", message.get("subprotocol"), _STR_OR_NONE)
-            if message.get("headers"):
-                reply["h"] = wire.app_headers(message["headers"])
-            await self._post(reply)
+            subprotocol = wire.app_value("subprotocol", message.get("subprotocol"), _STR_OR_NONE)
+            headers = wire.app_headers(message["headers"]) if message.get("headers") else None
+            await self._post(msg.ws_accept(self.id, self.worker, subprotocol, headers))
         elif kind == "websocket.close":
             self.closed = True
             self.status = wire.app_value("code", message.get("code", 1000), int)
             reason = wire.app_value("reason", message.get("reason") or "", str)
-            await self._post(
-                {"type": wire.WS_CLOSE, "c": self.id, "code": self.status, "rs": reason}
-            )
+            await self._post(msg.ws_close(self.id, self.status, reason))
         else:
             raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
 
@@ -268,7 +272,7 @@ class Instance(wire.Inbox):
             elif not piece and streaming:
                 continue
             else:
-                message = {"type": wire.RESPONSE_BODY, "c": self.id, "b": piece, "m": streaming}
+                message = msg.response_body(self.id, piece, streaming)
             if streaming:
                 await wire.window(self).reserve()
             await self._post(message)
@@ -278,22 +282,16 @@ class Instance(wire.Inbox):
         headers = self._buffer[0]
         self._buffer = []
         self.known = True
-        return {
-            "type": wire.RESPONSE,
-            "c": self.id,
-            "w": self.worker,
-            "st": self.status,
-            "h": headers,
-            "b": body,
-            "m": more,
-        }
+        return msg.response(self.id, self.worker, self.status, headers, body, more)
 
     async def _frame(self, message: Message) -> None:
         text = message.get("text")
+        pieces: Iterator[tuple[str, bool]] | Iterator[tuple[bytes, bool]]
         if text is not None:
-            key, data = "t", wire.app_value("text", text, str)
+            pieces = wire.slices(wire.app_value("text", text, str), self.chunk)
         else:
-            key, data = "b", bytes(wire.app_value("bytes", message.get("bytes") or b"", _BYTES))
-        for piece, more in wire.slices(data, self.chunk):
+            data = bytes(wire.app_value("bytes", message.get("bytes") or b"", _BYTES))
+            pieces = wire.slices(data, self.chunk)
+        for piece, more in pieces:
             await wire.window(self).reserve()
-            await self._post({"type": wire.WS_OUT, "c": self.id, key: piece, "f": more})
+            await self._post(msg.frame(msg.WS_OUT, self.id, piece, more))

@@ -44,6 +44,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._counts: dict[tuple[str, str, int], int] = {}
+        self._bad: dict[tuple[str, str], int] = {}
         self._http: dict[str, HttpRecorder] = {}
         self.registry.register(self)
         self.inflight = Gauge(
@@ -64,6 +65,11 @@ class Metrics:
         """One WebSocket close (close code) or other non-HTTP outcome of ``kind``."""
         key = (role, kind, status)
         self._counts[key] = self._counts.get(key, 0) + 1
+
+    def bad_message(self, role: str, reason: str) -> None:
+        """One message taken from the layer and dropped as malformed (``reason``: a fixed set)."""
+        key = (role, reason)
+        self._bad[key] = self._bad.get(key, 0) + 1
 
     def http(self, role: str) -> HttpRecorder:
         """The recorder of ``role``'s HTTP requests (created on first use)."""
@@ -97,6 +103,14 @@ class Metrics:
                 cumulative.append((bound, running))
             latency.add_metric([role], cumulative, data.sum)
         yield latency
+        bad = CounterMetricFamily(
+            "kit_bad_messages",
+            "Messages taken from the layer and dropped as malformed, by reason",
+            labels=["role", "reason"],
+        )
+        for (role, reason), value in sorted(self._bad.items()):
+            bad.add_metric([role, reason], value)
+        yield bad
 
     def add_probe(self, probe: Probe) -> None:
         """Register a coroutine that refreshes gauges just before a scrape."""

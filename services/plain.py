@@ -28,10 +28,11 @@ from typing import Any, Protocol
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from layer.messages import Message
-from services import replies, wire
+from services import messages as msg
+from services import replies
 from services.batching import eager
 from services.coalesce import CoalescingHttpToolsProtocol
-from services.connection import FAIL, Conn
+from services.connection import Conn
 
 Receive = Any
 Send = Any
@@ -71,12 +72,12 @@ class PlainRequest(Conn):
         if self.handed:
             super().put(message)
             return
-        kind = message["type"]
-        if kind == wire.RESPONSE and not message["m"]:
+        kind = message[msg.TYPE]
+        if kind == msg.RESPONSE and not message[msg.MORE]:
             self.http.later(self.cycle.run_asgi(functools.partial(_answer, message)))
-            self.owner.finish(self, message["st"], self.started)
-        elif kind == FAIL or kind == wire.APP_ERROR:  # as the ASGI path answers them
-            code = message.get("code", 500)
+            self.owner.finish(self, message[msg.STATUS], self.started)
+        elif kind == msg.FAIL or kind == msg.APP_ERROR:  # as the ASGI path answers them
+            code = msg.code_of(message, 500)
             self.http.later(self.cycle.run_asgi(functools.partial(_failure, code)))
             self.owner.finish(self, code, self.started)
         else:
@@ -91,8 +92,9 @@ class PlainRequest(Conn):
 
 
 async def _answer(message: Message, scope: Any, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": message["st"], "headers": message["h"]})
-    await send({"type": "http.response.body", "body": message["b"]})
+    status, headers = message[msg.STATUS], message[msg.HEADERS]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": message[msg.DATA]})
 
 
 async def _failure(code: int, scope: Any, receive: Receive, send: Send) -> None:

@@ -21,8 +21,10 @@ from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
 from layer.messages import Message
 from services import batching, replies, wire
-from services.background import OneInFlight
-from services.connection import FAIL, GONE, Conn
+from services import messages as msg
+from services.background import OneInFlight, Vital
+from services.connection import Conn
+from services.messages import FAIL, GONE, BadMessage
 from services.metrics import Metrics
 from services.plain import BridgeHttpProtocol, PlainRequest
 
@@ -59,6 +61,9 @@ class ProtocolServer:
         self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and re-joins
+        self.vital = Vital(log)  # the loops: if one dies, /healthz fails
+        self._stopping = False
+        self._rejects = batching.Rejects(self.role, metrics, log, self._spoiled)
         self._batcher = (
             batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
         )
@@ -75,12 +80,19 @@ class ProtocolServer:
         self._prefix = self.layer.client_id + "."
         await self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
         self._tasks = [
-            asyncio.create_task(self._dispatch(), name="protocol-dispatch"),
-            asyncio.create_task(self._watchdog(), name="protocol-watchdog"),
+            self.vital.watch(asyncio.create_task(loop, name=name), self._stopped)
+            for loop, name in (
+                (self._dispatch(), "protocol-dispatch"),
+                (self._watchdog(), "protocol-watchdog"),
+            )
         ]
         log.info("protocol server reply channel %s", self.reply)
 
+    def _stopped(self) -> bool:
+        return self._stopping
+
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, self._background.cancel(), return_exceptions=True)
@@ -104,26 +116,44 @@ class ProtocolServer:
 
     def _dispatch(self) -> Coroutine[Any, Any, None]:
         """Route everything arriving on the reply channel to its connection."""
-        return batching.dispatch(self.layer, self.reply, self._route, self.heartbeat)
+        taking = batching.checked(self.layer, msg.TO_PROTOCOL)
+        return batching.dispatch(
+            self.layer, self.reply, taking, self._route, self._rejects, self.heartbeat
+        )
 
     def _route(self, message: Message) -> None:
-        """Hand one message from a worker to its connection (or note the worker is alive)."""
-        kind = message.get("type")
-        if kind == wire.HEARTBEAT or kind == wire.HELLO:
-            self.worker_seen = self._seen[message["w"]] = self._loop.time()
+        """Hand one (checked) message from a worker to its connection (or note the worker is
+        alive)."""
+        kind = message[msg.TYPE]
+        if kind == msg.HEARTBEAT or kind == msg.HELLO:
+            self.worker_seen = self._seen[message[msg.WORKER]] = self._loop.time()
             return
-        conn = self._conns.get(message.get("c", ""))
+        conn = self._conns.get(message[msg.CONN])
         if conn is None:
             return  # a late answer for a connection that already ended
-        worker = message.get("w")
-        if worker is not None and conn.worker is None:
+        if kind not in (msg.WEBSOCKET_REPLIES if conn.websocket else msg.HTTP_REPLIES):
+            what = "WebSocket" if conn.websocket else "HTTP request"
+            wrong = BadMessage("wrong_connection", f"not for a {what}", kind, conn.id)
+            self._rejects(wrong, message, self.reply)
+            return
+        if conn.worker is None and kind in msg.CLAIMS:
+            worker = message[msg.WORKER]
             conn.worker = worker
             conn.assigned = self.worker_seen = self._seen[worker] = self._loop.time()
-        if kind == wire.ACK:
+        if kind == msg.ACK:
             if conn.window is not None:
-                conn.window.acked(message["n"])
+                conn.window.acked(message[msg.CONSUMED])
         else:
             conn.put(message)
+
+    def _spoiled(self, conn_id: str, bad: BadMessage) -> None:
+        """A worker sent a malformed message for one of our connections: fail it."""
+        conn = self._conns.get(conn_id)
+        if conn is not None and not conn.failed:
+            self._fail(conn, 502, f"its worker sent a malformed {bad.kind} message ({bad})")
+            if conn.worker is not None:  # its app must not wait for a client we let go
+                gone = msg.disconnect(conn.id, 1011 if conn.websocket else None)
+                self._background.run(conn.id, wire.send_patiently(self.layer, conn.worker, gone))
 
     async def _watchdog(self) -> None:
         """Fail stuck connections and tell our workers we are alive."""
@@ -161,17 +191,17 @@ class ProtocolServer:
         return await wire.send_patiently(self.layer, worker, message)
 
     def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
-        conn = self._conns.get(message.get("c", ""))
+        conn = self._conns.get(message.get(msg.CONN, ""))
         if conn is not None and not conn.failed:
             self._fail(conn, 502, f"its worker's channel {why}")
 
     def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
-        return self.layer.send_trusted(peer, {"type": wire.HEARTBEAT, "r": self.reply})
+        return self.layer.send_trusted(peer, msg.protocol_heartbeat(self.reply))
 
     def _fail(self, conn: Conn, code: int, why: str) -> None:
         conn.failed = True
         log.warning("connection %s: %s", conn.id, why)
-        conn.put({"type": FAIL, "code": code})
+        conn.put(msg.local(FAIL, code))
 
     # -- ASGI ------------------------------------------------------------------------------
 
@@ -190,23 +220,22 @@ class ProtocolServer:
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _open(self) -> Conn:
-        conn = Conn(self._new_id(), self._loop)
+    def _open(self, websocket: bool) -> Conn:
+        conn = Conn(self._new_id(), self._loop, websocket)
         self._conns[conn.id] = conn
         return conn
 
     def _new_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
 
-    def _open_message(self, kind: str, conn: Conn, scope: Mapping[str, Any]) -> Message:
+    def _open_message(
+        self, conn: Conn, scope: Mapping[str, Any], body: bytes = b"", more: bool = False
+    ) -> Message:
         """``k.http`` or ``k.ws``: a new connection for the work channel."""
-        return {
-            "type": kind,
-            "c": conn.id,
-            "r": self.reply,
-            "s": wire.export_scope(scope),
-            "d": time.time() + self.pickup_timeout,
-        }
+        deadline = time.time() + self.pickup_timeout
+        if conn.websocket:
+            return msg.ws_open(conn.id, self.reply, wire.export_scope(scope), deadline)
+        return msg.http_open(conn.id, self.reply, wire.export_scope(scope), body, more, deadline)
 
     async def _submit(self, message: Message) -> str | None:
         """Hand a new connection to the work channel; None if it took it, else why not."""
@@ -226,7 +255,7 @@ class ProtocolServer:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        conn = self._open()
+        conn = self._open(False)
         pump: asyncio.Task[None] | None = None
         status = 499
         try:
@@ -236,9 +265,7 @@ class ProtocolServer:
             rest = b""
             if len(body) > self.chunk:
                 body, rest = body[: self.chunk], body[self.chunk :]
-            message = self._open_message(wire.HTTP_OPEN, conn, scope)
-            message["b"], message["m"] = body, more or bool(rest)
-            why = await self._submit(message)
+            why = await self._submit(self._open_message(conn, scope, body, more or bool(rest)))
             if why is not None:
                 status = await replies.refuse(send, why)
                 return
@@ -254,9 +281,7 @@ class ProtocolServer:
         """Relay a body-less request from callbacks; called by the HTTP protocol."""
         conn = PlainRequest(self._new_id(), self._loop, cycle, http, self)
         self._conns[conn.id] = conn
-        message = self._open_message(wire.HTTP_OPEN, conn, cycle.scope)
-        message["b"], message["m"] = b"", False
-        http.later(self._submit_plain(conn, message))
+        http.later(self._submit_plain(conn, self._open_message(conn, cycle.scope)))
 
     async def _submit_plain(self, conn: PlainRequest, message: Message) -> None:
         why = await self._submit(message)
@@ -282,30 +307,31 @@ class ProtocolServer:
         consumed: wire.Consumed | None = None
         while True:
             message = await conn.get()
-            kind = message["type"]
-            if kind == wire.RESPONSE or kind == wire.RESPONSE_BODY:
-                if kind == wire.RESPONSE:
-                    status = message["st"]
+            kind = message[msg.TYPE]
+            if kind == msg.RESPONSE or kind == msg.RESPONSE_BODY:
+                more_body = message[msg.MORE]
+                if kind == msg.RESPONSE:
+                    status = message[msg.STATUS]
+                    headers = message[msg.HEADERS]
                     await send(
-                        {
-                            "type": "http.response.start",
-                            "status": status,
-                            "headers": message["h"],
-                        }
+                        {"type": "http.response.start", "status": status, "headers": headers}
                     )
                 await send(
-                    {"type": "http.response.body", "body": message["b"], "more_body": message["m"]}
+                    {
+                        "type": "http.response.body",
+                        "body": message[msg.DATA],
+                        "more_body": more_body,
+                    }
                 )
-                if not message["m"]:
+                if not more_body:
                     return status, pump
                 if pump is None:  # a streaming response: the worker must hear if the client leaves
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
                 if consumed is None:
                     consumed = wire.Consumed()
                 if consumed.one() and conn.worker is not None:
-                    ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
-                    await self._to_worker(conn.worker, ack)
-            elif kind == wire.PICKED:
+                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
+            elif kind == msg.PICKED:
                 if pump is None:
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
             elif kind == GONE:
@@ -313,7 +339,7 @@ class ProtocolServer:
             elif status:  # FAIL or APP_ERROR after the response started: uvicorn cuts it short
                 return status, pump
             else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
-                return await replies.failure(send, message.get("code", 500)), pump
+                return await replies.failure(send, msg.code_of(message, 500)), pump
 
     async def _pump_body(self, conn: Conn, receive: Receive, rest: bytes, more: bool) -> None:
         """Stream the rest of the request body to the worker, then report a disconnect."""
@@ -325,9 +351,9 @@ class ProtocolServer:
                 for piece, tail in wire.slices(data, self.chunk):
                     await wire.window(conn).reserve()
                     last = not tail and not more
-                    message = {"type": wire.BODY, "c": conn.id, "b": piece, "m": not last}
+                    message = msg.request_body(conn.id, piece, not last)
                     if not await self._to_worker(worker, message):
-                        conn.put({"type": FAIL, "code": 502})
+                        conn.put(msg.local(FAIL, 502))
                         return
             if not more:
                 break
@@ -338,17 +364,16 @@ class ProtocolServer:
             pending = [(event.get("body", b""), more)]
         while (await receive())["type"] != "http.disconnect":
             pass
-        await self._to_worker(worker, {"type": wire.DISCONNECT, "c": conn.id})
-        conn.put({"type": GONE})
+        await self._to_worker(worker, msg.disconnect(conn.id))
+        conn.put(msg.local(GONE))
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        conn = self._open()
+        conn = self._open(True)
         reader: asyncio.Task[None] | None = None
         code = 1006
         try:
             await receive()  # websocket.connect
-            message = self._open_message(wire.WS_OPEN, conn, scope)
-            why = await self._submit(message)
+            why = await self._submit(self._open_message(conn, scope))
             if why is not None:
                 code = await replies.ws_refuse(send, 1013, why)
                 return
@@ -368,33 +393,32 @@ class ProtocolServer:
         parts: list[Any] = []
         while True:
             message = await conn.get()
-            kind = message["type"]
-            if kind == wire.WS_OUT:
-                parts.append(message.get("t", message.get("b")))
-                if not message["f"]:
+            kind = message[msg.TYPE]
+            if kind == msg.WS_OUT:
+                parts.append(msg.frame_data(message))
+                if not message[msg.MORE_FRAGMENTS]:
                     data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
                     parts.clear()
                     key = "text" if isinstance(data, str) else "bytes"
                     await send({"type": "websocket.send", key: data})
                 if consumed.one() and conn.worker is not None:
-                    ack = {"type": wire.ACK, "c": conn.id, "n": consumed.count}
-                    await self._to_worker(conn.worker, ack)
-            elif kind == wire.WS_ACCEPT:
-                accept = {"type": "websocket.accept", "subprotocol": message.get("sp")}
-                if message.get("h"):
-                    accept["headers"] = message["h"]
+                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
+            elif kind == msg.WS_ACCEPT:
+                accept = {"type": "websocket.accept", "subprotocol": message.get(msg.SUBPROTOCOL)}
+                if message.get(msg.HEADERS):
+                    accept["headers"] = message[msg.HEADERS]
                 await send(accept)
                 self.metrics.websockets.labels(self.role).inc()
                 reader = asyncio.create_task(self._read_websocket(conn, receive))
-            elif kind == wire.WS_CLOSE:
-                code = message.get("code", 1000)
-                reason = message.get("rs") or ""
+            elif kind == msg.WS_CLOSE:
+                code = message[msg.CODE]
+                reason = message.get(msg.REASON) or ""
                 await send({"type": "websocket.close", "code": code, "reason": reason})
                 return code, reader
             elif kind == GONE:
-                return message.get("code", 1006), reader
-            elif kind in (FAIL, wire.APP_ERROR):
-                code = {503: 1013, 502: 1011}.get(message.get("code", 0), 1011)
+                return msg.code_of(message, 1006), reader
+            elif kind in (FAIL, msg.APP_ERROR):
+                code = {503: 1013, 502: 1011}.get(msg.code_of(message, 0), 1011)
                 if reader is None:
                     return await replies.ws_refuse(send, code, "no worker"), reader
                 await send({"type": "websocket.close", "code": code})
@@ -410,13 +434,13 @@ class ProtocolServer:
             if event["type"] != "websocket.receive":
                 break
             text = event.get("text")
-            key, data = ("t", text) if text is not None else ("b", event.get("bytes") or b"")
+            data = text if text is not None else event.get("bytes") or b""
             for piece, more in wire.slices(data, self.chunk):
                 await wire.window(conn).reserve()
-                message = {"type": wire.WS_IN, "c": cid, key: piece, "f": more}
+                message = msg.frame(msg.WS_IN, cid, piece, more)
                 if not await self._to_worker(worker, message):
-                    conn.put({"type": FAIL, "code": 502})
+                    conn.put(msg.local(FAIL, 502))
                     return
         code = event.get("code", 1005)
-        await self._to_worker(worker, {"type": wire.DISCONNECT, "c": cid, "code": code})
-        conn.put({"type": GONE, "code": code})
+        await self._to_worker(worker, msg.disconnect(cid, code))
+        conn.put(msg.local(GONE, code))

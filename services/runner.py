@@ -103,7 +103,8 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
     gc.collect()
     gc.freeze()
 
-    admin = _server(AdminApp(layer, metrics, checks), settings.host, settings.admin_port, 1)
+    dead = [role.vital.failing for role in (protocol, worker) if role is not None]
+    admin = _server(AdminApp(layer, metrics, checks, dead), settings.host, settings.admin_port, 1)
     servers = [admin]
     front: _Server | None = None
     if protocol is not None:

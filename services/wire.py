@@ -1,9 +1,6 @@
-"""The message protocol between protocol servers and workers (see docs/architecture.md).
-
-Every message carries ``"c"``, the connection id the protocol server minted (unique across
-processes because it starts with the layer's ``client_id``). Keys are one or two letters because
-each one is encoded for every request. This module holds the names, the body/frame chunking and
-the two small primitives both sides need: a per-connection inbox and a send window.
+"""What protocol servers and workers share besides the messages (services/messages.py): the
+channel names, the scope's wire form, body/frame chunking, and the two small primitives both
+sides need: a per-connection inbox and a send window (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -20,29 +17,6 @@ from layer.messages import Message
 
 WORK_CHANNEL = "work.asgi"  # shared: every worker takes new connections from here
 PROTOCOL_GROUP = "kit.protocol"  # every protocol server's reply channel: workers announce here
-
-# protocol server -> work channel
-HTTP_OPEN = (
-    "k.http"  # c, r (reply channel), s (scope), b (first body chunk), m (more), d (deadline)
-)
-WS_OPEN = "k.ws"  # c, r, s, d
-# protocol server -> worker channel
-BODY = "k.body"  # c, b, m: the rest of a request body
-WS_IN = "k.wsin"  # c, t or b, f (more fragments follow): a frame from the client
-DISCONNECT = "k.disc"  # c, code: the client went away
-# worker -> reply channel
-PICKED = "k.pick"  # c, w (worker channel): a worker owns the connection (affinity)
-RESPONSE = "k.resp"  # c, w, st (status), h (headers), b, m: start + first body chunk
-RESPONSE_BODY = "k.rbody"  # c, b, m
-WS_ACCEPT = "k.wsacc"  # c, w, sp (subprotocol), h (headers)
-WS_OUT = "k.wsout"  # c, t or b, f
-WS_CLOSE = "k.close"  # c, code, rs (reason)
-APP_ERROR = "k.err"  # c, code (default 500): the app raised, or was cancelled at drain
-# both directions
-ACK = "k.ack"  # c, n: the receiver has consumed n data messages of this connection
-BATCH = "k.batch"  # ms: messages for one peer posted in one loop turn, in order (batching.py)
-HEARTBEAT = "k.hb"  # w or r: the sender is alive (sent to peers with open connections)
-HELLO = "k.hello"  # w: a worker exists (group_send to PROTOCOL_GROUP; drives /readyz)
 
 WINDOW = 16  # data messages in flight per connection and direction before the sender waits
 ACK_EVERY = WINDOW // 2
@@ -64,6 +38,9 @@ _SCOPE_KEYS = {
     ),
 }  # fmt: skip
 _SCOPE_SHAPES = {kind: (itemgetter(*keys), len(keys)) for kind, keys in _SCOPE_KEYS.items()}
+_SERVER, _CLIENT = _SCOPE_KEYS["http"].index("server"), _SCOPE_KEYS["http"].index("client")
+assert _SCOPE_KEYS["websocket"].index("client") == _CLIENT
+_PAIR = frozenset({list, tuple})
 
 
 FORGET_PEER_AFTER = 60.0  # seconds: a peer silent this long leaves the last-seen table
@@ -102,7 +79,7 @@ def export_scope(scope: Mapping[str, Any]) -> Any:
 def import_scope(data: Any) -> dict[str, Any]:
     """Rebuild a scope: msgpack turns tuples into lists; apps expect tuples for addresses."""
     scope: dict[str, Any]
-    if type(data) is list or type(data) is tuple:  # malformed: KeyError or ValueError
+    if type(data) is list or type(data) is tuple:  # checked by scope_problem() beforehand
         scope = dict(zip(_SCOPE_KEYS[data[0]], data, strict=True))
     else:
         scope = data
@@ -115,6 +92,38 @@ def import_scope(data: Any) -> dict[str, Any]:
     scope["extensions"] = {}
     scope["state"] = {}
     return scope
+
+
+def scope_problem(kind: str, data: Any) -> str | None:
+    """What keeps ``data`` (a list, tuple or dict) from being the wire form of a ``kind``
+    scope that :func:`import_scope` can rebuild, or None. The rest is the app's to check."""
+    if type(data) is dict:
+        if data.get("type") != kind:
+            return f"must be a {kind} scope"
+        client, server = data.get("client"), data.get("server")
+    elif len(data) != _SCOPE_SHAPES[kind][1] or data[0] != kind:
+        return f"must list the values of a {kind} scope"
+    else:
+        client, server = data[_CLIENT], data[_SERVER]
+    if (client is None or (type(client) in _PAIR and len(client) == 2)) and (
+        server is None or (type(server) in _PAIR and len(server) == 2)
+    ):
+        return None
+    return "has a client or server address that is not a (host, port) pair"
+
+
+def scope_expression(kind: str) -> str:
+    """``scope_problem(kind, {v}) is None`` as one expression, for services/shapes.py to inline
+    into the check of every ``k.http``/``k.ws``; a map is left to ``{check}`` (that function)."""
+    pair = "({v}[%d] is None or (type({v}[%d]) is list or type({v}[%d]) is tuple)"
+    pair += " and len({v}[%d]) == 2)"
+    head = "{check}({v}) is None if type({v}) is dict else len({v}) == %d and {v}[0] == %r"
+    parts = [
+        head % (len(_SCOPE_KEYS[kind]), kind),
+        pair % ((_CLIENT,) * 4),
+        pair % ((_SERVER,) * 4),
+    ]
+    return "(" + " and ".join(parts) + ")"
 
 
 def app_headers(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -132,11 +141,20 @@ def app_headers(headers: Any) -> list[tuple[bytes, bytes]]:
 
 
 def app_value(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
-    """``value`` if it is a ``kind``, else ``TypeError`` naming the ASGI key."""
+    """``value`` if it is a ``kind``, else ``TypeError`` naming the ASGI key.
+
+    A subclass of ``str`` or ``int`` (Django's ``SafeString``, an ``IntEnum``) comes back as
+    the plain type: the receiving process checks exact types (services/messages.py), and an
+    in-process layer hands the object over as it is."""
     if not isinstance(value, kind):
         kinds = kind if isinstance(kind, tuple) else (kind,)
         wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
         raise TypeError(f"ASGI key {name!r} must be {wanted}, got {type(value).__name__}")
+    cls = type(value)
+    if cls is not str and isinstance(value, str):
+        return str.__str__(value)
+    if cls is not int and cls is not bool and isinstance(value, int):
+        return int(value)
     return value
 
 

@@ -19,9 +19,11 @@ from typing import Any
 from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import batching, wire
-from services.background import OneInFlight
+from services import messages as msg
+from services.background import OneInFlight, Vital
 from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
+from services.messages import BadMessage
 from services.metrics import Metrics
 
 log = logging.getLogger("layerkit.worker")
@@ -63,6 +65,10 @@ class Worker:
         self._receive_failed = -math.inf  # loop time the last failed receive was logged
         self._loops: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and hellos
+        self.vital = Vital(log)  # the loops and runners: if one dies, /healthz fails
+        self._stopping = False
+        self._rejects = batching.Rejects(self.role, metrics, log, self._spoiled)
+        self._work = batching.checked(layer, msg.WORK)  # None: in-process, nothing to check
         self._requests = metrics.http(self.role)
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
@@ -77,15 +83,24 @@ class Worker:
         self.channel = await self.layer.new_channel("worker")
         await self.lifespan.startup()
         self._loops = [
-            asyncio.create_task(self._dispatch(), name="worker-dispatch"),
-            asyncio.create_task(self._heartbeats(), name="worker-heartbeat"),
-            asyncio.create_task(self._announcer(), name="worker-announce"),
+            self.vital.watch(asyncio.create_task(loop, name=name), self._stopped)
+            for loop, name in (
+                (self._dispatch(), "worker-dispatch"),
+                (self._heartbeats(), "worker-heartbeat"),
+                (self._announcer(), "worker-announce"),
+            )
         ]
         self._spawn()
         log.info("worker channel %s, concurrency %d", self.channel, self.concurrency)
 
     def ready(self) -> bool:
         return not self.draining and bool(self._runners)
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+    def _draining(self) -> bool:
+        return self.draining
 
     async def _probe(self) -> None:
         websockets = sum(1 for inst in self._conns.values() if inst.accepted and not inst.closed)
@@ -116,6 +131,7 @@ class Worker:
             await asyncio.wait(self._runners, timeout=2)
 
     async def stop(self) -> None:
+        self._stopping = True
         if not self.draining:
             await self.drain()
         for task in self._loops:
@@ -128,7 +144,8 @@ class Worker:
     # -- loops -----------------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        task = asyncio.create_task(self._runner())
+        task = asyncio.create_task(self._runner(), name="worker-runner")
+        self.vital.watch(task, self._draining)  # a runner only ends when the worker drains
         self._runners.add(task)
         task.add_done_callback(self._runners.discard)
 
@@ -166,6 +183,10 @@ class Worker:
             message = await self.layer.receive(wire.WORK_CHANNEL)
         except asyncio.CancelledError:
             raise
+        except ValueError as error:  # taken off the channel, but unreadable: skip it
+            self._rejects.undecodable(wire.WORK_CHANNEL, error)
+            await asyncio.sleep(0)  # a flood of them must not starve the other tasks
+            return None
         except Exception:
             if loop.time() - self._receive_failed > self.heartbeat:  # once, not per runner
                 self._receive_failed = loop.time()
@@ -174,15 +195,17 @@ class Worker:
             return None
         finally:
             self._receiving.discard(task)
-        if message.get("d", 0) < time.time():
+        if self._work is not None:
+            try:
+                self._work.check(message)  # messages.check, one call less
+            except BadMessage as bad:
+                self._rejects(bad, message, wire.WORK_CHANNEL)
+                return None
+        if message[msg.DEADLINE] < time.time():
             return None  # its protocol server has already answered 503
-        try:
-            inst = Instance(
-                self.layer, self.channel, self.chunk, message, loop, self._held, self._batcher
-            )
-        except (KeyError, TypeError, ValueError):
-            log.error("ignoring malformed work message of type %r", message.get("type"))
-            return None
+        inst = Instance(
+            self.layer, self.channel, self.chunk, message, loop, self._held, self._batcher
+        )
         if self.lifespan.state:
             inst.scope["state"] = dict(self.lifespan.state)
         self._conns[inst.id] = inst
@@ -190,18 +213,18 @@ class Worker:
 
     def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
         """A batched message could not be delivered (its instance may have finished since)."""
-        cid = message.get("c", "")
+        cid = message.get(msg.CONN, "")
         inst = self._conns.get(cid)
         if refused:  # e.g. headers too large for the layer: the client gets a 500 / 1011
             log.error("the layer %s; failing %s", why, cid)
             if inst is not None:
                 inst.refused()
             if self._batcher is not None:
-                self._batcher.post(channel, {"type": wire.APP_ERROR, "c": cid})
+                self._batcher.post(channel, msg.app_error(cid))
         elif inst is not None:
             inst.lost(why)
         else:
-            log.warning("dropped a %s message: channel %s %s", message["type"], channel, why)
+            log.warning("dropped a %s message: channel %s %s", message[msg.TYPE], channel, why)
 
     def _finished(self, inst: Instance, started: float) -> None:
         del self._conns[inst.id]
@@ -214,23 +237,48 @@ class Worker:
 
     def _dispatch(self) -> Coroutine[Any, Any, None]:
         """Route follow-up messages on this worker's channel to their instances."""
-        return batching.dispatch(self.layer, self.channel, self._route, self.heartbeat)
+        taking = batching.checked(self.layer, msg.TO_WORKER)
+        return batching.dispatch(
+            self.layer, self.channel, taking, self._route, self._rejects, self.heartbeat
+        )
 
     def _route(self, message: Message) -> None:
-        kind = message.get("type")
-        if kind == wire.HEARTBEAT:
-            self._seen[message["r"]] = self._loop.time()
+        """Hand one (checked) message to its instance (or note a protocol server is alive)."""
+        kind = message[msg.TYPE]
+        if kind == msg.HEARTBEAT:
+            self._seen[message[msg.REPLY_CHANNEL]] = self._loop.time()
             return
-        inst = self._conns.get(message.get("c", ""))
+        inst = self._conns.get(message[msg.CONN])
         if inst is None:
             return
-        if kind == wire.ACK:
+        if kind not in (msg.HTTP_FOLLOW_UPS if inst.kind == "http" else msg.WEBSOCKET_FOLLOW_UPS):
+            wrong = BadMessage(
+                "wrong_connection", f"not for a {inst.kind} connection", kind, inst.id
+            )
+            self._rejects(wrong, message, self.channel)
+            return
+        if kind == msg.ACK:
             if inst.window is not None:
-                inst.window.acked(message["n"])
+                inst.window.acked(message[msg.CONSUMED])
         else:
-            if kind == wire.DISCONNECT:
+            if kind == msg.DISCONNECT:
                 inst.client_left()
             inst.put(message)
+
+    def _spoiled(self, conn_id: str, bad: BadMessage) -> None:
+        """A protocol server sent a malformed message for one of our connections: give it up."""
+        inst = self._conns.get(conn_id)
+        if inst is not None and not inst.gone:
+            self._give_up(inst, 1011, f"its protocol server sent a malformed {bad.kind} ({bad})")
+
+    def _give_up(self, inst: Instance, code: int, why: str) -> None:
+        """Stop serving ``inst``'s client: the app hears it left (``code``), and the protocol
+        server gets a best-effort 502 / 1011, so its client does not hang either."""
+        log.warning("%s; disconnecting %s", why, inst.id)
+        inst.gone = True
+        inst.lose_peer(code)
+        lost = msg.app_error(inst.id, 502)
+        self._background.run(inst.id, self.layer.send_trusted(inst.reply, lost))
 
     async def _announcer(self) -> None:
         """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.
@@ -248,8 +296,8 @@ class Worker:
     async def _heartbeats(self) -> None:
         """Heartbeat protocol servers we serve, announce ourselves, notice dead protocol servers."""
         loop = asyncio.get_running_loop()
-        beat = {"type": wire.HEARTBEAT, "w": self.channel}
-        hello = {"type": wire.HELLO, "w": self.channel}
+        beat = msg.worker_heartbeat(self.channel)
+        hello = msg.hello(self.channel)
         ticks = 0
         while True:
             now = loop.time()
@@ -258,15 +306,9 @@ class Worker:
                 if inst.gone:
                     continue
                 if now - max(self._seen.get(inst.reply, 0.0), inst.started) > self.dead_after:
-                    log.warning(
-                        "protocol server %s went silent; disconnecting %s", inst.reply, inst.id
-                    )
-                    inst.gone = True
-                    inst.lose_peer(1006)
                     # Silence may be one-way (its beats lost on a dead shard while its reply
                     # channel still works): tell it, so its client gets 502/1011, not a hang.
-                    lost = {"type": wire.APP_ERROR, "c": inst.id, "code": 502}
-                    self._background.run(inst.id, self.layer.send_trusted(inst.reply, lost))
+                    self._give_up(inst, 1006, f"protocol server {inst.reply} went silent")
                 else:
                     peers.add(inst.reply)
             for peer in peers:

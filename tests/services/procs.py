@@ -46,6 +46,7 @@ class Service:
     admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    module: str = "services"  # run as ``python -m <module> <role>``
 
     def start(self, wait: bool = True) -> Service:
         env = {**os.environ, **self.env, "KIT_ADMIN_PORT": str(self.admin_port)}
@@ -56,7 +57,7 @@ class Service:
         handle, name = tempfile.mkstemp(prefix=f"layerkit-{self.role}-", suffix=".log")
         self.log = Path(name)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services", self.role],
+            [sys.executable, "-m", self.module, self.role],
             cwd=ROOT,
             env=env,
             stdout=handle,
@@ -199,8 +200,8 @@ class Stack:
             **extra,
         }
 
-    def add(self, role: str, wait: bool = True, **extra: str) -> Service:
-        service = Service(role, self.env(**extra))
+    def add(self, role: str, wait: bool = True, module: str = "services", **extra: str) -> Service:
+        service = Service(role, self.env(**extra), module=module)
         self.services.append(service)
         return service.start(wait=wait)
 

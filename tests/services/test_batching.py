@@ -16,6 +16,7 @@ from layer.config import get_channel_layer
 from layer.ipc import IPCChannelLayer
 from layer.messages import Message
 from layer.redis import RedisChannelLayer
+from services import messages as msg
 from services import wire
 from services.batching import ALONE, MOST, Batcher
 from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
@@ -30,7 +31,7 @@ Factory = Callable[..., IPCChannelLayer]
 
 
 def _reply(n: int, body: bytes = b"") -> Message:
-    return {"type": wire.RESPONSE_BODY, "c": f"x.{n}", "b": body, "m": False}
+    return msg.response_body(f"x.{n}", body, False)
 
 
 Lost = list[tuple[Message, str]]
@@ -61,9 +62,9 @@ async def test_one_turns_replies_leave_as_one_message_in_order(
     batcher.post(b, _reply(9))
     await batcher.close()
     first, alone, last = await _received(layer, a, 3)
-    assert first == {"type": wire.BATCH, "ms": posted[:3]}
+    assert first == msg.batch(posted[:3])
     assert alone == posted[3]  # a large body goes on its own, in its place
-    assert last == {"type": wire.BATCH, "ms": posted[4:]}
+    assert last == msg.batch(posted[4:])
     assert await _received(layer, b, 1) == [_reply(9)]  # one message: not wrapped
     assert lost == []
 
@@ -76,7 +77,7 @@ async def test_a_batch_holds_at_most_MOST_messages(ipc_layer_factory: Factory) -
         batcher.post(channel, _reply(n))
     await batcher.close()
     full, rest = await _received(layer, channel, 2)
-    assert [m["c"] for m in full["ms"]] == [f"x.{n}" for n in range(MOST)]
+    assert [m[msg.CONN] for m in full[msg.MESSAGES]] == [f"x.{n}" for n in range(MOST)]
     assert rest == _reply(MOST)
 
 
@@ -95,7 +96,7 @@ async def test_posts_while_a_send_waits_follow_it_in_order(ipc_layer_factory: Fa
     assert (await layer.receive(channel))["type"] == "filler"
     got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
     await batcher.close()
-    assert got == [{"type": wire.BATCH, "ms": [_reply(0), _reply(1)]}, _reply(2)]
+    assert got == [msg.batch([_reply(0), _reply(1)]), _reply(2)]
 
 
 async def test_a_batch_too_large_for_the_layer_goes_one_by_one(
@@ -103,12 +104,12 @@ async def test_a_batch_too_large_for_the_layer_goes_one_by_one(
 ) -> None:
     """Headers are not counted when batching; a batch the layer refuses is split up."""
     layer, batcher, lost, channel = await _batching(ipc_layer_factory, max_message_size=8192)
-    posted = [{**_reply(n), "h": [(b"x-pad", b"p" * 3000)]} for n in range(4)]
+    posted = [{**_reply(n), msg.HEADERS: [(b"x-pad", b"p" * 3000)]} for n in range(4)]
     for message in posted:
         batcher.post(channel, message)
     await batcher.close()
     got = await _received(layer, channel, 4)
-    assert [m["c"] for m in got] == ["x.0", "x.1", "x.2", "x.3"]
+    assert [m[msg.CONN] for m in got] == ["x.0", "x.1", "x.2", "x.3"]
     assert lost == []
 
 
@@ -120,7 +121,10 @@ async def test_replies_to_a_channel_that_stays_full_are_reported_lost(
     batcher.post(channel, _reply(0))
     batcher.post(channel, _reply(1))
     await asyncio.wait_for(batcher.close(), 15)  # gives up after send_patiently's 5 s
-    assert [(m["c"], why) for m, why in lost] == [("x.0", "stayed full"), ("x.1", "stayed full")]
+    assert [(m[msg.CONN], why) for m, why in lost] == [
+        ("x.0", "stayed full"),
+        ("x.1", "stayed full"),
+    ]
 
 
 @pytest.mark.parametrize("name", CROSS)
@@ -148,9 +152,9 @@ async def test_malformed_messages_on_the_reply_channel_are_ignored(
     layer = get_channel_layer("default", ROOT / served.stack.backend.config)
     try:
         for junk in (
-            {"type": wire.BATCH, "ms": 5},
-            {"type": wire.HEARTBEAT},
-            {"type": "k.resp", "c": 7},
+            {msg.TYPE: msg.BATCH, msg.MESSAGES: 5},
+            {msg.TYPE: msg.HEARTBEAT},
+            {msg.TYPE: msg.RESPONSE, msg.CONN: 7},
         ):
             await layer.group_send(wire.PROTOCOL_GROUP, junk)
     finally:
@@ -214,7 +218,7 @@ async def test_a_send_the_layer_fails_is_reported_lost_and_later_ones_still_go()
         batcher.post(channel, _reply(1))
         batcher.post(channel, _reply(2))
         await batcher.close()
-        assert [m["c"] for m, _ in lost] == ["x.1", "x.2"], lost
+        assert [m[msg.CONN] for m, _ in lost] == ["x.1", "x.2"], lost
         assert all("maxmemory" in why for _, why in lost), lost
         admin.config_set("maxmemory", 0)
         batcher.post(channel, _reply(3))
