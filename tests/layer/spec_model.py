@@ -14,7 +14,11 @@ is a documented rule of a backend, described by :class:`Rules`:
 * **Messages held by this process** (take-ahead, PREFETCH in layer/base.py; docs/ipc.md "Taking
   messages ahead", docs/redis.md "Guarantees") have left the storage, so they no longer count
   against capacity: after a receive on a unit, a send may succeed although the unit already
-  holds ``capacity`` messages, by up to the number the backend may hold.
+  holds ``capacity`` messages, by up to the number the backend may hold. A receive still
+  pending during a send may have been handed a message too (``pending``).
+* **Held sends** (IPC's outbox, docs/ipc.md "Held sends") are stamped when they are pushed, at
+  the end of the loop turn: the caller widens their expiry to the end of the step
+  (:meth:`SpecModel.stamped_by`).
 * **A cancelled receive** puts the message it took back at the front (docs/layer.md
   "Delivery") with a fresh expiry (layer/inmemory.py ``_requeue``, layer/redis/receiver.py
   ``_give(front=True)``, layer/ipc/layer.py ``_give_back``): the model widens that message's
