@@ -7,6 +7,7 @@ IPC and Redis join the list when their backends exist in ``layer/``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import websockets
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.ports import free_port
 
@@ -208,3 +211,15 @@ class Stack:
     def close(self) -> None:
         for service in reversed(self.services):
             service.discard()
+
+
+async def closed_code(ws: websockets.ClientConnection, within: float) -> int:
+    """Read until the server closes; return the close code it sent."""
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "connection dropped without a close frame"
+        return closed.rcvd.code
+    raise AssertionError("unreachable")

@@ -13,10 +13,9 @@ import httpx
 import pytest
 import redis
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from tests.services.conftest import CROSS, StackFactory, serve
-from tests.services.procs import ROOT, wait_until
+from tests.services.procs import ROOT, closed_code, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,18 +28,6 @@ def events_of(path: Path, event: str) -> list[list[str]]:
         return []
     lines = [line.split() for line in path.read_text().splitlines()]
     return [fields for fields in lines if fields[0] == event]
-
-
-async def closed_code(ws: websockets.ClientConnection, within: float) -> int:
-    """Read until the server closes; return the close code it sent."""
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None, "connection dropped without a close frame"
-        return closed.rcvd.code
-    raise AssertionError("unreachable")
 
 
 def test_work_channel_full_is_503_with_retry_after(stacks: StackFactory, events: Path) -> None:

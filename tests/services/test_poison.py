@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from layer.base import BaseChannelLayer
 from layer.config import get_channel_layer
@@ -27,7 +26,7 @@ from services import messages as msg
 from services import wire
 from tests.services import faults
 from tests.services.conftest import CROSS, Served, StackFactory, serve
-from tests.services.procs import ROOT, Service, Stack, wait_until
+from tests.services.procs import ROOT, Service, Stack, closed_code, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -257,17 +256,6 @@ async def test_a_flood_of_one_problem_costs_one_log_line(
     await counted(worker, "worker", Counter(bad_scope=500))
     assert whole_log(worker).count("[bad_scope]") == 1  # the next one may go out in 10 s
     await still_serving(served)
-
-
-async def closed_code(ws: websockets.ClientConnection, within: float) -> int:
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None, "connection dropped without a close frame"
-        return closed.rcvd.code
-    raise AssertionError("unreachable")
 
 
 @pytest.mark.parametrize("name", CROSS)
