@@ -38,6 +38,9 @@ class SuiteResult:
     results: list[Result]
     targets: list[Target] = field(default_factory=list)
     notes: str = ""
+    # Workloads named "<kind>, <x>" (e.g. "streamed, 4 KiB"): plot a line per subject and kind
+    # over x, on a log scale, instead of bars per workload.
+    lines: bool = False
 
     def value(self, workload: str, subject: str) -> float | None:
         for result in self.results:

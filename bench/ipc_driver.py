@@ -1,4 +1,5 @@
-"""One side of a cross-process IPC benchmark: ``python -m bench.ipc_driver ROLE PREFIX N [DEPTH]``.
+"""One side of a cross-process IPC benchmark: ``python -m bench.ipc_driver ROLE PREFIX N [DEPTH
+[SIZE]]``.
 
 ``PREFIX`` is the IPC layer's prefix, or a ``redis://`` URL to run the same roles over our Redis
 layer (the suite's same-run baseline for issue 4's "2x our Redis layer" target).
@@ -6,7 +7,8 @@ layer (the suite's same-run baseline for issue 4's "2x our Redis layer" target).
 Roles: ``echo``/``ping`` (roundtrip), ``produce``/``consume`` (streamed), ``solo`` (send then
 receive in one process, how the issue quoted ``asgi_ipc``), ``idle`` (CPU while a receive
 waits). Each prints ``ready`` once attached (and prefilled), waits for ``go`` on stdin, and the
-timing side prints one JSON line with its result.
+timing side prints one JSON line with its result. With ``SIZE``, the message is
+``{"type": "bench.sized", "body": <SIZE bytes>}`` instead of the small chat message.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ def make_layer(prefix: str) -> Any:
         from layer.redis import RedisChannelLayer
 
         return RedisChannelLayer(hosts=[prefix], capacity=1_000_000)
-    return IPCChannelLayer(prefix=prefix, size="64MB", capacity=1_000_000)
+    return IPCChannelLayer(prefix=prefix, size="256MB", capacity=1_000_000)
 
 
-async def main(role: str, prefix: str, count: int, depth: int) -> None:
+async def main(role: str, prefix: str, count: int, depth: int, size: int | None) -> None:
     layer = make_layer(prefix)
+    global MESSAGE
+    if size is not None:
+        MESSAGE = {"type": "bench.sized", "body": b"x" * size}
     try:
         if role == "echo":
             handshake()
@@ -88,4 +93,5 @@ async def main(role: str, prefix: str, count: int, depth: int) -> None:
 
 if __name__ == "__main__":
     role, prefix, count, *rest = sys.argv[1:]
-    asyncio.run(main(role, prefix, int(count), int(rest[0]) if rest else 0))
+    depth, size = (int(rest[0]) if rest else 0), (int(rest[1]) if len(rest) > 1 else None)
+    asyncio.run(main(role, prefix, int(count), depth, size))

@@ -20,7 +20,32 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
 
 
+def _plot_lines(suite: SuiteResult, path: Path) -> None:
+    kinds = list(dict.fromkeys(r.workload.split(", ")[0] for r in suite.results))
+    subjects = list(dict.fromkeys(r.subject for r in suite.results))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        xs = list(dict.fromkeys(r.workload.split(", ")[1] for r in suite.results
+                                if r.workload.startswith(kind + ", ")))  # fmt: skip
+        for i, subject in enumerate(subjects):
+            ys = [suite.value(f"{kind}, {x}", subject) for x in xs]
+            ax.plot(xs, [y or float("nan") for y in ys], marker="o", color=f"C{i}", label=subject)
+        ax.set_yscale("log")
+        ax.set_title(kind, fontsize=10)
+        ax.set_xlabel("payload", fontsize=8)
+        ax.set_ylabel(next(r.unit for r in suite.results if r.workload.startswith(kind)))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(suite.title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _plot(suite: SuiteResult, path: Path) -> None:
+    if suite.lines:
+        _plot_lines(suite, path)
+        return
     workloads = list(dict.fromkeys(r.workload for r in suite.results))
     subjects = list(dict.fromkeys(r.subject for r in suite.results))
     fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 3.6), squeeze=False)

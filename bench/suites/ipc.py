@@ -72,11 +72,13 @@ def command(subject: str, peer: Path | None) -> list[str]:
     return [str(peer), str(PEER_DRIVER)]
 
 
-def pair(cmd: list[str], roles: list[tuple[str, int, int]], prefix: str) -> dict[str, float]:
+def pair(
+    cmd: list[str], roles: list[tuple[str, int, int]], prefix: str, *extra: str
+) -> dict[str, float]:
     """Start one process per role, wait until all are ready, say go, collect the JSON results."""
     procs = [
         subprocess.Popen(
-            [*cmd, role, prefix, str(count), str(depth)],
+            [*cmd, role, prefix, str(count), str(depth), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -5,12 +5,13 @@ as any lock holder's does), copies the tables and the slots in use, releases the
 checks the copy: a settled state, and other processes are held up for one copy only. It writes
 nothing into the segment (but what the lock's repair writes) and never creates one.
 
-Invariants: each slot, entry and node below its bump pointer is in one place only (its free
-list, as long as its free count, or a structure); no list has a cycle; queues, group member
-lists and wait lists agree with their ends, counts and links (a message spans ``ceil((length +
-12) / (slot_size - 4))`` slots); QUEUED, CHANNELS, GROUPS agree with the entries; each entry is
-in its hash's bucket, keys are unique; fired nodes are on no wait list, free ones name no entry;
-wake rings have read <= write <= RING.
+Invariants: each slot, entry and node below its bump pointer is in one place only (a free list
+or cache, as long as its free count, or a structure); no list has a cycle; queues, group member
+lists and wait lists agree with their ends, counts and links (a message spans the extents
+``extents.plan`` gives its length); the buddy lists, block caches, tags and counts agree
+(``extents.check_lists``); QUEUED, CHANNELS, GROUPS agree with the entries; each entry is in its
+hash's bucket, keys are unique; fired nodes are on no wait list, free ones name no entry; wake
+rings have read <= write <= RING.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import posix_ipc
 
 from layer.base import Counters
 from layer.exceptions import InvalidOption
+from layer.ipc.extents import check_lists, plan
 from layer.ipc.journal import Lock
 
 # isort: off
@@ -161,6 +163,7 @@ class _Checker:
         if JSTATE.unpack_from(self.b, JSTATE_OFF) != (0, 0):
             self.problem("the journal is not settled under the lock (undo records or a flush)")
         self._free_list("slot", G_OFF, G_OFF + 4, self.slots, g.slots, g.slot_size, 0)
+        check_lists(self.b, g, self.slots, self.problem)
         self._free_list("entry", ENTRY_FREE, None, self.entries, g.entries, ENTRY_SIZE, 0)
         self._free_list("node", NODE_FREE, None, self.nodes, g.nodes, NODE_SIZE, 4)
         self._hash_chains()
@@ -294,8 +297,9 @@ class _Checker:
         self._wait_list(idx, wait_head, wait_tail)
 
     def _queue(self, name: str, head: int, tail: int, count: int) -> None:
-        """Walk ``count`` messages from ``head``: each a chain of ``slots_for(length)`` slots
-        no other message and no free list holds, the last message's last slot ``tail``."""
+        """Walk ``count`` messages from ``head``: each a chain of extents of the orders
+        ``extents.plan`` gives its length, aligned, which no other message and no free list
+        holds, the last message's last extent ``tail``."""
         g, marks = self.g, self.slots
         cur, last, n = head, NIL, 0
         while n < count:
@@ -306,18 +310,19 @@ class _Checker:
                 self.problem(f"channel {name}'s message {n} starts at slot {cur}, past the bump")
                 return
             length, expires = MSG.unpack_from(self.b, g.slots + cur * g.slot_size + 4)
-            k = (length + 12 + self.data - 1) // self.data
-            if not 0 < k <= len(marks) or not math.isfinite(expires):
+            if not length + MSG.size <= len(marks) * g.slot_size or not math.isfinite(expires):
                 self.problem(f"channel {name}'s message {n} has length {length}, expiry {expires}")
                 return
-            for i in range(k):
-                if cur >= len(marks) or marks[cur]:
-                    where = _where(marks, cur, "on the free slot list", "in another message")
+            orders = plan(length + MSG.size, g.slot_size, g.max_order)
+            for i, order in enumerate(orders):
+                size = 1 << order
+                if cur % size or cur + size > len(marks) or any(marks[cur : cur + size]):
+                    where = _where(marks, cur, "on a free list", "in another message")
                     self.problem(f"channel {name}'s message {n} reaches slot {cur}, {where}")
                     return
-                marks[cur] = _USED
+                marks[cur : cur + size] = bytes([_USED]) * size
                 last = cur
-                if i < k - 1:
+                if i < len(orders) - 1:
                     cur = self.u32(g.slots + cur * g.slot_size)
             n += 1
             cur = self.u32(g.slots + last * g.slot_size)

@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable
 
 from layer.ipc.layout import (
+    B_BITMAP,
+    B_SIZE,
     FLUSHING,
     G_OFF,
     G_SIZE,
@@ -179,8 +181,10 @@ class Journal:
         while at < JOURNAL_OFF + end:
             offset, length = _RECORD.unpack_from(mm, at)
             step = 16 + ((length + 7) & ~7)
-            fits = G_OFF <= offset <= G_OFF + G_SIZE - length or (
-                HEADER_SIZE <= offset <= len(mm) - length
+            fits = (
+                G_OFF <= offset <= G_OFF + G_SIZE - length
+                or B_BITMAP <= offset <= B_BITMAP + B_SIZE - length
+                or HEADER_SIZE <= offset <= len(mm) - length
             )
             if not (0 < length <= _LONGEST and fits) or at + step > JOURNAL_OFF + end:
                 raise CorruptJournal(f"a record of {length} bytes at offset {offset}")

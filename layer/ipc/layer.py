@@ -19,6 +19,7 @@ from layer.exceptions import ChannelFull, InvalidOption
 from layer.ipc import segment
 from layer.ipc.ahead import Held, TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer
+from layer.ipc.extents import largest_payload
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
@@ -55,6 +56,15 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         self.spin = non_negative_number("spin", spin)
         self._spin_until = 0.0
         self._segment = segment.attach(self.prefix, self.size, self.slot_size, self.mode)
+        geometry = self._segment.geometry
+        arena = geometry.n_slots * geometry.slot_size  # no larger message is ever stored
+        most = largest_payload(self.slot_size, geometry.max_order)
+        if min(self.max_message_size, arena) > most:
+            self._segment.close()
+            raise InvalidOption(
+                f"max_message_size {self.max_message_size} is more than an IPC segment frees in "
+                f"one journal step with slot_size {self.slot_size}: at most {most}"
+            )
         self._store = Store(self._segment.mm, self._segment.geometry, self.counters)
         self._lock = Lock(self._segment.fd, self._segment.mm, self._store.flush)
         self._wakers = Wakers(self._store, self._segment.fd)

@@ -1,4 +1,4 @@
-"""The shared segment's layout: one header page, then fixed tables, then the slot arena.
+"""The shared segment's layout: a header, then fixed tables, then the slot arena.
 
 Everything is addressed by offsets into one ``mmap``; every struct uses little-endian standard
 sizes with 4- or 8-byte fields, which CPython packs with one ``memcpy`` each, so a process killed
@@ -7,12 +7,15 @@ protected by the undo journal (see :mod:`layer.ipc.journal`).
 
 ```
 0      header: magic, version, geometry, journal state, G block (pool heads, counts)
+256    B block: the buddy allocator's order bitmap, free slot count, list heads, block caches
 512    undo journal (records of saved bytes)
-4096   wakers: one record + wake ring per attached layer instance
+16384  wakers: one record + wake ring per attached layer instance
 ...    buckets: u32 heads of the hash chains
 ...    entries: channels, groups and group members (keyed by owner + name)
 ...    nodes: waiter registrations (instance X waits on channel C), doubly linked per channel
-...    slots: fixed-size message slots; a message is a chain of slots
+...    tags: one byte per slot (``order + 1`` where a free buddy block starts)
+...    slots: the arena, ``slot_size`` units; a message is a chain of extents (blocks of
+       ``2**order`` contiguous slots, see :mod:`layer.ipc.extents`)
 ```
 """
 
@@ -22,14 +25,17 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = 0x31435049_5453494B  # b"KISTIPC1" little-endian
-VERSION = 3  # 2: doorbell FIFOs replace the semaphores; 3: the table generation (cached indexes)
+# 2: doorbell FIFOs replace the semaphores; 3: the table generation (cached indexes);
+# 4: messages in extents from a buddy allocator (B block, tags), a 16 KiB header
+VERSION = 4
 NIL = 0xFFFFFFFF
 
 # -- header ------------------------------------------------------------------------------------
-HEADER_SIZE = 4096
+HEADER_SIZE = 16384  # the journal's room: a message's extents are freed in one journal step
 MAGIC_OFF = 0
-# version, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers, then u64 offsets
-GEOMETRY = struct.Struct("<IIIIIII4xQQQQQQ")
+# version, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers, max_order, then u64
+# offsets
+GEOMETRY = struct.Struct("<IIIIIIIIQQQQQQQ")
 GEOMETRY_OFF = 8
 JSTATE = struct.Struct("<II")  # bytes of undo records in use, flush-in-progress flag
 JSTATE_OFF = 128
@@ -49,6 +55,13 @@ GROUPS, EPOCH = G_OFF + 36, G_OFF + 40
 SCRATCH = G_OFF + 44  # a word nobody reads: the target of "no link changed" undo records
 G5 = struct.Struct("<IIIII")
 SLOTS3 = struct.Struct("<III")  # slot free head, free count, bump
+# The B block: the buddy allocator's bitmap of non-empty orders, free slots on its lists, a
+# list head per order, then a block cache (head, count) per order (MAX_ORDERS at most).
+B_BITMAP, B_FREE, B_HEADS = 256, 260, 264
+MAX_ORDERS = 16
+B_CACHES = B_HEADS + 4 * MAX_ORDERS
+B_SIZE = 8 + 12 * MAX_ORDERS
+TOP_BLOCK = 1 << 20  # the largest extent's size in bytes, when the segment has room for 4
 JOURNAL_OFF = 512
 JOURNAL_END = HEADER_SIZE
 
@@ -80,7 +93,7 @@ W_RING = 64
 MAX_WAKERS = 256
 
 # -- slots -------------------------------------------------------------------------------------
-# A slot is ``next`` (u32) + data; a message is the stream ``MSG`` + payload across a chain.
+# An extent is ``next`` (u32) + data; a message is the stream ``MSG`` + payload across a chain.
 MSG = struct.Struct("<Id")  # payload length, expires (time.monotonic(), shared by the host)
 
 U32 = struct.Struct("<I")
@@ -99,15 +112,18 @@ class Geometry:
     n_buckets: int
     n_nodes: int
     n_wakers: int
+    max_order: int  # the largest extent is ``slot_size << max_order`` bytes
     wakers: int
     buckets: int
     entries: int
     nodes: int
+    tags: int
     slots: int
 
     @classmethod
     def plan(cls, size: int, slot_size: int) -> Geometry:
-        """Lay out ``size`` bytes: about 5% for tables, the rest for message slots."""
+        """Lay out ``size`` bytes: about 5% for tables, the rest for message slots, a whole
+        number of top-order blocks (1 MiB, or less when the segment holds fewer than 4)."""
         n_entries = max(1024, min(size // 4096, 1 << 20))
         n_buckets = 1 << (n_entries - 1).bit_length()
         n_nodes = n_entries
@@ -115,24 +131,29 @@ class Geometry:
         buckets = wakers + MAX_WAKERS * WAKER_SIZE
         entries = buckets + 4 * n_buckets
         nodes = entries + ENTRY_SIZE * n_entries
-        slots = _align(nodes + NODE_SIZE * n_nodes, 4096)
-        n_slots = min((size - slots) // slot_size, NIL - 1)
-        if n_slots < 16:
+        tags = nodes + NODE_SIZE * n_nodes
+        room = min((size - tags - 4096) // (slot_size + 1), NIL - 1)  # a tag byte per slot
+        if room < 16:
             raise ValueError(f"size {size} is too small for the IPC tables; use at least 1MB")
+        max_order = min((TOP_BLOCK // slot_size).bit_length() - 1, MAX_ORDERS - 1)
+        while max_order and room >> max_order < 4:
+            max_order -= 1
+        n_slots = room >> max_order << max_order
+        slots = _align(tags + n_slots, 4096)
         return cls(size, slot_size, n_slots, n_entries, n_buckets, n_nodes, MAX_WAKERS,
-                   wakers, buckets, entries, nodes, slots)  # fmt: skip
+                   max_order, wakers, buckets, entries, nodes, tags, slots)  # fmt: skip
 
     def pack(self) -> tuple[int, ...]:
         return (VERSION, self.slot_size, self.n_slots, self.n_entries, self.n_buckets,
-                self.n_nodes, self.n_wakers, self.size, self.wakers, self.buckets, self.entries,
-                self.nodes, self.slots)  # fmt: skip
+                self.n_nodes, self.n_wakers, self.max_order, self.size, self.wakers,
+                self.buckets, self.entries, self.nodes, self.tags, self.slots)  # fmt: skip
 
     @classmethod
     def unpack(cls, values: tuple[int, ...]) -> Geometry:
-        (_, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers,
-         size, wakers, buckets, entries, nodes, slots) = values  # fmt: skip
+        (_, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers, max_order,
+         size, wakers, buckets, entries, nodes, tags, slots) = values  # fmt: skip
         return cls(size, slot_size, n_slots, n_entries, n_buckets, n_nodes, n_wakers,
-                   wakers, buckets, entries, nodes, slots)  # fmt: skip
+                   max_order, wakers, buckets, entries, nodes, tags, slots)  # fmt: skip
 
 
 def _align(value: int, to: int) -> int:

@@ -1,9 +1,10 @@
 """Channel queues over the slot arena: push, pop and expiry of messages.
 
-A channel entry holds ``head, tail, count, wait_head, wait_tail``. A message is a chain of slots
-holding ``MSG`` (length, expiry) then the payload; the queue links messages through the ``next``
-word of each message's last slot, so pushing and popping touch O(1) words whatever the depth,
-and freeing a message's chain back to the free list is two writes.
+A channel entry holds ``head, tail, count, wait_head, wait_tail``. A message is a chain of
+extents (:mod:`layer.ipc.extents`) holding ``MSG`` (length, expiry) then the payload; the queue
+links messages through the ``next`` word of each message's last extent, so pushing and popping
+touch O(1) words whatever the depth. One-slot messages, the hot path, take and give back slots
+of the slot cache inline here; a run of them goes back onto it as one chain.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import partial
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull
+from layer.ipc.extents import Extents, NoRoom
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
     E_MUTABLE,
@@ -27,7 +29,6 @@ from layer.ipc.layout import (
     NIL,
     QUEUED,
     SCRATCH,
-    SLOTS3,
     U32,
     Geometry,
 )
@@ -35,7 +36,6 @@ from layer.ipc.table import Key
 from layer.ipc.waiters import Waiters
 
 _COUNTS = struct.Struct("<II")  # queued, active channels
-_FREE_BUMP = struct.Struct("<II")  # slot free count, bump
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
 _SLOT_HEAD = struct.Struct("<IId")  # a slot's next, then MSG: payload length, expires
 _THREE = struct.Struct("<III")  # a channel entry's head, tail, count
@@ -53,6 +53,7 @@ class Queues(Waiters):
         self.slot_size = geometry.slot_size
         self.data = geometry.slot_size - 4
         self.one_slot = self.data - 12  # the longest payload that fits one slot
+        self.extents = Extents(mm, geometry)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -63,6 +64,12 @@ class Queues(Waiters):
         length. Raises ChannelFull."""
         name, h = key
         mm = self.mm
+        length = len(payload)
+        if length > self.one_slot:
+            j.commit()  # keep what came before: a full segment rolls back this push only
+            self._make_room(j, length)
+        elif not _u32_unpack(mm, G_OFF + 4)[0]:
+            self._refill(j, 1)
         idx = self._channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
@@ -80,8 +87,7 @@ class Queues(Waiters):
         link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
         channels += not count and wait_head == NIL
-        length = len(payload)
-        if length + 12 <= self.data and nfree:  # one slot from the free list: the hot path
+        if length <= self.one_slot and nfree:  # one slot from the slot cache: the hot path
             first = last = free
             at = slots + free * size
             MSG.pack_into(mm, at + 4, length, expires)
@@ -108,10 +114,11 @@ class Queues(Waiters):
         against credit); fire one waiter per payload while any wait, adding their wakers to
         ``wake``; return the channel's new length.
 
-        When every payload fits one slot the run is one mutation: one journal record, the slots
-        taken as one chain (free-list slots are already linked in order), one entry update.
-        Otherwise each payload is pushed and committed on its own; one that finds the segment
-        full is dropped and counted (``dropped_full``), as its sender has already returned.
+        When every payload fits one slot and the slot cache holds enough, the run is one
+        mutation: one journal record, the slots taken as one chain (the cache's slots are
+        already linked in order), one entry update. Otherwise each payload is pushed and
+        committed on its own; one that finds the segment full is dropped and counted
+        (``dropped_full``), as its sender has already returned.
         """
         name, h = key
         mm = self.mm
@@ -120,10 +127,12 @@ class Queues(Waiters):
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
+        one_slot = max(map(len, payloads)) <= self.one_slot
+        if one_slot and _u32_unpack(mm, G_OFF + 4)[0] < m:
+            self._refill(j, m - _u32_unpack(mm, G_OFF + 4)[0])
         g5 = G5.unpack_from(mm, G_OFF)
         free, nfree, bump, queued, channels = g5
-        one_slot = max(map(len, payloads)) + 12 <= self.data
-        if not one_slot or nfree + self.geometry.n_slots - bump < m:
+        if nfree < m or not one_slot:
             j.commit()
             pushes = (partial(self._push_unlimited, j, key, p, expires) for p in payloads)
             self._one_by_one(j, pushes, wake)
@@ -133,22 +142,13 @@ class Queues(Waiters):
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
         channels += not count and wait_head == NIL
         pack = MSG.pack_into
-        if nfree >= m:  # all from the free list, whose slots are linked in order already
-            first = last = cur = free
-            for payload in payloads:
-                at = slots + cur * size
-                pack(mm, at + 4, len(payload), expires)
-                mm[at + 16 : at + 16 + len(payload)] = payload
-                last, cur = cur, _u32_unpack(mm, at)[0]
-            G5.pack_into(mm, G_OFF, cur, nfree - m, bump, queued + m, channels)
-        else:
-            chain = self._chain(j, free, nfree, bump, m)
-            for slot, payload in zip(chain, payloads, strict=True):
-                at = slots + slot * size
-                pack(mm, at + 4, len(payload), expires)
-                mm[at + 16 : at + 16 + len(payload)] = payload
-            first, last = chain[0], chain[-1]
-            _COUNTS.pack_into(mm, QUEUED, queued + m, channels)
+        first = last = cur = free  # the cache's slots are linked in order already
+        for payload in payloads:
+            at = slots + cur * size
+            pack(mm, at + 4, len(payload), expires)
+            mm[at + 16 : at + 16 + len(payload)] = payload
+            last, cur = cur, _u32_unpack(mm, at)[0]
+        G5.pack_into(mm, G_OFF, cur, nfree - m, bump, queued + m, channels)
         if count:
             _u32_pack(mm, link, first)
         else:
@@ -162,13 +162,29 @@ class Queues(Waiters):
         return int(count + m)
 
     def free_slots(self) -> int:
-        """Slots not holding a message (free list plus never used)."""
-        nfree, bump = _FREE_BUMP.unpack_from(self.mm, G_OFF + 4)
-        return int(nfree + self.geometry.n_slots - bump)
+        """Slots not holding a message (cache, buddy lists, never used)."""
+        return self.extents.free_slots()
 
     def slots_for(self, length: int) -> int:
         """How many slots a ``length``-byte payload takes."""
-        return (length + 12 + self.data - 1) // self.data
+        return 1 if length <= self.one_slot else self.extents.slots_for(length)
+
+    def _refill(self, j: Journal, want: int) -> None:
+        """Grow an empty or short slot cache by a block (a journal step of its own, after
+        committing what came before); a full segment leaves it as it is."""
+        j.commit()
+        try:
+            self.extents.refill(j, want)
+        except NoRoom:
+            j.rollback()
+        else:
+            j.commit()
+
+    def _make_room(self, j: Journal, length: int) -> None:
+        """Before a multi-slot push: when no block of its largest extent's order is free, give
+        cached blocks back to the buddy lists (committing each) so they can merge."""
+        if not self.extents.has_room(self.extents.plan(length)[0]):
+            self.extents.drain(j)
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
         """Put a payload a cancelled receive took back at the head (ignores capacity)."""
@@ -185,7 +201,8 @@ class Queues(Waiters):
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])
         _u32_pack(mm, link, head)
         FIVE.pack_into(mm, off, first, tail if count else last, count + 1, wait_head, wait_tail)
-        _COUNTS.pack_into(mm, QUEUED, g5[3] + 1, g5[4] + (not count and wait_head == NIL))
+        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
+        _COUNTS.pack_into(mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL))
         return NIL if wait_head == NIL else self.fire(j, idx)
 
     def push_front_run(
@@ -310,7 +327,7 @@ class Queues(Waiters):
         if not five[2]:
             return None
         length, expires = MSG.unpack_from(self.mm, self.slots + five[0] * self.slot_size + 4)
-        payload = self._read(five[0], length)
+        payload = self.extents.read(five[0], length)
         self._unqueue(j, off, length, five)
         return payload, expires
 
@@ -324,134 +341,78 @@ class Queues(Waiters):
 
     def _drop_expired(self, j: Journal, off: int, now: float) -> None:
         """Drop (and count) the expired messages at the head of the channel at ``off``, however
-        many, as one journal record, and commit.
+        many, committing after each journal step.
 
-        The queue is one chain of slots (a message's last slot links to the next message's
-        first), so the expired run from the head is one chain too: it goes onto the free list
-        whole, like a run ``_take_many`` unlinks, by rewriting the entry, the G block and the
-        run's last link. Dropping them one record each overflowed the journal after a few
-        dozen (a channel that had waited a minute for a busy worker failed every receive). The
-        walk reads each message's header only; nothing is written until the three records are.
-        The caller must be at a consistent point: the commit keeps what it did before.
+        The queue is one chain (a message's last extent links to the next message's first), so
+        an expired run of one-slot messages from the head is one chain of slots too: it goes
+        onto the slot cache whole, like a run ``_take_many`` unlinks, as one journal step that
+        rewrites the entry, the G block and the run's last link. Dropping them one record each
+        overflowed the journal after a few dozen (a channel that had waited a minute for a busy
+        worker failed every receive). A multi-slot message is freed as a step of its own. The
+        caller must be at a consistent point: the commits keep what it did before.
         """
         mm = self.mm
-        five = FIVE.unpack_from(mm, off)
-        head, tail, count, wait_head, wait_tail = five
-        slots, size, data = self.slots, self.slot_size, self.data
-        dropped = freed = 0
-        last = nxt = head
-        while dropped < count:
-            length, expires = MSG.unpack_from(mm, slots + nxt * size + 4)
-            if expires > now:
-                break
-            last = nxt
-            for _ in range((length + 11) // data):  # the message's further slots
-                last = _u32_unpack(mm, slots + last * size)[0]
-            nxt = _u32_unpack(mm, slots + last * size)[0]
-            freed += (length + 12 + data - 1) // data
-            dropped += 1
-        if not dropped:
-            return
-        link = slots + last * size
-        g5 = G5.unpack_from(mm, G_OFF)
-        j.queue_op(off, five, g5, link, nxt)
-        free, nfree, bump, queued, channels = g5
-        _u32_pack(mm, link, free)
-        if dropped == count:
-            channels -= wait_head == NIL  # the channel goes idle
-            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
-        else:
-            FIVE.pack_into(mm, off, nxt, tail, count - dropped, wait_head, wait_tail)
-        G5.pack_into(mm, G_OFF, head, nfree + freed, bump, queued - dropped, channels)
-        j.commit()
-        self.counters.expired += dropped
+        slots, size, one_slot = self.slots, self.slot_size, self.one_slot
+        while True:
+            five = FIVE.unpack_from(mm, off)
+            head, tail, count, wait_head, wait_tail = five
+            dropped = 0
+            last = nxt = head
+            while dropped < count:
+                length, expires = MSG.unpack_from(mm, slots + nxt * size + 4)
+                if expires > now or length > one_slot:
+                    break
+                last = nxt
+                nxt = _u32_unpack(mm, slots + last * size)[0]
+                dropped += 1
+            if dropped:
+                link = slots + last * size
+                g5 = G5.unpack_from(mm, G_OFF)
+                j.queue_op(off, five, g5, link, nxt)
+                free, nfree, bump, queued, channels = g5
+                _u32_pack(mm, link, free)
+                if dropped == count:
+                    channels -= wait_head == NIL  # the channel goes idle
+                    FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
+                else:
+                    FIVE.pack_into(mm, off, nxt, tail, count - dropped, wait_head, wait_tail)
+                G5.pack_into(mm, G_OFF, head, nfree + dropped, bump, queued - dropped, channels)
+            elif count and expires <= now:  # an expired multi-slot message at the head
+                self._unqueue(j, off, length, five)
+                dropped = 1
+            j.commit()
+            self.counters.expired += dropped
+            if not dropped:
+                return
 
     def _unqueue(
         self, j: Journal, off: int, length: int, five: tuple[int, int, int, int, int]
     ) -> None:
         """Unlink the head message of the channel at ``off`` (whose words are ``five``) and
-        free its slot chain."""
+        free its extents."""
         mm = self.mm
         head, tail, count, wait_head, wait_tail = five
-        slots, size = self.slots, self.slot_size
-        k = (length + 12 + self.data - 1) // self.data
-        last = head
-        if k > 1:
-            for _ in range(k - 1):
-                last = _u32_unpack(mm, slots + last * size)[0]
-        link = slots + last * size
-        nxt = _u32_unpack(mm, link)[0]
-        g5 = G5.unpack_from(mm, G_OFF)
-        j.queue_op(off, five, g5, link, nxt)
-        free, nfree, bump, queued, channels = g5
-        _u32_pack(mm, link, free)
+        j.save(off, 20)
+        j.save(QUEUED, 8)
+        nxt = self.extents.release_message(j, head, length)
+        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
         idle = count == 1 and wait_head == NIL
-        G5.pack_into(mm, G_OFF, head, nfree + k, bump, queued - 1, channels - idle)
+        _COUNTS.pack_into(mm, QUEUED, queued - 1, channels - idle)
         if count == 1:
             FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
             FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
 
     def write(self, j: Journal, payload: bytes, expires: float) -> tuple[int, int]:
-        """Copy a message into free slots (unreachable until linked); return (first, last).
-
-        Only the slot pool's head, count and bump change; the caller has journaled them.
-        """
-        mm = self.mm
-        size, data, slots = self.slot_size, self.data, self.slots
-        length = len(payload)
-        free, nfree, bump = SLOTS3.unpack_from(mm, G_OFF)
-        if length + 12 <= data and nfree:
-            at = slots + free * size
-            MSG.pack_into(mm, at + 4, length, expires)
-            mm[at + 16 : at + 16 + length] = payload
-            SLOTS3.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump)
-            return free, free
-        k = (length + 12 + data - 1) // data
-        if nfree + self.geometry.n_slots - bump < k:
+        """Copy a message into free extents (unreachable until linked); return its first and
+        last slot. The caller has journaled the G block's counts."""
+        try:
+            return self.extents.write(j, payload, expires)
+        except NoRoom:
+            free = self.extents.free_slots()
             raise ChannelFull(
-                f"IPC segment is full: a {length}-byte message needs {k} slots of {size} bytes "
-                f"and {nfree + self.geometry.n_slots - bump} are free; raise `size`"
-            )
-        chain = self._chain(j, free, nfree, bump, k)
-        blob = memoryview(MSG.pack(length, expires) + payload)
-        for i, slot in enumerate(chain):
-            at = slots + slot * size + 4
-            part = blob[i * data : (i + 1) * data]
-            mm[at : at + len(part)] = part
-        return chain[0], chain[-1]
-
-    def _chain(self, j: Journal, free: int, nfree: int, bump: int, k: int) -> list[int]:
-        """Take ``k`` slots: from the free list first, then never-used ones, linked in order."""
-        mm = self.mm
-        size, slots = self.slot_size, self.slots
-        chain: list[int] = []
-        cur = free
-        taken = min(nfree, k)
-        for _ in range(taken):
-            chain.append(cur)
-            cur = _u32_unpack(mm, slots + cur * size)[0]
-        extra = k - taken
-        if extra:
-            if chain:  # the last free slot's link changes: a rollback must restore it
-                j.set_u32(slots + chain[-1] * size, bump)
-            for slot in range(bump, bump + extra - 1):
-                _u32_pack(mm, slots + slot * size, slot + 1)
-            chain.extend(range(bump, bump + extra))
-        left = nfree - taken
-        SLOTS3.pack_into(mm, G_OFF, cur if left else NIL, left, bump + extra)
-        return chain
-
-    def _read(self, first: int, length: int) -> bytes:
-        mm = self.mm
-        size, data, slots = self.slot_size, self.data, self.slots
-        at = slots + first * size
-        if length + 12 <= data:
-            return mm[at + 16 : at + 16 + length]
-        out = bytearray(mm[at + 16 : at + 4 + data])
-        cur = first
-        while len(out) < length:
-            cur = _u32_unpack(mm, slots + cur * size)[0]
-            at = slots + cur * size + 4
-            out += mm[at : at + min(data, length - len(out))]
-        return bytes(out)
+                f"IPC segment is full: a {len(payload)}-byte message needs "
+                f"{self.slots_for(len(payload))} slots of {self.slot_size} bytes in at most "
+                f"{len(self.extents.plan(len(payload)))} contiguous extents and {free} are free; "
+                "raise `size`"
+            ) from None

@@ -301,7 +301,7 @@ def waker_ring(k: Known) -> Writes:
 
 
 CORRUPTIONS: list[tuple[Callable[[Known], Writes], str]] = [
-    (slot_free_and_queued, "reaches slot {}, on the free slot list"),
+    (slot_free_and_queued, "reaches slot {}, on a free list"),
     (slot_in_two_messages, "in another message"),
     (slot_leaked, "1 slots are neither free nor queued (leaked), e.g. slot"),
     (free_slot_cycle, "the free slot list has a cycle"),

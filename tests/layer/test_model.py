@@ -58,6 +58,7 @@ import layer
 from layer.base import PREFETCH, BaseChannelLayer
 from layer.exceptions import ChannelFull, InvalidName, MessageTooLarge
 from layer.ipc import IPCChannelLayer
+from layer.ipc.extents import plan
 from layer.ipc.journal import _QUEUE_OP_SIZE as QUEUE_RECORD  # one push/pop: 104 bytes
 from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF, MSG, RING, Geometry
 from layer.ipc.outbox import BUDGET, WINDOW
@@ -85,14 +86,15 @@ SLOT_DATA = SLOT - 4  # a slot's ``next`` word, then data
 ONE_SLOT = SLOT_DATA - MSG.size  # the longest payload that fits one slot (240)
 IPC_SIZE = 64 << 20
 IPC_GEOMETRY = Geometry.plan(IPC_SIZE, SLOT)
-JOURNAL_RECORDS = (JOURNAL_END - JOURNAL_OFF) // QUEUE_RECORD  # 34 queue records fit the journal
+JOURNAL_RECORDS = (JOURNAL_END - JOURNAL_OFF) // QUEUE_RECORD  # 152 queue records fit the journal
+EXTENT_DATA = [(SLOT << order) - 4 for order in range(IPC_GEOMETRY.max_order + 1)]
 SIZES = {
     "tiny": 32,
     "one_slot": ONE_SLOT,
-    "two_slots": ONE_SLOT + 1,
-    "three_slots": 3 * SLOT_DATA - MSG.size,
-    "four_slots": 3 * SLOT_DATA - MSG.size + 1,
-    "large": 20_000,  # 80 slots; 4 of them pass the outbox's 64 KB budget
+    "two_slots": ONE_SLOT + 1,  # two one-slot extents
+    "one_extent": EXTENT_DATA[2] - MSG.size,  # exactly one 4-slot extent
+    "extent_and_slot": EXTENT_DATA[2] - MSG.size + 1,  # a 4-slot extent and a one-slot one
+    "large": 20_000,  # a 64-slot and a 16-slot extent; 4 of them pass the outbox's 64 KB budget
 }
 # Bursts: a few, the counts either side of every window (one more than a Redis inbox pop takes
 # included), and anything up to a few hundred.
@@ -128,8 +130,12 @@ def make_message(msg_id: int, size: int) -> dict[str, Any]:
     return {"type": "model.m", "id": msg_id, "pad": bytes([msg_id % 251]) * max(pad, 0)}
 
 
+def extents_of(size: int) -> tuple[int, ...]:
+    return plan(size + MSG.size, SLOT, IPC_GEOMETRY.max_order)
+
+
 def slots_for(size: int) -> int:
-    return (size + MSG.size + SLOT_DATA - 1) // SLOT_DATA
+    return sum(1 << order for order in extents_of(size))
 
 
 # -- the clock --------------------------------------------------------------------------------
@@ -963,9 +969,11 @@ def test_message_sizes_are_exact() -> None:
     for msg_id in (1, 127, 128, 65535, 70000, 10**9):
         for name, size in SIZES.items():
             assert len(encode(make_message(msg_id, size))) == size, (name, msg_id)
-    assert slots_for(SIZES["one_slot"]) == 1 and slots_for(SIZES["two_slots"]) == 2
-    assert slots_for(SIZES["three_slots"]) == 3 and slots_for(SIZES["four_slots"]) == 4
-    assert JOURNAL_RECORDS == 34
+    assert extents_of(SIZES["one_slot"]) == (0,) and extents_of(SIZES["two_slots"]) == (0, 0)
+    assert extents_of(SIZES["one_extent"]) == (2,)
+    assert extents_of(SIZES["extent_and_slot"]) == (2, 0)
+    assert extents_of(SIZES["large"]) == (6, 4)
+    assert JOURNAL_RECORDS == 152
     assert COUNTS_UP_TO * SIZES["large"] > _HIGH_WATER  # a burst can congest a Redis pipe
 
 
