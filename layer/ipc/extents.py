@@ -51,8 +51,12 @@ from layer.ipc.layout import (
     Geometry,
 )
 
-EXTENTS = 4  # at most this many extents below the top order per message (waste <= ~1/8)
-REFILL = 6  # the order of the block an empty slot cache is refilled with (64 slots)
+# Messages up to an extent of order SMALL (32 KiB with 256-byte slots) take one extent of
+# their size class (up to half of it unused), so runs of them move as chains (see queues.py);
+# larger ones at most EXTENTS extents below the top order (at most ~1/8 unused).
+SMALL = 7
+EXTENTS = 4
+REFILL = 5  # an empty cache is refilled with 2**REFILL blocks at once (or more)
 DRAIN = 2048  # cached blocks given back to the buddy lists per failed allocation
 _LINKS = struct.Struct("<II")  # a free block's next and prev; a cache's head and count
 _CACHES = struct.Struct(f"<{2 * MAX_ORDERS}I")  # every cache's head and count
@@ -82,6 +86,12 @@ class NoRoom(Exception):
     back: blocks taken before the failure are journaled, not lost."""
 
 
+def cache_of(order: int) -> int:
+    """Where the cache of blocks of ``order`` keeps its head and count (the slot cache's are
+    the G block's first words)."""
+    return G_OFF if order <= 0 else B_CACHES + 8 * order
+
+
 @lru_cache(maxsize=4096)
 def plan(total: int, slot_size: int, top: int) -> tuple[int, ...]:
     """The orders of the extents holding ``total`` bytes (``MSG`` + payload), largest first.
@@ -91,6 +101,8 @@ def plan(total: int, slot_size: int, top: int) -> tuple[int, ...]:
     order the rest fills completely. Each extent keeps 4 bytes for its link.
     """
     data = [(slot_size << order) - 4 for order in range(top + 1)]
+    if total <= data[min(SMALL, top)]:
+        return (bisect_left(data, total),)
     orders: list[int] = []
     while total > data[top]:
         orders.append(top)
@@ -116,12 +128,20 @@ class Extents:
         self.n_slots = geometry.n_slots
         self.tags = geometry.tags
         self.data = [(self.slot_size << order) - 4 for order in range(self.top + 1)]
+        self.small = self.data[min(SMALL, self.top)] - MSG.size  # the longest one-extent payload
 
     # -- messages ---------------------------------------------------------------------------
 
     def plan(self, length: int) -> tuple[int, ...]:
         """The orders of the extents a ``length``-byte payload takes."""
         return plan(length + MSG.size, self.slot_size, self.top)
+
+    def single(self, length: int) -> int:
+        """The order of the one extent a ``length``-byte payload takes, or -1 if it takes
+        several."""
+        if length > self.small:
+            return -1
+        return bisect_left(self.data, length + MSG.size)
 
     def slots_for(self, length: int) -> int:
         return sum(1 << order for order in self.plan(length))
@@ -234,23 +254,24 @@ class Extents:
             order += 1
         self._push(j, block, order)
 
-    def refill(self, j: Journal, want: int) -> None:
-        """Put at least ``want`` fresh slots on the slot cache: one block of ``2**REFILL``
-        slots or more, its slots linked in order (a run of one-slot messages takes them as one
-        chain). Raises NoRoom. Only the block's first 8 bytes held a free list's links (journaled
-        by ``alloc``); the other slots' words are free to write."""
+    def refill(self, j: Journal, order: int, want: int) -> None:
+        """Put at least ``want`` fresh blocks of ``order`` on its cache: one larger block (of
+        ``2**REFILL`` of them or more) split and linked in order, so a run of one-extent
+        messages takes them as one chain. Raises NoRoom. Only the large block's first 8 bytes
+        held a free list's links (journaled by ``alloc``); the other words are free to write."""
         mm, base, size = self.mm, self.base, self.slot_size
-        order = min(max(REFILL, (want - 1).bit_length()), self.top)
-        block = self.alloc(j, order)
-        n = 1 << order
-        free, nfree = _LINKS.unpack_from(mm, G_OFF)
+        big = min(order + max(REFILL, (want - 1).bit_length()), self.top)
+        block = self.alloc(j, big)
+        n, step = 1 << (big - order), size << order
+        cache = cache_of(order)
+        head, count = _LINKS.unpack_from(mm, cache)
         at = base + block * size
-        for slot in range(block + 1, block + n):
-            _u32_pack(mm, at, slot)
-            at += size
-        _u32_pack(mm, at, free)  # the block's last slot links to the rest of the cache
-        j.save(G_OFF, 8)
-        _LINKS.pack_into(mm, G_OFF, block, nfree + n)
+        for nxt in range(block + (1 << order), block + (n << order), 1 << order):
+            _u32_pack(mm, at, nxt)
+            at += step
+        _u32_pack(mm, at, head)  # the last block links to the rest of the cache
+        j.save(cache, 8)
+        _LINKS.pack_into(mm, cache, block, count + n)
 
     def drain(self, j: Journal, most: int = DRAIN) -> int:
         """Give up to ``most`` cached blocks back to the buddy lists (merging), smallest order
@@ -270,16 +291,6 @@ class Extents:
                 j.commit()
                 done += 1
         return done
-
-    def has_room(self, order: int) -> bool:
-        """Whether a block of ``order`` can be had without draining the caches."""
-        mm = self.mm
-        cache = G_OFF if order == 0 else B_CACHES + 8 * order
-        return bool(
-            (order < self.top and _LINKS.unpack_from(mm, cache)[1])
-            or _u32_unpack(mm, B_BITMAP)[0] >> order
-            or _u32_unpack(mm, G_OFF + 8)[0] < self.n_slots
-        )
 
     def free_slots(self) -> int:
         """Slots in no message: the caches, the buddy lists and never used."""

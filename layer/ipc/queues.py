@@ -1,10 +1,12 @@
-"""Channel queues over the slot arena: push, pop and expiry of messages.
+"""Channel queues over the arena: push, pop and expiry of messages.
 
 A channel entry holds ``head, tail, count, wait_head, wait_tail``. A message is a chain of
 extents (:mod:`layer.ipc.extents`) holding ``MSG`` (length, expiry) then the payload; the queue
 links messages through the ``next`` word of each message's last extent, so pushing and popping
-touch O(1) words whatever the depth. One-slot messages, the hot path, take and give back slots
-of the slot cache inline here; a run of them goes back onto it as one chain.
+touch O(1) words whatever the depth. Messages up to ``extents.SMALL`` take one extent of their
+size class; they are the hot paths here: a push takes a block off its order's cache, a pop puts
+it back, and a run of them (a batch of sends, a batch taken ahead, an expired run) moves between
+the queue and the cache as one chain, in one journal step.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from functools import partial
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull
-from layer.ipc.extents import Extents, NoRoom
+from layer.ipc.extents import Extents, NoRoom, cache_of
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
     E_MUTABLE,
@@ -36,8 +38,9 @@ from layer.ipc.table import Key
 from layer.ipc.waiters import Waiters
 
 _COUNTS = struct.Struct("<II")  # queued, active channels
+_LINKS = struct.Struct("<II")  # a cache's head and count
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
-_SLOT_HEAD = struct.Struct("<IId")  # a slot's next, then MSG: payload length, expires
+_SLOT_HEAD = struct.Struct("<IId")  # an extent's next, then MSG: payload length, expires
 _THREE = struct.Struct("<III")  # a channel entry's head, tail, count
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -51,25 +54,39 @@ class Queues(Waiters):
         self.counters = counters  # the owning layer's: expired messages are counted there
         self.slots = geometry.slots
         self.slot_size = geometry.slot_size
-        self.data = geometry.slot_size - 4
-        self.one_slot = self.data - 12  # the longest payload that fits one slot
         self.extents = Extents(mm, geometry)
+        self.one_slot = self.extents.data[0] - MSG.size  # the longest payload of one slot
 
-    # -- messages ---------------------------------------------------------------------------
+    # -- sends ------------------------------------------------------------------------------
 
     def push(
         self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
     ) -> tuple[int, int]:
         """Append ``payload``; return the waker index to post (or NIL) and the channel's new
-        length. Raises ChannelFull."""
+        length. Raises ChannelFull (its channel at capacity, or the segment full)."""
+        try:
+            return self._push(j, key, payload, expires, capacity)
+        except NoRoom:
+            j.rollback()  # only this push: it committed what came before
+            if not self.extents.drain(j):
+                raise self._full(len(payload)) from None
+        try:
+            return self._push(j, key, payload, expires, capacity)
+        except NoRoom:
+            raise self._full(len(payload)) from None
+
+    def _push(
+        self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
+    ) -> tuple[int, int]:
         name, h = key
         mm = self.mm
         length = len(payload)
-        if length > self.one_slot:
+        order = 0 if length <= self.one_slot else self.extents.single(length)
+        cache = cache_of(order)
+        if order < 0 or not _LINKS.unpack_from(mm, cache)[1]:
             j.commit()  # keep what came before: a full segment rolls back this push only
-            self._make_room(j, length)
-        elif not _u32_unpack(mm, G_OFF + 4)[0]:
-            self._refill(j, 1)
+            if order >= 0:
+                self._refill(j, order, 1)
         idx = self._channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
@@ -87,14 +104,22 @@ class Queues(Waiters):
         link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
         channels += not count and wait_head == NIL
-        if length <= self.one_slot and nfree:  # one slot from the slot cache: the hot path
+        if order == 0 and nfree:  # one slot from the slot cache: the hot path
             first = last = free
             at = slots + free * size
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
             G5.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels)
+        elif order > 0 and (cached := _LINKS.unpack_from(mm, cache))[1]:  # one extent, cached
+            j.save(cache, 8)
+            first = last = cached[0]
+            at = slots + first * size
+            MSG.pack_into(mm, at + 4, length, expires)
+            mm[at + 16 : at + 16 + length] = payload
+            _LINKS.pack_into(mm, cache, _u32_unpack(mm, at)[0], cached[1] - 1)
+            _COUNTS.pack_into(mm, QUEUED, queued + 1, channels)
         else:
-            first, last = self.write(j, payload, expires)
+            first, last = self.extents.write(j, payload, expires)
             _COUNTS.pack_into(mm, QUEUED, queued + 1, channels)
         if count:
             _u32_pack(mm, link, first)
@@ -114,41 +139,48 @@ class Queues(Waiters):
         against credit); fire one waiter per payload while any wait, adding their wakers to
         ``wake``; return the channel's new length.
 
-        When every payload fits one slot and the slot cache holds enough, the run is one
-        mutation: one journal record, the slots taken as one chain (the cache's slots are
-        already linked in order), one entry update. Otherwise each payload is pushed and
-        committed on its own; one that finds the segment full is dropped and counted
-        (``dropped_full``), as its sender has already returned.
+        When every payload takes one extent of one order and that order's cache holds enough
+        (it is refilled first if not), the run is one mutation: one journal record, the blocks
+        taken as one chain (a cache's blocks are linked in order already), one entry update.
+        Otherwise each payload is pushed and committed on its own; one that finds the segment
+        full is dropped and counted (``dropped_full``), as its sender has already returned.
         """
         name, h = key
         mm = self.mm
         m = len(payloads)
+        longest = max(map(len, payloads))
+        order = 0 if longest <= self.one_slot else self.extents.single(longest)
+        if order > 0 and self.extents.single(min(map(len, payloads))) != order:
+            order = -1
+        cache = cache_of(order)
+        if order >= 0 and (have := _LINKS.unpack_from(mm, cache)[1]) < m:
+            self._refill(j, order, m - have)
         idx = self._channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
         five = FIVE.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
-        one_slot = max(map(len, payloads)) <= self.one_slot
-        if one_slot and _u32_unpack(mm, G_OFF + 4)[0] < m:
-            self._refill(j, m - _u32_unpack(mm, G_OFF + 4)[0])
-        g5 = G5.unpack_from(mm, G_OFF)
-        free, nfree, bump, queued, channels = g5
-        if nfree < m or not one_slot:
+        if order < 0 or _LINKS.unpack_from(mm, cache)[1] < m:
             j.commit()
             pushes = (partial(self._push_unlimited, j, key, p, expires) for p in payloads)
             self._one_by_one(j, pushes, wake)
             return int(FIVE.unpack_from(mm, off)[2])
+        g5 = G5.unpack_from(mm, G_OFF)
         slots, size = self.slots, self.slot_size
         link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
-        channels += not count and wait_head == NIL
+        if order:
+            j.save(cache, 8)
+        free, nfree = _LINKS.unpack_from(mm, cache)
         pack = MSG.pack_into
-        first = last = cur = free  # the cache's slots are linked in order already
+        first = last = cur = free
         for payload in payloads:
             at = slots + cur * size
             pack(mm, at + 4, len(payload), expires)
             mm[at + 16 : at + 16 + len(payload)] = payload
             last, cur = cur, _u32_unpack(mm, at)[0]
-        G5.pack_into(mm, G_OFF, cur, nfree - m, bump, queued + m, channels)
+        _LINKS.pack_into(mm, cache, cur, nfree - m)
+        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
+        _COUNTS.pack_into(mm, QUEUED, queued + m, channels + (not count and wait_head == NIL))
         if count:
             _u32_pack(mm, link, first)
         else:
@@ -162,29 +194,30 @@ class Queues(Waiters):
         return int(count + m)
 
     def free_slots(self) -> int:
-        """Slots not holding a message (cache, buddy lists, never used)."""
+        """Slots not holding a message (caches, buddy lists, never used)."""
         return self.extents.free_slots()
 
     def slots_for(self, length: int) -> int:
         """How many slots a ``length``-byte payload takes."""
         return 1 if length <= self.one_slot else self.extents.slots_for(length)
 
-    def _refill(self, j: Journal, want: int) -> None:
-        """Grow an empty or short slot cache by a block (a journal step of its own, after
-        committing what came before); a full segment leaves it as it is."""
+    def _refill(self, j: Journal, order: int, want: int) -> None:
+        """Grow a short block cache by a block (a journal step of its own, after committing
+        what came before); a full segment leaves it as it is."""
         j.commit()
         try:
-            self.extents.refill(j, want)
+            self.extents.refill(j, order, want)
         except NoRoom:
             j.rollback()
         else:
             j.commit()
 
-    def _make_room(self, j: Journal, length: int) -> None:
-        """Before a multi-slot push: when no block of its largest extent's order is free, give
-        cached blocks back to the buddy lists (committing each) so they can merge."""
-        if not self.extents.has_room(self.extents.plan(length)[0]):
-            self.extents.drain(j)
+    def _full(self, length: int) -> ChannelFull:
+        return ChannelFull(
+            f"IPC segment is full: a {length}-byte message needs {self.slots_for(length)} slots "
+            f"of {self.slot_size} bytes in {len(self.extents.plan(length))} contiguous "
+            f"extent(s) and {self.free_slots()} slots are free; raise `size`"
+        )
 
     def push_front(self, j: Journal, key: Key, payload: bytes, expires: float) -> int:
         """Put a payload a cancelled receive took back at the head (ignores capacity)."""
@@ -196,7 +229,10 @@ class Queues(Waiters):
         head, tail, count, wait_head, wait_tail = five
         g5 = G5.unpack_from(mm, G_OFF)
         j.save(G_OFF, 20)
-        first, last = self.write(j, payload, expires)
+        try:
+            first, last = self.extents.write(j, payload, expires)
+        except NoRoom:
+            raise self._full(len(payload)) from None
         link = self.slots + last * self.slot_size  # may still be a free-list link: journal it
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])
         _u32_pack(mm, link, head)
@@ -234,6 +270,8 @@ class Queues(Waiters):
             if waker != NIL:
                 wake.append(waker)
 
+    # -- receives ---------------------------------------------------------------------------
+
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
         """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
         idx = self.channel_index(*key)
@@ -244,15 +282,16 @@ class Queues(Waiters):
 
     def take_run(self, j: Journal, key: Key, now: float, most: int) -> list[tuple[bytes, float]]:
         """Pop up to ``most`` unexpired payloads with their expiry, oldest first (a receive
-        taking ahead: one critical section for all), committing the journal after each."""
+        taking ahead: one critical section for all), committing the journal after each step."""
         taken: list[tuple[bytes, float]] = []
         idx = self.channel_index(*key)
         if idx == NIL:
             return taken
         off = self.mutable + idx * ENTRY_SIZE
         while len(taken) < most:
-            batch = self._take_many(off, j, now, most - len(taken))
-            if not batch:  # the head is expired or spans slots (or the channel is empty)
+            batch: list[tuple[bytes, float]] = []
+            if not self._run(off, j, now, most - len(taken), batch):
+                # the head is expired or spans extents (or the channel is empty)
                 got = self._take_at(j, off, now)
                 if got is None:
                     break
@@ -261,39 +300,57 @@ class Queues(Waiters):
             taken += batch
         return taken
 
-    def _take_many(self, off: int, j: Journal, now: float, most: int) -> list[tuple[bytes, float]]:
-        """Up to ``most`` unexpired one-slot messages from the head of the channel at ``off``,
-        unlinked in one mutation: their slots already chain in queue order, so the run goes onto
-        the free list whole, and the journal saves only what ``_take_at`` saves for one (the
-        entry, the G block, the last slot's link)."""
+    def _run(
+        self, off: int, j: Journal, now: float, most: int, taken: list[tuple[bytes, float]] | None
+    ) -> int:
+        """Unlink up to ``most`` one-extent messages of one order from the head of the channel
+        at ``off``, in one mutation, and return how many: unexpired ones, their payloads and
+        expiry appended to ``taken``, or (``taken`` None) expired ones, counted. Their blocks
+        already chain in queue order, so the run goes onto its order's cache whole, and the
+        journal saves only what a single pop saves (the entry, the G block, the last block's
+        link) and the cache's words."""
         mm = self.mm
         five = FIVE.unpack_from(mm, off)
-        head, tail, count, wait_head, _ = five
+        head, tail, count, wait_head, wait_tail = five
+        if not count:
+            return 0
         slots, size, one_slot = self.slots, self.slot_size, self.one_slot
-        taken: list[tuple[bytes, float]] = []
-        at = last = 0
+        single, expired = self.extents.single, taken is None
+        at = last = k = 0
         nxt = head
+        order = -2
         for _ in range(min(most, count)):
             at = slots + nxt * size
             link, length, expires = _SLOT_HEAD.unpack_from(mm, at)
-            if length > one_slot or expires <= now:
+            if (expires <= now) != expired:
                 break
-            taken.append((mm[at + 16 : at + 16 + length], expires))
-            last, nxt = at, link
-        k = len(taken)
+            this = 0 if length <= one_slot else single(length)
+            if this != order and (order != -2 or this < 0):
+                break
+            order = this
+            if taken is not None:
+                taken.append((mm[at + 16 : at + 16 + length], expires))
+            last, nxt, k = at, link, k + 1
         if not k:
-            return taken
+            return 0
         g5 = G5.unpack_from(mm, G_OFF)
         j.queue_op(off, five, g5, last, nxt)
-        free, nfree, bump, queued, channels = g5
-        _u32_pack(mm, last, free)  # the run's bytes stay intact until its slots are reused
+        cache = cache_of(order)
+        if order:
+            j.save(cache, 8)
+        free, nfree = _LINKS.unpack_from(mm, cache)
+        _u32_pack(mm, last, free)  # the run's bytes stay intact until its blocks are reused
+        _LINKS.pack_into(mm, cache, head, nfree + k)
+        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
         if k == count:
             channels -= wait_head == NIL  # the channel goes idle
-            _THREE.pack_into(mm, off, NIL, NIL, 0)
+            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
             _THREE.pack_into(mm, off, nxt, tail, count - k)
-        G5.pack_into(mm, G_OFF, head, nfree + k, bump, queued - k, channels)
-        return taken
+        _COUNTS.pack_into(mm, QUEUED, queued - k, channels)
+        if expired:
+            self.counters.expired += k
+        return k
 
     def _take_at(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
         """Pop the oldest unexpired payload and its expiry of the channel at ``off``."""
@@ -306,7 +363,7 @@ class Queues(Waiters):
         nxt, length, expires = _SLOT_HEAD.unpack_from(mm, at)
         if length > self.one_slot or expires <= now:
             return self._take_slow(j, off, now)
-        # The hot path: an unexpired one-slot message (_unqueue, inlined).
+        # The hot path: an unexpired one-slot message.
         g5 = G5.unpack_from(mm, G_OFF)
         j.queue_op(off, five, g5, at, nxt)
         free, nfree, bump, queued, channels = g5
@@ -321,8 +378,11 @@ class Queues(Waiters):
         return mm[at + 16 : at + 16 + length], expires
 
     def _take_slow(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
-        """``_take_at`` when the head is expired or spans several slots."""
+        """``_take_at`` when the head is expired or larger than one slot."""
         self._drop_expired(j, off, now)
+        taken: list[tuple[bytes, float]] = []
+        if self._run(off, j, now, 1, taken):
+            return taken[0]
         five = FIVE.unpack_from(self.mm, off)
         if not five[2]:
             return None
@@ -341,49 +401,24 @@ class Queues(Waiters):
 
     def _drop_expired(self, j: Journal, off: int, now: float) -> None:
         """Drop (and count) the expired messages at the head of the channel at ``off``, however
-        many, committing after each journal step.
+        many, committing after each journal step: a run of one-extent messages of one order
+        (``_run``), or one larger message. The caller must be at a consistent point: the
+        commits keep what it did before.
 
-        The queue is one chain (a message's last extent links to the next message's first), so
-        an expired run of one-slot messages from the head is one chain of slots too: it goes
-        onto the slot cache whole, like a run ``_take_many`` unlinks, as one journal step that
-        rewrites the entry, the G block and the run's last link. Dropping them one record each
-        overflowed the journal after a few dozen (a channel that had waited a minute for a busy
-        worker failed every receive). A multi-slot message is freed as a step of its own. The
-        caller must be at a consistent point: the commits keep what it did before.
-        """
+        Dropping them one record each in one step overflowed the journal after a few dozen (a
+        channel that had waited a minute for a busy worker failed every receive)."""
         mm = self.mm
-        slots, size, one_slot = self.slots, self.slot_size, self.one_slot
         while True:
-            five = FIVE.unpack_from(mm, off)
-            head, tail, count, wait_head, wait_tail = five
-            dropped = 0
-            last = nxt = head
-            while dropped < count:
-                length, expires = MSG.unpack_from(mm, slots + nxt * size + 4)
-                if expires > now or length > one_slot:
-                    break
-                last = nxt
-                nxt = _u32_unpack(mm, slots + last * size)[0]
-                dropped += 1
-            if dropped:
-                link = slots + last * size
-                g5 = G5.unpack_from(mm, G_OFF)
-                j.queue_op(off, five, g5, link, nxt)
-                free, nfree, bump, queued, channels = g5
-                _u32_pack(mm, link, free)
-                if dropped == count:
-                    channels -= wait_head == NIL  # the channel goes idle
-                    FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
-                else:
-                    FIVE.pack_into(mm, off, nxt, tail, count - dropped, wait_head, wait_tail)
-                G5.pack_into(mm, G_OFF, head, nfree + dropped, bump, queued - dropped, channels)
-            elif count and expires <= now:  # an expired multi-slot message at the head
-                self._unqueue(j, off, length, five)
-                dropped = 1
+            if not self._run(off, j, now, 1 << 30, None):
+                five = FIVE.unpack_from(mm, off)
+                if not five[2]:
+                    return
+                length, expires = MSG.unpack_from(mm, self.slots + five[0] * self.slot_size + 4)
+                if expires > now:
+                    return
+                self._unqueue(j, off, length, five)  # an expired multi-extent message
+                self.counters.expired += 1
             j.commit()
-            self.counters.expired += dropped
-            if not dropped:
-                return
 
     def _unqueue(
         self, j: Journal, off: int, length: int, five: tuple[int, int, int, int, int]
@@ -402,17 +437,3 @@ class Queues(Waiters):
             FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
             FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
-
-    def write(self, j: Journal, payload: bytes, expires: float) -> tuple[int, int]:
-        """Copy a message into free extents (unreachable until linked); return its first and
-        last slot. The caller has journaled the G block's counts."""
-        try:
-            return self.extents.write(j, payload, expires)
-        except NoRoom:
-            free = self.extents.free_slots()
-            raise ChannelFull(
-                f"IPC segment is full: a {len(payload)}-byte message needs "
-                f"{self.slots_for(len(payload))} slots of {self.slot_size} bytes in at most "
-                f"{len(self.extents.plan(len(payload)))} contiguous extents and {free} are free; "
-                "raise `size`"
-            ) from None

@@ -151,7 +151,7 @@ def hold(layer: IPCChannelLayer, what: str) -> None:
                 layer._store.push(j, key, b"\x81\xa4type\xa4more", time.monotonic() + 60, 100)
                 j.commit()
             head = layer._store.mutable + layer._store.channel_index(*key) * ENTRY_SIZE
-            assert len(layer._store._take_many(head, j, time.monotonic(), 10)) == 4
+            assert layer._store._run(head, j, time.monotonic(), 10, []) == 4
         elif what == "run":  # a coalesced run of sends, all written, never committed
             runs = [b"\x81\xa4type\xa4torn"] * 5
             layer._store.push_run(j, key, runs, time.monotonic() + 60, [])

@@ -91,10 +91,11 @@ EXTENT_DATA = [(SLOT << order) - 4 for order in range(IPC_GEOMETRY.max_order + 1
 SIZES = {
     "tiny": 32,
     "one_slot": ONE_SLOT,
-    "two_slots": ONE_SLOT + 1,  # two one-slot extents
-    "one_extent": EXTENT_DATA[2] - MSG.size,  # exactly one 4-slot extent
-    "extent_and_slot": EXTENT_DATA[2] - MSG.size + 1,  # a 4-slot extent and a one-slot one
-    "large": 20_000,  # a 64-slot and a 16-slot extent; 4 of them pass the outbox's 64 KB budget
+    "two_slots": ONE_SLOT + 1,  # a 2-slot extent
+    "one_extent": EXTENT_DATA[2] - MSG.size,  # fills a 4-slot extent exactly
+    "next_order": EXTENT_DATA[2] - MSG.size + 1,  # an 8-slot extent
+    "large": 20_000,  # a 128-slot extent; 4 of them pass the outbox's 64 KB budget
+    "extents": 40_000,  # a 128-slot and a 32-slot extent
 }
 # Bursts: a few, the counts either side of every window (one more than a Redis inbox pop takes
 # included), and anything up to a few hundred.
@@ -969,10 +970,9 @@ def test_message_sizes_are_exact() -> None:
     for msg_id in (1, 127, 128, 65535, 70000, 10**9):
         for name, size in SIZES.items():
             assert len(encode(make_message(msg_id, size))) == size, (name, msg_id)
-    assert extents_of(SIZES["one_slot"]) == (0,) and extents_of(SIZES["two_slots"]) == (0, 0)
-    assert extents_of(SIZES["one_extent"]) == (2,)
-    assert extents_of(SIZES["extent_and_slot"]) == (2, 0)
-    assert extents_of(SIZES["large"]) == (6, 4)
+    assert extents_of(SIZES["one_slot"]) == (0,) and extents_of(SIZES["two_slots"]) == (1,)
+    assert extents_of(SIZES["one_extent"]) == (2,) and extents_of(SIZES["next_order"]) == (3,)
+    assert extents_of(SIZES["large"]) == (7,) and extents_of(SIZES["extents"]) == (7, 5)
     assert JOURNAL_RECORDS == 152
     assert COUNTS_UP_TO * SIZES["large"] > _HIGH_WATER  # a burst can congest a Redis pipe
 
