@@ -40,6 +40,8 @@ DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS = (
     "(d) protocol+worker Redis",
 )
 HTTP, WS = "GET /json", "WebSocket echo"
+# Response sizes through the layer (issue 24): the path served, by workload.
+SIZED = {"GET 4 KiB": "/bytes/4096", "GET 64 KiB": "/bytes/65536"}
 WRK_CONNECTIONS = 32
 WS_CLIENTS, WS_BURST = 8, 16
 
@@ -176,8 +178,8 @@ _LAT_RE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _SCALE = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port: int, seconds: int) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 latency (ms) of ``GET /json``."""
+def wrk(port: int, seconds: int, path: str = "/json") -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency (ms) of ``GET path``."""
     out = subprocess.run(
         [
             "wrk",
@@ -185,7 +187,7 @@ def wrk(port: int, seconds: int) -> tuple[float, float, float]:
             f"-c{WRK_CONNECTIONS}",
             f"-d{seconds}s",
             "--latency",
-            f"http://127.0.0.1:{port}/json",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -259,6 +261,7 @@ class Measured:
     p50: float = 0.0
     p99: float = 0.0
     echo: float = 0.0
+    sized: dict[str, float] = field(default_factory=dict)
     pair: str = "-"
     cpu: str = "-"
 
@@ -279,6 +282,9 @@ def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None
             rate, p50, p99 = wrk(port, seconds)
             after = {label: cpu_seconds(pid) for label, pid in pids} | {"wrk": reaped_cpu()}
             echo = asyncio.run(ws_echo(port, seconds / 2))
+            for workload, path in SIZED.items():
+                sized = wrk(port, max(1, seconds // 2), path)[0]
+                best.sized[workload] = max(best.sized.get(workload, 0.0), sized)
         finally:
             procs.stop()
     if rate > best.rate:
@@ -300,6 +306,7 @@ def run(quick: bool) -> SuiteResult:
     for name, m in best.items():
         results.append(Result(HTTP, name, m.rate, "req/s"))
         results.append(Result(WS, name, m.echo, "msg/s"))
+        results += [Result(workload, name, rate, "req/s") for workload, rate in m.sized.items()]
         rows.append(
             f"| {name} | {m.rate:,.0f} | {m.p50:.2f} | {m.p99:.2f} | {m.echo:,.0f} | {m.pair} "
             f"| {m.cpu} |"
@@ -310,10 +317,16 @@ def run(quick: bool) -> SuiteResult:
         for subject, ratio in ((COMBINED, 0.7), (IPC, 0.5), (REDIS, 0.5))
         if subject not in skipped
     ]
+    if IPC not in skipped:  # issue 24: the IPC split at real response sizes
+        targets += [Target(workload, IPC, DIRECT, 0.5) for workload in SIZED]
+        if REDIS not in skipped:
+            targets += [Target(workload, IPC, REDIS, 1.2) for workload in SIZED]
     notes = (
         f"wrk -t2 -c{WRK_CONNECTIONS}, {seconds} s per subject after a 1 s warm-up, best of "
         f"{rounds} interleaved round(s); "
-        f"WebSocket echo: {WS_CLIENTS} connections, bursts of {WS_BURST} messages. All subjects "
+        f"WebSocket echo: {WS_CLIENTS} connections, bursts of {WS_BURST} messages. "
+        f"GET 4 KiB / 64 KiB: `/bytes/<n>` with the same wrk options for {max(1, seconds // 2)} s "
+        "(best of the rounds). All subjects "
         "serve the same demo app on this machine in the same run; (c)/(d) are one protocol "
         "server + one worker (two processes for the two cores; the protocol server is the "
         "busier one, so more workers would only add contention); on IPC and Redis a worker "

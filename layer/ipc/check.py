@@ -26,7 +26,8 @@ import posix_ipc
 
 from layer.base import Counters
 from layer.exceptions import InvalidOption
-from layer.ipc.extents import check_lists, plan
+from layer.ipc.blocks import check_lists
+from layer.ipc.extents import plan
 from layer.ipc.journal import Lock
 
 # isort: off

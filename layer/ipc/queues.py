@@ -1,4 +1,4 @@
-"""Channel queues over the arena: push, pop and expiry of messages.
+"""Channel queues over the arena: pushes here, pops and expiry in :mod:`layer.ipc.takes`.
 
 A channel entry holds ``head, tail, count, wait_head, wait_tail``. A message is a chain of
 extents (:mod:`layer.ipc.extents`) holding ``MSG`` (length, expiry) then the payload; the queue
@@ -11,15 +11,13 @@ the queue and the cache as one chain, in one journal step.
 
 from __future__ import annotations
 
-import mmap
 import struct
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from layer.base import Counters
 from layer.exceptions import ChannelFull
-from layer.ipc.extents import Extents, NoRoom, cache_of
+from layer.ipc.blocks import NoRoom, cache_of
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
     E_MUTABLE,
@@ -32,32 +30,19 @@ from layer.ipc.layout import (
     QUEUED,
     SCRATCH,
     U32,
-    Geometry,
 )
 from layer.ipc.table import Key
-from layer.ipc.waiters import Waiters
+from layer.ipc.takes import Takes
 
 _COUNTS = struct.Struct("<II")  # queued, active channels
 _LINKS = struct.Struct("<II")  # a cache's head and count
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
-_SLOT_HEAD = struct.Struct("<IId")  # an extent's next, then MSG: payload length, expires
-_THREE = struct.Struct("<III")  # a channel entry's head, tail, count
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
 
-class Queues(Waiters):
-    """Push/pop of payloads and the waiter lists; called with the lock held."""
-
-    def __init__(self, mm: mmap.mmap, geometry: Geometry, counters: Counters) -> None:
-        super().__init__(mm, geometry)
-        self.counters = counters  # the owning layer's: expired messages are counted there
-        self.slots = geometry.slots
-        self.slot_size = geometry.slot_size
-        self.extents = Extents(mm, geometry)
-        self.one_slot = self.extents.data[0] - MSG.size  # the longest payload of one slot
-
-    # -- sends ------------------------------------------------------------------------------
+class Queues(Takes):
+    """Pushes of payloads; called with the lock held."""
 
     def push(
         self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
@@ -68,7 +53,7 @@ class Queues(Waiters):
             return self._push(j, key, payload, expires, capacity)
         except NoRoom:
             j.rollback()  # only this push: it committed what came before
-            if not self.extents.drain(j):
+            if not self.blocks.drain(j):
                 raise self._full(len(payload)) from None
         try:
             return self._push(j, key, payload, expires, capacity)
@@ -195,7 +180,7 @@ class Queues(Waiters):
 
     def free_slots(self) -> int:
         """Slots not holding a message (caches, buddy lists, never used)."""
-        return self.extents.free_slots()
+        return self.blocks.free_slots()
 
     def slots_for(self, length: int) -> int:
         """How many slots a ``length``-byte payload takes."""
@@ -206,7 +191,7 @@ class Queues(Waiters):
         what came before); a full segment leaves it as it is."""
         j.commit()
         try:
-            self.extents.refill(j, order, want)
+            self.blocks.refill(j, order, want)
         except NoRoom:
             j.rollback()
         else:
@@ -269,171 +254,3 @@ class Queues(Waiters):
             j.commit()
             if waker != NIL:
                 wake.append(waker)
-
-    # -- receives ---------------------------------------------------------------------------
-
-    def take(self, j: Journal, key: Key, now: float) -> bytes | None:
-        """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
-        idx = self.channel_index(*key)
-        if idx == NIL:
-            return None
-        taken = self._take_at(j, self.mutable + idx * ENTRY_SIZE, now)
-        return None if taken is None else taken[0]
-
-    def take_run(self, j: Journal, key: Key, now: float, most: int) -> list[tuple[bytes, float]]:
-        """Pop up to ``most`` unexpired payloads with their expiry, oldest first (a receive
-        taking ahead: one critical section for all), committing the journal after each step."""
-        taken: list[tuple[bytes, float]] = []
-        idx = self.channel_index(*key)
-        if idx == NIL:
-            return taken
-        off = self.mutable + idx * ENTRY_SIZE
-        while len(taken) < most:
-            batch: list[tuple[bytes, float]] = []
-            if not self._run(off, j, now, most - len(taken), batch):
-                # the head is expired or spans extents (or the channel is empty)
-                got = self._take_at(j, off, now)
-                if got is None:
-                    break
-                batch = [got]
-            j.commit()
-            taken += batch
-        return taken
-
-    def _run(
-        self, off: int, j: Journal, now: float, most: int, taken: list[tuple[bytes, float]] | None
-    ) -> int:
-        """Unlink up to ``most`` one-extent messages of one order from the head of the channel
-        at ``off``, in one mutation, and return how many: unexpired ones, their payloads and
-        expiry appended to ``taken``, or (``taken`` None) expired ones, counted. Their blocks
-        already chain in queue order, so the run goes onto its order's cache whole, and the
-        journal saves only what a single pop saves (the entry, the G block, the last block's
-        link) and the cache's words."""
-        mm = self.mm
-        five = FIVE.unpack_from(mm, off)
-        head, tail, count, wait_head, wait_tail = five
-        if not count:
-            return 0
-        slots, size, one_slot = self.slots, self.slot_size, self.one_slot
-        single, expired = self.extents.single, taken is None
-        at = last = k = 0
-        nxt = head
-        order = -2
-        for _ in range(min(most, count)):
-            at = slots + nxt * size
-            link, length, expires = _SLOT_HEAD.unpack_from(mm, at)
-            if (expires <= now) != expired:
-                break
-            this = 0 if length <= one_slot else single(length)
-            if this != order and (order != -2 or this < 0):
-                break
-            order = this
-            if taken is not None:
-                taken.append((mm[at + 16 : at + 16 + length], expires))
-            last, nxt, k = at, link, k + 1
-        if not k:
-            return 0
-        g5 = G5.unpack_from(mm, G_OFF)
-        j.queue_op(off, five, g5, last, nxt)
-        cache = cache_of(order)
-        if order:
-            j.save(cache, 8)
-        free, nfree = _LINKS.unpack_from(mm, cache)
-        _u32_pack(mm, last, free)  # the run's bytes stay intact until its blocks are reused
-        _LINKS.pack_into(mm, cache, head, nfree + k)
-        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
-        if k == count:
-            channels -= wait_head == NIL  # the channel goes idle
-            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
-        else:
-            _THREE.pack_into(mm, off, nxt, tail, count - k)
-        _COUNTS.pack_into(mm, QUEUED, queued - k, channels)
-        if expired:
-            self.counters.expired += k
-        return k
-
-    def _take_at(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
-        """Pop the oldest unexpired payload and its expiry of the channel at ``off``."""
-        mm = self.mm
-        five = FIVE.unpack_from(mm, off)
-        head, tail, count, wait_head, _ = five
-        if not count:
-            return None
-        at = self.slots + head * self.slot_size
-        nxt, length, expires = _SLOT_HEAD.unpack_from(mm, at)
-        if length > self.one_slot or expires <= now:
-            return self._take_slow(j, off, now)
-        # The hot path: an unexpired one-slot message.
-        g5 = G5.unpack_from(mm, G_OFF)
-        j.queue_op(off, five, g5, at, nxt)
-        free, nfree, bump, queued, channels = g5
-        _u32_pack(mm, at, free)  # the payload's bytes stay intact until the slot is reused
-        if count == 1:
-            channels -= wait_head == NIL  # the channel goes idle
-            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
-            _THREE.pack_into(mm, off, NIL, NIL, 0)
-        else:
-            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
-            _THREE.pack_into(mm, off, nxt, tail, count - 1)
-        return mm[at + 16 : at + 16 + length], expires
-
-    def _take_slow(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
-        """``_take_at`` when the head is expired or larger than one slot."""
-        self._drop_expired(j, off, now)
-        taken: list[tuple[bytes, float]] = []
-        if self._run(off, j, now, 1, taken):
-            return taken[0]
-        five = FIVE.unpack_from(self.mm, off)
-        if not five[2]:
-            return None
-        length, expires = MSG.unpack_from(self.mm, self.slots + five[0] * self.slot_size + 4)
-        payload = self.extents.read(five[0], length)
-        self._unqueue(j, off, length, five)
-        return payload, expires
-
-    def active(self, key: Key) -> bool:
-        """Whether the channel has messages or waiters (counted in ``channels``)."""
-        idx = self.channel_index(*key)
-        if idx == NIL:
-            return False
-        _, _, count, wait_head, _ = FIVE.unpack_from(self.mm, self.mutable + idx * ENTRY_SIZE)
-        return bool(count) or wait_head != NIL
-
-    def _drop_expired(self, j: Journal, off: int, now: float) -> None:
-        """Drop (and count) the expired messages at the head of the channel at ``off``, however
-        many, committing after each journal step: a run of one-extent messages of one order
-        (``_run``), or one larger message. The caller must be at a consistent point: the
-        commits keep what it did before.
-
-        Dropping them one record each in one step overflowed the journal after a few dozen (a
-        channel that had waited a minute for a busy worker failed every receive)."""
-        mm = self.mm
-        while True:
-            if not self._run(off, j, now, 1 << 30, None):
-                five = FIVE.unpack_from(mm, off)
-                if not five[2]:
-                    return
-                length, expires = MSG.unpack_from(mm, self.slots + five[0] * self.slot_size + 4)
-                if expires > now:
-                    return
-                self._unqueue(j, off, length, five)  # an expired multi-extent message
-                self.counters.expired += 1
-            j.commit()
-
-    def _unqueue(
-        self, j: Journal, off: int, length: int, five: tuple[int, int, int, int, int]
-    ) -> None:
-        """Unlink the head message of the channel at ``off`` (whose words are ``five``) and
-        free its extents."""
-        mm = self.mm
-        head, tail, count, wait_head, wait_tail = five
-        j.save(off, 20)
-        j.save(QUEUED, 8)
-        nxt = self.extents.release_message(j, head, length)
-        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
-        idle = count == 1 and wait_head == NIL
-        _COUNTS.pack_into(mm, QUEUED, queued - 1, channels - idle)
-        if count == 1:
-            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
-        else:
-            FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)

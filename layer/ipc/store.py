@@ -158,7 +158,7 @@ class Store(Queues):
         bump_generation(mm)
         epoch = _u32_unpack(mm, EPOCH)[0]
         mm[G_OFF : G_OFF + len(_EMPTY_G)] = _EMPTY_G
-        self.extents.reset()
+        self.blocks.reset()
         _u32_pack(mm, EPOCH, (epoch + 1) & 0xFFFFFFFF)
         size = 4 * self.geometry.n_buckets
         mm[self.buckets : self.buckets + size] = b"\xff" * size

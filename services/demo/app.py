@@ -2,7 +2,8 @@
 
 Routes: ``GET /`` page, ``WS /ws/<room>`` chat, ``POST /rooms/<room>/messages`` (JSON
 ``{"user", "text"}``) posts into a room with ``group_send``, ``GET /status`` says who served it,
-``GET /json`` and ``WS /echo`` are the benchmark's small endpoints.
+``GET /json`` and ``WS /echo`` are the benchmark's small endpoints, ``GET /bytes/<n>`` answers
+``n`` bytes (at most 1 MiB) for its response-size runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ Scope = dict[str, Any]
 
 ROOM_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 MAX_POST = 64 * 1024
+MAX_BYTES = 1 << 20
+_BYTES_RE = re.compile(r"/bytes/([0-9]{1,7})")
 _HOSTNAME = socket.gethostname()
 _JSON = [(b"content-type", b"application/json")]
 
@@ -47,6 +50,12 @@ async def _http(scope: Scope, path: str, receive: Any, send: Any) -> None:
     method = scope["method"]
     if path == "/json" and method == "GET":
         await _reply(send, 200, b'{"message":"hello, world"}', _JSON)
+    elif (sized := _BYTES_RE.fullmatch(path)) and method == "GET":
+        n = int(sized.group(1))
+        if n > MAX_BYTES:
+            await _error(send, 404, f"at most {MAX_BYTES} bytes, not {n}")
+        else:
+            await _reply(send, 200, b"x" * n, [(b"content-type", b"application/octet-stream")])
     elif path == "/" and method == "GET":
         page = resources.files("services.demo").joinpath("index.html").read_bytes()
         await _reply(send, 200, page, [(b"content-type", b"text/html; charset=utf-8")])
