@@ -21,10 +21,10 @@ from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF, MSG, U32, Geometry
 
 __all__ = ["Extents", "NoRoom", "largest_payload", "plan", "step_bound"]
 
-# Messages up to an extent of order SMALL (32 KiB with 256-byte slots) take one extent of
+# Messages up to an extent of order SMALL (128 KiB with 256-byte slots) take one extent of
 # their size class (up to half of it unused), so runs of them move as chains (see queues.py);
 # larger ones at most EXTENTS extents below the top order (at most ~1/8 unused).
-SMALL = 7
+SMALL = 9
 EXTENTS = 4
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from

@@ -33,7 +33,7 @@ from layer.ipc.queues import Queues
 from layer.ipc.table import Key
 
 WINDOW = 64  # messages per flush, and the most credit a channel gets
-BUDGET = 64 * 1024  # payload bytes that make a flush due
+BUDGET = 256 * 1024  # payload bytes that make a flush due
 _MAX_CREDITED = 8192  # channels remembered; beyond, credit starts afresh
 
 Item = tuple[str, Key, bytes]
