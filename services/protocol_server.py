@@ -18,7 +18,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import ChannelFull
+from layer.exceptions import ChannelFull, MessageTooLarge
 from layer.messages import Message
 from services import batching, replies, wire
 from services import messages as msg
@@ -243,6 +243,8 @@ class ProtocolServer:
             await self.layer.send_trusted(wire.WORK_CHANNEL, message)
         except ChannelFull:
             return "all workers are busy"
+        except MessageTooLarge:  # a head under --max-header-size, over max_message_size
+            return "request head too large for the channel layer"
         except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
             log.exception("cannot send to the channel layer")
             return "channel layer unavailable"

@@ -106,6 +106,22 @@ async def stream_until_gone(scope: Scope, receive: Any, send: Any) -> None:
     record("gone", ident)
 
 
+async def read_body(scope: Scope, receive: Any, send: Any) -> None:
+    """Read the whole body, then answer its length; a client that leaves first is recorded
+    with the bytes that had arrived (``cut <id> <pid> <bytes>``)."""
+    ident, size = _query(scope).get("id", "-"), 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            record("cut", ident, size)
+            return
+        size += len(event.get("body", b""))
+        if not event.get("more_body", False):
+            break
+    await _start(send)
+    await send({"type": "http.response.body", "body": b"%d" % size})
+
+
 async def crash(scope: Scope, receive: Any, send: Any) -> None:
     raise RuntimeError("the test app crashes on purpose")
 
@@ -144,6 +160,7 @@ _HTTP = {
     "/big": big,
     "/stream": stream,
     "/stream-until-gone": stream_until_gone,
+    "/read-body": read_body,
     "/crash": crash,
     "/wrong-types": wrong_types,
     "/huge-headers": huge_headers,
