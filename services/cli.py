@@ -18,14 +18,23 @@ from typing import Any, NoReturn
 from layer.base import BaseChannelLayer
 from layer.config import LayerSpec, load
 from layer.exceptions import ConfigError
+from layer.options import byte_size
 from services import logs
 from services.instance import ASGIApp
+from services.limits import Limits
 from services.runner import Settings, serve
 
 ROLES = ("protocol", "worker", "combined", "check-config")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CROSS_PROCESS_CONFIGS = "config/ipc.yaml (one host), config/redis.yaml or config/redis-sharded.yaml"
 
+
+def size(text: str) -> int:
+    """A byte count or a size like ``64KiB`` / ``1MB`` (binary multiples); ``0`` is 0."""
+    return 0 if text.strip() == "0" else byte_size("size", text)
+
+
+_LIMITS = Limits()
 # (flag, env var, type, default, help); defaults of None are resolved per role.
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--config", "LAYER_CONFIG", str, None, "layer YAML (combined: config/inmemory.yaml)"),
@@ -44,9 +53,54 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
         "protocol: seconds to wait for a worker",
     ),
     ("--heartbeat", "KIT_HEARTBEAT", float, 1.0, "heartbeat interval; a peer is dead after 3"),
+    (
+        "--max-header-size",
+        "KIT_MAX_HEADER_SIZE",
+        size,
+        _LIMITS.max_header_size,
+        "protocol: request line + headers in bytes, e.g. 64KiB (431 above)",
+    ),
+    (
+        "--header-timeout",
+        "KIT_HEADER_TIMEOUT",
+        float,
+        _LIMITS.header_timeout,
+        "protocol: seconds to receive a whole request head (408)",
+    ),
+    (
+        "--body-timeout",
+        "KIT_BODY_TIMEOUT",
+        float,
+        _LIMITS.body_timeout,
+        "protocol: seconds a request body may stall (408)",
+    ),
+    (
+        "--max-body-size",
+        "KIT_MAX_BODY_SIZE",
+        size,
+        _LIMITS.max_body_size,
+        "protocol: request body in bytes, 0 for no limit (413 above)",
+    ),
+    (
+        "--keep-alive-timeout",
+        "KIT_KEEP_ALIVE_TIMEOUT",
+        float,
+        _LIMITS.keep_alive_timeout,
+        "protocol: idle seconds between requests on a connection",
+    ),
+    (
+        "--max-ws-message",
+        "KIT_MAX_WS_MESSAGE",
+        size,
+        _LIMITS.max_ws_message,
+        "protocol: WebSocket message in bytes (close 1009 above)",
+    ),
     ("--log-format", "KIT_LOG_FORMAT", str, "plain", "plain or json"),
     ("--log-level", "KIT_LOG_LEVEL", str, "info", "debug, info, warning or error"),
 ]
+
+_POSITIVE = ("concurrency", "drain_timeout", "pickup_timeout", "heartbeat", "max_header_size",
+             "header_timeout", "body_timeout", "keep_alive_timeout", "max_ws_message")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +141,7 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         parser.error(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}"
         )
-    for name in ("concurrency", "drain_timeout", "pickup_timeout", "heartbeat"):
+    for name in _POSITIVE:
         if not 0 < values[name] < math.inf:  # also refuses nan: it compares false
             parser.error(
                 f"--{name.replace('_', '-')} must be a finite number > 0, got {values[name]!r}"
@@ -206,6 +260,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         drain_timeout=values["drain_timeout"],
         pickup_timeout=values["pickup_timeout"],
         heartbeat=values["heartbeat"],
+        limits=Limits(
+            max_header_size=values["max_header_size"],
+            header_timeout=values["header_timeout"],
+            body_timeout=values["body_timeout"],
+            max_body_size=values["max_body_size"],
+            keep_alive_timeout=values["keep_alive_timeout"],
+            max_ws_message=values["max_ws_message"],
+        ),
     )
     sys.exit(_run(serve(settings, layer, app)))
 

@@ -256,13 +256,18 @@ class Instance(wire.Inbox):
             raise ValueError(f"unsupported ASGI message type {kind!r} for {self.kind}")
 
     def flush_start(self) -> None:
-        """The app sent headers and then yielded: send them without waiting for a body."""
+        """The app sent headers and then yielded: send them without waiting for a body (an SSE
+        stream or a long poll must reach its client at once)."""
         if self._buffer and not self.closed and self._flush is None:
-            self._flush = asyncio.ensure_future(self._body(b"", True))
+            self._flush = asyncio.ensure_future(self._stream(b"", True))
 
     async def _body(self, body: bytes, more: bool) -> None:
+        """The app's body, after the headers :meth:`flush_start` may still be sending."""
         if self._flush is not None and not self._flush.done():
             await self._flush
+        await self._stream(body, more)
+
+    async def _stream(self, body: bytes, more: bool) -> None:
         if not more:
             self.closed = True
         for piece, tail in wire.slices(body, self.chunk):

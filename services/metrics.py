@@ -62,7 +62,8 @@ class Metrics:
         self._probes: list[Probe] = []
 
     def count(self, role: str, kind: str, status: int) -> None:
-        """One WebSocket close (close code) or other non-HTTP outcome of ``kind``."""
+        """One WebSocket close (close code) or other outcome of ``kind`` (``refused``: an HTTP
+        client the protocol server answered or cut off itself for breaking a limit)."""
         key = (role, kind, status)
         self._counts[key] = self._counts.get(key, 0) + 1
 
@@ -82,7 +83,8 @@ class Metrics:
         """prometheus_client's collector interface: the request counter and latency histogram."""
         requests = CounterMetricFamily(
             "kit_requests",
-            "HTTP responses by status code and WebSocket closes by close code",
+            "HTTP responses by status code, WebSocket closes by close code, clients refused"
+            " for breaking a limit (kind refused) by status code",
             labels=["role", "kind", "status"],
         )
         counts = dict(self._counts)

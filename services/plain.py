@@ -31,8 +31,8 @@ from layer.messages import Message
 from services import messages as msg
 from services import replies
 from services.batching import eager
-from services.coalesce import CoalescingHttpToolsProtocol
 from services.connection import Conn
+from services.limits import LimitedHttpToolsProtocol, declared_length
 
 Receive = Any
 Send = Any
@@ -103,15 +103,10 @@ async def _failure(code: int, scope: Any, receive: Receive, send: Send) -> None:
 
 def bodyless(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether a request with these (lower-cased) headers has no body."""
-    for name, value in headers:
-        if name == b"content-length":
-            return value == b"0"
-        if name == b"transfer-encoding":
-            return False
-    return True
+    return declared_length(headers) == 0
 
 
-class BridgeHttpProtocol(CoalescingHttpToolsProtocol):
+class BridgeHttpProtocol(LimitedHttpToolsProtocol):
     """The protocol server's HTTP/1.1 protocol: body-less requests go to ``relay_plain``."""
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:

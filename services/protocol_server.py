@@ -9,36 +9,28 @@ routed to the connection by its id. A watchdog fails connections no worker picke
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
 from layer.base import BaseChannelLayer
-from layer.exceptions import ChannelFull
 from layer.messages import Message
-from services import batching, replies, wire
+from services import batching, wire
 from services import messages as msg
 from services.background import OneInFlight, Vital
-from services.connection import Conn
-from services.messages import FAIL, GONE, BadMessage
+from services.http_relay import HttpRelay
+from services.messages import BadMessage
 from services.metrics import Metrics
-from services.plain import BridgeHttpProtocol, PlainRequest
+from services.relay import Receive, Scope, Send
+from services.ws_relay import WebSocketRelay
 
 log = logging.getLogger("layerkit.protocol")
 
-Scope = dict[str, Any]
-Receive = Any
-Send = Any
 
-
-class ProtocolServer:
-    """Forwards HTTP and WebSocket connections over the layer and relays the answers."""
-
-    role = "protocol"
+class ProtocolServer(HttpRelay, WebSocketRelay):
+    """Forwards HTTP and WebSocket connections over the layer and relays the answers: the
+    relays (services/http_relay.py, services/ws_relay.py) plus the loops that route what
+    workers send back and watch that they are alive."""
 
     def __init__(
         self,
@@ -48,28 +40,16 @@ class ProtocolServer:
         pickup_timeout: float = 5.0,
         heartbeat: float = 1.0,
     ) -> None:
-        self.layer = layer
-        self.metrics = metrics
-        self.pickup_timeout = pickup_timeout
+        super().__init__(layer, metrics, pickup_timeout)
         self.heartbeat = heartbeat
         self.dead_after = 3 * heartbeat
-        self.chunk = wire.chunk_size(layer)
-        self.reply = ""
         self.worker_seen = 0.0  # loop time a worker last spoke to us (drives /readyz)
-        self._conns: dict[str, Conn] = {}
         self._seen: dict[str, float] = {}
-        self._ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and re-joins
         self.vital = Vital(log)  # the loops: if one dies, /healthz fails
         self._stopping = False
         self._rejects = batching.Rejects(self.role, metrics, log, self._spoiled)
-        self._batcher = (
-            batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
-        )
-        self._prefix = ""
-        self._loop: asyncio.AbstractEventLoop  # set by start()
-        self._requests = metrics.http(self.role)
         metrics.add_probe(self._probe)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -181,27 +161,8 @@ class ProtocolServer:
             )
             wire.forget_silent(self._seen, now)
 
-    async def _to_worker(self, worker: str, message: Message) -> bool:
-        """Send to a connection's worker: batched per loop turn where the layer leaves the
-        process, else at once; False if it could not be delivered (the caller fails the
-        connection; a lost batched message fails it through :meth:`_lost`)."""
-        if self._batcher is not None:
-            self._batcher.post(worker, message)
-            return True
-        return await wire.send_patiently(self.layer, worker, message)
-
-    def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
-        conn = self._conns.get(message.get(msg.CONN, ""))
-        if conn is not None and not conn.failed:
-            self._fail(conn, 502, f"its worker's channel {why}")
-
     def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
         return self.layer.send_trusted(peer, msg.protocol_heartbeat(self.reply))
-
-    def _fail(self, conn: Conn, code: int, why: str) -> None:
-        conn.failed = True
-        log.warning("connection %s: %s", conn.id, why)
-        conn.put(msg.local(FAIL, code))
 
     # -- ASGI ------------------------------------------------------------------------------
 
@@ -219,228 +180,3 @@ class ProtocolServer:
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
-
-    def _open(self, websocket: bool) -> Conn:
-        conn = Conn(self._new_id(), self._loop, websocket)
-        self._conns[conn.id] = conn
-        return conn
-
-    def _new_id(self) -> str:
-        return f"{self._prefix}{next(self._ids)}"
-
-    def _open_message(
-        self, conn: Conn, scope: Mapping[str, Any], body: bytes = b"", more: bool = False
-    ) -> Message:
-        """``k.http`` or ``k.ws``: a new connection for the work channel."""
-        deadline = time.time() + self.pickup_timeout
-        if conn.websocket:
-            return msg.ws_open(conn.id, self.reply, wire.export_scope(scope), deadline)
-        return msg.http_open(conn.id, self.reply, wire.export_scope(scope), body, more, deadline)
-
-    async def _submit(self, message: Message) -> str | None:
-        """Hand a new connection to the work channel; None if it took it, else why not."""
-        try:
-            await self.layer.send_trusted(wire.WORK_CHANNEL, message)
-        except ChannelFull:
-            return "all workers are busy"
-        except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
-            log.exception("cannot send to the channel layer")
-            return "channel layer unavailable"
-        return None
-
-    def finish(self, conn: Conn, status: int, started: float) -> None:
-        """The connection's HTTP response is settled: forget it, count it."""
-        if self._conns.pop(conn.id, None) is not None:
-            self._requests.record(status, time.perf_counter() - started)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        conn = self._open(False)
-        pump: asyncio.Task[None] | None = None
-        status = 499
-        try:
-            first = await receive()
-            body: bytes = first.get("body", b"")
-            more: bool = first.get("more_body", False)
-            rest = b""
-            if len(body) > self.chunk:
-                body, rest = body[: self.chunk], body[self.chunk :]
-            why = await self._submit(self._open_message(conn, scope, body, more or bool(rest)))
-            if why is not None:
-                status = await replies.refuse(send, why)
-                return
-            status, pump = await self._relay_http(conn, receive, send, rest, more)
-        finally:
-            if pump is not None:
-                pump.cancel()
-            self.finish(conn, status, started)
-
-    # -- body-less requests, without a task (services/plain.py) ----------------------------
-
-    def relay_plain(self, cycle: RequestResponseCycle, http: BridgeHttpProtocol) -> None:
-        """Relay a body-less request from callbacks; called by the HTTP protocol."""
-        conn = PlainRequest(self._new_id(), self._loop, cycle, http, self)
-        self._conns[conn.id] = conn
-        http.later(self._submit_plain(conn, self._open_message(conn, cycle.scope)))
-
-    async def _submit_plain(self, conn: PlainRequest, message: Message) -> None:
-        why = await self._submit(message)
-        if why is not None:
-            await conn.refuse(why)
-
-    async def resume(self, conn: PlainRequest, scope: Scope, receive: Receive, send: Send) -> None:
-        """Go on relaying a plain request in a uvicorn task (its inbox holds what came)."""
-        status, pump = 499, None
-        try:
-            status, pump = await self._relay_http(conn, receive, send, b"", False)
-        finally:
-            if pump is not None:
-                pump.cancel()
-            self.finish(conn, status, conn.started)
-
-    async def _relay_http(
-        self, conn: Conn, receive: Receive, send: Send, rest: bytes, more: bool
-    ) -> tuple[int, asyncio.Task[None] | None]:
-        """Relay the worker's response; returns the status sent and the body pump (if any)."""
-        status = 0
-        pump: asyncio.Task[None] | None = None
-        consumed: wire.Consumed | None = None
-        while True:
-            message = await conn.get()
-            kind = message[msg.TYPE]
-            if kind == msg.RESPONSE or kind == msg.RESPONSE_BODY:
-                more_body = message[msg.MORE]
-                if kind == msg.RESPONSE:
-                    status = message[msg.STATUS]
-                    headers = message[msg.HEADERS]
-                    await send(
-                        {"type": "http.response.start", "status": status, "headers": headers}
-                    )
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": message[msg.DATA],
-                        "more_body": more_body,
-                    }
-                )
-                if not more_body:
-                    return status, pump
-                if pump is None:  # a streaming response: the worker must hear if the client leaves
-                    pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
-                if consumed is None:
-                    consumed = wire.Consumed()
-                if consumed.one() and conn.worker is not None:
-                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
-            elif kind == msg.PICKED:
-                if pump is None:
-                    pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
-            elif kind == GONE:
-                return status or 499, pump
-            elif status:  # FAIL or APP_ERROR after the response started: uvicorn cuts it short
-                return status, pump
-            else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
-                return await replies.failure(send, msg.code_of(message, 500)), pump
-
-    async def _pump_body(self, conn: Conn, receive: Receive, rest: bytes, more: bool) -> None:
-        """Stream the rest of the request body to the worker, then report a disconnect."""
-        worker = conn.worker
-        assert worker is not None
-        pending = [(rest, more)] if rest else []
-        while True:
-            for data, _ in pending:
-                for piece, tail in wire.slices(data, self.chunk):
-                    await wire.window(conn).reserve()
-                    last = not tail and not more
-                    message = msg.request_body(conn.id, piece, not last)
-                    if not await self._to_worker(worker, message):
-                        conn.put(msg.local(FAIL, 502))
-                        return
-            if not more:
-                break
-            event = await receive()
-            if event["type"] == "http.disconnect":
-                break
-            more = event.get("more_body", False)
-            pending = [(event.get("body", b""), more)]
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        await self._to_worker(worker, msg.disconnect(conn.id))
-        conn.put(msg.local(GONE))
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        conn = self._open(True)
-        reader: asyncio.Task[None] | None = None
-        code = 1006
-        try:
-            await receive()  # websocket.connect
-            why = await self._submit(self._open_message(conn, scope))
-            if why is not None:
-                code = await replies.ws_refuse(send, 1013, why)
-                return
-            code, reader = await self._relay_websocket(conn, receive, send)
-        finally:
-            del self._conns[conn.id]
-            if reader is not None:
-                reader.cancel()
-                self.metrics.websockets.labels(self.role).dec()
-            self.metrics.count(self.role, "websocket", code)
-
-    async def _relay_websocket(
-        self, conn: Conn, receive: Receive, send: Send
-    ) -> tuple[int, asyncio.Task[None] | None]:
-        reader: asyncio.Task[None] | None = None
-        consumed = wire.Consumed()
-        parts: list[Any] = []
-        while True:
-            message = await conn.get()
-            kind = message[msg.TYPE]
-            if kind == msg.WS_OUT:
-                parts.append(msg.frame_data(message))
-                if not message[msg.MORE_FRAGMENTS]:
-                    data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
-                    parts.clear()
-                    key = "text" if isinstance(data, str) else "bytes"
-                    await send({"type": "websocket.send", key: data})
-                if consumed.one() and conn.worker is not None:
-                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
-            elif kind == msg.WS_ACCEPT:
-                accept = {"type": "websocket.accept", "subprotocol": message.get(msg.SUBPROTOCOL)}
-                if message.get(msg.HEADERS):
-                    accept["headers"] = message[msg.HEADERS]
-                await send(accept)
-                self.metrics.websockets.labels(self.role).inc()
-                reader = asyncio.create_task(self._read_websocket(conn, receive))
-            elif kind == msg.WS_CLOSE:
-                code = message[msg.CODE]
-                reason = message.get(msg.REASON) or ""
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-                return code, reader
-            elif kind == GONE:
-                return msg.code_of(message, 1006), reader
-            elif kind in (FAIL, msg.APP_ERROR):
-                code = {503: 1013, 502: 1011}.get(msg.code_of(message, 0), 1011)
-                if reader is None:
-                    return await replies.ws_refuse(send, code, "no worker"), reader
-                await send({"type": "websocket.close", "code": code})
-                return code, reader
-
-    async def _read_websocket(self, conn: Conn, receive: Receive) -> None:
-        """Forward client frames to the worker (fragmenting large ones) until the client leaves."""
-        worker = conn.worker
-        assert worker is not None
-        cid = conn.id
-        while True:
-            event = await receive()
-            if event["type"] != "websocket.receive":
-                break
-            text = event.get("text")
-            data = text if text is not None else event.get("bytes") or b""
-            for piece, more in wire.slices(data, self.chunk):
-                await wire.window(conn).reserve()
-                message = msg.frame(msg.WS_IN, cid, piece, more)
-                if not await self._to_worker(worker, message):
-                    conn.put(msg.local(FAIL, 502))
-                    return
-        code = event.get("code", 1005)
-        await self._to_worker(worker, msg.disconnect(cid, code))
-        conn.put(msg.local(GONE, code))

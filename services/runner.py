@@ -13,7 +13,8 @@ import logging
 import math
 import signal
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ from layer.base import BaseChannelLayer
 from services import context
 from services.admin import AdminApp, Check
 from services.instance import ASGIApp
+from services.limits import Limits
 from services.metrics import Metrics
 from services.plain import BridgeHttpProtocol
 from services.protocol_server import ProtocolServer
@@ -42,6 +44,7 @@ class Settings:
     drain_timeout: float = 20.0
     pickup_timeout: float = 5.0
     heartbeat: float = 1.0
+    limits: Limits = field(default_factory=Limits)  # on the protocol server's clients
 
 
 class _Server(uvicorn.Server):
@@ -52,7 +55,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _server(app: Any, host: str, port: int, grace: float, http: Any = "httptools") -> _Server:
+def _server(
+    app: Any, host: str, port: int, grace: float, http: Any = "httptools", **options: Any
+) -> _Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -67,6 +72,7 @@ def _server(app: Any, host: str, port: int, grace: float, http: Any = "httptools
         # SECURE_PROXY_SSL_HEADER, USE_X_FORWARDED_HOST), and rewriting scope costs every request.
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(grace),
+        **options,
     )
     return _Server(config)
 
@@ -108,12 +114,15 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
     servers = [admin]
     front: _Server | None = None
     if protocol is not None:
+        limits = settings.limits
         front = _server(
             protocol,
             settings.host,
             settings.port,
             settings.drain_timeout,
-            http=BridgeHttpProtocol,  # one write per response; body-less requests without a task
+            # one write per response, body-less requests without a task, limits on clients
+            http=BridgeHttpProtocol.bound(limits, partial(metrics.count, protocol.role, "refused")),
+            ws_max_size=limits.max_ws_message,
         )
         servers.append(front)
     tasks = [asyncio.create_task(server.serve()) for server in servers]

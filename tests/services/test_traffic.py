@@ -48,6 +48,21 @@ def test_streaming_response_arrives_in_pieces(served: Served) -> None:
         assert b"".join(response.iter_raw()) == b"0\n1\n2\nend\n"
 
 
+def test_streaming_headers_arrive_before_the_first_chunk(served: Served, tmp_path: Path) -> None:
+    """An app that sends ``http.response.start`` and waits (SSE, long poll): the client gets the
+    headers at once; the body only comes once the test lets the app go on (issue 19)."""
+    go = tmp_path / "go"
+    with (
+        httpx.Client(base_url=served.url, timeout=10) as client,
+        client.stream("GET", "/late-body", params={"go": str(go)}) as response,
+    ):
+        assert response.status_code == 200  # the headers came without any of the body
+        go.touch()
+        assert b"".join(response.iter_raw()) == b"late\nend\n"
+    logs = "".join(worker.output() for worker in served.workers)
+    assert "Traceback" not in logs and "never retrieved" not in logs, logs
+
+
 def test_client_leaving_a_streaming_response_reaches_the_app(served: Served, events: Path) -> None:
     with (
         httpx.Client(base_url=served.url, timeout=10) as client,

@@ -106,6 +106,35 @@ async def stream_until_gone(scope: Scope, receive: Any, send: Any) -> None:
     record("gone", ident)
 
 
+async def read_body(scope: Scope, receive: Any, send: Any) -> None:
+    """Read the whole body, then answer its length; a client that leaves first is recorded
+    with the bytes that had arrived (``cut <id> <pid> <bytes>``)."""
+    ident, size = _query(scope).get("id", "-"), 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            record("cut", ident, size)
+            return
+        size += len(event.get("body", b""))
+        if not event.get("more_body", False):
+            break
+    await _start(send)
+    await send({"type": "http.response.body", "body": b"%d" % size})
+
+
+async def late_body(scope: Scope, receive: Any, send: Any) -> None:
+    """Headers at once, the body only once the file named by ``go`` exists (an SSE stream or
+    a long poll: the client must get the headers without waiting for the first chunk)."""
+    go = _query(scope)["go"]
+    await _start(send)
+    for _ in range(1500):  # 30 s at most: bounds a hung test
+        if await asyncio.to_thread(os.path.exists, go):
+            break
+        await asyncio.sleep(0.02)
+    await send({"type": "http.response.body", "body": b"late\n", "more_body": True})
+    await send({"type": "http.response.body", "body": b"end\n"})
+
+
 async def crash(scope: Scope, receive: Any, send: Any) -> None:
     raise RuntimeError("the test app crashes on purpose")
 
@@ -144,6 +173,8 @@ _HTTP = {
     "/big": big,
     "/stream": stream,
     "/stream-until-gone": stream_until_gone,
+    "/read-body": read_body,
+    "/late-body": late_body,
     "/crash": crash,
     "/wrong-types": wrong_types,
     "/huge-headers": huge_headers,

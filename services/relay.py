@@ -1,0 +1,99 @@
+"""What the protocol server's HTTP and WebSocket relays share: the connection table, and the
+hand-over of a new connection to the work channel and of its follow-ups to its worker.
+
+services/protocol_server.py builds on it (with services/http_relay.py and
+services/ws_relay.py); the loops that route answers and watch workers live there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from layer.base import BaseChannelLayer
+from layer.exceptions import ChannelFull, MessageTooLarge
+from layer.messages import Message
+from services import batching, wire
+from services import messages as msg
+from services.connection import Conn
+from services.messages import FAIL
+from services.metrics import Metrics
+
+log = logging.getLogger("layerkit.protocol")
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class Relay:
+    """The connections of one protocol server, and how they reach the layer."""
+
+    role = "protocol"
+
+    def __init__(self, layer: BaseChannelLayer, metrics: Metrics, pickup_timeout: float) -> None:
+        self.layer = layer
+        self.metrics = metrics
+        self.pickup_timeout = pickup_timeout
+        self.chunk = wire.chunk_size(layer)
+        self.reply = ""  # our reply channel, made by start()
+        self._conns: dict[str, Conn] = {}
+        self._ids = itertools.count()
+        self._prefix = ""
+        self._loop: asyncio.AbstractEventLoop  # set by start()
+        self._batcher = (
+            batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
+        )
+
+    def _open(self, websocket: bool) -> Conn:
+        conn = Conn(self._new_id(), self._loop, websocket)
+        self._conns[conn.id] = conn
+        return conn
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids)}"
+
+    def _open_message(
+        self, conn: Conn, scope: Mapping[str, Any], body: bytes = b"", more: bool = False
+    ) -> Message:
+        """``k.http`` or ``k.ws``: a new connection for the work channel."""
+        deadline = time.time() + self.pickup_timeout
+        if conn.websocket:
+            return msg.ws_open(conn.id, self.reply, wire.export_scope(scope), deadline)
+        return msg.http_open(conn.id, self.reply, wire.export_scope(scope), body, more, deadline)
+
+    async def _submit(self, message: Message) -> str | None:
+        """Hand a new connection to the work channel; None if it took it, else why not."""
+        try:
+            await self.layer.send_trusted(wire.WORK_CHANNEL, message)
+        except ChannelFull:
+            return "all workers are busy"
+        except MessageTooLarge:  # a head under --max-header-size, over max_message_size
+            return "request head too large for the channel layer"
+        except Exception:  # unreachable, or refused the write (e.g. Redis out of memory)
+            log.exception("cannot send to the channel layer")
+            return "channel layer unavailable"
+        return None
+
+    async def _to_worker(self, worker: str, message: Message) -> bool:
+        """Send to a connection's worker: batched per loop turn where the layer leaves the
+        process, else at once; False if it could not be delivered (the caller fails the
+        connection; a lost batched message fails it through :meth:`_lost`)."""
+        if self._batcher is not None:
+            self._batcher.post(worker, message)
+            return True
+        return await wire.send_patiently(self.layer, worker, message)
+
+    def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
+        conn = self._conns.get(message.get(msg.CONN, ""))
+        if conn is not None and not conn.failed:
+            self._fail(conn, 502, f"its worker's channel {why}")
+
+    def _fail(self, conn: Conn, code: int, why: str) -> None:
+        conn.failed = True
+        log.warning("connection %s: %s", conn.id, why)
+        conn.put(msg.local(FAIL, code))
