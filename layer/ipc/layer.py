@@ -55,6 +55,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         self.spin = non_negative_number("spin", spin)
         self._spin_until = 0.0
         self._segment = segment.attach(self.prefix, self.size, self.slot_size, self.mode)
+        self.segment_id = segment.identity(self._segment.fd)  # names this host's segment
         self._store = Store(self._segment.mm, self._segment.geometry, self.counters)
         self._lock = Lock(self._segment.fd, self._segment.mm, self._store.flush)
         self._wakers = Wakers(self._store, self._segment.fd)
