@@ -89,6 +89,8 @@ def _check_keys(
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     known = _known_options(cls) - taken
     for key in config:
+        if key in taken:
+            raise ConfigError(f"{where}.{key}: set {key} at the top level (it applies to both)")
         if key not in known and not (accepts_any and not known):
             raise ConfigError(
                 f"{where}.{key}: unknown option for {cls.__name__}; "

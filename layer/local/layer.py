@@ -131,24 +131,28 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         racing.append(handed)
         ipc_leg = loop.create_task(self._ipc_pop(channel))
         redis_leg = loop.create_task(self._redis_pop(channel, True))
+        legs = (handed, redis_leg, ipc_leg)
         try:
-            await asyncio.wait((handed, ipc_leg, redis_leg), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(legs, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            self._sort(channel, False, self._end(channel, handed, redis_leg, ipc_leg))
+            await self._end(channel, legs)
+            self._sort(channel, False, legs)
             raise
-        first = self._sort(channel, True, self._end(channel, handed, redis_leg, ipc_leg))
+        await self._end(channel, legs)
+        first = self._sort(channel, True, legs)
         assert first is not None  # a leg finished: its message is returned, its error raised
         return first
 
-    def _end(self, channel: str, *legs: asyncio.Future[Any]) -> tuple[asyncio.Future[Any], ...]:
-        """Stop a race's legs (a finished one stays as it is) and forget its ``handed``."""
+    async def _end(self, channel: str, legs: tuple[asyncio.Future[Any], ...]) -> None:
+        """Stop a race's legs and wait until they have: a cancelled leg gives back what it
+        took in its own next step, which must come before any later receive here looks."""
         racing = self._racing[channel]
         racing.remove(legs[0])
         if not racing:
             del self._racing[channel]
         for leg in legs:
-            leg.cancel()
-        return legs
+            leg.cancel()  # no-op for a finished leg
+        await asyncio.wait(legs)
 
     def _sort(self, channel: str, won: bool, legs: tuple[asyncio.Future[Any], ...]) -> Taken | None:
         """What the finished legs (``handed``, Redis, IPC) took: the first for this receive if

@@ -927,7 +927,7 @@ settings.register_profile(
     print_blob=True,
     phases=[Phase.generate, Phase.shrink],
 )
-MAX_EXAMPLES = {"inmemory": 200, "ipc": 120, "redis": 60, "redis_sharded": 50}
+MAX_EXAMPLES = {"inmemory": 200, "ipc": 120, "redis": 60, "redis_sharded": 50, "local_redis": 60}
 SOAK_TOTAL = Tally()
 
 
