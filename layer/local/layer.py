@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
 from layer.ipc import IPCChannelLayer
+from layer.local.legs import Legs
 from layer.local.origin import ORIGIN, refuse_reserved, stamp
 from layer.messages import Message, decode
 from layer.redis import RedisChannelLayer
@@ -64,8 +63,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.host = self.ipc.segment_id
         self.client_id += self.host  # new_channel() names end their routing part with it
         self.shards = self.redis.shards  # what `layerkit check-config` lists
-        self._kept: dict[str, deque[tuple[float, Taken]]] = {}  # see _race
-        self._racing: dict[str, deque[asyncio.Future[Taken]]] = {}
+        self._legs = Legs(self._own_redis_pop, self.expiry, self._count_expired)
 
     def route(self, channel: str) -> str:
         """``IPC`` for a normal channel (this host's queue of that name); ``BOTH`` for a
@@ -98,11 +96,13 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         if route is IPC:
             return self.ipc._ready(channel)
         if route is BOTH:
-            kept = self._kept.get(channel)
-            if kept:
-                return self._unkeep(channel, kept)
+            leg = self._legs.get(channel)
+            if leg is not None and leg.done():
+                message = self._legs.take(channel, leg)
+                if message is not None:
+                    return message
             payload = self.ipc._ready(channel)
-            if payload is not None:
+            if payload is not None or leg is not None:  # a waiting leg gets Redis' messages
                 return payload
         while (taken := self.redis._ready(channel)) is not None:
             message = self._opened(taken, route is BOTH)
@@ -116,71 +116,45 @@ class LocalRedisChannelLayer(BaseChannelLayer):
             return await self.ipc._pop(channel)
         if route is REDIS:
             return await self._redis_pop(channel, False)
-        return await self._race(channel)
+        return await self._pop_both(channel)
 
-    async def _race(self, channel: str) -> Taken:
-        """Receive a channel of this host from both halves at once: the first message wins.
-
-        A leg still waiting when the race ends gives its message back (both halves' receives
-        are cancel-safe); a message the IPC leg took anyway goes back to IPC's front, one the
-        Redis leg took goes to another receive racing on this channel, else is kept for the
-        next receive here (``_ready``). ``handed`` is where another race hands one over."""
-        loop = asyncio.get_running_loop()
-        handed: asyncio.Future[Taken] = loop.create_future()
-        racing = self._racing.setdefault(channel, deque())
-        racing.append(handed)
-        ipc_leg = loop.create_task(self._ipc_pop(channel))
-        redis_leg = loop.create_task(self._redis_pop(channel, True))
-        legs = (handed, redis_leg, ipc_leg)
-        try:
-            await asyncio.wait(legs, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            await self._end(channel, legs)
-            self._sort(channel, False, legs)
-            raise
-        await self._end(channel, legs)
-        first = self._sort(channel, True, legs)
-        assert first is not None  # a leg finished: its message is returned, its error raised
-        return first
-
-    async def _end(self, channel: str, legs: tuple[asyncio.Future[Any], ...]) -> None:
-        """Stop a race's legs and wait until they have: a cancelled leg gives back what it
-        took in its own next step, which must come before any later receive here looks."""
-        racing = self._racing[channel]
-        racing.remove(legs[0])
-        if not racing:
-            del self._racing[channel]
-        for leg in legs:
-            leg.cancel()  # no-op for a finished leg
-        await asyncio.wait(legs)
-
-    def _sort(self, channel: str, won: bool, legs: tuple[asyncio.Future[Any], ...]) -> Taken | None:
-        """What the finished legs (``handed``, Redis, IPC) took: the first for this receive if
-        it ``won`` (else it was cancelled), the rest back to IPC or kept; an error raised."""
-        first: Taken | None = None
-        error: BaseException | None = None
-        for leg in legs:
-            if not leg.done() or leg.cancelled():
+    async def _pop_both(self, channel: str) -> Taken:
+        """Wait on IPC in this task while the channel's Redis leg (legs.py) waits in its own;
+        the leg interrupts this wait when it has a message."""
+        task = asyncio.current_task()
+        assert task is not None
+        legs = self._legs
+        while True:
+            leg = legs.get(channel) or legs.start(channel)
+            if leg.done():
+                message = legs.take(channel, leg)
+                if message is not None:
+                    return message
                 continue
-            if (exc := leg.exception()) is not None:
-                error = error or exc
-            elif won and first is None:
-                first = leg.result()
-            elif leg is legs[-1]:  # the IPC leg's payload: back to the front of IPC
-                self.ipc._give_back(channel, leg.result())
-            else:
-                self._keep(channel, leg.result())
-        if error is not None and won:
-            if first is not None:
-                self._keep(channel, first)
-            raise error
-        return first
+            state = [True, False]  # still waiting here; interrupted by the leg
 
-    async def _ipc_pop(self, channel: str) -> bytes:
-        # Look at what an earlier receive here took ahead first, as base.receive does: that
-        # may have happened after this race began.
-        payload = self.ipc._ready(channel)
-        return payload if payload is not None else await self.ipc._pop(channel)
+            def interrupt(_: object, state: list[bool] = state) -> None:
+                if state[0]:
+                    state[1] = True
+                    task.cancel()
+
+            leg.add_done_callback(interrupt)
+            try:
+                return await self.ipc._pop(channel)
+            except asyncio.CancelledError:
+                # IPC put back what it had taken. Ours alone: take the leg's message.
+                if not state[1] or task.uncancel():
+                    raise
+            finally:
+                state[0] = False
+                leg.remove_done_callback(interrupt)
+                legs.used(channel)
+
+    async def _own_redis_pop(self, channel: str) -> Message:
+        return await self._redis_pop(channel, True)
+
+    def _count_expired(self) -> None:
+        self.counters.expired += 1
 
     async def _redis_pop(self, channel: str, own: bool) -> Message:
         while True:
@@ -194,26 +168,6 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         message = taken if type(taken) is dict else decode(taken)  # type: ignore[arg-type]
         origin = message.pop(ORIGIN, None)
         return None if own and origin == self.host else message
-
-    def _keep(self, channel: str, taken: Taken) -> None:
-        """A message taken from Redis for a receive that did not return it: to a receive
-        racing on ``channel`` now, else first for the next one."""
-        for handed in self._racing.get(channel, ()):
-            if not handed.done():
-                handed.set_result(taken)
-                return
-        deadline = time.monotonic() + self.expiry
-        self._kept.setdefault(channel, deque()).append((deadline, taken))
-
-    def _unkeep(self, channel: str, kept: deque[tuple[float, Taken]]) -> Taken | None:
-        now = time.monotonic()
-        while kept:
-            deadline, taken = kept.popleft()
-            if deadline > now:
-                return taken
-            self.counters.expired += 1
-        del self._kept[channel]
-        return None
 
     async def _group_add(self, group: str, channel: str) -> None:
         # Redis first: the IPC membership then lapses last, so a group send from here in
@@ -237,14 +191,14 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         return delivered + more, dropped + full
 
     async def _flush(self) -> None:
-        self._kept.clear()
+        await self._legs.stop()
         await self.ipc._flush()
         await self.redis._flush()
 
     async def _storage_counts(self) -> StorageCounts:
         here, there = await self.ipc._storage_counts(), await self.redis._storage_counts()
         return StorageCounts(
-            queued=here.queued + there.queued + sum(map(len, self._kept.values())),
+            queued=here.queued + there.queued + self._legs.held(),
             channels=here.channels + there.channels,
             groups=here.groups + there.groups,
         )
@@ -259,11 +213,12 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         return result
 
     async def close(self) -> None:
-        self._kept.clear()
+        await self._legs.stop()
         await self.redis.close()
         await self.ipc.close()
 
     async def discard(self) -> None:
+        await self._legs.stop()
         await self.redis.close()
         await self.ipc.discard()
 
