@@ -74,14 +74,15 @@ def _roundtrip(subject: str, urls: list[str], prefixes: list[str], count: int) -
 
         async def main() -> float:
             layer = make_layer(subject, urls, prefixes, 0)
-            request = {**MESSAGE, "reply": await layer.new_channel("client")}
+            reply = await layer.new_channel("client")
+            request = {**MESSAGE, "reply": reply}
             for _ in range(count // 10):  # warm-up
                 await layer.send(peer, request)
-                await layer.receive(request["reply"])
+                await layer.receive(reply)
             started = time.perf_counter()
             for _ in range(count):
                 await layer.send(peer, request)
-                await layer.receive(request["reply"])
+                await layer.receive(reply)
             rate = count / (time.perf_counter() - started)
             await layer.close()
             return rate
