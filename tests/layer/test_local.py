@@ -5,6 +5,7 @@ the config. The shared contract runs in test_conformance.py and test_model.py.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,33 @@ async def test_replies_within_and_across_hosts(local_redis_layer_factory: LocalF
     assert [m["i"] for m in got if m["type"] == "r"] == list(range(50))
     assert (await neighbour.redis.stats())["queued"] == 0
     assert (await owner.stats())["received"] == 100
+
+
+async def test_cancelled_receives_lose_nothing_from_either_host(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """Receives cancelled at random while a neighbour (IPC) and another host (Redis) send:
+    each sender's messages all arrive, once, in order (the leg interrupting an IPC wait, a
+    leg's message waiting for the next receive)."""
+    owner = local_redis_layer_factory(capacity=10_000)
+    senders = {"n": local_redis_layer_factory(), "r": local_redis_layer_factory(host=1)}
+    reply = await owner.new_channel("reply")
+    got: list[dict] = []
+    for i in range(300):
+        task = asyncio.ensure_future(owner.receive(reply))
+        await asyncio.sleep(0)
+        await senders["n" if i % 3 else "r"].send(reply, {"type": "n" if i % 3 else "r", "i": i})
+        await asyncio.sleep(0.001 if i % 5 == 0 else 0)
+        if i % 2:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            got.append(await task)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(await asyncio.wait_for(owner.receive(reply), 0.5))
+    for kind in "nr":
+        numbers = [m["i"] for m in got if m["type"] == kind]
+        assert numbers == [i for i in range(300) if (i % 3 != 0) == (kind == "n")]
 
 
 async def test_group_send_reaches_every_host_once(local_redis_layer_factory: LocalFactory) -> None:
