@@ -67,19 +67,35 @@ class LayerSpec:
     def build(self) -> BaseChannelLayer:
         """Instantiate the backend; bad keys or values become one :class:`ConfigError`."""
         cls = self.backend_class()
-        params = inspect.signature(cls.__init__).parameters
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        known = _known_options(cls)
-        for key in self.config:
-            if key not in known and not (accepts_any and not known):
-                raise ConfigError(
-                    f"{self.source}: {self.alias}.CONFIG.{key}: unknown option for "
-                    f"{cls.__name__}; expected one of {', '.join(sorted(known))}"
-                )
+        where = f"{self.source}: {self.alias}.CONFIG"
+        _check_keys(cls, self.config, where)
+        # A composed backend (layer.local) takes a CONFIG mapping per part: checked the same way.
+        for name, part in getattr(cls, "parts", {}).items():
+            options = self.config.get(name)
+            if isinstance(options, dict):
+                _check_keys(part, options, f"{where}.{name}", _known_options(cls))
         try:
             return cls(**self.config)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{self.source}: {self.alias}.CONFIG: {exc}") from exc
+
+
+def _check_keys(
+    cls: type, config: dict[str, Any], where: str, taken: frozenset[str] | set[str] = frozenset()
+) -> None:
+    """Every key of ``config`` must be an option of ``cls`` (less those ``taken`` by the
+    backend that composes it: they are set at its top level)."""
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    known = _known_options(cls) - taken
+    for key in config:
+        if key in taken:
+            raise ConfigError(f"{where}.{key}: set {key} at the top level (it applies to both)")
+        if key not in known and not (accepts_any and not known):
+            raise ConfigError(
+                f"{where}.{key}: unknown option for {cls.__name__}; "
+                f"expected one of {', '.join(sorted(known))}"
+            )
 
 
 def _known_options(cls: type) -> set[str]:

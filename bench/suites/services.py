@@ -32,12 +32,13 @@ from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
 APP = "services.demo.app:application"
-DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS = (
+DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS, LOCAL = (
     "(a) uvicorn direct",
     "(a1) uvicorn direct, one write",
     "(b) combined in-memory",
     "(c) protocol+worker IPC",
     "(d) protocol+worker Redis",
+    "(e) protocol+worker local+Redis",
 )
 HTTP, WS = "GET /json", "WebSocket echo"
 # Response sizes through the layer (issue 24): the path served, by workload.
@@ -136,6 +137,21 @@ def _redis() -> Iterator[Setup]:
 
 
 @contextlib.contextmanager
+def _local_redis() -> Iterator[Setup]:
+    """One pod: IPC between its protocol server and worker, three shards for groups."""
+    servers = [RedisServer().start() for _ in range(3)]
+    with _ipc() as ipc:
+        try:
+            shards = {f"REDIS_SHARD_{i}": server.url for i, server in enumerate(servers)}
+            setup = _split("config/local-redis.yaml", **ipc.env, **shards)
+            setup.servers.extend((f"redis{i}", s.process.pid) for i, s in enumerate(servers))  # type: ignore[union-attr]
+            yield setup
+        finally:
+            for server in servers:
+                server.stop()
+
+
+@contextlib.contextmanager
 def _always(setup: Setup) -> Iterator[Setup]:
     yield setup
 
@@ -160,6 +176,14 @@ SUBJECTS = [
             and shutil.which("redis-server") is not None
         ),
         _redis,
+    ),
+    Subject(
+        LOCAL,
+        lambda: (
+            importlib.util.find_spec("layer.local") is not None
+            and shutil.which("redis-server") is not None
+        ),
+        _local_redis,
     ),
 ]
 
@@ -321,6 +345,8 @@ def run(quick: bool) -> SuiteResult:
         targets += [Target(workload, IPC, DIRECT, 0.5) for workload in SIZED]
         if REDIS not in skipped:
             targets += [Target(workload, IPC, REDIS, 1.2) for workload in SIZED]
+    if LOCAL not in skipped:  # issue 23: IPC's speed inside a pod, Redis' reach across pods
+        targets += [Target(HTTP, LOCAL, IPC, 0.95), Target(HTTP, LOCAL, REDIS, 1.3)]
     notes = (
         f"wrk -t2 -c{WRK_CONNECTIONS}, {seconds} s per subject after a 1 s warm-up, best of "
         f"{rounds} interleaved round(s); "

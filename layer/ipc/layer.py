@@ -65,6 +65,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
                 f"max_message_size {self.max_message_size} is more than an IPC segment frees in "
                 f"one journal step with slot_size {self.slot_size}: at most {most}"
             )
+        self.segment_id = segment.identity(self._segment.fd)  # names this host's segment
         self._store = Store(self._segment.mm, self._segment.geometry, self.counters)
         self._lock = Lock(self._segment.fd, self._segment.mm, self._store.flush)
         self._wakers = Wakers(self._store, self._segment.fd)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import mmap
 import os
 import re
+import socket
 import stat
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import posix_ipc
 
@@ -35,6 +38,7 @@ from layer.ipc.layout import (
 from layer.ipc.store import Store
 
 SHM_DIR = "/dev/shm"
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 _LIVENESS_BASE = 1 << 32  # byte-range locks past the data mark live waker records
@@ -50,6 +54,20 @@ def check_prefix(prefix: object) -> str:
 
 def shm_name(prefix: str) -> str:
     return f"/{prefix}.ipc"
+
+
+def identity(fd: int) -> str:
+    """A short name of the segment open on ``fd``: the same in every process attached to it
+    (containers of one pod included), different for any other segment on any host. Built from
+    the kernel's random boot id, the file system (each pod's ``/dev/shm`` is its own tmpfs)
+    and the inode, so nothing has to be configured or stored for it."""
+    try:
+        boot = Path(_BOOT_ID).read_text().strip()
+    except OSError:  # no /proc: the host name is the next best
+        boot = socket.gethostname()
+    info = os.fstat(fd)
+    key = f"{boot}:{info.st_dev}:{info.st_ino}".encode()
+    return hashlib.blake2b(key, digest_size=5).hexdigest()
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pytest
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
 from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix, workers
+from tests.layer.local_fixtures import local_redis_layer_factory
 from tests.layer.redis_fixtures import (
     redis_layer_factory,
     redis_server,
@@ -24,10 +25,11 @@ from tests.layer.redis_fixtures import (
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
-BACKENDS = ["inmemory", "ipc", "redis", "redis_sharded"]
+BACKENDS = ["inmemory", "ipc", "redis", "redis_sharded", "local_redis"]
 __all__ = [
     "ipc_layer_factory",
     "ipc_prefix",
+    "local_redis_layer_factory",
     "redis_layer_factory",
     "redis_server",
     "redis_sharded_layer_factory",

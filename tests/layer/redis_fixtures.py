@@ -38,6 +38,11 @@ def redis_shards() -> Iterator[list[RedisServer]]:
         server.stop()
 
 
+def shard_hosts(shards: list[RedisServer]) -> list[Any]:
+    """The shards as a config lists them (an ACL user's URL, a pair, a unix socket)."""
+    return [shards[0].url, ("127.0.0.1", shards[1].port), shards[2].url]
+
+
 async def _factory(hosts: list[Any]) -> AsyncIterator[LayerFactory]:
     made: list[BaseChannelLayer] = []
 
@@ -63,10 +68,5 @@ async def redis_layer_factory(redis_server: RedisServer) -> AsyncIterator[LayerF
 async def redis_sharded_layer_factory(
     redis_shards: list[RedisServer],
 ) -> AsyncIterator[LayerFactory]:
-    hosts: list[Any] = [
-        redis_shards[0].url,
-        ("127.0.0.1", redis_shards[1].port),
-        redis_shards[2].url,
-    ]
-    async for factory in _factory(hosts):
+    async for factory in _factory(shard_hosts(redis_shards)):
         yield factory

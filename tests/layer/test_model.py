@@ -32,6 +32,7 @@ import inspect
 import math
 import os
 import pkgutil
+import re
 import sys
 import time
 import uuid
@@ -227,6 +228,31 @@ class Profile:
     after_close: Callable[[dict[str, Any]], None] = lambda options: None
 
 
+def local_options() -> dict[str, Any]:
+    return {"ipc": ipc_options()}
+
+
+def local_after_close(options: dict[str, Any]) -> None:
+    ipc_after_close(options["ipc"])
+
+
+# new_channel()'s names on a LocalRedisChannelLayer: the routing part ends with the client id,
+# hex digits ending in the host's segment id (layer/local/layer.py); no pool name looks so.
+LOCAL_ROUTE = re.compile(r"[^!]*\.[0-9a-f]{19,}!")
+
+
+def local_unit(channel: str) -> str:
+    """docs/layer.md "Local + Redis": a process-specific name this layer did not make goes to
+    Redis (its inbox is the unit); every other name, new_channel()'s included, to IPC."""
+    return per_routing_name(channel) if LOCAL_ROUTE.match(channel) is None else channel
+
+
+def local_held(unit: str) -> float:
+    """Redis' rule for a Redis inbox; IPC's for the rest, plus one message a receive racing
+    both halves may keep (docs/layer.md "Local + Redis")."""
+    return redis_held(unit) if unit.endswith("!") else PREFETCH + 2
+
+
 REDIS = Profile(True, per_routing_name, True, redis_held)
 PROFILES = {
     "inmemory": Profile(True, per_channel, False, lambda unit: 0),
@@ -236,6 +262,7 @@ PROFILES = {
     ),
     "redis": REDIS,
     "redis_sharded": REDIS,
+    "local_redis": Profile(True, local_unit, True, local_held, local_options, local_after_close),
 }
 # A backend nobody described yet: real time, and the most tolerant reading of every rule.
 UNKNOWN = Profile(False, per_routing_name, True, lambda unit: math.inf)
@@ -907,7 +934,7 @@ settings.register_profile(
     print_blob=True,
     phases=[Phase.generate, Phase.shrink],
 )
-MAX_EXAMPLES = {"inmemory": 200, "ipc": 120, "redis": 60, "redis_sharded": 50}
+MAX_EXAMPLES = {"inmemory": 200, "ipc": 120, "redis": 60, "redis_sharded": 50, "local_redis": 60}
 SOAK_TOTAL = Tally()
 
 

@@ -11,8 +11,9 @@ import pytest
 from tests.services.procs import Service, Stack, backend
 
 CROSS = ["ipc", "redis"]  # the backends that cross processes: each failure test runs on both
-# Traffic also runs over three Redis shards (channels, groups and replies spread across them).
-ALL = ["inmemory", *CROSS, "redis_sharded"]
+# Traffic also runs over three Redis shards (channels, groups and replies spread across them),
+# and over IPC + those shards (layer.local: one pod's processes, Redis for groups).
+ALL = ["inmemory", *CROSS, "redis_sharded", "local_redis"]
 
 StackFactory = Callable[[str], Stack]
 

@@ -162,19 +162,24 @@ def backend(name: str) -> Iterator[Backend]:
             yield Backend(name, "config/ipc.yaml", {"IPC_PREFIX": prefix, "IPC_SIZE": "64MB"})
         finally:
             _unlink_ipc(prefix)
-    elif name in ("redis", "redis_sharded"):
+    elif name in ("redis", "redis_sharded", "local_redis"):
         from tests.support.redis_server import RedisServer
 
-        servers = [RedisServer().start() for _ in range(3 if name == "redis_sharded" else 1)]
+        servers = [RedisServer().start() for _ in range(1 if name == "redis" else 3)]
+        shards = {f"REDIS_SHARD_{i}": server.url for i, server in enumerate(servers)}
+        prefix = f"t{uuid.uuid4().hex[:8]}"
         try:
             if name == "redis":
                 yield Backend(name, "config/redis.yaml", {"REDIS_URL": servers[0].url})
-            else:
-                shards = {f"REDIS_SHARD_{i}": server.url for i, server in enumerate(servers)}
+            elif name == "redis_sharded":
                 yield Backend(name, "config/redis-sharded.yaml", shards)
+            else:  # one simulated host: IPC inside it, the three shards for groups
+                env = {"IPC_PREFIX": prefix, "IPC_SIZE": "64MB", **shards}
+                yield Backend(name, "config/local-redis.yaml", env)
         finally:
             for server in servers:
                 server.kill()
+            _unlink_ipc(prefix)
     else:
         raise ValueError(f"unknown backend {name!r}")
 

@@ -1,0 +1,235 @@
+"""``LocalRedisChannelLayer``: IPC inside a host (a pod), Redis between hosts.
+
+The Channels 4 counterpart of Channels 1's ``asgi_redis.RedisLocalChannelLayer``: an
+``IPCChannelLayer`` and a ``RedisChannelLayer`` behind one API. A channel's route follows from
+its name alone (:meth:`LocalRedisChannelLayer.route`), so all of one sender's messages to one
+channel take one path and keep their order; docs/layer.md ("Local + Redis") gives the rules and
+why each keeps the spec's guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from layer.base import BaseChannelLayer, StorageCounts
+from layer.exceptions import InvalidOption
+from layer.ipc import IPCChannelLayer
+from layer.local.legs import Legs
+from layer.local.origin import ORIGIN, refuse_reserved, stamp
+from layer.messages import Message, decode
+from layer.redis import RedisChannelLayer
+
+IPC, BOTH, REDIS = "ipc", "ipc+redis", "redis"  # the routes of a channel (see route())
+# The base's options: set once at the top level, they apply to both halves.
+SHARED = frozenset(
+    name
+    for name, param in inspect.signature(BaseChannelLayer.__init__).parameters.items()
+    if param.kind is param.KEYWORD_ONLY
+)
+
+Taken = bytes | Message  # what a half's storage hands over: a payload, or a decoded message
+
+
+class LocalRedisChannelLayer(BaseChannelLayer):
+    """Normal channels over this host's IPC segment; groups, and process-specific channels of
+    other hosts, over Redis."""
+
+    cross_process = True
+    parts: ClassVar[dict[str, type[BaseChannelLayer]]] = {
+        "ipc": IPCChannelLayer,
+        "redis": RedisChannelLayer,
+    }
+
+    def __init__(
+        self,
+        *,
+        ipc: Mapping[str, Any] | None = None,
+        redis: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        shared: dict[str, Any] = {
+            "expiry": self.expiry,
+            "group_expiry": self.group_expiry,
+            "capacity": self.capacity,
+            "channel_capacity": self.channel_capacity,
+            "max_message_size": self.max_message_size,
+        }
+        self.redis = RedisChannelLayer(**_part("redis", redis), **shared)  # no I/O yet: first
+        self.ipc = IPCChannelLayer(**_part("ipc", ipc), **shared)
+        self.host = self.ipc.segment_id
+        self.client_id += self.host  # new_channel() names end their routing part with it
+        self.shards = self.redis.shards  # what `layerkit check-config` lists
+        self._legs = Legs(self._own_redis_pop, self.expiry, self._count_expired)
+
+    def route(self, channel: str) -> str:
+        """``IPC`` for a normal channel (this host's queue of that name); ``BOTH`` for a
+        process-specific channel this host made (sent to over IPC from here, over Redis from
+        elsewhere; its receiver takes from both); ``REDIS`` for any other process-specific one."""
+        bang = channel.find("!")
+        if bang < 0:
+            return IPC
+        start = bang - len(self.host)
+        return BOTH if start > 0 and channel.startswith(self.host, start) else REDIS
+
+    async def send(self, channel: str, message: Message) -> None:
+        refuse_reserved(message)
+        await super().send(channel, message)
+
+    async def group_send(self, group: str, message: Message) -> None:
+        refuse_reserved(message)
+        await super().group_send(group, message)
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
+        if self.route(channel) is REDIS:
+            await self.redis._push(channel, payload, capacity)
+        else:
+            await self.ipc._push(channel, payload, capacity)
+
+    def _ready(self, channel: str) -> Taken | None:
+        route = self.route(channel)
+        if route is IPC:
+            return self.ipc._ready(channel)
+        if route is BOTH:
+            leg = self._legs.get(channel)
+            if leg is not None and leg.done():
+                message = self._legs.take(channel, leg)
+                if message is not None:
+                    return message
+            payload = self.ipc._ready(channel)
+            if payload is not None or leg is not None:  # a waiting leg gets Redis' messages
+                return payload
+        while (taken := self.redis._ready(channel)) is not None:
+            message = self._opened(taken, route is BOTH)
+            if message is not None:
+                return message
+        return None
+
+    async def _pop(self, channel: str) -> Taken:
+        route = self.route(channel)
+        if route is IPC:
+            return await self.ipc._pop(channel)
+        if route is REDIS:
+            return await self._redis_pop(channel, False)
+        return await self._pop_both(channel)
+
+    async def _pop_both(self, channel: str) -> Taken:
+        """Wait on IPC in this task while the channel's Redis leg (legs.py) waits in its own;
+        the leg interrupts this wait when it has a message."""
+        task = asyncio.current_task()
+        assert task is not None
+        legs = self._legs
+        while True:
+            leg = legs.get(channel) or legs.start(channel)
+            if leg.done():
+                message = legs.take(channel, leg)
+                if message is not None:
+                    return message
+                continue
+            state = [True, False]  # still waiting here; interrupted by the leg
+
+            def interrupt(_: object, state: list[bool] = state) -> None:
+                if state[0]:
+                    state[1] = True
+                    task.cancel()
+
+            leg.add_done_callback(interrupt)
+            try:
+                return await self.ipc._pop(channel)
+            except asyncio.CancelledError:
+                # IPC put back what it had taken. Ours alone: take the leg's message.
+                if not state[1] or task.uncancel():
+                    raise
+            finally:
+                state[0] = False
+                leg.remove_done_callback(interrupt)
+                legs.used(channel)
+
+    async def _own_redis_pop(self, channel: str) -> Message:
+        return await self._redis_pop(channel, True)
+
+    def _count_expired(self) -> None:
+        self.counters.expired += 1
+
+    async def _redis_pop(self, channel: str, own: bool) -> Message:
+        while True:
+            message = self._opened(await self.redis._pop(channel), own)
+            if message is not None:
+                return message
+
+    def _opened(self, taken: Taken, own: bool) -> Message | None:
+        """A message from Redis without its origin stamp; None for the Redis copy of a group
+        send from this host to a channel of this host (it had the IPC copy)."""
+        message = taken if type(taken) is dict else decode(taken)  # type: ignore[arg-type]
+        origin = message.pop(ORIGIN, None)
+        return None if own and origin == self.host else message
+
+    async def _group_add(self, group: str, channel: str) -> None:
+        # Redis first: the IPC membership then lapses last, so a group send from here in
+        # between never has its IPC copy skipped while the Redis copy is dropped as a duplicate.
+        route = self.route(channel)
+        if route is not IPC:
+            await self.redis._group_add(group, channel)
+        if route is not REDIS:
+            await self.ipc._group_add(group, channel)
+
+    async def _group_discard(self, group: str, channel: str) -> None:
+        route = self.route(channel)
+        if route is not REDIS:
+            await self.ipc._group_discard(group, channel)
+        if route is not IPC:
+            await self.redis._group_discard(group, channel)
+
+    async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
+        delivered, dropped = await self.ipc._group_send(group, payload)
+        more, full = await self.redis._group_send(group, stamp(payload, self.host))
+        return delivered + more, dropped + full
+
+    async def _flush(self) -> None:
+        await self._legs.stop()
+        await self.ipc._flush()
+        await self.redis._flush()
+
+    async def _storage_counts(self) -> StorageCounts:
+        here, there = await self.ipc._storage_counts(), await self.redis._storage_counts()
+        return StorageCounts(
+            queued=here.queued + there.queued + self._legs.held(),
+            channels=here.channels + there.channels,
+            groups=here.groups + there.groups,
+        )
+
+    async def stats(self) -> dict[str, int]:
+        """This instance's counters (each half counts what it does on its own: expiries, the
+        outcome of a Redis group send booked when its reply comes) plus both storages."""
+        result = await super().stats()
+        for half in (self.ipc, self.redis):
+            for key, value in half.counters.__dict__.items():
+                result[key] += value
+        return result
+
+    async def close(self) -> None:
+        await self._legs.stop()
+        await self.redis.close()
+        await self.ipc.close()
+
+    async def discard(self) -> None:
+        await self._legs.stop()
+        await self.redis.close()
+        await self.ipc.discard()
+
+
+def _part(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The CONFIG of one half; the shared options belong at the top level (one value for both)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidOption(f"{name} must be a mapping of options, got {options!r}")
+    for key in options:
+        if key in SHARED:
+            raise InvalidOption(f"{name}.{key}: set {key} at the top level (it applies to both)")
+    return dict(options)

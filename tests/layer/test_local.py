@@ -1,0 +1,228 @@
+"""The Local + Redis layer's own rules (docs/layer.md "Local + Redis"): routing by name, two
+simulated hosts (two IPC prefixes) in one process, a Redis that is down, the origin stamp and
+the config. The shared contract runs in test_conformance.py and test_model.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layer import ConfigError, InvalidOption
+from layer.config import parse
+from layer.local import LocalRedisChannelLayer
+from layer.local.layer import BOTH, IPC, REDIS
+from layer.local.origin import ORIGIN, stamp
+from layer.messages import decode, encode
+from layer.redis import ShardUnavailable
+from tests.layer.local_fixtures import LocalFactory
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def receive_soon(layer: LocalRedisChannelLayer, channel: str, wait: float = 2.0) -> dict:
+    return await asyncio.wait_for(layer.receive(channel), wait)
+
+
+async def assert_empty(layer: LocalRedisChannelLayer, channel: str, wait: float = 0.2) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), wait)
+
+
+async def test_routes(local_redis_layer_factory: LocalFactory) -> None:
+    here, neighbour = local_redis_layer_factory(), local_redis_layer_factory()
+    there = local_redis_layer_factory(host=1)
+    assert here.host == neighbour.host != there.host
+    mine, theirs = await neighbour.new_channel("reply"), await there.new_channel("reply")
+    assert here.route("work.asgi") is IPC
+    assert here.route(mine) is BOTH and there.route(mine) is REDIS
+    assert here.route(theirs) is REDIS and there.route(theirs) is BOTH
+    assert here.route("made.elsewhere!x") is REDIS
+    assert here.route(f"x!{here.host}") is REDIS  # the id ends the routing part, not the name
+
+
+async def test_normal_channels_are_per_host(local_redis_layer_factory: LocalFactory) -> None:
+    one, two = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    await one.send("work", {"type": "on.one"})
+    await assert_empty(two, "work")
+    assert (await receive_soon(one, "work"))["type"] == "on.one"
+
+
+async def test_replies_within_and_across_hosts(local_redis_layer_factory: LocalFactory) -> None:
+    """A reply channel gets, in each sender's order, what a neighbour sent over IPC and what
+    another host sent over Redis; the neighbour's never touch Redis."""
+    owner = local_redis_layer_factory()
+    neighbour, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    reply = await owner.new_channel("reply")
+    for i in range(50):
+        await neighbour.send(reply, {"type": "n", "i": i})
+        await remote.send(reply, {"type": "r", "i": i})
+    got = [await receive_soon(owner, reply) for _ in range(100)]
+    assert [m["i"] for m in got if m["type"] == "n"] == list(range(50))
+    assert [m["i"] for m in got if m["type"] == "r"] == list(range(50))
+    assert (await neighbour.redis.stats())["queued"] == 0
+    assert (await owner.stats())["received"] == 100
+
+
+async def test_cancelled_receives_lose_nothing_from_either_host(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """Receives cancelled at random while a neighbour (IPC) and another host (Redis) send:
+    each sender's messages all arrive, once, in order (the leg interrupting an IPC wait, a
+    leg's message waiting for the next receive)."""
+    owner = local_redis_layer_factory(capacity=10_000)
+    senders = {"n": local_redis_layer_factory(), "r": local_redis_layer_factory(host=1)}
+    reply = await owner.new_channel("reply")
+    got: list[dict] = []
+    for i in range(300):
+        task = asyncio.ensure_future(owner.receive(reply))
+        await asyncio.sleep(0)
+        await senders["n" if i % 3 else "r"].send(reply, {"type": "n" if i % 3 else "r", "i": i})
+        await asyncio.sleep(0.001 if i % 5 == 0 else 0)
+        if i % 2:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            got.append(await task)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(await asyncio.wait_for(owner.receive(reply), 0.5))
+    for kind in "nr":
+        numbers = [m["i"] for m in got if m["type"] == kind]
+        assert numbers == [i for i in range(300) if (i % 3 != 0) == (kind == "n")]
+
+
+async def test_group_send_reaches_every_host_once(local_redis_layer_factory: LocalFactory) -> None:
+    hosts = [local_redis_layer_factory(host=h) for h in (0, 0, 1, 1)]
+    members = [await layer.new_channel("ws") for layer in hosts]
+    for layer, member in zip(hosts, members, strict=True):
+        await layer.group_add("room", member)
+    for sender in (hosts[0], hosts[3]):
+        await sender.group_send("room", {"type": "chat", "from": sender.host})
+    for layer, member in zip(hosts, members, strict=True):
+        got = [await receive_soon(layer, member) for _ in range(2)]  # two senders: any order
+        assert sorted(m["from"] for m in got) == sorted((hosts[0].host, hosts[3].host))
+        assert all(ORIGIN not in m for m in got), "the stamp is removed"
+        await assert_empty(layer, member)  # a host's own members dropped the Redis copy
+
+
+async def test_a_normal_channel_member_is_reached_from_its_host_only(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    one, two = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    await one.group_add("jobs", "work.audit")
+    await two.group_send("jobs", {"type": "from.two"})
+    await one.group_send("jobs", {"type": "from.one"})
+    assert (await receive_soon(one, "work.audit"))["type"] == "from.one"
+    await assert_empty(one, "work.audit")
+    await assert_empty(two, "work.audit")
+
+
+async def test_reserved_key_is_refused(local_redis_layer_factory: LocalFactory) -> None:
+    layer = local_redis_layer_factory()
+    for call in (
+        lambda: layer.send("c", {"type": "t", ORIGIN: "x"}),
+        lambda: layer.group_send("g", {"type": "t", ORIGIN: "x"}),
+    ):
+        with pytest.raises(TypeError, match="reserved"):
+            await call()
+
+
+async def test_redis_down_leaves_the_host_working(ipc_prefix: str) -> None:
+    """Nothing listens on the Redis port: channels of this host keep working; a group send
+    delivers here and then raises the Redis layer's clear error."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    layer = LocalRedisChannelLayer(
+        ipc={"prefix": ipc_prefix, "size": "16MB"},
+        redis={"hosts": [dead], "socket_timeout": 1},
+    )
+    try:
+        reply = await layer.new_channel("reply")
+        await layer.send("work", {"type": "w"})
+        await layer.send(reply, {"type": "r"})
+        assert (await receive_soon(layer, "work"))["type"] == "w"
+        assert (await receive_soon(layer, reply))["type"] == "r"
+        await layer.ipc._group_add("g", reply)  # its Redis half cannot be added
+        with pytest.raises(ShardUnavailable):
+            await layer.group_send("g", {"type": "g"})
+        assert (await receive_soon(layer, reply))["type"] == "g"
+    finally:
+        await layer.close()
+        from layer.ipc.segment import unlink
+
+        unlink(ipc_prefix)
+
+
+@pytest.mark.parametrize("keys", [1, 14, 15, 16, 65534, 65535, 70000])
+def test_stamp_adds_one_key_at_every_map_size(keys: int) -> None:
+    message = {"type": "t", **{f"k{i}": i for i in range(keys - 1)}}
+    assert decode(stamp(encode(message), "abc")) == {**message, ORIGIN: "abc"}
+
+
+def test_stamp_refuses_what_is_not_a_message() -> None:
+    with pytest.raises(ValueError, match="not an encoded message"):
+        stamp(b"\x93\x01\x02\x03", "abc")
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"ipc": {"sizee": 1}}, r"CONFIG\.ipc\.sizee: unknown option for IPCChannelLayer"),
+        ({"redis": {"hots": []}}, r"CONFIG\.redis\.hots: unknown option for RedisChannelLayer"),
+        ({"ipc": {"expiry": 5}}, r"ipc\.expiry: set expiry at the top level"),
+        ({"redis": ["a"]}, r"redis must be a mapping"),
+        ({"ipc": {}, "capcity": 3}, r"CONFIG\.capcity: unknown option"),
+    ],
+)
+def test_config_mistakes_name_the_key(config: dict, error: str) -> None:
+    spec = parse(
+        {"default": {"BACKEND": "layer.local.LocalRedisChannelLayer", "CONFIG": config}}, "x.yaml"
+    )
+    with pytest.raises((ConfigError, InvalidOption), match=error):
+        spec["default"].build()
+
+
+def test_check_config_shows_both_halves(redis_server: RedisServer) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "check-config", "--config", "config/local-redis.yaml"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "IPC_PREFIX": f"cc{free_port()}",
+            "REDIS_SHARD_1": redis_server.url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "backend: layer.local.LocalRedisChannelLayer" in result.stdout
+    assert "shards:  3" in result.stdout and f"127.0.0.1:{redis_server.port}" in result.stdout
+    assert "ipc: {'prefix': 'cc" in result.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="services/cli.py check_config prints a nested CONFIG mapping as it is; the fix "
+    "(mask the hosts of a part as it masks top-level ones) is the services owner's",
+)
+def test_check_config_masks_the_redis_password() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "check-config", "--config", "config/local-redis.yaml"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "IPC_PREFIX": f"cc{free_port()}",
+            "REDIS_SHARD_0": "redis://u:s3cret@127.0.0.1:1/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
