@@ -49,16 +49,13 @@ class Queues(Takes):
     ) -> tuple[int, int]:
         """Append ``payload``; return the waker index to post (or NIL) and the channel's new
         length. Raises ChannelFull (its channel at capacity, or the segment full)."""
-        try:
-            return self._push(j, key, payload, expires, capacity)
-        except NoRoom:
-            j.rollback()  # only this push: it committed what came before
-            if not self.blocks.drain(j):
-                raise self._full(len(payload)) from None
-        try:
-            return self._push(j, key, payload, expires, capacity)
-        except NoRoom:
-            raise self._full(len(payload)) from None
+        while True:
+            try:
+                return self._push(j, key, payload, expires, capacity)
+            except NoRoom:
+                j.rollback()  # only this push: it committed what came before
+                if not self.blocks.drain(j):  # merge cached blocks, then try again
+                    raise self._full(len(payload)) from None
 
     def _push(
         self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int

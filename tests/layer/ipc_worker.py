@@ -138,6 +138,16 @@ async def victim(layer: IPCChannelLayer) -> None:
         waiting.cancel()
 
 
+async def sized(layer: IPCChannelLayer, channel: str, count: int, seed: int) -> None:
+    """Send ``count`` messages of random sizes from 1 byte to 3 MB (one- and multi-extent),
+    each filled with a byte of its index, retrying while the segment is full."""
+    rng = random.Random(seed)
+    for i in range(count):
+        size = int(10 ** rng.uniform(0, 6.5))
+        await send_retrying(layer, channel, {"type": "z", "i": i, "body": bytes([i % 251]) * size})
+    say("sent")
+
+
 def hold(layer: IPCChannelLayer, what: str) -> None:
     """Die while holding the lock half way through a mutation (the parent SIGKILLs us)."""
     key = make_key("h.chan")
@@ -459,6 +469,8 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
             await drain(layer, args[0])
         elif role == "victim":
             await victim(layer)
+        elif role == "sized":
+            await sized(layer, args[0], int(args[1]), int(args[2]))
         elif role == "hold":
             hold(layer, args[0])
         elif role == "start":
