@@ -150,7 +150,9 @@ async def test_a_full_segment_refuses_clearly_and_keeps_what_it_holds(
 ) -> None:
     layer = ipc_layer_factory(size="4MB", capacity=100_000)
     sent = 0
-    with pytest.raises(ChannelFull, match=r"IPC segment is full: a 1000\d\d-byte message needs 512"):
+    with pytest.raises(
+        ChannelFull, match=r"IPC segment is full: a 1000\d\d-byte message needs 512"
+    ):
         while True:
             await layer.send("f.q", {"type": "f", "i": sent, "body": bytes(100_000)})
             sent += 1
