@@ -203,6 +203,11 @@ class BaseChannelLayer(ABC):
         """Release connections/handles; data stays for other processes where it is shared."""
         return None
 
+    def sizing(self) -> list[str]:
+        """Lines on what this layer's storage holds (``layerkit check-config`` prints them);
+        nothing for a backend without a fixed size."""
+        return []
+
     async def discard(self) -> None:
         """Close, also removing shared objects this instance created if nobody else uses them:
         a run that only validates a config (``layerkit check-config``) leaves nothing behind."""

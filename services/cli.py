@@ -216,6 +216,8 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
     for key, value in sorted(spec.config.items()):
         if key != "hosts":
             print(f"  {key}: {value}")
+    for line in layer.sizing():
+        print(line)
 
 
 def _describe(shard: Any) -> str:

@@ -250,6 +250,19 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         if unlink:
             segment.unlink(self.prefix)
 
+    def sizing(self) -> list[str]:
+        g, extents = self._segment.geometry, self._store.extents
+        arena = g.n_slots * g.slot_size
+        lines = [
+            f"segment: {_size(g.size)}, {g.n_slots:,} slots of {g.slot_size} B ({_size(arena)}),"
+            f" extents up to {_size(g.slot_size << g.max_order)}, {g.n_entries:,} entries",
+            "holds at once, by encoded message size:",
+        ]
+        for n in (self._store.one_slot, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 1 << 20):
+            if n <= self.max_message_size:
+                lines.append(f"  {_size(n):>8}: {g.n_slots // extents.slots_for(n):>10,}")
+        return lines
+
     async def discard(self) -> None:
         """Close; remove the segment and doorbells too if this instance created the segment
         and no other instance has attached since."""
@@ -300,3 +313,10 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
 
     def _capacity_of(self, name: bytes) -> int:
         return self.get_capacity(name.decode("ascii"))
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.4g} {unit}"
+    return f"{n} B"

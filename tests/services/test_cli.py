@@ -43,6 +43,18 @@ def test_check_config_inmemory() -> None:
     assert "shards:  1 (this process only)" in result.stdout
 
 
+def test_check_config_ipc_says_what_the_segment_holds() -> None:
+    """Slots, the largest extent, and how many messages of each size fit at once; the segment
+    it created to find out is removed again."""
+    prefix = f"cc{os.getpid()}"
+    result = layerkit("check-config", "--config", "config/ipc.yaml", IPC_PREFIX=prefix)
+    assert result.returncode == 0, result.stderr
+    assert "segment: 256 MiB, 995,328 slots of 256 B" in result.stdout
+    assert "extents up to 1 MiB" in result.stdout
+    assert "  64 KiB:      1,944" in result.stdout and "   1 MiB:        242" in result.stdout
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith(f"{prefix}.")]
+
+
 def test_check_config_redis_takes_hosts_from_env() -> None:
     result = layerkit(
         "check-config",
