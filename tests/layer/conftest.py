@@ -14,7 +14,7 @@ import pytest
 
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
-from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix, workers
+from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix, journal_steps, workers
 from tests.layer.local_fixtures import local_redis_layer_factory
 from tests.layer.redis_fixtures import (
     redis_layer_factory,
@@ -29,6 +29,7 @@ BACKENDS = ["inmemory", "ipc", "redis", "redis_sharded", "local_redis"]
 __all__ = [
     "ipc_layer_factory",
     "ipc_prefix",
+    "journal_steps",
     "local_redis_layer_factory",
     "redis_layer_factory",
     "redis_server",

@@ -107,3 +107,19 @@ def workers() -> Iterator[list[Worker]]:
     for worker in started:
         if worker.proc.poll() is None:
             worker.kill()
+
+
+@pytest.fixture
+def journal_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size in bytes of every journal step committed while the test runs, in order."""
+    from layer.ipc.journal import Journal
+
+    steps: list[int] = []
+    commit = Journal.commit
+
+    def recorded(self: Journal) -> None:
+        steps.append(self.end)
+        commit(self)
+
+    monkeypatch.setattr(Journal, "commit", recorded)
+    return steps

@@ -19,7 +19,6 @@ from layer.ipc import IPCChannelLayer
 from layer.ipc.blocks import NoRoom, check_lists
 from layer.ipc.check import verify
 from layer.ipc.extents import largest_payload, plan, step_bound
-from layer.ipc.journal import Journal
 from layer.ipc.layout import G_OFF, JOURNAL_END, JOURNAL_OFF, U32
 from layer.ipc.segment import unlink
 from tests.layer.ipc_fixture import Worker
@@ -186,18 +185,11 @@ async def test_space_cached_for_small_messages_serves_a_large_one(
 
 
 async def test_the_largest_message_fits_one_journal_step(
-    ipc_layer_factory: Factory, monkeypatch: pytest.MonkeyPatch
+    ipc_layer_factory: Factory, journal_steps: list[int]
 ) -> None:
     """An 8 MB message (the default max_message_size) written and freed: the largest journal
     step stays within the bound the layer checks ``max_message_size`` against."""
-    steps: list[int] = []
-    commit = Journal.commit
-
-    def recorded(self: Journal) -> None:
-        steps.append(self.end)
-        commit(self)
-
-    monkeypatch.setattr(Journal, "commit", recorded)
+    steps = journal_steps
     layer = ipc_layer_factory(size="64MB")
     message = {"type": "big", "body": bytes(8 * 1024 * 1024 - 100)}
     await layer.send("j.big", message)

@@ -10,7 +10,6 @@ import pytest
 
 from layer.ipc import IPCChannelLayer
 from layer.ipc.extents import step_bound
-from layer.ipc.journal import Journal
 from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF
 from tests.layer.ipc_fixture import Worker
 
@@ -164,18 +163,11 @@ async def test_a_flush_while_waiting_on_many_channels(ipc_layer_factory: Factory
 
 
 async def test_the_largest_journal_step_of_a_mixed_workload(
-    ipc_layer_factory: Factory, monkeypatch: pytest.MonkeyPatch
+    ipc_layer_factory: Factory, journal_steps: list[int]
 ) -> None:
     """Every kind of mutation at volume, with the size of each journal step recorded at its
     commit: the largest stays a small fraction of the journal (docs/ipc.md, "Bounds")."""
-    steps: list[int] = []
-    commit = Journal.commit
-
-    def recorded(self: Journal) -> None:
-        steps.append(self.end)
-        commit(self)
-
-    monkeypatch.setattr(Journal, "commit", recorded)
+    steps = journal_steps
     a = ipc_layer_factory(expiry=0.3, capacity=500, spin=0)
     b = ipc_layer_factory(expiry=0.3, capacity=500, spin=0)
     members = [f"w.member.{n}" for n in range(300)]
