@@ -39,15 +39,18 @@ def check_topology(objects: list[Obj]) -> list[str]:
     all_pods = pods(objects)
     problems = _services(objects, all_pods) + _pdbs(objects, all_pods) + _hpas(objects)
     layers: list[tuple[Container, LayerSpec]] = []
+    halves: list[tuple[Container, LayerSpec]] = []
     for pod in all_pods:
         for c, _ in containers(objects, pod):
             if not c.is_kit or c.init:
                 continue
             try:
-                layers.append((c, layer_spec(objects, c)))
+                spec = layer_spec(objects, c)
+                halves += [(c, half) for half in _halves(spec)]
             except (LookupError, ValueError) as exc:  # ConfigError is a ValueError
                 problems.append(f"{c.where}: layer config: {exc}")
-    halves = [(c, half) for c, spec in layers for half in _halves(spec)]
+                continue
+            layers.append((c, spec))
     problems += _redis(objects, all_pods, [(c, s) for c, s in halves if _backend(s) == "redis"])
     problems += _ipc([(c, s) for c, s in halves if _backend(s) == "ipc"])
     problems += _single_process(objects, layers)
