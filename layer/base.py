@@ -100,6 +100,13 @@ class BaseChannelLayer(ABC):
     def non_local_name(self, name: str) -> str:
         return names.non_local_name(name)
 
+    def shares_normal_channels(self, channel: str) -> bool:
+        """Whether the process that made ``channel`` (process-specific) receives from the same
+        normal channels as this instance: here, every process of the layer does. A layer whose
+        normal channels are per host (layer.local) says no for another host's processes, so a
+        protocol server counts only the workers that can take its work."""
+        return True
+
     def get_capacity(self, channel: str) -> int:
         """Capacity of ``channel``: the first matching ``channel_capacity`` pattern, else default.
 

@@ -12,7 +12,7 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from layer.base import BaseChannelLayer
@@ -203,7 +203,8 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
     print(f"config:  {spec.source}")
     print(f"alias:   {spec.alias}")
     print(f"backend: {spec.backend}")
-    shards = [_describe(shard) for shard in spec.config.get("hosts") or []]
+    config = _masked(spec.config)
+    shards = list(config.get("hosts") or [])
     if not shards:
         shards = [str(getattr(s, "name", s)) for s in getattr(layer, "shards", None) or []]
     if shards:
@@ -213,11 +214,24 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
     else:
         where = "this process only" if getattr(layer, "cross_process", True) is False else "local"
         print(f"shards:  1 ({where})")
-    for key, value in sorted(spec.config.items()):
+    for key, value in sorted(config.items()):
         if key != "hosts":
             print(f"  {key}: {value}")
     for line in layer.sizing():
         print(line)
+
+
+def _masked(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the passwords of its ``hosts`` masked, at any depth: a composed layer
+    (local-redis) nests its Redis half's CONFIG, hosts included."""
+    return {
+        key: [_describe(host) for host in value]
+        if key == "hosts" and isinstance(value, list)
+        else _masked(value)
+        if isinstance(value, Mapping)
+        else value
+        for key, value in config.items()
+    }
 
 
 def _describe(shard: Any) -> str:

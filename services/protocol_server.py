@@ -84,7 +84,7 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
             log.debug("group_discard at stop failed", exc_info=True)
 
     def ready(self) -> bool:
-        """A worker spoke to us recently: requests have somewhere to go."""
+        """A worker that can take our work spoke to us recently: requests have somewhere to go."""
         return asyncio.get_running_loop().time() - self.worker_seen < 10 * self.heartbeat
 
     async def _probe(self) -> None:
@@ -106,7 +106,11 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         alive)."""
         kind = message[msg.TYPE]
         if kind == msg.HEARTBEAT or kind == msg.HELLO:
-            self.worker_seen = self._seen[message[msg.WORKER]] = self._loop.time()
+            worker = message[msg.WORKER]
+            # A hello is a group send: under layer.local it also comes from other hosts'
+            # workers, which never see our work channel. Only ours make us ready.
+            if self.layer.shares_normal_channels(worker):
+                self.worker_seen = self._seen[worker] = self._loop.time()
             return
         conn = self._conns.get(message[msg.CONN])
         if conn is None:

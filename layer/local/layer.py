@@ -75,6 +75,10 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         start = bang - len(self.host)
         return BOTH if start > 0 and channel.startswith(self.host, start) else REDIS
 
+    def shares_normal_channels(self, channel: str) -> bool:
+        """Only a process of this host: normal channels are per-host queues."""
+        return self.route(channel) is not REDIS
+
     async def send(self, channel: str, message: Message) -> None:
         refuse_reserved(message)
         await super().send(channel, message)

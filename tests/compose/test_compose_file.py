@@ -32,8 +32,13 @@ APP_SERVICES = {
     "pod-b-worker",
     "ipc-protocol",
     "ipc-worker",
+    "local-a-protocol",
+    "local-a-worker",
+    "local-b-protocol",
+    "local-b-worker",
     "combined",
 }
+LOCAL_PODS = ("local-a", "local-b")
 REDIS_SERVICES = {"redis-0", "redis-1", "redis-2"}
 
 
@@ -126,20 +131,30 @@ def test_redis_is_internal_and_unpublished(compose: dict[str, Any]) -> None:
 
 def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
     published = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
-    assert set(published) == {"pod-a-protocol", "pod-b-protocol", "ipc-protocol", "combined"}
+    assert set(published) == {
+        "pod-a-protocol",
+        "pod-b-protocol",
+        "ipc-protocol",
+        "local-a-protocol",
+        "local-b-protocol",
+        "combined",
+    }
+    host_ports = []
     for ports in published.values():
         for port in ports:
             assert port.startswith("127.0.0.1:")
             assert port.endswith((":8000", ":8081"))
+            host_ports.append(port.split(":")[1])
+    assert len(set(host_ports)) == len(host_ports)  # each pod its own
 
 
 def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for dependency in service.get("depends_on", {}).values():
             assert dependency == {"condition": "service_healthy"}, name
-    for pod in ("pod-a", "pod-b"):
+    for pod in ("pod-a", "pod-b", *LOCAL_PODS):
         for role in ("protocol", "worker"):
-            assert set(compose["services"][f"{pod}-{role}"]["depends_on"]) == REDIS_SERVICES
+            assert set(compose["services"][f"{pod}-{role}"]["depends_on"]) >= REDIS_SERVICES
 
 
 def test_ipc_pod_shares_one_ipc_namespace(compose: dict[str, Any]) -> None:
@@ -150,6 +165,41 @@ def test_ipc_pod_shares_one_ipc_namespace(compose: dict[str, Any]) -> None:
     assert worker["ipc"] == "service:ipc-protocol"
     assert worker["network_mode"] == "none"  # the shared /dev/shm is its only channel
     assert protocol["environment"]["IPC_PREFIX"] == worker["environment"]["IPC_PREFIX"]
+
+
+@pytest.mark.parametrize("pod", LOCAL_PODS)
+def test_local_pod_shares_its_own_ipc_namespace_and_the_shards(
+    compose: dict[str, Any], pod: str
+) -> None:
+    services = compose["services"]
+    protocol, worker = services[f"{pod}-protocol"], services[f"{pod}-worker"]
+    assert protocol["ipc"] == "shareable"
+    assert protocol["shm_size"] == services["ipc-protocol"]["shm_size"]
+    assert worker["ipc"] == f"service:{pod}-protocol"  # its own pod's, not the other's
+    assert worker["depends_on"][f"{pod}-protocol"] == {"condition": "service_healthy"}
+    assert protocol["networks"] == ["front", "shards"]
+    assert worker["networks"] == ["shards"]  # groups and other pods' replies: Redis only
+    for service in (protocol, worker):
+        env = service["environment"]
+        assert env["LAYER_CONFIG"] == "/app/config/local-redis.yaml"
+        assert env["IPC_PREFIX"] == protocol["environment"]["IPC_PREFIX"]
+        shards = {k: v for k, v in env.items() if k.startswith("REDIS_SHARD_")}
+        assert shards == {
+            k: v for k, v in services["pod-a-worker"]["environment"].items() if k in shards
+        }
+        assert len(shards) == len(REDIS_SERVICES)
+
+
+def test_local_pods_keep_apart_from_the_redis_pods_keys(compose: dict[str, Any]) -> None:
+    """Same shards, another key prefix: a local pod's worker's hello must not reach pod A."""
+    prefixes = {
+        name: service["environment"].get("LAYER_PREFIX", "asgi")  # the configs' default
+        for name, service in compose["services"].items()
+        if name.startswith(("pod-", "local-"))
+    }
+    local = {prefixes[f"{pod}-{role}"] for pod in LOCAL_PODS for role in ("protocol", "worker")}
+    redis = {prefixes[f"pod-{pod}-{role}"] for pod in "ab" for role in ("protocol", "worker")}
+    assert len(local) == len(redis) == 1 and not local & redis
 
 
 def test_layer_configs_exist(compose: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """1. HTTP through every topology: the status endpoint names the backend, and in the split
-topologies the request was served by a worker container, not by the protocol container."""
+topologies the request was served by a worker container, not by the protocol container (in
+each local pod, by that pod's own worker)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ TOPOLOGIES = {
     "pod-a-protocol": ("layer.redis", {"pod-a-worker", "pod-b-worker"}),
     "pod-b-protocol": ("layer.redis", {"pod-a-worker", "pod-b-worker"}),
     "ipc-protocol": ("layer.ipc", {"ipc-worker"}),
+    # Local + Redis: a request never leaves its pod
+    "local-a-protocol": ("layer.local", {"local-a-worker"}),
+    "local-b-protocol": ("layer.local", {"local-b-worker"}),
 }
 
 

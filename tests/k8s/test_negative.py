@@ -31,6 +31,14 @@ CASES = {
     "privilege-escalation": ("policy", "allowPrivilegeEscalation must be false"),
     "admin-port-clash": ("policy", "port 8081 is declared by 2 containers"),
     "hostpath-volume": ("policy", "volume shm is ['hostPath'], not a type the Pod Security"),
+    "local-redis-policy-unpatched": (
+        "policy",
+        "Deployment/ipc container worker: uses Redis but no NetworkPolicy admits its pod",
+    ),
+    "local-redis-shm-smaller-than-segment": (
+        "policy",
+        "container worker: /dev/shm sizeLimit 64Mi is smaller than the IPC segment",
+    ),
     "hpa-target-sets-replicas": (
         "policy",
         "sets spec.replicas although HorizontalPodAutoscaler/worker",

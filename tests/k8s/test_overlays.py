@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -10,13 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.k8s.model import Obj, by_kind, find, image_repo
+from tests.k8s.model import Obj, by_kind, find, image_repo, selector_matches
 from tests.k8s.render import render
 from tests.k8s.validate import main, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ROOT / "k8s" / "overlays"
-NAMES = ["inmemory", "ipc", "redis-sharded"]
+NAMES = ["inmemory", "ipc", "local-redis", "redis-sharded"]
+COMPONENTS = ROOT / "k8s" / "components"
+INSTANCE = re.compile(r"^ *app\.kubernetes\.io/instance: .*\n", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,9 @@ def rendered() -> dict[str, list[Obj]]:
     return {name: render(OVERLAYS / name) for name in NAMES}
 
 
-def test_the_three_topologies_exist() -> None:
+def test_the_four_topologies_exist() -> None:
     assert sorted(p.name for p in OVERLAYS.iterdir()) == NAMES
+    assert sorted(p.name for p in COMPONENTS.iterdir()) == ["ipc-pod", "redis-shards"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -78,6 +82,52 @@ def test_ipc_shape(rendered: dict[str, list[Obj]]) -> None:
     assert pod["kind"] == "Deployment" and _roles(pod) == ["protocol", "worker"]
     shm = next(v for v in pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"]
+
+
+def _shards(objects: list[Obj]) -> dict[str, str]:
+    """The Redis shards' objects (Kind/name -> YAML), without the overlay's instance label and
+    the NetworkPolicy's list of admitted components (what an overlay may differ in)."""
+    found = {}
+    for obj in objects:
+        if obj["metadata"]["labels"].get("app.kubernetes.io/component") != "redis":
+            continue
+        obj = copy.deepcopy(obj)
+        if obj["kind"] == "NetworkPolicy":
+            obj["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0][
+                "values"
+            ] = []
+        text = yaml.safe_dump(obj)
+        found[f"{obj['kind']}/{obj['metadata']['name']}"] = INSTANCE.sub("", text)
+    return found
+
+
+def test_local_redis_shape(rendered: dict[str, list[Obj]]) -> None:
+    """N IPC pods behind the one Service, on the redis-sharded overlay's shards (the component:
+    the same objects, apart from the instance label and whom the NetworkPolicy admits)."""
+    objects = rendered["local-redis"]
+    workloads = _workloads(objects)
+    assert set(workloads) == {"Deployment/ipc", "StatefulSet/redis"}
+    pod = workloads["Deployment/ipc"]
+    assert _roles(pod) == ["protocol", "worker"]
+    assert pod["spec"]["replicas"] >= 2
+    assert pod["spec"]["strategy"]["type"] == "RollingUpdate"  # pods side by side are fine here
+    service = find(objects, "Service", "channel-layer-kit")
+    assert service is not None
+    serving = [
+        w
+        for w in workloads.values()
+        if selector_matches(
+            {"matchLabels": service["spec"]["selector"]},
+            w["spec"]["template"]["metadata"]["labels"],
+        )
+    ]
+    assert serving == [pod]
+    policy = find(objects, "NetworkPolicy", "redis")
+    assert policy is not None
+    admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
+    assert admitted["values"] == ["ipc"]
+    assert _shards(objects) == _shards(rendered["redis-sharded"])
+    assert len(_shards(objects)) == 4  # Service, StatefulSet, PodDisruptionBudget, NetworkPolicy
 
 
 def test_inmemory_shape(rendered: dict[str, list[Obj]]) -> None:

@@ -23,6 +23,7 @@ BACKENDS = {
     "inmemory": "layer.inmemory.",
     "ipc": "layer.ipc.",
     "redis-sharded": "layer.redis.",
+    "local-redis": "layer.local.",
 }
 
 

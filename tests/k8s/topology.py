@@ -34,22 +34,38 @@ IPC_SIZE_OPTION = "size"  # the IPC layer's segment size option (config/ipc.yaml
 
 
 def check_topology(objects: list[Obj]) -> list[str]:
-    """All cross-object rules; see the module docstring."""
+    """All cross-object rules; see the module docstring. A composed layer's halves (the Local
+    + Redis layer's) each meet their own backend's rules."""
     all_pods = pods(objects)
     problems = _services(objects, all_pods) + _pdbs(objects, all_pods) + _hpas(objects)
     layers: list[tuple[Container, LayerSpec]] = []
+    halves: list[tuple[Container, LayerSpec]] = []
     for pod in all_pods:
         for c, _ in containers(objects, pod):
             if not c.is_kit or c.init:
                 continue
             try:
-                layers.append((c, layer_spec(objects, c)))
+                spec = layer_spec(objects, c)
+                halves += [(c, half) for half in _halves(spec)]
             except (LookupError, ValueError) as exc:  # ConfigError is a ValueError
                 problems.append(f"{c.where}: layer config: {exc}")
-    problems += _redis(objects, all_pods, [(c, s) for c, s in layers if _backend(s) == "redis"])
-    problems += _ipc([(c, s) for c, s in layers if _backend(s) == "ipc"])
+                continue
+            layers.append((c, spec))
+    problems += _redis(objects, all_pods, [(c, s) for c, s in halves if _backend(s) == "redis"])
+    problems += _ipc([(c, s) for c, s in halves if _backend(s) == "ipc"])
     problems += _single_process(objects, layers)
     return problems
+
+
+def _halves(spec: LayerSpec) -> list[LayerSpec]:
+    """The layers a container builds: the spec's own, or those a composed layer is made of
+    (``parts``: layer.local's IPC and Redis halves, each under its own key of CONFIG), so each
+    half meets its backend's rules."""
+    parts: dict[str, type] = getattr(spec.backend_class(), "parts", {})
+    return [
+        LayerSpec(spec.alias, f"{cls.__module__}.{cls.__name__}", spec.config.get(key) or {})
+        for key, cls in parts.items()
+    ] or [spec]
 
 
 def _backend(spec: LayerSpec) -> str:

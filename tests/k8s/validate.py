@@ -28,7 +28,8 @@ def validate(directory: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     """Validate each directory given; exit 1 if any has a problem."""
     failed = False
-    for arg in argv or ["k8s/overlays/redis-sharded", "k8s/overlays/ipc", "k8s/overlays/inmemory"]:
+    overlays = ["redis-sharded", "local-redis", "ipc", "inmemory"]
+    for arg in argv or [f"k8s/overlays/{name}" for name in overlays]:
         problems = validate(Path(arg))
         failed |= bool(problems)
         print(f"{arg}: {'FAIL' if problems else 'ok'}")
