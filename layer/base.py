@@ -208,6 +208,15 @@ class BaseChannelLayer(ABC):
         a run that only validates a config (``layerkit check-config``) leaves nothing behind."""
         await self.close()
 
+    async def check_reachable(self, channels: Iterable[str] | None = None) -> None:
+        """Return once the storage holding ``channels`` (None: all of it) answers; else raise a
+        ``ConnectionError`` naming what does not (:class:`AccessRefused` if it refused us).
+
+        What a readiness probe asks: constant time (Redis: one PING per shard of those
+        channels), never a walk of the store as :meth:`stats` is. Local backends always answer.
+        """
+        return None
+
     async def stats(self) -> dict[str, int]:
         """Counters of this instance plus what the storage holds now."""
         counts = await self._storage_counts()

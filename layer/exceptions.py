@@ -12,6 +12,7 @@ except ImportError:  # pragma: no cover
     _ChannelsChannelFull = Exception
 
 __all__ = [
+    "AccessRefused",
     "ChannelFull",
     "ConfigError",
     "InvalidChannelLayerError",
@@ -43,3 +44,8 @@ class ConfigError(ValueError):
 
 class InvalidChannelLayerError(ConfigError):
     """The configured alias or backend does not exist (Channels' name for this failure)."""
+
+
+class AccessRefused(ConnectionError):
+    """The layer's storage answered but refused this client (a wrong password, an ACL user
+    without a permission it needs): a configuration error, which retrying does not fix."""

@@ -20,6 +20,7 @@ import re
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
 from layer.messages import Message, decode
 from layer.options import positive_number
-from layer.redis.connection import Pipe
+from layer.redis.connection import Pipe, ShardRefused, ShardUnavailable, unavailable
 from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
@@ -310,6 +311,28 @@ class RedisChannelLayer(BaseChannelLayer):
         self.counters.sent += delivered
         self.counters.dropped_full += dropped
         self.counters.expired += expired
+
+    async def check_reachable(self, channels: Iterable[str] | None = None) -> None:
+        """One PING to each shard holding ``channels`` (None: every shard), in parallel; the
+        failures of all of them in one error (:class:`ShardRefused` if any refused us)."""
+        state = self._state()
+        if channels is None:
+            indexes = list(range(len(state.shards)))
+        else:
+            indexes = sorted({self.shard_of(channel) for channel in channels})
+        replies = await asyncio.gather(
+            *(state.shards[i].pipe.call("PING") for i in indexes), return_exceptions=True
+        )
+        errors = [
+            unavailable(self.shards[i], reply)
+            for i, reply in zip(indexes, replies, strict=True)
+            if isinstance(reply, Exception)
+        ]
+        if errors:
+            refused = [e for e in errors if isinstance(e, ShardRefused)]
+            raise (ShardRefused if refused else ShardUnavailable)(
+                "; ".join(str(e) for e in refused or errors)
+            )
 
     async def _scan(self, pipe: Pipe, pattern: str) -> list[bytes]:
         """Keys matching ``pattern`` on one server, by SCAN (never KEYS)."""

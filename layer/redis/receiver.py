@@ -22,8 +22,9 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from layer.base import PREFETCH, RETURN_DELAY, STREAMING
+from layer.exceptions import AccessRefused
 from layer.messages import Message
-from layer.redis.connection import Arg, Pipe, ShardUnavailable
+from layer.redis.connection import Arg, Pipe, unavailable
 from layer.redis.entries import Mailbox, Popped, make_entry, split_entry
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
@@ -34,6 +35,7 @@ INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
+_REFUSED_BACKOFF = 30.0
 _SETTLE_TURNS = 3  # loop turns the next pop waits for sends to go out with it, after a pop
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
@@ -226,17 +228,16 @@ class Receiver:
                 if await self._conn.ensure():
                     want = self._want()  # receivers came and went while it connected
                 replies = await self._fetch(want)
-            except (ShardUnavailable, RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # ShardUnavailable is an OSError
                 self._blocking = None
                 await self._conn.close()
-                log.warning(
-                    "receive on %s failed (%s); retrying in %.2fs",
-                    self.pipe.spec.name,
-                    exc,
-                    backoff,
-                )
+                error = unavailable(self.pipe.spec, exc)
+                log.warning("receiving failed (retrying in %.2f s): %s", backoff, error)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                # A refusal (a wrong password) lasts until someone fixes the configuration:
+                # one line every half minute, not every two seconds.
+                most = _MAX_BACKOFF if not isinstance(error, AccessRefused) else _REFUSED_BACKOFF
+                backoff = min(backoff * 2, most)
                 continue
             backoff = 0.05
             for key, entries in replies:
