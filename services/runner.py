@@ -159,6 +159,18 @@ def _channels(protocol: ProtocolServer | None, worker: Worker | None) -> list[st
     return [wire.WORK_CHANNEL, *(channel for channel in own if channel)]
 
 
+async def reachable(layer: BaseChannelLayer) -> str:
+    """Ask all of the layer's storage once: "" when it answered, else why not. A refusal (a
+    wrong password) raises :class:`AccessRefused`: it is a configuration error, exit code 2."""
+    try:
+        await asyncio.wait_for(layer.check_reachable(), PREFLIGHT_TIMEOUT)
+    except AccessRefused:
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        return str(exc) or f"no answer within {PREFLIGHT_TIMEOUT:g} s"
+    return ""
+
+
 async def _start(
     layer: BaseChannelLayer,
     protocol: ProtocolServer | None,
@@ -173,12 +185,12 @@ async def _start(
     which must join its group first, retries with backoff, one log line per attempt.
     """
     try:
-        await asyncio.wait_for(layer.check_reachable(), PREFLIGHT_TIMEOUT)
+        why = await reachable(layer)
     except AccessRefused as exc:
         log.error("%s", exc)
         return 2
-    except (ConnectionError, TimeoutError) as exc:
-        log.warning("the channel layer is not reachable yet: %s", str(exc) or "no answer")
+    if why:
+        log.warning("the channel layer is not reachable yet: %s", why)
     delay = FIRST_RETRY
     while protocol is not None:
         try:

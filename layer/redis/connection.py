@@ -62,7 +62,8 @@ def unavailable(spec: ShardSpec, exc: BaseException, what: str = "failed") -> Sh
     if isinstance(exc, ShardUnavailable):
         return exc
     if isinstance(exc, _REFUSALS):
-        return ShardRefused(f"Redis shard {spec.name} refused this client: {exc}")
+        why = "an ACL permission" if isinstance(exc, NoPermissionError) else "user or password"
+        return ShardRefused(f"Redis shard {spec.name} refused this client ({why}): {exc}")
     return ShardUnavailable(f"Redis shard {spec.name} {what}: {exc}")
 
 
