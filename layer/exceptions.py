@@ -19,6 +19,7 @@ __all__ = [
     "InvalidName",
     "InvalidOption",
     "MessageTooLarge",
+    "NotOwnChannel",
 ]
 
 
@@ -32,6 +33,13 @@ class MessageTooLarge(ValueError):
 
 class InvalidName(TypeError):
     """A channel or group name breaks the naming rules (a ``TypeError``, as Channels raises)."""
+
+
+class NotOwnChannel(AssertionError):
+    """A receive on a process-specific channel (``name!...``) that another client's
+    ``new_channel`` made: only that client may receive there (anyone else would hang, or take
+    its messages). An ``AssertionError``, as channels_redis raises, so code written for it
+    catches ours."""
 
 
 class InvalidOption(ValueError):

@@ -70,7 +70,7 @@ def unavailable(spec: ShardSpec, exc: BaseException, what: str = "failed") -> Sh
 async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> AbstractConnection:
     """A connected raw redis-py connection to ``spec``, or :class:`ShardUnavailable`
     (:class:`ShardRefused` for a wrong password)."""
-    conn: AbstractConnection = spec.pool.make_connection()  # type: ignore[no-untyped-call]
+    conn = spec.make_connection()
     conn.socket_timeout = socket_timeout
     try:
         await _look_up(conn)

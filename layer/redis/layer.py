@@ -27,7 +27,7 @@ from typing import Any
 from layer import names
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
-from layer.messages import Message, decode
+from layer.messages import Message, decode, encode_trusted
 from layer.options import positive_number
 from layer.redis.connection import Pipe, ShardRefused, ShardUnavailable, unavailable
 from layer.redis.crypto import Crypter
@@ -63,8 +63,6 @@ class _LoopState:
 
 class RedisChannelLayer(BaseChannelLayer):
     """Drop-in for ``channels_redis.core.RedisChannelLayer`` (same CONFIG keys), much faster."""
-
-    cross_process = True
 
     def __init__(
         self,
@@ -117,12 +115,14 @@ class RedisChannelLayer(BaseChannelLayer):
         state = self._states.get(loop)
         if state is None:
             # async_to_sync may run each call in a fresh loop: forget closed loops' connections
-            # (their transports keep the loop alive, so the weak keys alone would not).
-            for closed in [other for other in self._states if other.is_closed()]:
-                del self._states[closed]
+            # (their transports keep the loop alive, so the weak keys alone would not), and
+            # push back from here what their receivers had popped and nobody received.
             state = self._states[loop] = _LoopState(
                 [self._make_shard(i) for i in range(len(self.shards))]
             )
+            for closed in [other for other in self._states if other.is_closed()]:
+                for shard, old in zip(state.shards, self._states.pop(closed).shards, strict=True):
+                    shard.receiver.adopt(old.receiver.leftovers())
         self._last = (loop, state)
         return state
 
@@ -136,6 +136,7 @@ class RedisChannelLayer(BaseChannelLayer):
             expiry=self.expiry,
             on_expired=self._count_expired,
             open_payload=self._open,
+            seal_message=self._seal,
         )
         return _Shard(pipe, receiver)
 
@@ -147,6 +148,11 @@ class RedisChannelLayer(BaseChannelLayer):
         if self._crypter is not None:
             payload = self._crypter.decrypt(payload, "(a group)")
         return decode(payload)
+
+    def _seal(self, message: Message) -> bytes:
+        """The inverse of :meth:`_open` (for a decoded message that goes back to Redis)."""
+        payload = encode_trusted(message, self.max_message_size)
+        return payload if self._crypter is None else self._crypter.encrypt(payload)
 
     # -- storage --------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -53,6 +53,7 @@ class Receiver:
         expiry: float,
         on_expired: Callable[[int], None],
         open_payload: Callable[[bytes], Message],
+        seal_message: Callable[[Message], bytes],
     ) -> None:
         self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
         self._expiry = expiry
@@ -61,6 +62,7 @@ class Receiver:
         self._block_timeout = block_timeout
         self._on_expired = on_expired
         self._open = open_payload
+        self._seal = seal_message  # the inverse, for a fan-out message decoded once (_shared)
         self._mailboxes: dict[str, Mailbox] = {}
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
         self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
@@ -175,8 +177,7 @@ class Receiver:
             box.returning = True
             self._loop.call_later(RETURN_DELAY - idle, self._return, box)
             return
-        self._returns.append((box.key, _entries(box)))
-        box.buffer.clear()
+        self._returns.append((box.key, self._entries(box)))
         self._settle(box)
         self._wanted(None)
 
@@ -396,24 +397,38 @@ class Receiver:
     def queued(self) -> int:
         return sum(len(box.buffer) for box in self._mailboxes.values())
 
+    def leftovers(self) -> list[tuple[str, list[bytes]]]:
+        """Take every entry popped here that no receive has taken, as list entries again, to go
+        back to the front of their lists: the loop is closing (``close_pools()``, or a loop of
+        ``async_to_sync`` gone), and the receive they wait for may come in another loop."""
+        out, self._returns = self._returns, []
+        out += [(box.key, self._entries(box)) for box in self._mailboxes.values() if box.buffer]
+        return out
+
+    def adopt(self, returns: list[tuple[str, list[bytes]]]) -> None:
+        """Push ``returns`` (the leftovers of a closed loop's receiver) back, from this loop."""
+        if returns:
+            self._returns += returns
+            self._wanted(None)
+
+    def _entries(self, box: Mailbox) -> list[bytes]:
+        """Empty ``box`` into list entries (an inbox's with their local part)."""
+        local = box.channel.partition("!")[2].encode() if box.inbox else b""
+        seal = self._seal
+        entries = [
+            make_entry(expires, payload if isinstance(payload, bytes) else seal(payload), local)
+            for expires, payload in box.buffer
+        ]
+        box.buffer.clear()
+        return entries
+
     async def close(self) -> None:
-        """Stop the loop; entries popped for shared channels go back to their lists."""
+        """Stop the loop; every entry popped but not received goes back to its list."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-        for box in self._mailboxes.values():
-            if not box.inbox and box.buffer:
-                self._returns.append((box.key, _entries(box)))
-                box.buffer.clear()
         pushes = [
-            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self._returns
+            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self.leftovers()
         ]
-        self._returns = []
         await asyncio.gather(*pushes, return_exceptions=True)
         await self._conn.close()
-
-
-def _entries(box: Mailbox) -> list[bytes]:
-    """A shared channel's popped entries, as list entries again (only a process's own inbox
-    holds decoded fan-out messages, and it never sends entries back)."""
-    return [make_entry(expires, cast(bytes, payload)) for expires, payload in box.buffer]

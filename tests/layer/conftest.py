@@ -20,6 +20,7 @@ from tests.layer.redis_fixtures import (
     redis_server,
     redis_sharded_layer_factory,
     redis_shards,
+    sentinel_hosts,
 )
 
 LayerFactory = Callable[..., BaseChannelLayer]
@@ -32,6 +33,7 @@ __all__ = [
     "redis_server",
     "redis_sharded_layer_factory",
     "redis_shards",
+    "sentinel_hosts",
     "workers",
 ]
 
