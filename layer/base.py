@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from layer import names
-from layer.exceptions import ChannelFull
+from layer.exceptions import ChannelFull, NotOwnChannel
 from layer.messages import DEFAULT_MAX_MESSAGE_SIZE, Message, decode, encode, encode_trusted
 from layer.options import byte_size, capacity_patterns, positive_int, positive_number
 
@@ -57,6 +57,9 @@ class BaseChannelLayer(ABC):
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
     MAX_NAME_LENGTH: ClassVar[int] = names.MAX_NAME_LENGTH
+    # Whether other processes share the storage: then only the client that made a
+    # process-specific channel (new_channel) may receive on it.
+    cross_process: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class BaseChannelLayer(ABC):
         self.counters = Counters()
         # Unique across processes and hosts: routes a process's own channels back to it.
         self.client_id = f"{os.getpid():x}{uuid.uuid4().hex[:8]}"
+        self._own = self.client_id + "!"  # how the routing part of our own channels ends
         self._capacity_cache: dict[str, int] = {}
 
     # -- name helpers Channels calls -------------------------------------------------------
@@ -169,6 +173,12 @@ class BaseChannelLayer(ABC):
         Cancelling a receive never loses a message: one already taken goes back to the front.
         """
         names.require_valid_channel_name(channel)
+        bang = channel.find("!")
+        if bang >= 0 and self.cross_process and not channel.endswith(self._own, 0, bang + 1):
+            raise NotOwnChannel(
+                f"cannot receive on {channel!r}: a process-specific channel of another client "
+                f"(this layer's end their part up to '!' with {self._own!r}; see new_channel)"
+            )
         payload = self._ready(channel)
         if payload is None:
             payload = await self._pop(channel)
@@ -215,10 +225,28 @@ class BaseChannelLayer(ABC):
         nothing for a backend without a fixed size."""
         return []
 
+    async def close_pools(self) -> None:
+        """channels_redis's name for :meth:`close` (apps and its tests call it)."""
+        await self.close()
+
+    @property
+    def client_prefix(self) -> str:
+        """channels_redis's name for ``client_id``."""
+        return self.client_id
+
     async def discard(self) -> None:
         """Close, also removing shared objects this instance created if nobody else uses them:
         a run that only validates a config (``layerkit check-config``) leaves nothing behind."""
         await self.close()
+
+    async def check_reachable(self, channels: Iterable[str] | None = None) -> None:
+        """Return once the storage holding ``channels`` (None: all of it) answers; else raise a
+        ``ConnectionError`` naming what does not (:class:`AccessRefused` if it refused us).
+
+        What a readiness probe asks: constant time (Redis: one PING per shard of those
+        channels), never a walk of the store as :meth:`stats` is. Local backends always answer.
+        """
+        return None
 
     async def stats(self) -> dict[str, int]:
         """Counters of this instance plus what the storage holds now."""

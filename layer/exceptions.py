@@ -12,12 +12,14 @@ except ImportError:  # pragma: no cover
     _ChannelsChannelFull = Exception
 
 __all__ = [
+    "AccessRefused",
     "ChannelFull",
     "ConfigError",
     "InvalidChannelLayerError",
     "InvalidName",
     "InvalidOption",
     "MessageTooLarge",
+    "NotOwnChannel",
 ]
 
 
@@ -33,6 +35,13 @@ class InvalidName(TypeError):
     """A channel or group name breaks the naming rules (a ``TypeError``, as Channels raises)."""
 
 
+class NotOwnChannel(AssertionError):
+    """A receive on a process-specific channel (``name!...``) that another client's
+    ``new_channel`` made: only that client may receive there (anyone else would hang, or take
+    its messages). An ``AssertionError``, as channels_redis raises, so code written for it
+    catches ours."""
+
+
 class InvalidOption(ValueError):
     """A constructor option has the wrong type or an impossible value."""
 
@@ -43,3 +52,8 @@ class ConfigError(ValueError):
 
 class InvalidChannelLayerError(ConfigError):
     """The configured alias or backend does not exist (Channels' name for this failure)."""
+
+
+class AccessRefused(ConnectionError):
+    """The layer's storage answered but refused this client (a wrong password, an ACL user
+    without a permission it needs): a configuration error, which retrying does not fix."""

@@ -1,5 +1,8 @@
 """Fire-and-forget layer calls for heartbeats and announcements, at most one in flight per key.
 
+A call that fails because the layer is unreachable logs one line per problem every 10 s (every
+tick of every peer would otherwise repeat it); any other failure logs its traceback.
+
 A send to an unreachable shard can take seconds (up to the layer's ``socket_timeout``): run
 inline it would delay the beats to every other peer and the checks for silent peers, and run
 unbounded it would pile up a task per tick. So each key (a peer, "hello", the group) gets one
@@ -14,11 +17,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from layer.exceptions import ChannelFull
+from services.logs import Throttled
 
 
 class OneInFlight:
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
+        self._unreachable = Throttled(log)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def run(self, key: str, call: Coroutine[Any, Any, object]) -> None:
@@ -35,6 +40,8 @@ class OneInFlight:
             await call
         except ChannelFull:
             pass  # a peer too busy to take a heartbeat is alive; the next tick tries again
+        except ConnectionError as exc:  # a shard down or refusing us: a line, not a traceback
+            self._unreachable(str(exc), logging.WARNING, "background %s failed: %s", key, exc)
         except Exception:
             self._log.exception("background %s failed", key)
 

@@ -17,12 +17,12 @@ from typing import Any, NoReturn
 
 from layer.base import BaseChannelLayer
 from layer.config import LayerSpec, load
-from layer.exceptions import ConfigError
+from layer.exceptions import AccessRefused, ConfigError
 from layer.options import byte_size
 from services import logs
 from services.instance import ASGIApp
 from services.limits import Limits
-from services.runner import Settings, serve
+from services.runner import Settings, reachable, serve
 
 ROLES = ("protocol", "worker", "combined", "check-config")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         "protocol": "terminate HTTP/WebSocket and forward connections to workers",
         "worker": "run the ASGI app for connections taken from the layer",
         "combined": "protocol server and worker in one process (in-memory layer)",
-        "check-config": "validate a layer config and print its backend and shards",
+        "check-config": "validate a layer config, print its backend and shards, ask them once",
     }
     for role in ROLES:
         command = sub.add_parser(role, help=helps[role], description=helps[role])
@@ -234,6 +234,18 @@ def _masked(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _reach(layer: BaseChannelLayer) -> str:
+    """Print whether the storage answers; return why it refused us ("" if it did not)."""
+    try:
+        why = await reachable(layer)
+    except AccessRefused as exc:
+        return str(exc)
+    finally:
+        await layer.discard()
+    print(f"reach:   {f'not now ({why})' if why else 'ok'}")
+    return ""
+
+
 def _describe(shard: Any) -> str:
     """A shard's address with any password masked."""
     text = str(shard.get("address", shard)) if isinstance(shard, dict) else str(shard)
@@ -256,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         layer = spec.build()
         if args.role == "check-config":
             check_config(spec, layer)
-            _run(layer.discard())
+            refused = _run(_reach(layer))
+            if refused:
+                _fail(refused)
             return
         if args.role != "combined" and getattr(layer, "cross_process", True) is False:
             _fail(

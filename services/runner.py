@@ -20,7 +20,8 @@ from typing import Any
 import uvicorn
 
 from layer.base import BaseChannelLayer
-from services import context
+from layer.exceptions import AccessRefused
+from services import context, wire
 from services.admin import AdminApp, Check
 from services.instance import ASGIApp
 from services.limits import Limits
@@ -30,6 +31,10 @@ from services.protocol_server import ProtocolServer
 from services.worker import Worker
 
 log = logging.getLogger("layerkit")
+
+PREFLIGHT_TIMEOUT = 10.0  # seconds the check at start waits for every shard to answer
+FIRST_RETRY = 0.5  # seconds before a protocol server tries to join an unreachable layer again
+MAX_RETRY = 5.0  # ... doubling up to this
 
 
 @dataclass(frozen=True)
@@ -100,18 +105,26 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
             heartbeat=settings.heartbeat,
         )
         checks["taking work"] = worker.ready
-    if protocol is not None:
-        await protocol.start()
-    if worker is not None:
-        await worker.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    # The admin port first: /healthz answers (and /readyz says why not) while the layer is
+    # still out of reach, so an orchestrator waits instead of restarting the process.
+    dead = [role.vital.failing for role in (protocol, worker) if role is not None]
+    admin_app = AdminApp(layer, metrics, checks, lambda: _channels(protocol, worker), dead)
+    admin = _server(admin_app, settings.host, settings.admin_port, 1)
+    tasks = [asyncio.create_task(admin.serve())]
+    code = await _start(layer, protocol, worker, [stopper, tasks[0]])
+    if code is not None:
+        return await _abandon(code, layer, admin, admin_app, tasks, stopper)
     # Everything imported and built so far lives as long as the process: keep the collector
     # from re-scanning it (a large app, e.g. Django, makes full collections slow otherwise).
     gc.collect()
     gc.freeze()
 
-    dead = [role.vital.failing for role in (protocol, worker) if role is not None]
-    admin = _server(AdminApp(layer, metrics, checks, dead), settings.host, settings.admin_port, 1)
-    servers = [admin]
     front: _Server | None = None
     if protocol is not None:
         limits = settings.limits
@@ -124,14 +137,7 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
             http=BridgeHttpProtocol.bound(limits, partial(metrics.count, protocol.role, "refused")),
             ws_max_size=limits.max_ws_message,
         )
-        servers.append(front)
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stopper = asyncio.create_task(stop.wait())
+        tasks.append(asyncio.create_task(front.serve()))
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     failed = not stop.is_set()
     if failed:
@@ -150,5 +156,83 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
     admin.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
+    await admin_app.close()
     await layer.close()
     return 1 if failed else 0
+
+
+def _channels(protocol: ProtocolServer | None, worker: Worker | None) -> list[str]:
+    """The channels this process receives on and sends every request through: the storage
+    that holds them is what readiness asks about."""
+    own = [protocol.reply if protocol else "", worker.channel if worker else ""]
+    return [wire.WORK_CHANNEL, *(channel for channel in own if channel)]
+
+
+async def reachable(layer: BaseChannelLayer) -> str:
+    """Ask all of the layer's storage once: "" when it answered, else why not. A refusal (a
+    wrong password) raises :class:`AccessRefused`: it is a configuration error, exit code 2."""
+    try:
+        await asyncio.wait_for(layer.check_reachable(), PREFLIGHT_TIMEOUT)
+    except AccessRefused:
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        return str(exc) or f"no answer within {PREFLIGHT_TIMEOUT:g} s"
+    return ""
+
+
+async def _start(
+    layer: BaseChannelLayer,
+    protocol: ProtocolServer | None,
+    worker: Worker | None,
+    waits: list[asyncio.Task[Any]],
+) -> int | None:
+    """Start the roles: None once started, else the exit code (2: the layer refused us, a
+    configuration error; 1: the admin server failed; 0: stopped first).
+
+    Unreachable storage is no reason to exit (in Kubernetes the shards' DNS names exist only
+    once their pods are ready): a worker's loops retry by themselves, and a protocol server,
+    which must join its group first, retries with backoff, one log line per attempt.
+    """
+    try:
+        why = await reachable(layer)
+    except AccessRefused as exc:
+        log.error("%s", exc)
+        return 2
+    if why:
+        log.warning("the channel layer is not reachable yet: %s", why)
+    delay = FIRST_RETRY
+    while protocol is not None:
+        try:
+            await protocol.start()
+            break
+        except AccessRefused as exc:
+            log.error("%s", exc)
+            return 2
+        except ConnectionError as exc:
+            log.warning("cannot join the channel layer (retrying in %.1f s): %s", delay, exc)
+        done, _ = await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        if done:
+            return 0 if waits[0] in done else 1
+        delay = min(delay * 2, MAX_RETRY)
+    if worker is not None:
+        await worker.start()
+    return None
+
+
+async def _abandon(
+    code: int,
+    layer: BaseChannelLayer,
+    admin: _Server,
+    admin_app: AdminApp,
+    tasks: list[asyncio.Task[None]],
+    stopper: asyncio.Task[Any],
+) -> int:
+    """Stop what :func:`_start` left running and return ``code``."""
+    if code == 1:
+        log.error("the admin server stopped unexpectedly (is the port in use?)")
+    admin.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+    await admin_app.close()
+    await layer.close()
+    return code

@@ -32,8 +32,6 @@ from layer.options import byte_size, non_negative_number, positive_int
 class IPCChannelLayer(Waiting, BaseChannelLayer):
     """Channel layer shared by the processes of one host through ``/dev/shm``."""
 
-    cross_process = True
-
     def __init__(
         self,
         *,

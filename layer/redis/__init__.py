@@ -5,8 +5,8 @@ Needs the ``redis`` extra (redis-py with hiredis, cryptography).
 
 from __future__ import annotations
 
-from layer.redis.connection import ShardUnavailable
+from layer.redis.connection import ShardRefused, ShardUnavailable
 from layer.redis.crypto import UndecryptableMessage
 from layer.redis.layer import RedisChannelLayer
 
-__all__ = ["RedisChannelLayer", "ShardUnavailable", "UndecryptableMessage"]
+__all__ = ["RedisChannelLayer", "ShardRefused", "ShardUnavailable", "UndecryptableMessage"]

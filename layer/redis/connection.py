@@ -19,8 +19,16 @@ from typing import Any
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import SentinelManagedConnection
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 
+from layer.exceptions import AccessRefused
 from layer.redis.hosts import ShardSpec
 from layer.redis.replies import ReplyReader
 from layer.redis.scripts import PUSH, Script
@@ -39,16 +47,37 @@ class ShardUnavailable(ConnectionError):
     """The Redis server of a shard cannot be reached (or stopped answering within the timeout)."""
 
 
+class ShardRefused(ShardUnavailable, AccessRefused):
+    """The Redis server of a shard answered but refused this client: a wrong password or user,
+    no password where one is required, or an ACL user without a command the layer needs."""
+
+
+_REFUSALS = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
+
+
+def unavailable(spec: ShardSpec, exc: BaseException, what: str = "failed") -> ShardUnavailable:
+    """``exc`` (a redis-py or OS error) as callers see it: :class:`ShardRefused` when the server
+    refused us (retrying cannot help until the configuration changes), else
+    :class:`ShardUnavailable`; either names the shard, never its password."""
+    if isinstance(exc, ShardUnavailable):
+        return exc
+    if isinstance(exc, _REFUSALS):
+        why = "an ACL permission" if isinstance(exc, NoPermissionError) else "user or password"
+        return ShardRefused(f"Redis shard {spec.name} refused this client ({why}): {exc}")
+    return ShardUnavailable(f"Redis shard {spec.name} {what}: {exc}")
+
+
 async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> AbstractConnection:
-    """A connected raw redis-py connection to ``spec``, or :class:`ShardUnavailable`."""
-    conn: AbstractConnection = spec.pool.make_connection()  # type: ignore[no-untyped-call]
+    """A connected raw redis-py connection to ``spec``, or :class:`ShardUnavailable`
+    (:class:`ShardRefused` for a wrong password)."""
+    conn = spec.make_connection()
     conn.socket_timeout = socket_timeout
     try:
         await _look_up(conn)
         await conn.connect()  # type: ignore[no-untyped-call]
     except (RedisError, OSError) as exc:
         await conn.disconnect(nowait=True)
-        raise ShardUnavailable(f"Redis shard {spec.name} is unavailable: {exc}") from exc
+        raise unavailable(spec, exc, "is unavailable") from exc
     return conn
 
 
@@ -295,7 +324,7 @@ class Pipe:
                         break
                     self._settle(*pending.popleft(), reply)
         except (RedisError, OSError) as exc:
-            error = ShardUnavailable(f"Redis shard {self.spec.name} failed: {exc}")
+            error = unavailable(self.spec, exc)
             if self._conn is conn:
                 self._retire()
             self._fail(list(pending), error)

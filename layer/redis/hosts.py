@@ -9,11 +9,13 @@ The pools are only used as connection factories: this backend drives its own con
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -29,6 +31,29 @@ class ShardSpec:
 
     name: str
     pool: ConnectionPool
+    # Sentinel: the manager's own clients keep connections bound to the event loop that made
+    # them, so each loop (async_to_sync runs each call in a new one) gets its own pool.
+    per_loop: Callable[[], ConnectionPool] | None = None
+    _pools: dict[asyncio.AbstractEventLoop, ConnectionPool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def make_connection(self) -> AbstractConnection:
+        """A new, unconnected raw connection, for use in the running event loop."""
+        pool = self.pool
+        if self.per_loop is not None:
+            loop = asyncio.get_running_loop()
+            pool = self._pools.get(loop) or self._loop_pool(loop, self.per_loop)
+        made: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+        return made
+
+    def _loop_pool(
+        self, loop: asyncio.AbstractEventLoop, make: Callable[[], ConnectionPool]
+    ) -> ConnectionPool:
+        for closed in [other for other in self._pools if other.is_closed()]:
+            del self._pools[closed]
+        pool = self._pools[loop] = make()
+        return pool
 
 
 def parse_hosts(hosts: object, socket_timeout: float, connect_timeout: float) -> list[ShardSpec]:
@@ -104,18 +129,22 @@ def _sentinel(kwargs: dict[str, Any], defaults: dict[str, Any], where: str) -> S
     if not isinstance(sentinels, Sequence) or isinstance(sentinels, str) or not sentinels:
         raise InvalidOption(f"{where}: sentinels must be a list of (host, port) pairs")
     sentinel_kwargs = kwargs.pop("sentinel_kwargs", None) or {}
-    manager = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-        [tuple(s) for s in sentinels],
-        sentinel_kwargs={
-            "socket_timeout": defaults["socket_timeout"],
-            "socket_connect_timeout": defaults["socket_connect_timeout"],
-            **sentinel_kwargs,
-        },
-    )
-    pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
-        master_name, manager, **{**defaults, **kwargs}
-    )
-    return ShardSpec(f"sentinel:{master_name}/{kwargs.get('db', 0)}", pool)
+
+    def make() -> ConnectionPool:
+        manager = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+            [tuple(s) for s in sentinels],
+            sentinel_kwargs={
+                "socket_timeout": defaults["socket_timeout"],
+                "socket_connect_timeout": defaults["socket_connect_timeout"],
+                **sentinel_kwargs,
+            },
+        )
+        pool: ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            master_name, manager, **{**defaults, **kwargs}
+        )
+        return pool
+
+    return ShardSpec(f"sentinel:{master_name}/{kwargs.get('db', 0)}", make(), make)
 
 
 def _describe(kwargs: Mapping[str, Any]) -> str:

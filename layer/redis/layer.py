@@ -20,15 +20,16 @@ import re
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from layer import names
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
-from layer.messages import Message, decode
+from layer.messages import Message, decode, encode_trusted
 from layer.options import positive_number
-from layer.redis.connection import Pipe
+from layer.redis.connection import Pipe, ShardRefused, ShardUnavailable, unavailable
 from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
@@ -62,8 +63,6 @@ class _LoopState:
 
 class RedisChannelLayer(BaseChannelLayer):
     """Drop-in for ``channels_redis.core.RedisChannelLayer`` (same CONFIG keys), much faster."""
-
-    cross_process = True
 
     def __init__(
         self,
@@ -116,12 +115,14 @@ class RedisChannelLayer(BaseChannelLayer):
         state = self._states.get(loop)
         if state is None:
             # async_to_sync may run each call in a fresh loop: forget closed loops' connections
-            # (their transports keep the loop alive, so the weak keys alone would not).
-            for closed in [other for other in self._states if other.is_closed()]:
-                del self._states[closed]
+            # (their transports keep the loop alive, so the weak keys alone would not), and
+            # push back from here what their receivers had popped and nobody received.
             state = self._states[loop] = _LoopState(
                 [self._make_shard(i) for i in range(len(self.shards))]
             )
+            for closed in [other for other in self._states if other.is_closed()]:
+                for shard, old in zip(state.shards, self._states.pop(closed).shards, strict=True):
+                    shard.receiver.adopt(old.receiver.leftovers())
         self._last = (loop, state)
         return state
 
@@ -135,6 +136,7 @@ class RedisChannelLayer(BaseChannelLayer):
             expiry=self.expiry,
             on_expired=self._count_expired,
             open_payload=self._open,
+            seal_message=self._seal,
         )
         return _Shard(pipe, receiver)
 
@@ -146,6 +148,11 @@ class RedisChannelLayer(BaseChannelLayer):
         if self._crypter is not None:
             payload = self._crypter.decrypt(payload, "(a group)")
         return decode(payload)
+
+    def _seal(self, message: Message) -> bytes:
+        """The inverse of :meth:`_open` (for a decoded message that goes back to Redis)."""
+        payload = encode_trusted(message, self.max_message_size)
+        return payload if self._crypter is None else self._crypter.encrypt(payload)
 
     # -- storage --------------------------------------------------------------------------------
 
@@ -310,6 +317,28 @@ class RedisChannelLayer(BaseChannelLayer):
         self.counters.sent += delivered
         self.counters.dropped_full += dropped
         self.counters.expired += expired
+
+    async def check_reachable(self, channels: Iterable[str] | None = None) -> None:
+        """One PING to each shard holding ``channels`` (None: every shard), in parallel; the
+        failures of all of them in one error (:class:`ShardRefused` if any refused us)."""
+        state = self._state()
+        if channels is None:
+            indexes = list(range(len(state.shards)))
+        else:
+            indexes = sorted({self.shard_of(channel) for channel in channels})
+        replies = await asyncio.gather(
+            *(state.shards[i].pipe.call("PING") for i in indexes), return_exceptions=True
+        )
+        errors = [
+            unavailable(self.shards[i], reply)
+            for i, reply in zip(indexes, replies, strict=True)
+            if isinstance(reply, Exception)
+        ]
+        if errors:
+            refused = [e for e in errors if isinstance(e, ShardRefused)]
+            raise (ShardRefused if refused else ShardUnavailable)(
+                "; ".join(str(e) for e in refused or errors)
+            )
 
     async def _scan(self, pipe: Pipe, pattern: str) -> list[bytes]:
         """Keys matching ``pattern`` on one server, by SCAN (never KEYS)."""

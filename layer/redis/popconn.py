@@ -13,9 +13,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from layer.redis.connection import Arg, Pipe, ShardUnavailable, alive, open_connection, write
+from layer.redis.connection import (
+    Arg,
+    Pipe,
+    ShardUnavailable,
+    alive,
+    open_connection,
+    unavailable,
+    write,
+)
 from layer.redis.replies import ReplyReader
 from layer.redis.scripts import MPOP
 
@@ -39,7 +47,11 @@ class PopConnection:
             return False
         conn = await open_connection(self.pipe.spec, self._socket_timeout)
         write(conn, [("SCRIPT", "LOAD", MPOP.source)])
-        await conn.read_response()
+        try:
+            await conn.read_response()
+        except (RedisError, OSError) as exc:  # e.g. NOAUTH: no password where one is required
+            await conn.disconnect(nowait=True)
+            raise unavailable(self.pipe.spec, exc) from exc
         self._conn = conn
         self._replies = ReplyReader(conn, self._block_timeout + self._socket_timeout)
         return True
@@ -83,7 +95,7 @@ class PopConnection:
             for _ in stolen:
                 got.append(await replies.reply())
         except BaseException as exc:
-            lost = ShardUnavailable(f"Redis shard {self.pipe.spec.name} failed: {exc}")
+            lost = unavailable(self.pipe.spec, exc)
             self.pipe.release(stolen, lost)
             raise
         self.pipe.release(stolen, got)

@@ -17,13 +17,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from layer.base import PREFETCH, RETURN_DELAY, STREAMING
+from layer.exceptions import AccessRefused
 from layer.messages import Message
-from layer.redis.connection import Arg, Pipe, ShardUnavailable
+from layer.redis.connection import Arg, Pipe, unavailable
 from layer.redis.entries import Mailbox, Popped, make_entry, split_entry
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
@@ -34,6 +35,7 @@ INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
+_REFUSED_BACKOFF = 30.0
 _SETTLE_TURNS = 3  # loop turns the next pop waits for sends to go out with it, after a pop
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
@@ -51,6 +53,7 @@ class Receiver:
         expiry: float,
         on_expired: Callable[[int], None],
         open_payload: Callable[[bytes], Message],
+        seal_message: Callable[[Message], bytes],
     ) -> None:
         self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
         self._expiry = expiry
@@ -59,6 +62,7 @@ class Receiver:
         self._block_timeout = block_timeout
         self._on_expired = on_expired
         self._open = open_payload
+        self._seal = seal_message  # the inverse, for a fan-out message decoded once (_shared)
         self._mailboxes: dict[str, Mailbox] = {}
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
         self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
@@ -173,8 +177,7 @@ class Receiver:
             box.returning = True
             self._loop.call_later(RETURN_DELAY - idle, self._return, box)
             return
-        self._returns.append((box.key, _entries(box)))
-        box.buffer.clear()
+        self._returns.append((box.key, self._entries(box)))
         self._settle(box)
         self._wanted(None)
 
@@ -226,17 +229,16 @@ class Receiver:
                 if await self._conn.ensure():
                     want = self._want()  # receivers came and went while it connected
                 replies = await self._fetch(want)
-            except (ShardUnavailable, RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # ShardUnavailable is an OSError
                 self._blocking = None
                 await self._conn.close()
-                log.warning(
-                    "receive on %s failed (%s); retrying in %.2fs",
-                    self.pipe.spec.name,
-                    exc,
-                    backoff,
-                )
+                error = unavailable(self.pipe.spec, exc)
+                log.warning("receiving failed (retrying in %.2f s): %s", backoff, error)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                # A refusal (a wrong password) lasts until someone fixes the configuration:
+                # one line every half minute, not every two seconds.
+                most = _MAX_BACKOFF if not isinstance(error, AccessRefused) else _REFUSED_BACKOFF
+                backoff = min(backoff * 2, most)
                 continue
             backoff = 0.05
             for key, entries in replies:
@@ -395,24 +397,38 @@ class Receiver:
     def queued(self) -> int:
         return sum(len(box.buffer) for box in self._mailboxes.values())
 
+    def leftovers(self) -> list[tuple[str, list[bytes]]]:
+        """Take every entry popped here that no receive has taken, as list entries again, to go
+        back to the front of their lists: the loop is closing (``close_pools()``, or a loop of
+        ``async_to_sync`` gone), and the receive they wait for may come in another loop."""
+        out, self._returns = self._returns, []
+        out += [(box.key, self._entries(box)) for box in self._mailboxes.values() if box.buffer]
+        return out
+
+    def adopt(self, returns: list[tuple[str, list[bytes]]]) -> None:
+        """Push ``returns`` (the leftovers of a closed loop's receiver) back, from this loop."""
+        if returns:
+            self._returns += returns
+            self._wanted(None)
+
+    def _entries(self, box: Mailbox) -> list[bytes]:
+        """Empty ``box`` into list entries (an inbox's with their local part)."""
+        local = box.channel.partition("!")[2].encode() if box.inbox else b""
+        seal = self._seal
+        entries = [
+            make_entry(expires, payload if isinstance(payload, bytes) else seal(payload), local)
+            for expires, payload in box.buffer
+        ]
+        box.buffer.clear()
+        return entries
+
     async def close(self) -> None:
-        """Stop the loop; entries popped for shared channels go back to their lists."""
+        """Stop the loop; every entry popped but not received goes back to its list."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-        for box in self._mailboxes.values():
-            if not box.inbox and box.buffer:
-                self._returns.append((box.key, _entries(box)))
-                box.buffer.clear()
         pushes = [
-            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self._returns
+            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self.leftovers()
         ]
-        self._returns = []
         await asyncio.gather(*pushes, return_exceptions=True)
         await self._conn.close()
-
-
-def _entries(box: Mailbox) -> list[bytes]:
-    """A shared channel's popped entries, as list entries again (only a process's own inbox
-    holds decoded fan-out messages, and it never sends entries back)."""
-    return [make_entry(expires, cast(bytes, payload)) for expires, payload in box.buffer]

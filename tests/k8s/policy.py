@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from services.admin import READY_TIMEOUT
 from tests.k8s.model import (
     KIT_ROLES,
     Container,
@@ -31,6 +32,7 @@ STANDARD_LABELS = (
 )
 KIT_PROBE_PATHS = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
 DEFAULT_GRACE = 30  # Kubernetes' terminationGracePeriodSeconds default
+DEFAULT_PROBE_TIMEOUT = 1  # Kubernetes' probe timeoutSeconds default
 
 
 def check_pods(objects: list[Obj]) -> list[str]:
@@ -127,6 +129,13 @@ def _probes(c: Container) -> list[str]:
             )
         elif get.get("path") != KIT_PROBE_PATHS[kind]:
             problems.append(f"{c.where}: {kind} path must be {KIT_PROBE_PATHS[kind]}")
+        timeout = probe.get("timeoutSeconds", DEFAULT_PROBE_TIMEOUT)
+        if kind == "readinessProbe" and timeout <= READY_TIMEOUT:
+            problems.append(
+                f"{c.where}: readinessProbe timeoutSeconds {timeout} must exceed the "
+                f"{READY_TIMEOUT:g} s /readyz may take (services/admin.py READY_TIMEOUT), or a "
+                "shard slow to answer reads as a timed-out probe instead of its reason"
+            )
     return problems
 
 

@@ -16,6 +16,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CASES = {
     "typo-field": ("schema", "'imagePullpolicy' was unexpected"),
     "missing-probe": ("policy", "container worker: no livenessProbe"),
+    "readiness-timeout-default": ("policy", "readinessProbe timeoutSeconds 1 must exceed the 2 s"),
     "selector-matches-nothing": ("policy", "Service/channel-layer-kit: selector"),
     "shm-smaller-than-segment": (
         "policy",

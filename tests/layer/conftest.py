@@ -21,6 +21,7 @@ from tests.layer.redis_fixtures import (
     redis_server,
     redis_sharded_layer_factory,
     redis_shards,
+    sentinel_hosts,
 )
 
 LayerFactory = Callable[..., BaseChannelLayer]
@@ -35,6 +36,7 @@ __all__ = [
     "redis_server",
     "redis_sharded_layer_factory",
     "redis_shards",
+    "sentinel_hosts",
     "workers",
 ]
 

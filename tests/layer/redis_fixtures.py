@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from layer.base import BaseChannelLayer
 from layer.redis import RedisChannelLayer
-from tests.support.redis_server import RedisServer
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer, start_process
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
@@ -24,6 +26,24 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_hosts(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """One sentinel monitoring the session's redis-server as master ``kitmaster``."""
+    directory = tmp_path_factory.mktemp("sentinel")
+    port = free_port()
+    conf = directory / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"sentinel monitor kitmaster 127.0.0.1 {redis_server.port} 1\n"
+    )
+    process = start_process([str(conf), "--sentinel"], redis.Redis(port=port))
+    yield {"sentinels": [("127.0.0.1", port)], "master_name": "kitmaster"}
+    process.kill()
+    process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from channels.exceptions import ChannelFull as ChannelsChannelFull
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import ChannelFull, InvalidName, MessageTooLarge
+from layer.exceptions import ChannelFull, InvalidName, MessageTooLarge, NotOwnChannel
 from tests.layer.conftest import LayerFactory
 
 MB = 1024 * 1024
@@ -119,9 +119,28 @@ async def test_new_channel_is_process_specific_and_unique(channel_layer: BaseCha
 async def test_process_specific_names_are_received_by_full_name(
     channel_layer: BaseChannelLayer,
 ) -> None:
-    await channel_layer.send("proc.local!abc", {"type": "x"})
-    await assert_empty(channel_layer, "proc.local!other")
-    assert (await receive_soon(channel_layer, "proc.local!abc"))["type"] == "x"
+    own = (await channel_layer.new_channel("proc")).split("!")[0]
+    await channel_layer.send(f"{own}!abc", {"type": "x"})
+    await assert_empty(channel_layer, f"{own}!other")
+    assert (await receive_soon(channel_layer, f"{own}!abc"))["type"] == "x"
+
+
+async def test_receive_on_another_clients_process_specific_channel_is_refused_at_once(
+    layer_factory: LayerFactory,
+) -> None:
+    """Across processes it would hang (or take the other client's messages): refused, as
+    channels_redis refuses it (an AssertionError). In one process every name is its own."""
+    one, two = layer_factory(), layer_factory()
+    theirs = await two.new_channel()
+    if not one.cross_process:
+        await one.send(theirs, {"type": "x"})
+        assert (await receive_soon(one, theirs))["type"] == "x"
+        return
+    for name in (theirs, "not-client-prefix!local_part", f"x{one.client_id}y!z"):
+        with pytest.raises(NotOwnChannel, match="process-specific channel of another client"):
+            await asyncio.wait_for(one.receive(name), 5)  # a hang guard: it raises at once
+    with pytest.raises(AssertionError):
+        await one.receive(theirs)
 
 
 async def test_new_channel_differs_between_layer_instances(layer_factory: LayerFactory) -> None:
@@ -331,6 +350,8 @@ INVALID_CHANNELS = [
 
 @pytest.mark.parametrize("name", VALID_CHANNELS)
 async def test_valid_channel_names(channel_layer: BaseChannelLayer, name: str) -> None:
+    if channel_layer.cross_process:  # a process-specific one of this client, to receive on
+        name = name.replace("!", f"{channel_layer.client_id}!")
     assert channel_layer.valid_channel_name(name)
     await channel_layer.send(name, {"type": "ok"})
     assert (await receive_soon(channel_layer, name))["type"] == "ok"

@@ -354,10 +354,14 @@ class LayerMachine(RuleBasedStateMachine):
         if choice == FRESH:
             return self.fresh("fresh.")
         if choice == FRESH_LOCAL:
-            return self.fresh("fresh") + "!x"
+            return self.own(self.fresh("fresh") + "!x")
         if isinstance(choice, str):
-            return choice
+            return self.own(choice)
         return self.new_channels[choice % len(self.new_channels)] if self.new_channels else "a"
+
+    def own(self, name: str) -> str:
+        """``name``, a process-specific one made this client's: only it may receive there."""
+        return name.replace("!", f"{self.lay.client_id}!")
 
     def fresh(self, prefix: str) -> str:
         """A name not used before in this example."""

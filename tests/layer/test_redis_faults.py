@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from layer.redis import RedisChannelLayer, ShardUnavailable
+from layer.exceptions import AccessRefused
+from layer.redis import RedisChannelLayer, ShardRefused, ShardUnavailable
 from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
@@ -124,3 +125,33 @@ def test_unresolvable_shard_fails_cleanly_under_uvloop() -> None:
 
     uvloop.run(main())
     assert unhandled == []
+
+
+async def test_check_reachable_asks_only_the_shards_of_its_channels(
+    layer: RedisChannelLayer, servers: list[RedisServer]
+) -> None:
+    """What /readyz asks: the shards of the given channels (each once), not the others."""
+    servers[1].kill()
+    await layer.check_reachable([channel_on(layer, 0, "a"), channel_on(layer, 2, "b")])
+    for asked in ([channel_on(layer, 1, "c"), channel_on(layer, 0, "d")], None):
+        with pytest.raises(ShardUnavailable, match=f"Redis shard {layer.shards[1].name} is"):
+            await layer.check_reachable(asked)
+
+
+async def test_a_refusing_shard_is_named_and_never_its_password() -> None:
+    guarded, open_ = RedisServer(password="s3cret").start(), RedisServer().start()
+    made = RedisChannelLayer(hosts=[guarded.url.replace("s3cret", "wrong"), open_.url])
+    try:
+        with pytest.raises(ShardRefused) as refused:  # an open shard down too: refusal wins
+            open_.kill()
+            await made.check_reachable()
+        assert isinstance(refused.value, AccessRefused)
+        message = str(refused.value)
+        assert message.startswith(f"Redis shard {made.shards[0].name} refused this client")
+        assert "wrong" not in message and "s3cret" not in message
+        with pytest.raises(ShardRefused):  # a command meets the same error
+            await made.send(channel_on(made, 0, "x"), {"type": "t"})
+    finally:
+        await made.close()
+        guarded.stop()
+        open_.stop()

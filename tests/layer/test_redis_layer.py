@@ -242,6 +242,36 @@ def test_async_to_sync_calls_each_in_a_fresh_loop_lose_nothing(redis_server: Red
     async_to_sync(layer.flush)()
 
 
+@pytest.mark.parametrize("close_pools", [True, False])
+def test_entries_a_closing_loop_popped_for_other_channels_are_kept(
+    redis_server: RedisServer, close_pools: bool
+) -> None:
+    """One process's channels share an inbox: a receive on one may pop another's entry (and
+    a fan-out's several members' ones, decoded once) ahead. The loop then closes, by
+    close_pools() or just ending (async_to_sync): those entries go back, and a receive on
+    them in the next loop gets them. They were dropped (channels_redis's test_double_receive
+    hung)."""
+    from asgiref.sync import async_to_sync
+
+    layer = make(redis_server, f"s{uuid.uuid4().hex[:8]}")
+    first, second, third = (async_to_sync(layer.new_channel)() for _ in range(3))
+    for channel in (first, third):
+        async_to_sync(layer.group_add)("room", channel)
+    async_to_sync(layer.group_send)("room", {"type": "fan", "n": [1]})  # one entry, two members
+    async_to_sync(layer.send)(second, {"type": "two"})
+
+    async def receive_then_end(channel: str) -> dict[str, Any]:
+        message = await layer.receive(channel)
+        if close_pools:
+            await layer.close_pools()
+        return message
+
+    assert async_to_sync(receive_then_end)(second)["type"] == "two"
+    assert async_to_sync(receive_then_end)(third) == {"type": "fan", "n": [1]}
+    assert async_to_sync(receive_then_end)(first) == {"type": "fan", "n": [1]}
+    async_to_sync(layer.flush)()
+
+
 async def test_back_to_back_sends_to_a_channel_share_one_rpush_in_order(
     redis_server: RedisServer,
 ) -> None:

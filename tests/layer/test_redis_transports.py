@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from layer.redis import RedisChannelLayer
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import start_process
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -55,17 +54,6 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _start(args: list[str], client: redis.Redis) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
-    try:
-        RedisServer.wait_until(client, process)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return process
-
-
 @pytest.fixture(scope="module")
 def tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("tls")
@@ -76,26 +64,8 @@ def tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     args += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
     args += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
-    process = _start(args, redis.Redis.from_url(url))
+    process = start_process(args, redis.Redis.from_url(url))
     yield url
-    process.kill()
-    process.wait()
-
-
-@pytest.fixture(scope="module")
-def sentinel_hosts(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """One sentinel monitoring the session's redis-server as master ``kitmaster``."""
-    directory = tmp_path_factory.mktemp("sentinel")
-    port = free_port()
-    conf = directory / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
-        f"sentinel monitor kitmaster 127.0.0.1 {redis_server.port} 1\n"
-    )
-    process = _start([str(conf), "--sentinel"], redis.Redis(port=port))
-    yield {"sentinels": [("127.0.0.1", port)], "master_name": "kitmaster"}
     process.kill()
     process.wait()
 

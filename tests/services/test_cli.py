@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.services.procs import ROOT, Service
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,14 +57,16 @@ def test_check_config_ipc_says_what_the_segment_holds() -> None:
 
 
 def test_check_config_redis_takes_hosts_from_env() -> None:
+    port = free_port()  # nothing listens there: not a configuration error, reported
     result = layerkit(
         "check-config",
-        REDIS_URL="redis://:secret@10.1.2.3:6390/0",
+        REDIS_URL=f"redis://:secret@127.0.0.1:{port}/0",
         LAYER_CONFIG="config/redis.yaml",
     )
     assert result.returncode == 0, result.stderr
     assert "backend: layer.redis.RedisChannelLayer" in result.stdout
-    assert "10.1.2.3:6390" in result.stdout and "secret" not in result.stdout
+    assert f"127.0.0.1:{port}" in result.stdout and "secret" not in result.stdout
+    assert f"reach:   not now (Redis shard 127.0.0.1:{port}/0 is unavailable" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -122,7 +125,7 @@ def test_json_logs_and_env_options() -> None:
 
 
 def test_check_config_prints_every_shard() -> None:
-    shards = {f"REDIS_SHARD_{i}": f"redis://10.0.0.{i + 1}:6379/0" for i in range(3)}
+    shards = {f"REDIS_SHARD_{i}": f"redis://127.0.0.{i + 1}:{free_port()}/0" for i in range(3)}
     result = layerkit("check-config", "--config", "config/redis-sharded.yaml", **shards)
     assert result.returncode == 0, result.stderr
     assert "shards:  3" in result.stdout

@@ -121,6 +121,18 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def start_process(args: list[str], client: redis.Redis) -> subprocess.Popen[bytes]:
+    """``redis-server *args`` (a TLS port, sentinel mode...), once ``client`` gets a PONG."""
+    process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    try:
+        RedisServer.wait_until(client, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
 def running(count: int) -> Iterator[list[RedisServer]]:
     """``count`` fresh servers for one test (killed and restarted in place by fault tests)."""
     servers = [RedisServer().start() for _ in range(count)]
