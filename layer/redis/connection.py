@@ -10,8 +10,10 @@ builtin ``ConnectionError``) naming the shard; the next command reconnects by it
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,14 +83,28 @@ async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> Abst
     return conn
 
 
+Lookup = asyncio.Future[list[Any]]
+# Lookups in flight, per loop and (host, port): see _look_up.
+_LOOKUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], Lookup]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def _look_up(conn: AbstractConnection) -> None:
     """Resolve the server's host name before redis-py connects to it.
 
     uvloop's ``create_connection``, cancelled by redis-py's connect timeout while the name is
     still resolving (a shard whose DNS name is gone, e.g. a stopped container), leaves the
     lookup's future behind, and its ``gaierror`` is logged as "Future exception was never
-    retrieved" (uvloop PR #590). A lookup of our own cancels cleanly and fails with a clear
-    error; a name that resolved is answered again at once by the connect that follows.
+    retrieved" (uvloop PR #590). A lookup of our own fails with a clear error after the connect
+    timeout; a name that resolved is answered again at once by the connect that follows.
+
+    One lookup per name at a time: the resolver runs in a small thread pool (libuv's has 4
+    threads), and a lookup that hangs (Docker's DNS forwarding a stopped container's name to an
+    unreachable upstream) keeps its thread after we stop waiting. Every reconnect of every
+    connection to a stopped shard starting its own lookup used up the pool, and lookups of the
+    live shards then timed out behind them (the integration test's stopped-shard run failed
+    requests to live shards). Concurrent and repeated attempts wait on the one in flight.
     """
     if not isinstance(conn, Connection) or isinstance(conn, SentinelManagedConnection):
         return  # a unix socket, or a master's address found at connect time
@@ -98,11 +114,26 @@ async def _look_up(conn: AbstractConnection) -> None:
         return  # nothing to resolve
     except ValueError:
         pass
-    lookup = asyncio.get_running_loop().getaddrinfo(host, conn.port, type=socket.SOCK_STREAM)
+    loop = asyncio.get_running_loop()
+    pending = _LOOKUPS.setdefault(loop, {})
+    key = (host, conn.port)
+    lookup = pending.get(key)
+    if lookup is None:
+        lookup = pending[key] = asyncio.ensure_future(
+            loop.getaddrinfo(host, conn.port, type=socket.SOCK_STREAM)
+        )
+        lookup.add_done_callback(functools.partial(_settled, pending, key))
     try:
-        await asyncio.wait_for(lookup, conn.socket_connect_timeout)
+        await asyncio.wait_for(asyncio.shield(lookup), conn.socket_connect_timeout)
     except TimeoutError as exc:
         raise OSError(f"looking up {host!r} took over {conn.socket_connect_timeout} s") from exc
+
+
+def _settled(pending: dict[tuple[str, int], Lookup], key: tuple[str, int], lookup: Lookup) -> None:
+    if pending.get(key) is lookup:
+        del pending[key]
+    if not lookup.cancelled():
+        lookup.exception()  # retrieved: nobody may be waiting for it any more
 
 
 def pack(commands: Sequence[Sequence[Arg]]) -> list[bytes]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio.connection import Connection
 
 from layer.exceptions import AccessRefused
 from layer.redis import RedisChannelLayer, ShardRefused, ShardUnavailable
+from layer.redis.connection import _look_up
 from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
@@ -155,3 +158,27 @@ async def test_a_refusing_shard_is_named_and_never_its_password() -> None:
         await made.close()
         guarded.stop()
         open_.stop()
+
+
+async def test_one_lookup_per_shard_name_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconnects to a shard whose name hangs in DNS share one lookup: each hung lookup holds
+    one of the resolver's few threads, and a pool used up by them made lookups of live shards
+    time out (the stopped-shard integration run)."""
+    loop = asyncio.get_running_loop()
+    calls: list[str] = []
+
+    async def hanging(host: str, port: int, **_: object) -> list[object]:
+        calls.append(host)
+        await asyncio.sleep(0.5)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(loop, "getaddrinfo", hanging)
+    conns = [Connection(host="gone.invalid", port=6379, socket_connect_timeout=0.05)] * 20
+    for _ in range(3):  # reconnect attempts while the first lookup still hangs
+        results = await asyncio.gather(*(_look_up(c) for c in conns), return_exceptions=True)
+        assert all(isinstance(r, OSError) and "took over" in str(r) for r in results), results
+    assert calls == ["gone.invalid"]
+    await asyncio.sleep(0.6)  # it fails; the next attempt looks the name up again
+    with pytest.raises(socket.gaierror):
+        await _look_up(Connection(host="gone.invalid", port=6379, socket_connect_timeout=1))
+    assert calls == ["gone.invalid"] * 2
