@@ -62,6 +62,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.ipc = IPCChannelLayer(**_part("ipc", ipc), **shared)
         self.host = self.ipc.segment_id
         self.client_id += self.host  # new_channel() names end their routing part with it
+        self._own = self.client_id + "!"  # and receive() accepts those as this client's
         self.shards = self.redis.shards  # what `layerkit check-config` lists
         self._legs = Legs(self._own_redis_pop, self.expiry, self._count_expired)
 

@@ -236,9 +236,10 @@ def local_after_close(options: dict[str, Any]) -> None:
     ipc_after_close(options["ipc"])
 
 
-# new_channel()'s names on a LocalRedisChannelLayer: the routing part ends with the client id,
-# hex digits ending in the host's segment id (layer/local/layer.py); no pool name looks so.
-LOCAL_ROUTE = re.compile(r"[^!]*\.[0-9a-f]{19,}!")
+# This client's process-specific names on a LocalRedisChannelLayer (new_channel()'s, and the
+# pool's made its own by ``own``): the routing part ends with the client id, hex digits ending
+# in the host's segment id (layer/local/layer.py); no other pool name looks so.
+LOCAL_ROUTE = re.compile(r"[^!]*[0-9a-f]{19,}!")
 
 
 def local_unit(channel: str) -> str:
