@@ -8,11 +8,13 @@ default:
     expiry: ${LAYER_EXPIRY:-60}
 ```
 
-The file comes from an argument or ``LAYER_CONFIG``. ``${VAR}`` and ``${VAR:-default}`` are
-substituted in string values; a value that is exactly one ``${...}`` is then read as JSON, so
-numbers, booleans and lists can be injected too; anything that is not JSON stays the string it
-is (YAML would turn ``0123`` into 83 and ``on`` into True: an encryption key or a password must
-come through unchanged). Every mistake raises :class:`ConfigError` naming the
+The file comes from an argument or ``LAYER_CONFIG``: the name of a config this package ships
+(``inmemory``, ``ipc``, ``redis``, ``redis-sharded``, ``local-redis``: the checkout's ``config/``
+files, installed as package data) or a path, relative to the working directory. ``${VAR}`` and
+``${VAR:-default}`` are substituted in string values; a value that is exactly one ``${...}`` is
+then read as JSON, so numbers, booleans and lists can be injected too; anything that is not JSON
+stays the string it is (YAML would turn ``0123`` into 83 and ``on`` into True: an encryption key
+or a password must come through unchanged). Every mistake raises :class:`ConfigError` naming the
 file, the key and what was expected.
 """
 
@@ -33,6 +35,9 @@ from layer.base import BaseChannelLayer
 from layer.exceptions import ConfigError, InvalidChannelLayerError
 
 ENV_VAR = "LAYER_CONFIG"
+# The shipped configs: a link to the checkout's config/ (which compose and k8s read), copied into
+# the wheel as package data, so `--config redis` works from any directory.
+BUILTIN = Path(__file__).with_name("configs")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ALIAS_KEYS = {"BACKEND", "CONFIG"}
 
@@ -173,13 +178,36 @@ def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict
     return specs
 
 
+def builtin_names() -> list[str]:
+    """Names of the shipped configs, for ``--config NAME``."""
+    return sorted(path.stem for path in BUILTIN.glob("*.yaml"))
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A shipped config's name, or else a path (relative ones from the working directory).
+
+    A name has no ``/`` and no ``.yaml``/``.yml`` suffix, so which one is meant never depends on
+    what the working directory happens to hold.
+    """
+    text = os.fspath(path)
+    if "/" in text or os.sep in text or text.endswith((".yaml", ".yml")):
+        return Path(text)
+    builtin = BUILTIN / f"{text}.yaml"
+    if not builtin.is_file():
+        raise ConfigError(
+            f"{text!r} is not a built-in layer config (those are {', '.join(builtin_names())}); "
+            f"a file needs a path, e.g. ./{text}.yaml"
+        )
+    return builtin
+
+
 def load(path: str | os.PathLike[str] | None = None) -> dict[str, LayerSpec]:
-    """Read a config file (``path`` or ``$LAYER_CONFIG``)."""
+    """Read a config (``path`` or ``$LAYER_CONFIG``: a shipped config's name or a file)."""
     if path is None:
         path = os.environ.get(ENV_VAR)
         if not path:
             raise ConfigError(f"no layer config given: pass a path or set {ENV_VAR}")
-    file = Path(path)
+    file = resolve(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

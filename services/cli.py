@@ -26,7 +26,7 @@ from services.runner import Settings, serve
 
 ROLES = ("protocol", "worker", "combined", "check-config")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CROSS_PROCESS_CONFIGS = "config/ipc.yaml (one host), config/redis.yaml or config/redis-sharded.yaml"
+CROSS_PROCESS_CONFIGS = "--config ipc (one host), --config redis or --config redis-sharded"
 
 
 def size(text: str) -> int:
@@ -37,7 +37,14 @@ def size(text: str) -> int:
 _LIMITS = Limits()
 # (flag, env var, type, default, help); defaults of None are resolved per role.
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
-    ("--config", "LAYER_CONFIG", str, None, "layer YAML (combined: config/inmemory.yaml)"),
+    (
+        "--config",
+        "LAYER_CONFIG",
+        str,
+        None,
+        "layer config: a built-in name (inmemory, ipc, redis, redis-sharded, local-redis) or a "
+        "YAML path, relative to the working directory (combined: inmemory)",
+    ),
     ("--alias", "LAYER_ALIAS", str, "default", "layer alias in the config file"),
     ("--host", "KIT_HOST", str, "127.0.0.1", "address to bind the app and admin ports"),
     ("--port", "KIT_PORT", int, 8000, "HTTP/WebSocket port (protocol, combined)"),
@@ -153,9 +160,9 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
             )
     if values["config"] is None:
         if args.role in ("combined", "check-config"):
-            values["config"] = "config/inmemory.yaml"
+            values["config"] = "inmemory"
         else:
-            parser.error(f"{args.role} needs a layer config: --config PATH or $LAYER_CONFIG")
+            parser.error(f"{args.role} needs a layer config: --config NAME|PATH or $LAYER_CONFIG")
     return values
 
 

@@ -208,7 +208,7 @@ def test_worker_on_inmemory_exits_at_once() -> None:
     )
     assert result.returncode == 2
     assert "cannot cross processes" in result.stderr
-    assert "config/ipc.yaml" in result.stderr and "combined" in result.stderr
+    assert "--config ipc" in result.stderr and "combined" in result.stderr
 
 
 @pytest.mark.parametrize("name", CROSS)
