@@ -10,6 +10,7 @@ checkout on the fresh venv's path.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import venv
@@ -24,6 +25,7 @@ from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
+SOURCES = ("pyproject.toml", "README.md", "layer", "services", "config")  # as .dockerignore
 USER_APP = """
 async def application(scope, receive, send):
     assert scope["type"] == "http"
@@ -34,7 +36,8 @@ async def application(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the kit pip-installed (not editable) from this checkout; its bin/."""
+    """A fresh venv with the kit pip-installed (not editable) from a copy of the checkout's
+    package sources; its bin/."""
     home = tmp_path_factory.mktemp("install")
     venv.EnvBuilder().create(home / "venv")
     bin_dir = home / "venv" / "bin"
@@ -43,6 +46,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     Path(purelib, "borrowed-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    source = home / "src"  # pip builds in the tree: a copy keeps build/ out of the checkout
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy2(ROOT / name, source / name)
     result = subprocess.run(
         [
             bin_dir / "python",
@@ -52,7 +62,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-q",
             "--no-index",
             "--no-build-isolation",
-            str(ROOT),
+            str(source),
         ],
         cwd=home,
         env=_clean_env(),
