@@ -47,6 +47,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ).stdout.strip()  # fmt: skip
     Path(purelib, "borrowed-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     source = home / "src"  # pip builds in the tree: a copy keeps build/ out of the checkout
+    source.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
