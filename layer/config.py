@@ -40,6 +40,12 @@ ENV_VAR = "LAYER_CONFIG"
 BUILTIN = Path(__file__).with_name("configs")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ALIAS_KEYS = {"BACKEND", "CONFIG"}
+BACKENDS = (
+    "layer.inmemory.InMemoryChannelLayer",
+    "layer.ipc.IPCChannelLayer",
+    "layer.redis.RedisChannelLayer",
+    "layer.local.LocalRedisChannelLayer",
+)
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,13 @@ class LayerSpec:
         cls = getattr(module, class_name, None)
         if not (isinstance(cls, type) and issubclass(cls, BaseChannelLayer)):
             raise InvalidChannelLayerError(
-                f"{where}: {self.backend!r} is not a channel layer class of this kit"
+                f"{where}: {self.backend!r} is not a channel layer class of this kit; use one "
+                f"of {', '.join(BACKENDS)}"
             )
         return cls
 
-    def build(self) -> BaseChannelLayer:
-        """Instantiate the backend; bad keys or values become one :class:`ConfigError`."""
+    def check(self) -> type[BaseChannelLayer]:
+        """The backend class, once every ``CONFIG`` key is known to be one of its options."""
         cls = self.backend_class()
         where = f"{self.source}: {self.alias}.CONFIG"
         _check_keys(cls, self.config, where)
@@ -79,10 +86,29 @@ class LayerSpec:
             options = self.config.get(name)
             if isinstance(options, dict):
                 _check_keys(part, options, f"{where}.{name}", _known_options(cls))
+        return cls
+
+    def build(self) -> BaseChannelLayer:
+        """Instantiate the backend; bad keys or values become one :class:`ConfigError`."""
+        cls = self.check()
         try:
             return cls(**self.config)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{self.source}: {self.alias}.CONFIG: {exc}") from exc
+
+    def differences(self, other: LayerSpec) -> list[str]:
+        """What ``other`` sets otherwise: ``BACKEND`` and/or ``CONFIG.<key>`` (values left out:
+        they may hold passwords). Lists and tuples compare equal, as YAML and Python write them."""
+        found = ["BACKEND"] if self.backend != other.backend else []
+        for key in sorted(set(self.config) | set(other.config)):
+            mine, theirs = (_canonical(spec.config.get(key)) for spec in (self, other))
+            if key not in self.config or key not in other.config or mine != theirs:
+                found.append(f"CONFIG.{key}")
+        return found
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _check_keys(
@@ -150,8 +176,11 @@ def _interpolate(text: str, where: str, environ: dict[str, str] | os._Environ[st
     return _VAR_RE.sub(replace, text)
 
 
-def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict[str, LayerSpec]:
-    """Validate the ``CHANNEL_LAYERS``-shaped mapping ``data`` read from ``source``."""
+def parse(
+    data: Any, source: str, environ: dict[str, str] | None = None, expand: bool = True
+) -> dict[str, LayerSpec]:
+    """Validate the ``CHANNEL_LAYERS``-shaped mapping ``data`` read from ``source``; ``expand``
+    substitutes ``${VAR}`` (files do; Django settings do not: Channels takes them as written)."""
     env = os.environ if environ is None else environ
     if not isinstance(data, dict) or not data:
         raise ConfigError(
@@ -173,7 +202,8 @@ def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict
         config = body.get("CONFIG") or {}
         if not isinstance(config, dict):
             raise ConfigError(f"{source}: {alias}.CONFIG: expected a mapping of options")
-        config = substitute(config, f"{source}: {alias}.CONFIG", env)
+        if expand:
+            config = substitute(config, f"{source}: {alias}.CONFIG", env)
         specs[str(alias)] = LayerSpec(str(alias), backend, config, source)
     return specs
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import math
 import os
 import sys
@@ -19,11 +20,12 @@ from layer.base import BaseChannelLayer
 from layer.config import LayerSpec, load
 from layer.exceptions import ConfigError
 from layer.options import byte_size
-from services import logs
+from services import django_layer, logs
 from services.instance import ASGIApp
 from services.limits import Limits
 from services.runner import Settings, serve
 
+log = logging.getLogger("layerkit")
 ROLES = ("protocol", "worker", "combined", "check-config")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CROSS_PROCESS_CONFIGS = "--config ipc (one host), --config redis or --config redis-sharded"
@@ -43,7 +45,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
         str,
         None,
         "layer config: a built-in name (inmemory, ipc, redis, redis-sharded, local-redis) or a "
-        "YAML path, relative to the working directory (combined: inmemory)",
+        "YAML path, relative to the working directory; a Django project's settings.CHANNEL_LAYERS "
+        "if not given (else combined: inmemory)",
     ),
     ("--alias", "LAYER_ALIAS", str, "default", "layer alias in the config file"),
     ("--host", "KIT_HOST", str, "127.0.0.1", "address to bind the app and admin ports"),
@@ -158,11 +161,6 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
             parser.error(
                 f"--{name.replace('_', '-')} must be a TCP port 1-65535, got {values[name]!r}"
             )
-    if values["config"] is None:
-        if args.role in ("combined", "check-config"):
-            values["config"] = "inmemory"
-        else:
-            parser.error(f"{args.role} needs a layer config: --config NAME|PATH or $LAYER_CONFIG")
     return values
 
 
@@ -171,13 +169,38 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def _spec(values: dict[str, Any]) -> LayerSpec:
-    specs = load(values["config"])
-    if values["alias"] not in specs:
+def _alias(specs: dict[str, LayerSpec], alias: str) -> LayerSpec:
+    if alias not in specs:
+        source = next(iter(specs.values())).source
+        raise ConfigError(f"{source}: no layer alias {alias!r}; defined: {', '.join(specs)}")
+    return specs[alias]
+
+
+def _layer(values: dict[str, Any], role: str) -> tuple[LayerSpec, BaseChannelLayer]:
+    """A Django project's settings.CHANNEL_LAYERS, else the config (``inmemory`` for combined);
+    both given must agree, or the app and the services would talk over different layers."""
+    alias = values["alias"]
+    given = _alias(load(values["config"]), alias) if values["config"] else None
+    settings = django_layer.settings_specs()
+    if settings is None:
+        if given is None:
+            if role not in ("combined", "check-config"):
+                raise ConfigError(
+                    f"{role} needs a layer config: --config NAME|PATH, $LAYER_CONFIG, or a "
+                    "Django project's settings.CHANNEL_LAYERS"
+                )
+            given = _alias(load("inmemory"), alias)
+        return given, given.build()
+    spec = _alias(settings, alias)
+    differ = spec.differences(given) if given is not None else []
+    if given is not None and differ:
         raise ConfigError(
-            f"{values['config']}: no layer alias {values['alias']!r}; defined: {', '.join(specs)}"
+            f"--config/$LAYER_CONFIG ({given.source}) and {spec.source} disagree on "
+            f"{', '.join(differ)} of layer {alias!r}, and the app and the services must share "
+            "one layer: leave out --config/$LAYER_CONFIG to use the settings, or make them equal"
         )
-    return specs[values["alias"]]
+    log.info("layer %r from %s", alias, spec.source)
+    return spec, django_layer.build(spec)
 
 
 def load_app(path: str) -> ASGIApp:
@@ -185,7 +208,6 @@ def load_app(path: str) -> ASGIApp:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--app must look like module:attribute, got {path!r}")
-    sys.path.insert(0, os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -242,9 +264,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     values = _resolve(args, parser)
     os.environ["KIT_ROLE"] = args.role
     logs.setup(values["log_format"], values["log_level"])
+    sys.path.insert(0, os.getcwd())  # the user's project: its app and its Django settings
     try:
-        spec = _spec(values)
-        layer = spec.build()
+        # The app first: importing a Django project's configures the settings that name the layer.
+        app = load_app(values["app"]) if args.role in ("worker", "combined") else None
+        spec, layer = _layer(values, args.role)
         if args.role == "check-config":
             check_config(spec, layer)
             _run(layer.discard())
@@ -255,7 +279,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{args.role} could never reach its peers. Use `layerkit combined` for one "
                 f"process, or a cross-process config: {CROSS_PROCESS_CONFIGS}."
             )
-        app = load_app(values["app"]) if args.role != "protocol" else None
     except ConfigError as exc:
         _fail(str(exc))
     settings = Settings(

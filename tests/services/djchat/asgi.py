@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.services.djchat.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.services.djchat.settings_inmemory")
 
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.core.asgi import get_asgi_application
