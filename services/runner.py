@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import math
 import signal
+import socket
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from layer.base import BaseChannelLayer
+from layer.exceptions import ConfigError
 from services import context
 from services.admin import AdminApp, Check
 from services.instance import ASGIApp
@@ -45,6 +48,40 @@ class Settings:
     pickup_timeout: float = 5.0
     heartbeat: float = 1.0
     limits: Limits = field(default_factory=Limits)  # on the protocol server's clients
+
+
+@dataclass
+class Ports:
+    """The role's listening sockets, bound before the layer and the app are set up."""
+
+    admin: socket.socket
+    front: socket.socket | None  # protocol and combined only
+
+
+def bind(settings: Settings) -> Ports:
+    """Bind the role's ports; one that cannot be bound is a :class:`ConfigError` naming its
+    option (uvicorn would only log ``[Errno 98]`` once everything else had started)."""
+    admin = _bind("--admin-port", settings.host, settings.admin_port)
+    if settings.role not in ("protocol", "combined"):
+        return Ports(admin, None)
+    try:
+        return Ports(admin, _bind("--port", settings.host, settings.port))
+    except ConfigError:
+        admin.close()
+        raise
+
+
+def _bind(option: str, host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restarts at once
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "is in use" if exc.errno == errno.EADDRINUSE else "cannot be bound"
+        raise ConfigError(f"{option} {port} {why} on {host} ({exc.strerror or exc})") from exc
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -77,7 +114,9 @@ def _server(
     return _Server(config)
 
 
-async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None) -> int:
+async def serve(
+    settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None, ports: Ports
+) -> int:
     """Run the role until SIGTERM/SIGINT; returns the process exit code."""
     metrics = Metrics()
     context.set_layer(layer)
@@ -111,9 +150,10 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
 
     dead = [role.vital.failing for role in (protocol, worker) if role is not None]
     admin = _server(AdminApp(layer, metrics, checks, dead), settings.host, settings.admin_port, 1)
-    servers = [admin]
+    servers = [(admin, ports.admin)]
     front: _Server | None = None
     if protocol is not None:
+        assert ports.front is not None
         limits = settings.limits
         front = _server(
             protocol,
@@ -124,8 +164,8 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
             http=BridgeHttpProtocol.bound(limits, partial(metrics.count, protocol.role, "refused")),
             ws_max_size=limits.max_ws_message,
         )
-        servers.append(front)
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+        servers.append((front, ports.front))
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,7 +175,7 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     failed = not stop.is_set()
     if failed:
-        log.error("a server stopped unexpectedly (is the port in use?); shutting down")
+        log.error("a server stopped unexpectedly; shutting down")
     else:
         log.info("shutting down: draining")
 

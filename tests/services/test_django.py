@@ -151,3 +151,23 @@ def test_check_config_shows_the_settings_layer() -> None:
     both = layerkit("check-config", DJANGO_SETTINGS_MODULE=SETTINGS, LAYER_CONFIG="redis", **REDIS)
     assert both.returncode == 0, both.stderr
     assert f"config:  settings.CHANNEL_LAYERS ({SETTINGS})" in both.stdout
+
+
+async def test_one_process_with_a_root_logging_config(stacks: StackFactory, events: Path) -> None:
+    """combined, the in-memory layer named only in settings, and a LOGGING that sends the root
+    logger to a NullHandler at ERROR: the kit's lines still come out, and the chat works."""
+    module = "tests.services.djchat.settings_inmemory"
+    env = {"KIT_APP": DJANGO_APP, "LAYER_CONFIG": "", "DJANGO_SETTINGS_MODULE": module}
+    served = serve(stacks, "inmemory", events, **env)
+    async with (
+        httpx.AsyncClient(base_url=served.url, timeout=20) as client,
+        websockets.connect(f"{served.ws_url}/chat/lobby/") as ws,
+    ):
+        await ws.recv()
+        posted = await client.post("/rooms/lobby/", content=json.dumps({"text": "via view"}))
+        assert posted.status_code == 202
+        assert json.loads(await ws.recv()) == {"text": "via view"}
+    served.front.stop()
+    output = served.front.output()
+    assert f"layer 'default' from settings.CHANNEL_LAYERS ({module})" in output
+    assert "concurrency" in output and "shutting down" in output

@@ -70,6 +70,7 @@ def test_no_pickup_in_time_is_503_and_ws_1013(stacks: StackFactory, events: Path
         wait_until(lambda: events_of(events, "start"), "the worker to be busy")
         late = client.get("/json")
         assert late.status_code == 503 and b"in time" in late.content
+        assert late.headers["retry-after"] == "1"  # as for a full queue: try again
 
         async def websocket() -> int:
             async with websockets.connect(f"{served.ws_url}/echo") as ws:
