@@ -17,6 +17,7 @@ from typing import Any
 
 from layer.options import byte_size
 from services.limits import Limits
+from services.named_channels import channel_names
 
 ROLES = ("protocol", "worker", "combined", "check-config")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -45,6 +46,8 @@ class Option:
 
     def shown(self) -> str:
         """The default as ``--help`` shows it: sizes in KiB/MiB where they divide evenly."""
+        if self.default == ():
+            return "none"
         if self.kind is size and self.default:
             for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
                 if self.default % factor == 0:
@@ -66,6 +69,9 @@ OPTIONS = [
     Option("--app", "KIT_APP", str, "services.demo.app:application",
            "ASGI app as module:attribute, imported from the working directory", _APP),
     Option("--concurrency", "KIT_CONCURRENCY", int, 256, "connections in flight at most", _APP),
+    Option("--channels", "KIT_CHANNELS", channel_names, (),
+           "background channels to serve with the app's ChannelNameRouter, as `manage.py "
+           "runworker` does: names separated by commas or spaces", _APP),
     Option("--drain-timeout", "KIT_DRAIN_TIMEOUT", float, 20.0,
            "SIGTERM grace period in seconds", _SERVED),
     Option("--pickup-timeout", "KIT_PICKUP_TIMEOUT", float, 5.0,
@@ -123,6 +129,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
         if value is None and raw is not None and args.role in option.roles:
             try:
                 value = option.kind(raw)
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"${option.env}: {exc}")
             except ValueError:
                 parser.error(f"${option.env}={raw!r} is not a valid {option.kind.__name__}")
         values[option.name] = option.default if value is None else value

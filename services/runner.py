@@ -28,6 +28,7 @@ from services.admin import AdminApp, Check
 from services.instance import ASGIApp
 from services.limits import Limits
 from services.metrics import Metrics
+from services.named_channels import NamedChannels
 from services.plain import BridgeHttpProtocol
 from services.protocol_server import ProtocolServer
 from services.worker import Worker
@@ -44,6 +45,7 @@ class Settings:
     port: int = 8000
     admin_port: int = 8081
     concurrency: int = 256
+    channels: tuple[str, ...] = ()  # background channels (services/named_channels.py)
     drain_timeout: float = 20.0
     pickup_timeout: float = 5.0
     heartbeat: float = 1.0
@@ -143,6 +145,10 @@ async def serve(
         await protocol.start()
     if worker is not None:
         await worker.start()
+    named = None
+    if app is not None and settings.channels:
+        named = NamedChannels(layer, app, settings.channels, retry=settings.heartbeat)
+        named.start()
     # Everything imported and built so far lives as long as the process: keep the collector
     # from re-scanning it (a large app, e.g. Django, makes full collections slow otherwise).
     gc.collect()
@@ -182,7 +188,8 @@ async def serve(
     if front is not None:
         front.should_exit = True
     if worker is not None:
-        await worker.stop()
+        stopping = [worker.stop()] + ([named.stop(settings.drain_timeout)] if named else [])
+        await asyncio.gather(*stopping)
     if front is not None:
         await asyncio.gather(tasks[1], return_exceptions=True)
     if protocol is not None:
