@@ -171,3 +171,12 @@ def test_a_port_in_use_names_its_option(option: str, role: str) -> None:
     assert f"{option} {port} is in use on 127.0.0.1 (Address already in use)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(Path("/dev/shm").glob("*never-created*"))  # refused before the layer is built
+
+
+def test_docs_list_every_option_with_its_default() -> None:
+    from services.options import OPTIONS
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for option in OPTIONS:
+        default = "see below" if option.default is None else f"`{option.shown()}`"
+        assert f"| `{option.flag}` | `{option.env}` | {default} |" in text, option.flag
