@@ -148,3 +148,58 @@ def _get(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+DJANGO_PROJECT = {
+    "mysite/__init__.py": "",
+    "mysite/settings.py": """
+SECRET_KEY = "test-only"
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = ["channels"]
+ROOT_URLCONF = "mysite.urls"
+CHANNEL_LAYERS = {"default": {"BACKEND": "layer.inmemory.InMemoryChannelLayer"}}
+""",
+    "mysite/urls.py": """
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.http import JsonResponse
+from django.urls import path
+
+def layer(request):
+    name = async_to_sync(get_channel_layer().new_channel)()
+    return JsonResponse({"layer": type(get_channel_layer()).__module__, "channel": name})
+
+urlpatterns = [path("layer/", layer)]
+""",
+    "mysite/asgi.py": """
+import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+from channels.routing import ProtocolTypeRouter
+from django.core.asgi import get_asgi_application
+application = ProtocolTypeRouter({"http": get_asgi_application()})
+""",
+}
+
+
+def test_the_readmes_three_steps_for_a_django_project(installed: Path, tmp_path: Path) -> None:
+    """README's first screen: install, CHANNEL_LAYERS in settings, `layerkit combined --app`."""
+    for name, text in DJANGO_PROJECT.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    port, admin = free_port(), free_port()
+    command = [
+        installed / "layerkit", "combined", "--app", "mysite.asgi:application",
+        "--port", str(port), "--admin-port", str(admin),
+    ]  # fmt: skip
+    log = tmp_path / "layerkit.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, env=_clean_env(), stdout=out, stderr=out)
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{admin}/readyz") == 200, "readiness")
+        reply = httpx.get(f"http://127.0.0.1:{port}/layer/", timeout=10)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["layer"] == "layer.inmemory"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, log.read_text()
+    assert "layer 'default' from settings.CHANNEL_LAYERS (mysite.settings)" in log.read_text()
