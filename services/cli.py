@@ -162,6 +162,10 @@ def _settings(role: str, values: dict[str, Any]) -> Settings:
         drain_timeout=values["drain_timeout"],
         pickup_timeout=values["pickup_timeout"],
         heartbeat=values["heartbeat"],
+        root_path=values["root_path"],
+        ssl_certfile=values["ssl_certfile"],
+        ssl_keyfile=values["ssl_keyfile"],
+        access_log=values["access_log"],
         limits=Limits(
             max_header_size=values["max_header_size"],
             header_timeout=values["header_timeout"],

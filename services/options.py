@@ -26,6 +26,16 @@ _FRONT = frozenset({"protocol", "combined"})  # roles with the HTTP/WebSocket po
 _APP = frozenset({"worker", "combined"})  # roles that run the app
 
 
+def boolean(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def size(text: str) -> int:
     """A byte count or a size like ``64KiB`` / ``1MB`` (binary multiples); ``0`` is 0."""
     return 0 if text.strip() == "0" else byte_size("size", text)
@@ -46,7 +56,9 @@ class Option:
 
     def shown(self) -> str:
         """The default as ``--help`` shows it: sizes in KiB/MiB where they divide evenly."""
-        if self.default == ():
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if self.default in ((), ""):
             return "none"
         if self.kind is size and self.default:
             for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -90,6 +102,13 @@ OPTIONS = [
            "idle seconds between requests on a connection", _FRONT),
     Option("--max-ws-message", "KIT_MAX_WS_MESSAGE", size, _LIMITS.max_ws_message,
            "WebSocket message in bytes (close 1009 above)", _FRONT),
+    Option("--root-path", "KIT_ROOT_PATH", str, "",
+           "the scope's root_path: the URL prefix a proxy serves the app under", _FRONT),
+    Option("--ssl-certfile", "KIT_SSL_CERTFILE", str, "",
+           "TLS certificate chain (PEM); with --ssl-keyfile, serves https and wss", _FRONT),
+    Option("--ssl-keyfile", "KIT_SSL_KEYFILE", str, "", "TLS private key (PEM)", _FRONT),
+    Option("--access-log", "KIT_ACCESS_LOG", boolean, False,
+           "a line per request, the admin port's too (uvicorn's access log; costs CPU)", _FRONT),
     Option("--log-format", "KIT_LOG_FORMAT", str, "plain", "plain or json"),
     Option("--log-level", "KIT_LOG_LEVEL", str, "info", ", ".join(LOG_LEVELS)),
 ]  # fmt: skip
@@ -116,7 +135,11 @@ def parser() -> argparse.ArgumentParser:
             if role in option.roles:
                 default = "" if option.default is None else f" (default: {option.shown()})"
                 text = f"{option.help}{default} [${option.env}]"
-                command.add_argument(option.flag, type=option.kind, default=None, help=text)
+                if option.kind is boolean:  # --access-log / --no-access-log, as uvicorn's
+                    action = argparse.BooleanOptionalAction
+                    command.add_argument(option.flag, action=action, default=None, help=text)
+                else:
+                    command.add_argument(option.flag, type=option.kind, default=None, help=text)
     return top
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import socket
+import ssl
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,6 +51,10 @@ class Settings:
     pickup_timeout: float = 5.0
     heartbeat: float = 1.0
     limits: Limits = field(default_factory=Limits)  # on the protocol server's clients
+    root_path: str = ""
+    ssl_certfile: str = ""  # with ssl_keyfile: TLS on the HTTP/WebSocket port
+    ssl_keyfile: str = ""
+    access_log: bool = False
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Ports:
 def bind(settings: Settings) -> Ports:
     """Bind the role's ports; one that cannot be bound is a :class:`ConfigError` naming its
     option (uvicorn would only log ``[Errno 98]`` once everything else had started)."""
+    if settings.role in ("protocol", "combined"):
+        _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
     admin = _bind("--admin-port", settings.host, settings.admin_port)
     if settings.role not in ("protocol", "combined"):
         return Ports(admin, None)
@@ -71,6 +78,19 @@ def bind(settings: Settings) -> Ports:
     except ConfigError:
         admin.close()
         raise
+
+
+def _check_tls(certfile: str, keyfile: str) -> None:
+    """Both files or neither, and loadable: uvicorn would fail only once serving began."""
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    if certfile:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load: {exc}"
+            ) from exc
 
 
 def _bind(option: str, host: str, port: int) -> socket.socket:
@@ -95,7 +115,13 @@ class _Server(uvicorn.Server):
 
 
 def _server(
-    app: Any, host: str, port: int, grace: float, http: Any = "httptools", **options: Any
+    app: Any,
+    host: str,
+    port: int,
+    grace: float,
+    http: Any = "httptools",
+    access_log: bool = False,
+    **options: Any,
 ) -> _Server:
     config = uvicorn.Config(
         app,
@@ -105,7 +131,7 @@ def _server(
         interface="asgi3",  # the protocol server's __call__ returns a coroutine, not async def
         lifespan="off",
         log_config=None,
-        access_log=False,
+        access_log=access_log,
         server_header=False,
         # X-Forwarded-* reach the app untouched; interpreting them is the app's policy (Django:
         # SECURE_PROXY_SSL_HEADER, USE_X_FORWARDED_HOST), and rewriting scope costs every request.
@@ -155,7 +181,14 @@ async def serve(
     gc.freeze()
 
     dead = [role.vital.failing for role in (protocol, worker) if role is not None]
-    admin = _server(AdminApp(layer, metrics, checks, dead), settings.host, settings.admin_port, 1)
+    admin = _server(
+        AdminApp(layer, metrics, checks, dead),
+        settings.host,
+        settings.admin_port,
+        1,
+        # uvicorn's access logger is one for the process, and its Config turns it off globally
+        access_log=settings.access_log,
+    )
     servers = [(admin, ports.admin)]
     front: _Server | None = None
     if protocol is not None:
@@ -169,6 +202,10 @@ async def serve(
             # one write per response, body-less requests without a task, limits on clients
             http=BridgeHttpProtocol.bound(limits, partial(metrics.count, protocol.role, "refused")),
             ws_max_size=limits.max_ws_message,
+            root_path=settings.root_path,
+            ssl_certfile=settings.ssl_certfile or None,
+            ssl_keyfile=settings.ssl_keyfile or None,
+            access_log=settings.access_log,
         )
         servers.append((front, ports.front))
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
