@@ -166,6 +166,7 @@ def _settings(role: str, values: dict[str, Any]) -> Settings:
         ssl_certfile=values["ssl_certfile"],
         ssl_keyfile=values["ssl_keyfile"],
         access_log=values["access_log"],
+        forwarded_allow_ips=values["forwarded_allow_ips"],
         limits=Limits(
             max_header_size=values["max_header_size"],
             header_timeout=values["header_timeout"],

@@ -109,6 +109,9 @@ OPTIONS = [
     Option("--ssl-keyfile", "KIT_SSL_KEYFILE", str, "", "TLS private key (PEM)", _FRONT),
     Option("--access-log", "KIT_ACCESS_LOG", boolean, False,
            "a line per request, the admin port's too (uvicorn's access log; costs CPU)", _FRONT),
+    Option("--forwarded-allow-ips", "KIT_FORWARDED_ALLOW_IPS", str, "",
+           "proxies (IPs, CIDRs or *, comma-separated) whose X-Forwarded-Proto/-For set the "
+           "scope's scheme and client; none: the headers reach the app untouched", _FRONT),
     Option("--log-format", "KIT_LOG_FORMAT", str, "plain", "plain or json"),
     Option("--log-level", "KIT_LOG_LEVEL", str, "info", ", ".join(LOG_LEVELS)),
 ]  # fmt: skip

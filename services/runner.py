@@ -55,6 +55,7 @@ class Settings:
     ssl_certfile: str = ""  # with ssl_keyfile: TLS on the HTTP/WebSocket port
     ssl_keyfile: str = ""
     access_log: bool = False
+    forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-Proto/-For; "": none
 
 
 @dataclass
@@ -121,6 +122,7 @@ def _server(
     grace: float,
     http: Any = "httptools",
     access_log: bool = False,
+    forwarded_allow_ips: str = "",
     **options: Any,
 ) -> _Server:
     config = uvicorn.Config(
@@ -133,9 +135,11 @@ def _server(
         log_config=None,
         access_log=access_log,
         server_header=False,
-        # X-Forwarded-* reach the app untouched; interpreting them is the app's policy (Django:
-        # SECURE_PROXY_SSL_HEADER, USE_X_FORWARDED_HOST), and rewriting scope costs every request.
-        proxy_headers=False,
+        # Unless proxies are named, X-Forwarded-* reach the app untouched: interpreting them is
+        # then the app's policy (Django: SECURE_PROXY_SSL_HEADER), and the body-less fast path
+        # stays (uvicorn's middleware wraps the app, so every request takes the general path).
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
         timeout_graceful_shutdown=math.ceil(grace),
         **options,
     )
@@ -206,6 +210,7 @@ async def serve(
             ssl_certfile=settings.ssl_certfile or None,
             ssl_keyfile=settings.ssl_keyfile or None,
             access_log=settings.access_log,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
         servers.append((front, ports.front))
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]

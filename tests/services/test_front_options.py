@@ -1,5 +1,6 @@
-"""The protocol server's uvicorn options, named as uvicorn names them: TLS, root_path and the
-access log, through the whole path (protocol server, layer, worker) to the app's scope."""
+"""The protocol server's uvicorn options, named as uvicorn names them: TLS, root_path, proxy
+headers and the access log, through the whole path (protocol server, layer, worker) to the
+app's scope."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ipaddress
 import json
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.services.conftest import StackFactory
+from tests.services.procs import Service
 from tests.services.test_cli import layerkit
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,3 +129,46 @@ def test_access_log_env_must_be_a_boolean() -> None:
     assert (
         result.returncode == 2 and "$KIT_ACCESS_LOG='maybe' is not a valid boolean" in result.stderr
     )
+
+
+FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+
+
+async def _seen_through(front: Service) -> list[dict[str, Any]]:
+    """What the app saw of a GET, a POST and a WebSocket, each sent with X-Forwarded-*."""
+    seen = []
+    async with httpx.AsyncClient(base_url=front.url, headers=FORWARDED, timeout=20) as client:
+        seen.append((await client.get("/page")).json())
+        seen.append((await client.post("/page", content=b"body")).json())
+    async with websockets.connect(f"{front.ws_url}/ws", additional_headers=FORWARDED) as ws:
+        seen.append(json.loads(await ws.recv()))
+    return seen
+
+
+@pytest.mark.parametrize("name", ["inmemory", "redis"])
+async def test_a_trusted_proxys_headers_set_scheme_and_client(
+    stacks: StackFactory, name: str
+) -> None:
+    stack = stacks(name)
+    trusting = {"KIT_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    if name == "inmemory":
+        front = stack.add("combined", KIT_APP=SCOPE_APP, **trusting)
+    else:
+        stack.add("worker", KIT_APP=SCOPE_APP)
+        front = stack.add("protocol", **trusting)
+    http_get, http_post, ws = await _seen_through(front)
+    for seen in (http_get, http_post):
+        assert seen["scheme"] == "https" and seen["client"] == ["203.0.113.7", 0]
+    assert ws["scheme"] == "wss" and ws["client"] == ["203.0.113.7", 0]
+
+
+@pytest.mark.parametrize("allow", [None, "10.9.9.9"])
+async def test_other_clients_headers_change_nothing(
+    stacks: StackFactory, allow: str | None
+) -> None:
+    env = {} if allow is None else {"KIT_FORWARDED_ALLOW_IPS": allow}
+    front = stacks("inmemory").add("combined", KIT_APP=SCOPE_APP, **env)
+    http_get, http_post, ws = await _seen_through(front)
+    for seen in (http_get, http_post):
+        assert seen["scheme"] == "http" and seen["client"][0] == "127.0.0.1"
+    assert ws["scheme"] == "ws" and ws["client"][0] == "127.0.0.1"
