@@ -8,11 +8,13 @@ default:
     expiry: ${LAYER_EXPIRY:-60}
 ```
 
-The file comes from an argument or ``LAYER_CONFIG``. ``${VAR}`` and ``${VAR:-default}`` are
-substituted in string values; a value that is exactly one ``${...}`` is then read as JSON, so
-numbers, booleans and lists can be injected too; anything that is not JSON stays the string it
-is (YAML would turn ``0123`` into 83 and ``on`` into True: an encryption key or a password must
-come through unchanged). Every mistake raises :class:`ConfigError` naming the
+The file comes from an argument or ``LAYER_CONFIG``: the name of a config this package ships
+(``inmemory``, ``ipc``, ``redis``, ``redis-sharded``, ``local-redis``: the checkout's ``config/``
+files, installed as package data) or a path, relative to the working directory. ``${VAR}`` and
+``${VAR:-default}`` are substituted in string values; a value that is exactly one ``${...}`` is
+then read as JSON, so numbers, booleans and lists can be injected too; anything that is not JSON
+stays the string it is (YAML would turn ``0123`` into 83 and ``on`` into True: an encryption key
+or a password must come through unchanged). Every mistake raises :class:`ConfigError` naming the
 file, the key and what was expected.
 """
 
@@ -33,8 +35,17 @@ from layer.base import BaseChannelLayer
 from layer.exceptions import ConfigError, InvalidChannelLayerError
 
 ENV_VAR = "LAYER_CONFIG"
+# The shipped configs: a link to the checkout's config/ (which compose and k8s read), copied into
+# the wheel as package data, so `--config redis` works from any directory.
+BUILTIN = Path(__file__).with_name("configs")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ALIAS_KEYS = {"BACKEND", "CONFIG"}
+BACKENDS = (
+    "layer.inmemory.InMemoryChannelLayer",
+    "layer.ipc.IPCChannelLayer",
+    "layer.redis.RedisChannelLayer",
+    "layer.local.LocalRedisChannelLayer",
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +71,13 @@ class LayerSpec:
         cls = getattr(module, class_name, None)
         if not (isinstance(cls, type) and issubclass(cls, BaseChannelLayer)):
             raise InvalidChannelLayerError(
-                f"{where}: {self.backend!r} is not a channel layer class of this kit"
+                f"{where}: {self.backend!r} is not a channel layer class of this kit; use one "
+                f"of {', '.join(BACKENDS)}"
             )
         return cls
 
-    def build(self) -> BaseChannelLayer:
-        """Instantiate the backend; bad keys or values become one :class:`ConfigError`."""
+    def check(self) -> type[BaseChannelLayer]:
+        """The backend class, once every ``CONFIG`` key is known to be one of its options."""
         cls = self.backend_class()
         where = f"{self.source}: {self.alias}.CONFIG"
         _check_keys(cls, self.config, where)
@@ -74,10 +86,29 @@ class LayerSpec:
             options = self.config.get(name)
             if isinstance(options, dict):
                 _check_keys(part, options, f"{where}.{name}", _known_options(cls))
+        return cls
+
+    def build(self) -> BaseChannelLayer:
+        """Instantiate the backend; bad keys or values become one :class:`ConfigError`."""
+        cls = self.check()
         try:
             return cls(**self.config)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{self.source}: {self.alias}.CONFIG: {exc}") from exc
+
+    def differences(self, other: LayerSpec) -> list[str]:
+        """What ``other`` sets otherwise: ``BACKEND`` and/or ``CONFIG.<key>`` (values left out:
+        they may hold passwords). Lists and tuples compare equal, as YAML and Python write them."""
+        found = ["BACKEND"] if self.backend != other.backend else []
+        for key in sorted(set(self.config) | set(other.config)):
+            mine, theirs = (_canonical(spec.config.get(key)) for spec in (self, other))
+            if key not in self.config or key not in other.config or mine != theirs:
+                found.append(f"CONFIG.{key}")
+        return found
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _check_keys(
@@ -145,8 +176,11 @@ def _interpolate(text: str, where: str, environ: dict[str, str] | os._Environ[st
     return _VAR_RE.sub(replace, text)
 
 
-def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict[str, LayerSpec]:
-    """Validate the ``CHANNEL_LAYERS``-shaped mapping ``data`` read from ``source``."""
+def parse(
+    data: Any, source: str, environ: dict[str, str] | None = None, expand: bool = True
+) -> dict[str, LayerSpec]:
+    """Validate the ``CHANNEL_LAYERS``-shaped mapping ``data`` read from ``source``; ``expand``
+    substitutes ``${VAR}`` (files do; Django settings do not: Channels takes them as written)."""
     env = os.environ if environ is None else environ
     if not isinstance(data, dict) or not data:
         raise ConfigError(
@@ -168,18 +202,42 @@ def parse(data: Any, source: str, environ: dict[str, str] | None = None) -> dict
         config = body.get("CONFIG") or {}
         if not isinstance(config, dict):
             raise ConfigError(f"{source}: {alias}.CONFIG: expected a mapping of options")
-        config = substitute(config, f"{source}: {alias}.CONFIG", env)
+        if expand:
+            config = substitute(config, f"{source}: {alias}.CONFIG", env)
         specs[str(alias)] = LayerSpec(str(alias), backend, config, source)
     return specs
 
 
+def builtin_names() -> list[str]:
+    """Names of the shipped configs, for ``--config NAME``."""
+    return sorted(path.stem for path in BUILTIN.glob("*.yaml"))
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A shipped config's name, or else a path (relative ones from the working directory).
+
+    A name has no ``/`` and no ``.yaml``/``.yml`` suffix, so which one is meant never depends on
+    what the working directory happens to hold.
+    """
+    text = os.fspath(path)
+    if "/" in text or os.sep in text or text.endswith((".yaml", ".yml")):
+        return Path(text)
+    builtin = BUILTIN / f"{text}.yaml"
+    if not builtin.is_file():
+        raise ConfigError(
+            f"{text!r} is not a built-in layer config (those are {', '.join(builtin_names())}); "
+            f"a file needs a path, e.g. ./{text}.yaml"
+        )
+    return builtin
+
+
 def load(path: str | os.PathLike[str] | None = None) -> dict[str, LayerSpec]:
-    """Read a config file (``path`` or ``$LAYER_CONFIG``)."""
+    """Read a config (``path`` or ``$LAYER_CONFIG``: a shipped config's name or a file)."""
     if path is None:
         path = os.environ.get(ENV_VAR)
         if not path:
             raise ConfigError(f"no layer config given: pass a path or set {ENV_VAR}")
-    file = Path(path)
+    file = resolve(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

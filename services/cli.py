@@ -6,157 +6,24 @@ that names what was wrong.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
-import math
+import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from layer.base import BaseChannelLayer
 from layer.config import LayerSpec, load
 from layer.exceptions import AccessRefused, ConfigError
-from layer.options import byte_size
-from services import logs
+from services import django_layer, logs, options
 from services.instance import ASGIApp
 from services.limits import Limits
-from services.runner import Settings, reachable, serve
+from services.runner import Settings, bind, reachable, serve
 
-ROLES = ("protocol", "worker", "combined", "check-config")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-CROSS_PROCESS_CONFIGS = "config/ipc.yaml (one host), config/redis.yaml or config/redis-sharded.yaml"
-
-
-def size(text: str) -> int:
-    """A byte count or a size like ``64KiB`` / ``1MB`` (binary multiples); ``0`` is 0."""
-    return 0 if text.strip() == "0" else byte_size("size", text)
-
-
-_LIMITS = Limits()
-# (flag, env var, type, default, help); defaults of None are resolved per role.
-_OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
-    ("--config", "LAYER_CONFIG", str, None, "layer YAML (combined: config/inmemory.yaml)"),
-    ("--alias", "LAYER_ALIAS", str, "default", "layer alias in the config file"),
-    ("--host", "KIT_HOST", str, "127.0.0.1", "address to bind the app and admin ports"),
-    ("--port", "KIT_PORT", int, 8000, "HTTP/WebSocket port (protocol, combined)"),
-    ("--admin-port", "KIT_ADMIN_PORT", int, 8081, "admin port: /healthz /readyz /metrics"),
-    ("--app", "KIT_APP", str, "services.demo.app:application", "ASGI app as module:attribute"),
-    ("--concurrency", "KIT_CONCURRENCY", int, 256, "worker: max connections in flight"),
-    ("--drain-timeout", "KIT_DRAIN_TIMEOUT", float, 20.0, "SIGTERM grace period in seconds"),
-    (
-        "--pickup-timeout",
-        "KIT_PICKUP_TIMEOUT",
-        float,
-        5.0,
-        "protocol: seconds to wait for a worker",
-    ),
-    ("--heartbeat", "KIT_HEARTBEAT", float, 1.0, "heartbeat interval; a peer is dead after 3"),
-    (
-        "--max-header-size",
-        "KIT_MAX_HEADER_SIZE",
-        size,
-        _LIMITS.max_header_size,
-        "protocol: request line + headers in bytes, e.g. 64KiB (431 above)",
-    ),
-    (
-        "--header-timeout",
-        "KIT_HEADER_TIMEOUT",
-        float,
-        _LIMITS.header_timeout,
-        "protocol: seconds to receive a whole request head (408)",
-    ),
-    (
-        "--body-timeout",
-        "KIT_BODY_TIMEOUT",
-        float,
-        _LIMITS.body_timeout,
-        "protocol: seconds a request body may stall (408)",
-    ),
-    (
-        "--max-body-size",
-        "KIT_MAX_BODY_SIZE",
-        size,
-        _LIMITS.max_body_size,
-        "protocol: request body in bytes, 0 for no limit (413 above)",
-    ),
-    (
-        "--keep-alive-timeout",
-        "KIT_KEEP_ALIVE_TIMEOUT",
-        float,
-        _LIMITS.keep_alive_timeout,
-        "protocol: idle seconds between requests on a connection",
-    ),
-    (
-        "--max-ws-message",
-        "KIT_MAX_WS_MESSAGE",
-        size,
-        _LIMITS.max_ws_message,
-        "protocol: WebSocket message in bytes (close 1009 above)",
-    ),
-    ("--log-format", "KIT_LOG_FORMAT", str, "plain", "plain or json"),
-    ("--log-level", "KIT_LOG_LEVEL", str, "info", "debug, info, warning or error"),
-]
-
-_POSITIVE = ("concurrency", "drain_timeout", "pickup_timeout", "heartbeat", "max_header_size",
-             "header_timeout", "body_timeout", "keep_alive_timeout", "max_ws_message")  # fmt: skip
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="layerkit",
-        description="Protocol servers and workers that speak ASGI over a channel layer.",
-    )
-    sub = parser.add_subparsers(dest="role", required=True, metavar="{" + ",".join(ROLES) + "}")
-    helps = {
-        "protocol": "terminate HTTP/WebSocket and forward connections to workers",
-        "worker": "run the ASGI app for connections taken from the layer",
-        "combined": "protocol server and worker in one process (in-memory layer)",
-        "check-config": "validate a layer config, print its backend and shards, ask them once",
-    }
-    for role in ROLES:
-        command = sub.add_parser(role, help=helps[role], description=helps[role])
-        for flag, env, kind, default, text in _OPTIONS:
-            command.add_argument(flag, type=kind, default=None, help=f"{text} [${env}]")
-            command.set_defaults(**{f"_env_{flag[2:].replace('-', '_')}": (env, kind, default)})
-    return parser
-
-
-def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Flag, else environment variable, else default; bad env values are usage errors."""
-    values: dict[str, Any] = {}
-    for flag, env, kind, default, _ in _OPTIONS:
-        name = flag[2:].replace("-", "_")
-        value = getattr(args, name)
-        if value is None and env in os.environ:
-            try:
-                value = kind(os.environ[env])
-            except ValueError:
-                parser.error(f"${env}={os.environ[env]!r} is not a valid {kind.__name__}")
-        values[name] = default if value is None else value
-    if values["log_format"] not in ("plain", "json"):
-        parser.error(f"--log-format must be plain or json, got {values['log_format']!r}")
-    if values["log_level"] not in LOG_LEVELS:
-        parser.error(
-            f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}"
-        )
-    for name in _POSITIVE:
-        if not 0 < values[name] < math.inf:  # also refuses nan: it compares false
-            parser.error(
-                f"--{name.replace('_', '-')} must be a finite number > 0, got {values[name]!r}"
-            )
-    for name in ("port", "admin_port"):
-        if not 0 < values[name] <= 65535:
-            parser.error(
-                f"--{name.replace('_', '-')} must be a TCP port 1-65535, got {values[name]!r}"
-            )
-    if values["config"] is None:
-        if args.role in ("combined", "check-config"):
-            values["config"] = "config/inmemory.yaml"
-        else:
-            parser.error(f"{args.role} needs a layer config: --config PATH or $LAYER_CONFIG")
-    return values
+log = logging.getLogger("layerkit")
+CROSS_PROCESS_CONFIGS = "--config ipc (one host), --config redis or --config redis-sharded"
 
 
 def _fail(message: str) -> NoReturn:
@@ -164,13 +31,38 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def _spec(values: dict[str, Any]) -> LayerSpec:
-    specs = load(values["config"])
-    if values["alias"] not in specs:
+def _alias(specs: dict[str, LayerSpec], alias: str) -> LayerSpec:
+    if alias not in specs:
+        source = next(iter(specs.values())).source
+        raise ConfigError(f"{source}: no layer alias {alias!r}; defined: {', '.join(specs)}")
+    return specs[alias]
+
+
+def _layer(values: dict[str, Any], role: str) -> tuple[LayerSpec, BaseChannelLayer]:
+    """A Django project's settings.CHANNEL_LAYERS, else the config (``inmemory`` for combined);
+    both given must agree, or the app and the services would talk over different layers."""
+    alias = values["alias"]
+    given = _alias(load(values["config"]), alias) if values["config"] else None
+    settings = django_layer.settings_specs()
+    if settings is None:
+        if given is None:
+            if role not in ("combined", "check-config"):
+                raise ConfigError(
+                    f"{role} needs a layer config: --config NAME|PATH, $LAYER_CONFIG, or a "
+                    "Django project's settings.CHANNEL_LAYERS"
+                )
+            given = _alias(load("inmemory"), alias)
+        return given, given.build()
+    spec = _alias(settings, alias)
+    differ = spec.differences(given) if given is not None else []
+    if given is not None and differ:
         raise ConfigError(
-            f"{values['config']}: no layer alias {values['alias']!r}; defined: {', '.join(specs)}"
+            f"--config/$LAYER_CONFIG ({given.source}) and {spec.source} disagree on "
+            f"{', '.join(differ)} of layer {alias!r}, and the app and the services must share "
+            "one layer: leave out --config/$LAYER_CONFIG to use the settings, or make them equal"
         )
-    return specs[values["alias"]]
+    log.info("layer %r from %s", alias, spec.source)
+    return spec, django_layer.build(spec)
 
 
 def load_app(path: str) -> ASGIApp:
@@ -178,7 +70,6 @@ def load_app(path: str) -> ASGIApp:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--app must look like module:attribute, got {path!r}")
-    sys.path.insert(0, os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -258,15 +149,22 @@ def _describe(shard: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
+    parser = options.parser()
     args = parser.parse_args(argv)
-    values = _resolve(args, parser)
+    values = options.resolve(args, parser)
     os.environ["KIT_ROLE"] = args.role
     logs.setup(values["log_format"], values["log_level"])
+    sys.path.insert(0, os.getcwd())  # the user's project: its app and its Django settings
+    settings = _settings(args.role, values)
     try:
-        spec = _spec(values)
-        layer = spec.build()
-        if args.role == "check-config":
+        # Ports first: one in use is an error naming its option before anything is built.
+        ports = bind(settings) if args.role != "check-config" else None
+        # The app next: importing a Django project's configures the settings that name the layer,
+        # and its LOGGING, which must not silence the kit's own lines: set those up again.
+        app = load_app(values["app"]) if args.role in ("worker", "combined") else None
+        logs.setup(values["log_format"], values["log_level"])
+        spec, layer = _layer(values, args.role)
+        if ports is None:
             check_config(spec, layer)
             refused = _run(_reach(layer))
             if refused:
@@ -278,18 +176,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{args.role} could never reach its peers. Use `layerkit combined` for one "
                 f"process, or a cross-process config: {CROSS_PROCESS_CONFIGS}."
             )
-        app = load_app(values["app"]) if args.role != "protocol" else None
     except ConfigError as exc:
         _fail(str(exc))
-    settings = Settings(
-        role=args.role,
+    sys.exit(_run(serve(settings, layer, app, ports)))
+
+
+def _settings(role: str, values: dict[str, Any]) -> Settings:
+    return Settings(
+        role=role,
         host=values["host"],
         port=values["port"],
         admin_port=values["admin_port"],
         concurrency=values["concurrency"],
+        channels=values["channels"],
         drain_timeout=values["drain_timeout"],
         pickup_timeout=values["pickup_timeout"],
         heartbeat=values["heartbeat"],
+        root_path=values["root_path"],
+        ssl_certfile=values["ssl_certfile"],
+        ssl_keyfile=values["ssl_keyfile"],
+        access_log=values["access_log"],
+        forwarded_allow_ips=values["forwarded_allow_ips"],
         limits=Limits(
             max_header_size=values["max_header_size"],
             header_timeout=values["header_timeout"],
@@ -299,7 +206,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_ws_message=values["max_ws_message"],
         ),
     )
-    sys.exit(_run(serve(settings, layer, app)))
 
 
 def _run(coro: Any) -> Any:

@@ -23,7 +23,7 @@ def set_layer(layer: BaseChannelLayer | None) -> None:
 def get_layer() -> BaseChannelLayer:
     global _layer
     if _layer is None:
-        path = os.environ.get("LAYER_CONFIG") or "config/inmemory.yaml"
+        path = os.environ.get("LAYER_CONFIG") or "inmemory"
         _layer = get_channel_layer(os.environ.get("LAYER_ALIAS", "default"), path)
     return _layer
 

@@ -51,8 +51,17 @@ class Throttled:
         self.log.log(level, msg, *args)
 
 
+# The kit's loggers (services, layers, uvicorn's): set up here, never left to the app's logging.
+OWN = ("layerkit", "layer", "uvicorn")
+
+
 def setup(log_format: str, level: str = "INFO") -> None:
-    """Route our and uvicorn's loggers to stderr in ``log_format`` (``plain`` or ``json``)."""
+    """Route the kit's loggers, and the root logger, to stderr in ``log_format``.
+
+    The kit's loggers get a handler of their own and do not propagate, so an app's logging
+    set-up (a Django ``LOGGING`` with its own root, or ``disable_existing_loggers``) cannot
+    hide them; the CLI calls this again once the app is imported, which undoes any disabling.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -63,9 +72,14 @@ def setup(log_format: str, level: str = "INFO") -> None:
                 f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s"
             )
         )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+    for logger in (logging.getLogger(), *(logging.getLogger(name) for name in OWN)):
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = logger is logging.getLogger()
+        logger.disabled = False
+    for name, child in logging.root.manager.loggerDict.items():
+        if isinstance(child, logging.Logger) and name.partition(".")[0] in OWN:
+            child.disabled = False
+            if name not in OWN:  # children reach the handler through their top logger
+                child.handlers[:] = []
+                child.propagate = True

@@ -29,8 +29,9 @@ async def refuse(send: Send, why: str) -> int:
 
 
 async def failure(send: Send, status: int) -> int:
-    """The plain-text error page for ``status`` (one of :data:`REASONS`)."""
-    return await plain(send, status, REASONS.get(status, REASONS[500]))
+    """The plain-text error page for ``status`` (one of :data:`REASONS`); a 503 (no worker
+    took it in time) says when to retry, as the refusal of a full queue does."""
+    return await plain(send, status, REASONS.get(status, REASONS[500]), retry=status == 503)
 
 
 async def ws_refuse(send: Send, code: int, reason: str) -> int:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import math
 import signal
+import socket
+import ssl
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,12 +23,13 @@ from typing import Any
 import uvicorn
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import AccessRefused
+from layer.exceptions import AccessRefused, ConfigError
 from services import context, wire
 from services.admin import AdminApp, Check
 from services.instance import ASGIApp
 from services.limits import Limits
 from services.metrics import Metrics
+from services.named_channels import NamedChannels
 from services.plain import BridgeHttpProtocol
 from services.protocol_server import ProtocolServer
 from services.worker import Worker
@@ -49,7 +53,62 @@ class Settings:
     drain_timeout: float = 20.0
     pickup_timeout: float = 5.0
     heartbeat: float = 1.0
+    channels: tuple[str, ...] = ()  # background channels (services/named_channels.py)
     limits: Limits = field(default_factory=Limits)  # on the protocol server's clients
+    root_path: str = ""
+    ssl_certfile: str = ""  # with ssl_keyfile: TLS on the HTTP/WebSocket port
+    ssl_keyfile: str = ""
+    access_log: bool = False
+    forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-Proto/-For; "": none
+
+
+@dataclass
+class Ports:
+    """The role's listening sockets, bound before the layer and the app are set up."""
+
+    admin: socket.socket
+    front: socket.socket | None  # protocol and combined only
+
+
+def bind(settings: Settings) -> Ports:
+    """Bind the role's ports; one that cannot be bound is a :class:`ConfigError` naming its
+    option (uvicorn would only log ``[Errno 98]`` once everything else had started)."""
+    if settings.role in ("protocol", "combined"):
+        _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
+    admin = _bind("--admin-port", settings.host, settings.admin_port)
+    if settings.role not in ("protocol", "combined"):
+        return Ports(admin, None)
+    try:
+        return Ports(admin, _bind("--port", settings.host, settings.port))
+    except ConfigError:
+        admin.close()
+        raise
+
+
+def _check_tls(certfile: str, keyfile: str) -> None:
+    """Both files or neither, and loadable: uvicorn would fail only once serving began."""
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    if certfile:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load: {exc}"
+            ) from exc
+
+
+def _bind(option: str, host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restarts at once
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "is in use" if exc.errno == errno.EADDRINUSE else "cannot be bound"
+        raise ConfigError(f"{option} {port} {why} on {host} ({exc.strerror or exc})") from exc
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -61,7 +120,14 @@ class _Server(uvicorn.Server):
 
 
 def _server(
-    app: Any, host: str, port: int, grace: float, http: Any = "httptools", **options: Any
+    app: Any,
+    host: str,
+    port: int,
+    grace: float,
+    http: Any = "httptools",
+    access_log: bool = False,
+    forwarded_allow_ips: str = "",
+    **options: Any,
 ) -> _Server:
     config = uvicorn.Config(
         app,
@@ -71,18 +137,22 @@ def _server(
         interface="asgi3",  # the protocol server's __call__ returns a coroutine, not async def
         lifespan="off",
         log_config=None,
-        access_log=False,
+        access_log=access_log,
         server_header=False,
-        # X-Forwarded-* reach the app untouched; interpreting them is the app's policy (Django:
-        # SECURE_PROXY_SSL_HEADER, USE_X_FORWARDED_HOST), and rewriting scope costs every request.
-        proxy_headers=False,
+        # Unless proxies are named, X-Forwarded-* reach the app untouched: interpreting them is
+        # then the app's policy (Django: SECURE_PROXY_SSL_HEADER), and the body-less fast path
+        # stays (uvicorn's middleware wraps the app, so every request takes the general path).
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
         timeout_graceful_shutdown=math.ceil(grace),
         **options,
     )
     return _Server(config)
 
 
-async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None) -> int:
+async def serve(
+    settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None, ports: Ports
+) -> int:
     """Run the role until SIGTERM/SIGINT; returns the process exit code."""
     metrics = Metrics()
     context.set_layer(layer)
@@ -115,11 +185,24 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
     # still out of reach, so an orchestrator waits instead of restarting the process.
     dead = [role.vital.failing for role in (protocol, worker) if role is not None]
     admin_app = AdminApp(layer, metrics, checks, lambda: _channels(protocol, worker), dead)
-    admin = _server(admin_app, settings.host, settings.admin_port, 1)
-    tasks = [asyncio.create_task(admin.serve())]
+    admin = _server(
+        admin_app,
+        settings.host,
+        settings.admin_port,
+        1,
+        # uvicorn's access logger is one for the process, and its Config turns it off globally
+        access_log=settings.access_log,
+    )
+    tasks = [asyncio.create_task(admin.serve(sockets=[ports.admin]))]
     code = await _start(layer, protocol, worker, [stopper, tasks[0]])
     if code is not None:
+        if ports.front is not None:
+            ports.front.close()
         return await _abandon(code, layer, admin, admin_app, tasks, stopper)
+    named = None
+    if app is not None and settings.channels:
+        named = NamedChannels(layer, app, settings.channels, retry=settings.heartbeat)
+        named.start()
     # Everything imported and built so far lives as long as the process: keep the collector
     # from re-scanning it (a large app, e.g. Django, makes full collections slow otherwise).
     gc.collect()
@@ -127,6 +210,7 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
 
     front: _Server | None = None
     if protocol is not None:
+        assert ports.front is not None
         limits = settings.limits
         front = _server(
             protocol,
@@ -136,19 +220,24 @@ async def serve(settings: Settings, layer: BaseChannelLayer, app: ASGIApp | None
             # one write per response, body-less requests without a task, limits on clients
             http=BridgeHttpProtocol.bound(limits, partial(metrics.count, protocol.role, "refused")),
             ws_max_size=limits.max_ws_message,
+            root_path=settings.root_path,
+            ssl_certfile=settings.ssl_certfile or None,
+            ssl_keyfile=settings.ssl_keyfile or None,
+            access_log=settings.access_log,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
-        tasks.append(asyncio.create_task(front.serve()))
+        tasks.append(asyncio.create_task(front.serve(sockets=[ports.front])))
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     failed = not stop.is_set()
     if failed:
-        log.error("a server stopped unexpectedly (is the port in use?); shutting down")
+        log.error("a server stopped unexpectedly; shutting down")
     else:
         log.info("shutting down: draining")
 
     if front is not None:
         front.should_exit = True
-    if worker is not None:
-        await worker.stop()
+    stopping = [worker.stop()] if worker is not None else []
+    await asyncio.gather(*stopping, *([named.stop(settings.drain_timeout)] if named else []))
     if front is not None:
         await asyncio.gather(tasks[1], return_exceptions=True)
     if protocol is not None:
@@ -229,7 +318,7 @@ async def _abandon(
 ) -> int:
     """Stop what :func:`_start` left running and return ``code``."""
     if code == 1:
-        log.error("the admin server stopped unexpectedly (is the port in use?)")
+        log.error("the admin server stopped unexpectedly")
     admin.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()

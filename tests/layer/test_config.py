@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from layer.config import get_channel_layer, load, parse
+from layer.config import builtin_names, get_channel_layer, load, parse, resolve
 from layer.exceptions import ConfigError, InvalidChannelLayerError
 from layer.inmemory import InMemoryChannelLayer
 
@@ -138,3 +138,38 @@ def test_no_path_and_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LAYER_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="LAYER_CONFIG"):
         load()
+
+
+def test_built_in_names_are_the_checkouts_config_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # names do not depend on the working directory
+    root = ROOT / "config"
+    assert builtin_names() == sorted(path.stem for path in root.glob("*.yaml"))
+    for name in builtin_names():
+        assert resolve(name).read_bytes() == (root / f"{name}.yaml").read_bytes()
+    assert load("redis")["default"].backend == "layer.redis.RedisChannelLayer"
+
+
+def test_an_unknown_name_lists_the_built_in_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mylayer").write_text("default:\n  BACKEND: layer.inmemory.InMemoryChannelLayer\n")
+    with pytest.raises(
+        ConfigError, match=r"'mylayer' is not a built-in .*inmemory, ipc.*\./mylayer"
+    ):
+        load("mylayer")
+    assert load("./mylayer")["default"].source == "mylayer"
+
+
+def test_a_path_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "redis.yaml").write_text(
+        "default:\n  BACKEND: layer.inmemory.InMemoryChannelLayer\n"
+    )
+    assert load("redis.yaml")["default"].backend == "layer.inmemory.InMemoryChannelLayer"
+    with pytest.raises(ConfigError, match=r"config/inmemory\.yaml: cannot read"):
+        load("config/inmemory.yaml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,65 @@ def test_check_config_prints_every_shard() -> None:
     assert "shards:  3" in result.stdout
     for index, url in enumerate(shards.values()):
         assert f"[{index}] {url}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("role", "has", "lacks"),
+    [
+        (
+            "worker",
+            ["--app", "--concurrency", "(default: 256)", "--admin-port"],
+            ["--port ", "--max-header-size", "--pickup-timeout"],
+        ),
+        (
+            "protocol",
+            ["--port", "(default: 8000)", "(default: 64KiB)", "--pickup-timeout"],
+            ["--app", "--concurrency"],
+        ),
+        ("combined", ["--app", "--port", "--concurrency", "--max-ws-message"], []),
+        (
+            "check-config",
+            ["--config", "--alias", "(default: default)"],
+            ["--host", "--port", "--admin-port", "--app"],
+        ),
+    ],
+)
+def test_each_role_lists_its_own_options_with_defaults(
+    role: str, has: list[str], lacks: list[str]
+) -> None:
+    text = " ".join(layerkit(role, "--help").stdout.split())  # argparse wraps lines anywhere
+    for wanted in has:
+        assert wanted in text
+    for unwanted in lacks:
+        assert unwanted not in text
+
+
+def test_another_roles_environment_variable_is_ignored() -> None:
+    """One environment for every role of a deployment: KIT_PORT means nothing to check-config."""
+    result = layerkit("check-config", KIT_PORT="eighty", KIT_CONCURRENCY="none")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("option", "role"), [("--admin-port", "worker"), ("--port", "combined")])
+def test_a_port_in_use_names_its_option(option: str, role: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        free = {"KIT_PORT": str(free_port()), "KIT_ADMIN_PORT": str(free_port())}
+        result = layerkit(
+            role, option, str(port), "--config", "ipc", IPC_PREFIX="never-created", **free
+        )
+    assert result.returncode == 2
+    assert f"{option} {port} is in use on 127.0.0.1 (Address already in use)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(Path("/dev/shm").glob("*never-created*"))  # refused before the layer is built
+
+
+def test_docs_list_every_option_with_its_default() -> None:
+    from services.options import OPTIONS
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for option in OPTIONS:
+        default = "see below" if option.default is None else f"`{option.shown()}`"
+        assert f"| `{option.flag}` | `{option.env}` | {default} |" in text, option.flag

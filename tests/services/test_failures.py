@@ -70,6 +70,7 @@ def test_no_pickup_in_time_is_503_and_ws_1013(stacks: StackFactory, events: Path
         wait_until(lambda: events_of(events, "start"), "the worker to be busy")
         late = client.get("/json")
         assert late.status_code == 503 and b"in time" in late.content
+        assert late.headers["retry-after"] == "1"  # as for a full queue: try again
 
         async def websocket() -> int:
             async with websockets.connect(f"{served.ws_url}/echo") as ws:
@@ -208,7 +209,7 @@ def test_worker_on_inmemory_exits_at_once() -> None:
     )
     assert result.returncode == 2
     assert "cannot cross processes" in result.stderr
-    assert "config/ipc.yaml" in result.stderr and "combined" in result.stderr
+    assert "--config ipc" in result.stderr and "combined" in result.stderr
 
 
 @pytest.mark.parametrize("name", CROSS)

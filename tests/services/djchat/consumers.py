@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
+from channels.consumer import AsyncConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 
@@ -25,3 +27,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         await self.send_json({"text": event["text"]})
+
+
+class Shouter(AsyncConsumer):  # type: ignore[misc]
+    """A ``ChannelNameRouter`` background task, as ``manage.py runworker bg-tasks`` would run it:
+    shouts a room's message, and takes a second over "slow..." (a draining worker finishes it)."""
+
+    async def shout(self, event: dict[str, Any]) -> None:
+        if event["text"].startswith("slow"):
+            await asyncio.sleep(1)
+        text = f"{event['text'].upper()} (from {os.getpid()})"
+        await self.channel_layer.group_send(
+            f"djchat.{event['room']}", {"type": "chat.message", "text": text}
+        )

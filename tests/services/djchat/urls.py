@@ -25,4 +25,18 @@ def post(request: HttpRequest, room: str) -> JsonResponse:
     return JsonResponse({"ok": True}, status=202)
 
 
-urlpatterns = [path("hello/", hello), path("rooms/<str:room>/", post)]
+@csrf_exempt
+def shout(request: HttpRequest, room: str) -> JsonResponse:
+    """Hands the work to the background channel (``layerkit worker --channels bg-tasks``)."""
+    text = json.loads(request.body)["text"]
+    async_to_sync(get_channel_layer().send)(
+        "bg-tasks", {"type": "shout", "room": room, "text": text}
+    )
+    return JsonResponse({"ok": True}, status=202)
+
+
+urlpatterns = [
+    path("hello/", hello),
+    path("rooms/<str:room>/", post),
+    path("rooms/<str:room>/shout/", shout),
+]
