@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from layer.base import BaseChannelLayer
 from layer.config import LayerSpec, load
 from layer.exceptions import AccessRefused, ConfigError
-from services import django_layer, logs, options
+from services import django_layer, logs, memory, options
 from services.instance import ASGIApp
 from services.limits import Limits
 from services.runner import Settings, bind, reachable, serve
@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.setup(values["log_format"], values["log_level"])
     sys.path.insert(0, os.getcwd())  # the user's project: its app and its Django settings
     settings = _settings(args.role, values)
+    if args.role != "check-config":
+        memory.keep_freed_memory()
     try:
         # Ports first: one in use is an error naming its option before anything is built.
         ports = bind(settings) if args.role != "check-config" else None
