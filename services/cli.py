@@ -20,6 +20,7 @@ from layer.config import LayerSpec, load
 from layer.exceptions import ConfigError
 from layer.options import byte_size
 from services import logs
+from services.admission import CONCURRENCY, MAX_CONNECTIONS
 from services.instance import ASGIApp
 from services.limits import Limits
 from services.runner import Settings, serve
@@ -43,7 +44,20 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--port", "KIT_PORT", int, 8000, "HTTP/WebSocket port (protocol, combined)"),
     ("--admin-port", "KIT_ADMIN_PORT", int, 8081, "admin port: /healthz /readyz /metrics"),
     ("--app", "KIT_APP", str, "services.demo.app:application", "ASGI app as module:attribute"),
-    ("--concurrency", "KIT_CONCURRENCY", int, 256, "worker: max connections in flight"),
+    (
+        "--concurrency",
+        "KIT_CONCURRENCY",
+        int,
+        CONCURRENCY,
+        "worker: connections at work at once (one waiting on its client is not)",
+    ),
+    (
+        "--max-connections",
+        "KIT_MAX_CONNECTIONS",
+        int,
+        MAX_CONNECTIONS,
+        "connections open at once: client connections (protocol), app instances (worker)",
+    ),
     ("--drain-timeout", "KIT_DRAIN_TIMEOUT", float, 20.0, "SIGTERM grace period in seconds"),
     (
         "--pickup-timeout",
@@ -99,8 +113,9 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--log-level", "KIT_LOG_LEVEL", str, "info", "debug, info, warning or error"),
 ]
 
-_POSITIVE = ("concurrency", "drain_timeout", "pickup_timeout", "heartbeat", "max_header_size",
-             "header_timeout", "body_timeout", "keep_alive_timeout", "max_ws_message")  # fmt: skip
+_POSITIVE = ("concurrency", "max_connections", "drain_timeout", "pickup_timeout", "heartbeat",
+             "max_header_size", "header_timeout", "body_timeout", "keep_alive_timeout",
+             "max_ws_message")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -257,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=values["port"],
         admin_port=values["admin_port"],
         concurrency=values["concurrency"],
+        max_connections=values["max_connections"],
         drain_timeout=values["drain_timeout"],
         pickup_timeout=values["pickup_timeout"],
         heartbeat=values["heartbeat"],

@@ -252,6 +252,11 @@ class Window:
                 self._waiter = None
         self._sent += 1
 
+    @property
+    def full(self) -> bool:
+        """:meth:`reserve` would wait (for the receiver's ack)."""
+        return self._sent - self._acked >= WINDOW
+
     def open_wide(self) -> None:
         """The receiver is gone: never wait again (whatever is sent now is dropped anyway)."""
         self.acked(1 << 62)
