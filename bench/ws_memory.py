@@ -36,8 +36,8 @@ def settled(services: list[Service]) -> list[int]:
 
 
 async def measure(n: int, name: str) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the clients' sockets
     with backend(name) as made:
         if name == "ipc":
             made.env["IPC_SIZE"] = "256MB"

@@ -13,7 +13,7 @@ import contextlib
 import json
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -200,3 +200,33 @@ async def test_a_full_worker_leaves_new_connections_to_others_and_says_so(stack:
         assert all(await asyncio.gather(*(still_open(ws) for ws in room)))
     finally:
         await asyncio.gather(*(ws.close() for ws in room))
+
+
+async def until(predicate: Callable[[], object], what: str) -> None:
+    """:func:`wait_until` that lets this test's own clients run meanwhile."""
+    await asyncio.to_thread(wait_until, predicate, what)
+
+
+async def test_a_handshake_waits_for_room_on_a_full_work_channel() -> None:
+    """An HTTP request finding work.asgi full gets 503 at once; a WebSocket handshake waits for
+    room (a reconnect storm), and is served once the worker catches up."""
+    with backend("inmemory") as made:
+        stack = Stack(made)
+        try:
+            front = stack.add(
+                "combined", KIT_CONCURRENCY="1", LAYER_WORK_CAPACITY="1", KIT_PICKUP_TIMEOUT="30"
+            )
+            async with httpx.AsyncClient(base_url=front.url, timeout=30) as client:
+                busy = asyncio.create_task(client.get("/sleep", params={"s": "2"}))
+                await until(lambda: front.metric("kit_inflight_connections", role="worker"), "1")
+                queued = asyncio.create_task(client.get("/sleep", params={"s": "0"}))
+                await until(
+                    lambda: front.metric("kit_inflight_connections", state="waiting"), "queued"
+                )
+                shed = await client.get("/json")
+                assert (shed.status_code, shed.text) == (503, "all workers are busy\n")
+                async with websockets.connect(f"{front.ws_url}/whoami") as ws:
+                    assert await asyncio.wait_for(ws.recv(), 30) == str(front.pid)
+                assert (await busy).status_code == (await queued).status_code == 200
+        finally:
+            stack.close()
