@@ -91,9 +91,10 @@ class Admission:
         self.open += 1
         self.busy += 1
 
-    def finished(self) -> None:
+    def finished(self, busy: bool) -> None:
         self.open -= 1
-        self.busy -= 1
+        if busy:
+            self.busy -= 1
 
     def park(self) -> None:
         """An instance waits on its client: its work slot is free for new work."""

@@ -58,12 +58,14 @@ class Instance(wire.Inbox):
         "_buffer",
         "_first",
         "_flush",
+        "_parks",
         "accepted",
         "admission",
         "batcher",
         "chunk",
         "closed",
         "consumed",
+        "counted",
         "gone",
         "held",
         "id",
@@ -91,6 +93,8 @@ class Instance(wire.Inbox):
     ) -> None:
         super().__init__(loop)
         self.admission = admission  # told when the app waits on its client (parks)
+        self.counted = True  # in the admission's counts, until the worker is done with it
+        self._parks = 0  # the app's waits on its client in progress (one per task of the app)
         self.held = held
         self.batcher = batcher  # None: each message is sent (and awaited) on its own
         self.layer = layer
@@ -315,9 +319,21 @@ class Instance(wire.Inbox):
 
     async def _parked(self, waiting: Awaitable[T]) -> T:
         """Wait on the client without holding a work slot (services/admission.py): an idle
-        WebSocket or a slow body or reader costs its memory, not the worker's capacity."""
-        self.admission.park()
+        WebSocket or a slow body or reader costs its memory, not the worker's capacity. The
+        instance is parked while any of its tasks waits so (the demo chat's relay task may wait
+        for window room while its main task waits in ``receive``)."""
+        self._parks += 1
+        if self._parks == 1 and self.counted:
+            self.admission.park()
         try:
             return await waiting
         finally:
-            self.admission.unpark()
+            self._parks -= 1
+            if self._parks == 0 and self.counted:
+                self.admission.unpark()
+
+    def uncount(self) -> bool:
+        """The worker is done with this instance; returns whether it was at work (not parked:
+        an app may return leaving a task of its own waiting in ``receive``)."""
+        self.counted = False
+        return self._parks == 0

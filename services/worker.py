@@ -246,7 +246,7 @@ class Worker:
 
     def _finished(self, inst: Instance, started: float) -> None:
         del self._conns[inst.id]
-        self.admission.finished()
+        self.admission.finished(inst.uncount())
         if self.draining and not self._conns:
             self._drained.set()
         if inst.kind == "http":

@@ -83,6 +83,7 @@ async def test_2000_websockets_in_one_room_all_open_and_hear_a_broadcast(stack: 
             timeout=60,
         )
         assert front.metric("kit_open_websockets", role="protocol") == MEMBERS
+        assert worker.metric("kit_inflight_connections", state="parked") == MEMBERS
         assert all(await asyncio.gather(*(still_open(ws) for ws in room[:50])))
         async with httpx.AsyncClient(base_url=front.url, timeout=30) as client:
             assert (await client.get("/json")).status_code == 200
@@ -106,6 +107,7 @@ async def test_2000_websockets_in_one_room_all_open_and_hear_a_broadcast(stack: 
         "every instance to end",
         timeout=60,
     )
+    assert worker.metric("kit_inflight_connections", state="busy") == 0
 
 
 def test_a_flood_of_slow_bodies_leaves_other_requests_served(stack: Stack) -> None:
@@ -143,6 +145,7 @@ def test_a_flood_of_slow_bodies_leaves_other_requests_served(stack: Stack) -> No
         lambda: worker.metric("kit_inflight_connections", role="worker") == 0,
         "the worker to let go of the slow requests",
     )
+    assert worker.metric("kit_inflight_connections", state="busy") == 0
 
 
 async def test_the_protocol_servers_connection_limit_refuses_at_once(stack: Stack) -> None:
