@@ -150,6 +150,8 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
                 if conn.worker is None:
                     if now - conn.created > self.pickup_timeout:
                         self._fail(conn, 503, "no worker picked the connection up in time")
+                elif wire.same_process(self.layer, conn.worker):
+                    continue
                 elif now - max(self._seen.get(conn.worker, 0.0), conn.assigned) > self.dead_after:
                     self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
                 else:

@@ -328,7 +328,7 @@ class Worker:
             now = loop.time()
             peers: set[str] = set()
             for inst in list(self._conns.values()):
-                if inst.gone:
+                if inst.gone or wire.same_process(self.layer, inst.reply):
                     continue
                 if now - max(self._seen.get(inst.reply, 0.0), inst.started) > self.dead_after:
                     # Silence may be one-way (its beats lost on a dead shard while its reply

@@ -138,7 +138,7 @@ async def _room(port: int, n: int, pids: list[int]) -> Measured:
     cpu = sum(cpu_seconds(pid) for pid in pids)
     spreads: list[float] = []
     lost = 0
-    for index in range(BROADCASTS):
+    for index in range(BROADCASTS if room else 0):
         text = f"broadcast {index}"
         sent = time.perf_counter()
 
@@ -153,7 +153,7 @@ async def _room(port: int, n: int, pids: list[int]) -> Measured:
             return None
 
         listening = [asyncio.ensure_future(heard(ws)) for ws in room]
-        if room:
+        with contextlib.suppress(websockets.WebSocketException):  # closed: all of it is lost
             await room[index % len(room)].send(json.dumps({"text": text}))
         times = await asyncio.gather(*listening)
         lost += sum(1 for t in times if t is None)
@@ -162,7 +162,8 @@ async def _room(port: int, n: int, pids: list[int]) -> Measured:
     await asyncio.gather(*(ws.close() for ws in room), return_exceptions=True)
     return Measured(
         len(room), n - len(room), grown / max(1, len(room)),
-        statistics.median(spreads) * 1000, max(spreads) * 1000, lost, cpu,
+        statistics.median(spreads or [PATIENCE]) * 1000, max(spreads or [PATIENCE]) * 1000, lost,
+        cpu,
     )  # fmt: skip
 
 

@@ -233,3 +233,24 @@ async def test_a_handshake_waits_for_room_on_a_full_work_channel() -> None:
                 assert (await busy).status_code == (await queued).status_code == 200
         finally:
             stack.close()
+
+
+async def test_combined_mode_outlives_a_loop_busy_past_the_heartbeat_deadline() -> None:
+    """One process cannot lose its own worker: a loop blocked for several heartbeats (a huge
+    broadcast; here an app blocking it) must not make it drop its connections as if dead."""
+    with backend("inmemory") as made:
+        stack = Stack(made)
+        try:
+            front = stack.add("combined", KIT_HEARTBEAT="0.2")  # dead after 0.6 s of silence
+            async with websockets.connect(f"{front.ws_url}/whoami") as ws:
+                assert await ws.recv() == str(front.pid)
+                async with httpx.AsyncClient(base_url=front.url, timeout=30) as client:
+                    blocked = await client.get("/block", params={"s": "1.5"})
+                    assert (blocked.status_code, blocked.text) == (200, "blocked")
+                await asyncio.sleep(0.5)  # a few watchdog rounds after the loop is free
+                await ws.send("still there?")
+                assert await asyncio.wait_for(ws.recv(), 10) == "still there?"
+            log = front.output()
+            assert "went silent" not in log and "stopped heart-beating" not in log
+        finally:
+            stack.close()
