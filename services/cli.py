@@ -190,6 +190,7 @@ def _settings(role: str, values: dict[str, Any]) -> Settings:
         port=values["port"],
         admin_port=values["admin_port"],
         concurrency=values["concurrency"],
+        max_connections=values["max_connections"],
         channels=values["channels"],
         drain_timeout=values["drain_timeout"],
         pickup_timeout=values["pickup_timeout"],

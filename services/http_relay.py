@@ -25,8 +25,14 @@ from services.relay import Receive, Relay, Scope, Send
 class HttpRelay(Relay):
     """Relays HTTP requests and their responses."""
 
-    def __init__(self, layer: BaseChannelLayer, metrics: Metrics, pickup_timeout: float) -> None:
-        super().__init__(layer, metrics, pickup_timeout)
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        metrics: Metrics,
+        pickup_timeout: float,
+        max_connections: int,
+    ) -> None:
+        super().__init__(layer, metrics, pickup_timeout, max_connections)
         self._requests = metrics.http(self.role)
 
     def finish(self, conn: Conn, status: int, started: float) -> None:

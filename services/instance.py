@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import messages as msg
 from services import wire
+from services.admission import Admission
 from services.batching import Batcher, deliver
 
 log = logging.getLogger("layerkit.worker")
@@ -25,6 +26,7 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 _BYTES = (bytes, bytearray, memoryview)
 _STR_OR_NONE = (str, type(None))
+T = TypeVar("T")
 
 
 class HeldStarts:
@@ -56,11 +58,14 @@ class Instance(wire.Inbox):
         "_buffer",
         "_first",
         "_flush",
+        "_parks",
         "accepted",
+        "admission",
         "batcher",
         "chunk",
         "closed",
         "consumed",
+        "counted",
         "gone",
         "held",
         "id",
@@ -84,8 +89,12 @@ class Instance(wire.Inbox):
         loop: asyncio.AbstractEventLoop,
         held: HeldStarts,
         batcher: Batcher | None,
+        admission: Admission,
     ) -> None:
         super().__init__(loop)
+        self.admission = admission  # told when the app waits on its client (parks)
+        self.counted = True  # in the admission's counts, until the worker is done with it
+        self._parks = 0  # the app's waits on its client in progress (one per task of the app)
         self.held = held
         self.batcher = batcher  # None: each message is sent (and awaited) on its own
         self.layer = layer
@@ -192,7 +201,7 @@ class Instance(wire.Inbox):
             if self.closed:  # the app closed the socket; Channels waits for this to stop
                 return {"type": "websocket.disconnect", "code": self.status}
         while True:
-            message = await self.get()
+            message = await (self.get() if self._items else self._parked(self.get()))
             kind = message[msg.TYPE]
             if kind == msg.DISCONNECT:
                 self.gone = True
@@ -279,7 +288,7 @@ class Instance(wire.Inbox):
             else:
                 message = msg.response_body(self.id, piece, streaming)
             if streaming:
-                await wire.window(self).reserve()
+                await self._reserve()
             await self._post(message)
 
     def _response(self, body: bytes, more: bool) -> Message:
@@ -298,5 +307,33 @@ class Instance(wire.Inbox):
             data = bytes(wire.app_value("bytes", message.get("bytes") or b"", _BYTES))
             pieces = wire.slices(data, self.chunk)
         for piece, more in pieces:
-            await wire.window(self).reserve()
+            await self._reserve()
             await self._post(msg.frame(msg.WS_OUT, self.id, piece, more))
+
+    # -- parking ---------------------------------------------------------------------------
+
+    async def _reserve(self) -> None:
+        """Room in the send window; parked while the client has yet to read what was sent."""
+        window = wire.window(self)
+        await (self._parked(window.reserve()) if window.full else window.reserve())
+
+    async def _parked(self, waiting: Awaitable[T]) -> T:
+        """Wait on the client without holding a work slot (services/admission.py): an idle
+        WebSocket or a slow body or reader costs its memory, not the worker's capacity. The
+        instance is parked while any of its tasks waits so (the demo chat's relay task may wait
+        for window room while its main task waits in ``receive``)."""
+        self._parks += 1
+        if self._parks == 1 and self.counted:
+            self.admission.park()
+        try:
+            return await waiting
+        finally:
+            self._parks -= 1
+            if self._parks == 0 and self.counted:
+                self.admission.unpark()
+
+    def uncount(self) -> bool:
+        """The worker is done with this instance; returns whether it was at work (not parked:
+        an app may return leaving a task of its own waiting in ``receive``)."""
+        self.counted = False
+        return self._parks == 0

@@ -45,11 +45,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._counts: dict[tuple[str, str, int], int] = {}
         self._bad: dict[tuple[str, str], int] = {}
+        self._limits: dict[tuple[str, str], int] = {}
         self._http: dict[str, HttpRecorder] = {}
         self.registry.register(self)
         self.inflight = Gauge(
             "kit_inflight_connections",
-            "Connections in flight (protocol: waiting for a worker or assigned; worker: running)",
+            "Connections in flight (protocol: waiting for a worker or assigned; worker: at work"
+            " or parked, waiting on its client)",
             ["role", "state"],
             registry=self.registry,
         )
@@ -71,6 +73,12 @@ class Metrics:
         """One message taken from the layer and dropped as malformed (``reason``: a fixed set)."""
         key = (role, reason)
         self._bad[key] = self._bad.get(key, 0) + 1
+
+    def limit_reached(self, role: str, limit: str) -> None:
+        """A protocol server refused a connection at ``limit``, or a worker stopped taking new
+        ones at it (services/admission.py)."""
+        key = (role, limit)
+        self._limits[key] = self._limits.get(key, 0) + 1
 
     def http(self, role: str) -> HttpRecorder:
         """The recorder of ``role``'s HTTP requests (created on first use)."""
@@ -113,6 +121,15 @@ class Metrics:
         for (role, reason), value in sorted(self._bad.items()):
             bad.add_metric([role, reason], value)
         yield bad
+        limits = CounterMetricFamily(
+            "kit_limit_reached",
+            "Protocol: connections refused at a limit; worker: times it stopped taking new"
+            " connections at a limit (connections: --max-connections, concurrency)",
+            labels=["role", "limit"],
+        )
+        for (role, limit), value in sorted(self._limits.items()):
+            limits.add_metric([role, limit], value)
+        yield limits
 
     def add_probe(self, probe: Probe) -> None:
         """Register a coroutine that refreshes gauges just before a scrape."""

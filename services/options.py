@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layer.options import byte_size
+from services.admission import CONCURRENCY, MAX_CONNECTIONS
 from services.limits import Limits
 from services.named_channels import channel_names
 
@@ -80,7 +81,11 @@ OPTIONS = [
            _SERVED),
     Option("--app", "KIT_APP", str, "services.demo.app:application",
            "ASGI app as module:attribute, imported from the working directory", _APP),
-    Option("--concurrency", "KIT_CONCURRENCY", int, 256, "connections in flight at most", _APP),
+    Option("--concurrency", "KIT_CONCURRENCY", int, CONCURRENCY,
+           "connections at work at once (one waiting on its client is not)", _APP),
+    Option("--max-connections", "KIT_MAX_CONNECTIONS", int, MAX_CONNECTIONS,
+           "connections open at once: client connections (protocol), app instances (worker)",
+           _SERVED),
     Option("--channels", "KIT_CHANNELS", channel_names, (),
            "background channels to serve with the app's ChannelNameRouter, as `manage.py "
            "runworker` does: names separated by commas or spaces", _APP),
@@ -115,8 +120,9 @@ OPTIONS = [
     Option("--log-format", "KIT_LOG_FORMAT", str, "plain", "plain or json"),
     Option("--log-level", "KIT_LOG_LEVEL", str, "info", ", ".join(LOG_LEVELS)),
 ]  # fmt: skip
-_POSITIVE = ("concurrency", "drain_timeout", "pickup_timeout", "heartbeat", "max_header_size",
-             "header_timeout", "body_timeout", "keep_alive_timeout", "max_ws_message")  # fmt: skip
+_POSITIVE = ("concurrency", "max_connections", "drain_timeout", "pickup_timeout", "heartbeat",
+             "max_header_size", "header_timeout", "body_timeout", "keep_alive_timeout",
+             "max_ws_message")  # fmt: skip
 _PORTS = ("port", "admin_port")
 _HELPS = {
     "protocol": "terminate HTTP/WebSocket and forward connections to workers",

@@ -17,6 +17,7 @@ from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import batching, wire
 from services import messages as msg
+from services.admission import MAX_CONNECTIONS
 from services.background import OneInFlight, Vital
 from services.http_relay import HttpRelay
 from services.messages import BadMessage
@@ -39,8 +40,9 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         *,
         pickup_timeout: float = 5.0,
         heartbeat: float = 1.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        super().__init__(layer, metrics, pickup_timeout)
+        super().__init__(layer, metrics, pickup_timeout, max_connections)
         self.heartbeat = heartbeat
         self.dead_after = 3 * heartbeat
         self.worker_seen = 0.0  # loop time a worker last spoke to us (drives /readyz)
@@ -152,6 +154,8 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
                 if conn.worker is None:
                     if now - conn.created > self.pickup_timeout:
                         self._fail(conn, 503, "no worker picked the connection up in time")
+                elif wire.same_process(self.layer, conn.worker):
+                    continue
                 elif now - max(self._seen.get(conn.worker, 0.0), conn.assigned) > self.dead_after:
                     self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
                 else:

@@ -20,10 +20,13 @@ from layer.messages import Message
 from services import batching, wire
 from services import messages as msg
 from services.connection import Conn
+from services.logs import Throttled
 from services.messages import FAIL
 from services.metrics import Metrics
+from services.waiting_room import WaitingRoom
 
 log = logging.getLogger("layerkit.protocol")
+_log = Throttled(log)
 
 Scope = dict[str, Any]
 Receive = Any
@@ -35,13 +38,21 @@ class Relay:
 
     role = "protocol"
 
-    def __init__(self, layer: BaseChannelLayer, metrics: Metrics, pickup_timeout: float) -> None:
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        metrics: Metrics,
+        pickup_timeout: float,
+        max_connections: int,
+    ) -> None:
         self.layer = layer
         self.metrics = metrics
         self.pickup_timeout = pickup_timeout
+        self.max_connections = max_connections  # requests in flight and WebSockets, together
         self.chunk = wire.chunk_size(layer)
         self.reply = ""  # our reply channel, made by start()
         self._conns: dict[str, Conn] = {}
+        self._waiting = WaitingRoom(layer)
         self._ids = itertools.count()
         self._prefix = ""
         self._loop: asyncio.AbstractEventLoop  # set by start()
@@ -66,10 +77,23 @@ class Relay:
             return msg.ws_open(conn.id, self.reply, wire.export_scope(scope), deadline)
         return msg.http_open(conn.id, self.reply, wire.export_scope(scope), body, more, deadline)
 
-    async def _submit(self, message: Message) -> str | None:
-        """Hand a new connection to the work channel; None if it took it, else why not."""
+    async def _submit(self, message: Message, patient_until: float | None = None) -> str | None:
+        """Hand a new connection (already in the table) to the work channel; None if it took
+        it, else why not. With ``patient_until`` (loop time: WebSockets), a full channel is
+        waited on (services/waiting_room.py); else it is refused at once."""
+        if len(self._conns) > self.max_connections:
+            self.metrics.limit_reached(self.role, "connections")
+            _log(
+                "connections", logging.WARNING,
+                "refusing new connections (503 / close 1013): %d open, --max-connections %d",
+                len(self._conns) - 1, self.max_connections,
+            )  # fmt: skip
+            return "server at its connection limit"
         try:
-            await self.layer.send_trusted(wire.WORK_CHANNEL, message)
+            if patient_until is None:
+                await self.layer.send_trusted(wire.WORK_CHANNEL, message)
+            elif not await self._waiting.send(message, patient_until):
+                return "all workers are busy"
         except ChannelFull:
             return "all workers are busy"
         except MessageTooLarge:  # a head under --max-header-size, over max_message_size

@@ -26,6 +26,7 @@ from layer.base import BaseChannelLayer
 from layer.exceptions import AccessRefused, ConfigError
 from services import context, wire
 from services.admin import AdminApp, Check
+from services.admission import CONCURRENCY, MAX_CONNECTIONS, raise_open_files
 from services.instance import ASGIApp
 from services.limits import Limits
 from services.metrics import Metrics
@@ -49,7 +50,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     admin_port: int = 8081
-    concurrency: int = 256
+    concurrency: int = CONCURRENCY  # worker: connections at work (services/admission.py)
+    max_connections: int = MAX_CONNECTIONS  # connections one process holds open
     drain_timeout: float = 20.0
     pickup_timeout: float = 5.0
     heartbeat: float = 1.0
@@ -156,12 +158,17 @@ async def serve(
     """Run the role until SIGTERM/SIGINT; returns the process exit code."""
     metrics = Metrics()
     context.set_layer(layer)
+    raise_open_files(settings.max_connections)
     checks: dict[str, Check] = {}
     protocol: ProtocolServer | None = None
     worker: Worker | None = None
     if settings.role in ("protocol", "combined"):
         protocol = ProtocolServer(
-            layer, metrics, pickup_timeout=settings.pickup_timeout, heartbeat=settings.heartbeat
+            layer,
+            metrics,
+            pickup_timeout=settings.pickup_timeout,
+            heartbeat=settings.heartbeat,
+            max_connections=settings.max_connections,
         )
         checks["worker seen recently"] = protocol.ready
     if settings.role in ("worker", "combined"):
@@ -171,6 +178,7 @@ async def serve(
             app,
             metrics,
             concurrency=settings.concurrency,
+            max_connections=settings.max_connections,
             drain_timeout=settings.drain_timeout,
             heartbeat=settings.heartbeat,
         )

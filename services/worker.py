@@ -1,9 +1,11 @@
 """The worker: takes connections from the shared work channel and runs the app for each.
 
-Concurrency is bounded by only receiving from the work channel while a slot is free, so work a
-busy worker cannot serve stays queued for its siblings (and a full queue turns into 503s at the
-protocol server). Everything a connection needs later (request body, client frames, disconnects,
-heartbeats) arrives on this process's own channel, which gives WebSocket affinity for free.
+It only receives from the work channel while it has room (services/admission.py: fewer than
+``concurrency`` connections at work, fewer than ``max_connections`` open), so work a busy worker
+cannot serve stays queued for its siblings (and a full queue turns into 503s at the protocol
+server); a connection whose app waits on its client costs memory, not a slot. Everything a
+connection needs later (request body, client frames, disconnects, heartbeats) arrives on this
+process's own channel, which gives WebSocket affinity for free.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import batching, wire
 from services import messages as msg
+from services.admission import CONCURRENCY, MAX_CONNECTIONS, Admission
 from services.background import OneInFlight, Vital
 from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
@@ -40,7 +43,8 @@ class Worker:
         app: ASGIApp,
         metrics: Metrics,
         *,
-        concurrency: int = 256,
+        concurrency: int = CONCURRENCY,
+        max_connections: int = MAX_CONNECTIONS,
         drain_timeout: float = 20.0,
         heartbeat: float = 1.0,
         ack_delay: float = 0.05,
@@ -48,7 +52,7 @@ class Worker:
         self.layer = layer
         self.app = app
         self.metrics = metrics
-        self.concurrency = concurrency
+        self.admission = Admission(metrics, self._wake, concurrency, max_connections)
         self.drain_timeout = drain_timeout
         self.heartbeat = heartbeat
         self.dead_after = 3 * heartbeat
@@ -58,6 +62,7 @@ class Worker:
         self.lifespan = Lifespan(app)
         self.draining = False
         self._conns: dict[str, Instance] = {}
+        self._fresh: list[Instance] = []  # taken, not yet known to their protocol server
         self._runners: set[asyncio.Task[None]] = set()
         self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
@@ -91,7 +96,10 @@ class Worker:
             )
         ]
         self._spawn()
-        log.info("worker channel %s, concurrency %d", self.channel, self.concurrency)
+        log.info(
+            "worker channel %s, concurrency %d, max connections %d",
+            self.channel, self.admission.concurrency, self.admission.max_connections,
+        )  # fmt: skip
 
     def ready(self) -> bool:
         return not self.draining and bool(self._runners)
@@ -99,12 +107,11 @@ class Worker:
     def _stopped(self) -> bool:
         return self._stopping
 
-    def _draining(self) -> bool:
-        return self.draining
-
     async def _probe(self) -> None:
         websockets = sum(1 for inst in self._conns.values() if inst.accepted and not inst.closed)
-        self.metrics.inflight.labels(self.role, "running").set(len(self._conns))
+        busy = self.admission.busy
+        self.metrics.inflight.labels(self.role, "busy").set(busy)
+        self.metrics.inflight.labels(self.role, "parked").set(len(self._conns) - busy)
         self.metrics.websockets.labels(self.role).set(websockets)
 
     async def drain(self) -> None:
@@ -145,26 +152,34 @@ class Worker:
 
     def _spawn(self) -> None:
         task = asyncio.create_task(self._runner(), name="worker-runner")
-        self.vital.watch(task, self._draining)  # a runner only ends when the worker drains
+        self.vital.watch(task, _may_return)  # a runner returns when there is no room: fine
         self._runners.add(task)
         task.add_done_callback(self._runners.discard)
 
-    async def _runner(self) -> None:
-        """Take a connection from the work channel, serve it, repeat.
+    def _wake(self) -> None:
+        """A work slot came free (an instance parked): one more runner waits for work, as one
+        that finished would (a burst of WebSockets is taken by many runners at once)."""
+        if not self.draining and self.admission.room(len(self._receiving)):
+            self._spawn()
 
-        Each idle runner waits in ``receive``, and there are at most ``concurrency`` runners, so
-        the worker only takes work it has a free slot for; unserved work stays queued for
-        siblings. A fast request costs neither a task nor a hand-over between tasks, and a
-        backend can wake several idle runners at once.
+    async def _runner(self) -> None:
+        """Take a connection from the work channel, serve it, repeat while there is room.
+
+        Runners wait in ``receive`` only while the worker has room for one more connection each
+        (services/admission.py), so unserved work stays queued for siblings; a runner that
+        finds no room ends. A runner serves its connection to the end, so a parked one (an idle
+        WebSocket, a slow body) keeps its task and another runner takes over the waiting. A fast
+        request costs neither a task nor a hand-over between tasks, and a backend can wake
+        several waiting runners at once.
         """
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        while not self.draining:
+        while not self.draining and self.admission.room(len(self._receiving)):
             inst = await self._take(task, loop)
             if inst is None:
                 continue
-            if not self._receiving and len(self._runners) < self.concurrency:
+            if not self._receiving and self.admission.room(0):
                 self._spawn()  # someone keeps taking work while this one serves
             started = time.perf_counter()
             try:
@@ -204,11 +219,14 @@ class Worker:
         if message[msg.DEADLINE] < time.time():
             return None  # its protocol server has already answered 503
         inst = Instance(
-            self.layer, self.channel, self.chunk, message, loop, self._held, self._batcher
-        )
+            self.layer, self.channel, self.chunk, message, loop, self._held, self._batcher,
+            self.admission,
+        )  # fmt: skip
         if self.lifespan.state:
             inst.scope["state"] = dict(self.lifespan.state)
         self._conns[inst.id] = inst
+        self._fresh.append(inst)
+        self.admission.taken()
         return inst
 
     def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
@@ -228,6 +246,7 @@ class Worker:
 
     def _finished(self, inst: Instance, started: float) -> None:
         del self._conns[inst.id]
+        self.admission.finished(inst.uncount())
         if self.draining and not self._conns:
             self._drained.set()
         if inst.kind == "http":
@@ -283,15 +302,21 @@ class Worker:
     async def _announcer(self) -> None:
         """Send ``k.pick`` for connections the app has not answered within ``ack_delay``.
 
-        One periodic scan instead of a timer per request: fast requests never pay for it.
+        One periodic scan of the connections taken since, instead of a timer per request: fast
+        requests never pay for it, and open WebSockets (known) are not scanned again.
         """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.ack_delay)
             due = loop.time() - self.ack_delay
-            for inst in [i for i in self._conns.values() if not i.known and i.started <= due]:
-                if not inst.closed:
+            fresh, self._fresh = self._fresh, []
+            for inst in fresh:
+                if inst.known or inst.closed or inst.id not in self._conns:
+                    continue
+                if inst.started <= due:
                     await inst.announce()
+                else:
+                    self._fresh.append(inst)
 
     async def _heartbeats(self) -> None:
         """Heartbeat protocol servers we serve, announce ourselves, notice dead protocol servers."""
@@ -303,7 +328,7 @@ class Worker:
             now = loop.time()
             peers: set[str] = set()
             for inst in list(self._conns.values()):
-                if inst.gone:
+                if inst.gone or wire.same_process(self.layer, inst.reply):
                     continue
                 if now - max(self._seen.get(inst.reply, 0.0), inst.started) > self.dead_after:
                     # Silence may be one-way (its beats lost on a dead shard while its reply
@@ -318,3 +343,7 @@ class Worker:
             wire.forget_silent(self._seen, now)
             ticks += 1
             await asyncio.sleep(self.heartbeat)
+
+
+def _may_return() -> bool:
+    return True

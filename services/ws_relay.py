@@ -24,7 +24,8 @@ class WebSocketRelay(Relay):
         code = 1006
         try:
             await receive()  # websocket.connect
-            why = await self._submit(self._open_message(conn, scope))
+            patience = conn.created + self.pickup_timeout
+            why = await self._submit(self._open_message(conn, scope), patience)
             if why is not None:
                 code = await replies.ws_refuse(send, 1013, why)
                 return
@@ -71,7 +72,8 @@ class WebSocketRelay(Relay):
             elif kind in (FAIL, msg.APP_ERROR):
                 code = {503: 1013, 502: 1011}.get(msg.code_of(message, 0), 1011)
                 if reader is None:
-                    return await replies.ws_refuse(send, code, "no worker"), reader
+                    why = "no worker took the connection in time" if code == 1013 else "no worker"
+                    return await replies.ws_refuse(send, code, why), reader
                 await send({"type": "websocket.close", "code": code})
                 return code, reader
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -51,6 +52,13 @@ async def sleep(scope: Scope, receive: Any, send: Any) -> None:
     await _start(send, pid=str(os.getpid()))
     await send({"type": "http.response.body", "body": b"slept"})
     record("done", query.get("id", "-"))
+
+
+async def block(scope: Scope, receive: Any, send: Any) -> None:
+    """Block the whole event loop for ``s`` seconds (CPU-bound work done wrong), then answer."""
+    time.sleep(float(_query(scope).get("s", "1")))  # noqa: ASYNC251 - the point of it
+    await _start(send)
+    await send({"type": "http.response.body", "body": b"blocked"})
 
 
 async def echo_body(scope: Scope, receive: Any, send: Any) -> None:
@@ -169,6 +177,7 @@ async def ws_whoami(scope: Scope, receive: Any, send: Any) -> None:
 
 _HTTP = {
     "/sleep": sleep,
+    "/block": block,
     "/echo-body": echo_body,
     "/big": big,
     "/stream": stream,

@@ -1,0 +1,233 @@
+"""WebSockets at scale (issue 19): N members in one room of a Channels tutorial chat, all at once.
+
+The app is tests/services/djchat (a textbook ``AsyncJsonWebsocketConsumer`` group chat) served
+(a) by uvicorn + Channels directly, with our Redis layer and with ``channels_redis``, (b) by
+``layerkit combined``, (c) by protocol server + worker over IPC, (d) over Redis; every subject
+with its default options. For each N: connections opened (the consumer's first message came)
+and refused, server RSS per connection, and the time until every member has a broadcast a
+member sent (20 broadcasts: p50 and max), deliveries lost, server CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import websockets
+
+from bench.core import Result, SuiteResult, Target
+from bench.processes import Processes, cpu_seconds
+from bench.suites.services import Setup, _combined, _ipc, _redis
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+
+APP = "tests.services.djchat.asgi:application"
+OURS, CHANNELS_REDIS, COMBINED, IPC, REDIS = (
+    "(a) uvicorn + Channels, our Redis",
+    "(a2) uvicorn + Channels, channels_redis",
+    "(b) combined in-memory",
+    "(c) protocol+worker IPC",
+    "(d) protocol+worker Redis",
+)
+BROADCASTS = 20
+SPEED = {COMBINED: 0.67, IPC: 1.0, REDIS: 1.0}  # broadcast p50 at most 1.5x / 1x (a)'s
+PATIENCE = 30.0  # seconds a member may take to hear a broadcast before it counts as lost
+
+
+def _uvicorn(config: str, **env: str) -> Setup:
+    def start(procs: Processes, port: int) -> None:
+        args = [sys.executable, "-m", "uvicorn", APP, "--port", str(port), "--loop", "uvloop"]
+        procs.spawn([*args, "--log-level", "warning"], "uvicorn", LAYER_CONFIG=config, **env)
+
+    return Setup(start, config, env)
+
+
+@contextlib.contextmanager
+def _direct(ours: bool) -> Iterator[Setup]:
+    server = RedisServer().start()
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            assert server.process is not None
+            if ours:
+                setup = _uvicorn("config/redis.yaml", REDIS_URL=server.url)
+            else:
+                config = Path(scratch) / "channels_redis.yaml"
+                config.write_text(
+                    "default:\n  BACKEND: channels_redis.core.RedisChannelLayer\n"
+                    f"  CONFIG:\n    hosts: [{server.url!r}]\n"
+                )
+                setup = _uvicorn(str(config))
+            setup.servers.append(("redis", server.process.pid))
+            yield setup
+        finally:
+            server.stop()
+
+
+SUBJECTS = {
+    OURS: lambda: _direct(True),
+    CHANNELS_REDIS: lambda: _direct(False),
+    COMBINED: lambda: contextlib.nullcontext(Setup(_combined)),
+    IPC: _ipc,
+    REDIS: _redis,
+}
+
+
+def _available(name: str) -> bool:
+    if name == CHANNELS_REDIS:
+        return importlib.util.find_spec("channels_redis") is not None
+    return name != IPC or importlib.util.find_spec("layer.ipc") is not None
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/hello/", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+@dataclass
+class Measured:
+    opened: int
+    refused: int
+    kib_per_connection: float
+    p50_ms: float
+    max_ms: float
+    lost: int
+    cpu_s: float
+
+
+async def _member(url: str) -> websockets.ClientConnection | None:
+    """A member whose consumer has accepted and greeted it; None if refused."""
+    try:
+        ws = await websockets.connect(url, open_timeout=60, ping_interval=None, max_queue=None)
+        greeting = json.loads(await asyncio.wait_for(ws.recv(), 60))
+    except (OSError, TimeoutError, websockets.WebSocketException, ValueError):
+        return None
+    return ws if isinstance(greeting, dict) and "pid" in greeting else None
+
+
+async def _room(port: int, n: int, pids: list[int]) -> Measured:
+    url = f"ws://127.0.0.1:{port}/chat/bench/"
+    before = sum(_rss_kib(pid) for pid in pids)
+    members = await asyncio.gather(*(_member(url) for _ in range(n)))
+    room = [ws for ws in members if ws is not None]
+    await asyncio.sleep(2)  # let memory settle after the burst
+    grown = sum(_rss_kib(pid) for pid in pids) - before
+    cpu = sum(cpu_seconds(pid) for pid in pids)
+    spreads: list[float] = []
+    lost = 0
+    for index in range(BROADCASTS if room else 0):
+        text = f"broadcast {index}"
+        sent = time.perf_counter()
+
+        async def heard(
+            ws: websockets.ClientConnection, text: str = text, sent: float = sent
+        ) -> float | None:
+            with contextlib.suppress(TimeoutError, websockets.WebSocketException):
+                async with asyncio.timeout(PATIENCE):
+                    while json.loads(await ws.recv()).get("text") != text:
+                        pass
+                    return time.perf_counter() - sent
+            return None
+
+        listening = [asyncio.ensure_future(heard(ws)) for ws in room]
+        with contextlib.suppress(websockets.WebSocketException):  # closed: all of it is lost
+            await room[index % len(room)].send(json.dumps({"text": text}))
+        times = await asyncio.gather(*listening)
+        lost += sum(1 for t in times if t is None)
+        spreads.append(max((t for t in times if t is not None), default=PATIENCE))
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+    await asyncio.gather(*(ws.close() for ws in room), return_exceptions=True)
+    return Measured(
+        len(room), n - len(room), grown / max(1, len(room)),
+        statistics.median(spreads or [PATIENCE]) * 1000, max(spreads or [PATIENCE]) * 1000, lost,
+        cpu,
+    )  # fmt: skip
+
+
+def measure(name: str, n: int) -> Measured:
+    procs = Processes()
+    port = free_port()
+    with SUBJECTS[name]() as setup:
+        saved = os.environ.get("KIT_APP")
+        os.environ["KIT_APP"] = APP  # the kit's subjects serve the chat, not the demo
+        try:
+            setup.start(procs, port)
+            _wait_ready(port)
+            pids = [pid for _, pid in procs.pids()]  # the servers; redis-server is not counted
+            return asyncio.run(_room(port, n, pids))
+        finally:
+            procs.stop()
+            if saved is None:
+                del os.environ["KIT_APP"]
+            else:
+                os.environ["KIT_APP"] = saved
+
+
+def run(quick: bool) -> SuiteResult:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the members' sockets live here
+    sizes = (200,) if quick else (1_000, 2_000, 5_000)
+    names = [name for name in SUBJECTS if _available(name)]
+    results: list[Result] = []
+    rows: list[str] = []
+    for n in sizes:
+        for name in names:
+            m = measure(name, n)
+            per_mib = 1024 / max(m.kib_per_connection, 1.0)
+            results += [
+                Result(f"opened, {n}", name, m.opened, "connections"),
+                Result(f"connections per MiB, {n}", name, per_mib, "/MiB"),
+                Result(f"broadcasts per s (1 / p50), {n}", name, 1000 / m.p50_ms, "/s"),
+            ]
+            rows.append(
+                f"| {n:,} | {name} | {m.opened:,} | {m.refused:,} | {m.kib_per_connection:.1f} "
+                f"| {m.p50_ms:,.0f} | {m.max_ms:,.0f} | {m.lost:,} | {m.cpu_s:.1f} |"
+            )
+    targets = [
+        target
+        for n in sizes
+        for subject in (COMBINED, IPC, REDIS)
+        if subject in names
+        for target in (
+            Target(f"opened, {n}", subject, OURS, 1.0),
+            Target(f"connections per MiB, {n}", subject, OURS, 0.8),  # RSS <= 1.25x (a)'s
+            Target(f"broadcasts per s (1 / p50), {n}", subject, OURS, SPEED[subject]),
+        )
+    ]
+    notes = (
+        f"N members connect at once to one room of tests/services/djchat (a Channels tutorial "
+        f"chat); a member then sends {BROADCASTS} messages one after another and each "
+        "broadcast's time is until the last member heard it (p50 and max over them); a member "
+        f"that has not heard one within {PATIENCE:.0f} s counts as a lost delivery. RSS is the "
+        "servers' growth (uvicorn, or protocol server + worker; not redis-server) per open "
+        "connection, 2 s after the last handshake; CPU is theirs during the broadcasts. Every "
+        "subject runs its defaults. Targets (issue 19): (b)-(d) open all N (as many as (a)), "
+        "RSS per connection at most 1.25x (a)'s, broadcast p50 at most (a)'s for (c)/(d) and "
+        "1.5x for (b).\n\n"
+        "| N | subject | opened | refused | KiB per connection | broadcast p50 ms | max ms "
+        "| lost | server CPU s |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    return SuiteResult("websockets", "WebSockets at scale: one chat room", results, targets, notes)
