@@ -6,7 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+import httpx
 
 from tests.support.ports import free_port
 
@@ -19,15 +23,20 @@ class Processes:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
         self.labels: list[str] = []  # what each child is, for the CPU split
+        self.logs: list[Path] = []  # each child's stderr, shown when a subject fails to start
 
     def spawn(self, args: list[str], label: str, **env: str) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "KIT_LOG_LEVEL": "warning", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with tempfile.NamedTemporaryFile(
+            prefix=f"bench-{label}-", suffix=".log", delete=False
+        ) as log:
+            child = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "KIT_LOG_LEVEL": "warning", **env},
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        self.logs.append(Path(log.name))
         self.children.append(child)
         self.labels.append(label)
         return child
@@ -40,6 +49,27 @@ class Processes:
     def pids(self) -> list[tuple[str, int]]:
         return [(label, child.pid) for label, child in zip(self.labels, self.children, strict=True)]
 
+    def errors(self, lines: int = 20) -> str:
+        """The last ``lines`` of each child's stderr, labelled, with how it ended if it did."""
+        parts = []
+        for label, child, log in zip(self.labels, self.children, self.logs, strict=True):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            state = "running" if child.poll() is None else f"exited {child.returncode}"
+            parts.append(f"--- {label} ({state})\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def wait_ready(self, port: int, path: str, seconds: float = 60) -> None:
+        """Until ``GET path`` answers 200; else an error with what the children printed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"nothing answered on port {port}:\n{self.errors()}")
+
     def stop(self) -> None:
         for child in reversed(self.children):
             child.send_signal(signal.SIGTERM)
@@ -49,6 +79,8 @@ class Processes:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        for log in self.logs:
+            log.unlink(missing_ok=True)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import websockets
 
 from bench.core import Result, SuiteResult, Target
@@ -188,16 +187,6 @@ SUBJECTS = [
 ]
 
 
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing answered on port {port}")
-
-
 _LAT_RE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _SCALE = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -299,7 +288,7 @@ def measure(subject: Subject, seconds: int, quick: bool, best: Measured) -> None
             best.pair = f"{layer_pair_cost(setup.config, setup.env, 500 if quick else 3000):.0f}"
         try:
             setup.start(procs, port)
-            _wait_ready(port)
+            procs.wait_ready(port, "/json")
             wrk(port, 1)  # warm-up
             pids = [*procs.pids(), *setup.servers]
             before = {label: cpu_seconds(pid) for label, pid in pids} | {"wrk": reaped_cpu()}

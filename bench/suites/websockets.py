@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import websockets
 
 from bench.core import Result, SuiteResult, Target
@@ -41,6 +40,9 @@ OURS, CHANNELS_REDIS, COMBINED, IPC, REDIS = (
     "(c) protocol+worker IPC",
     "(d) protocol+worker Redis",
 )
+# Every subject serves the chat (not the demo) with the settings whose CHANNEL_LAYERS come from
+# the subject's $LAYER_CONFIG: Django and the kit's services then share one layer.
+SERVED = {"KIT_APP": APP, "DJANGO_SETTINGS_MODULE": "tests.services.djchat.settings"}
 BROADCASTS = 20
 SPEED = {COMBINED: 0.67, IPC: 1.0, REDIS: 1.0}  # broadcast p50 at most 1.5x / 1x (a)'s
 PATIENCE = 30.0  # seconds a member may take to hear a broadcast before it counts as lost
@@ -95,16 +97,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/hello/", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port}")
 
 
 @dataclass
@@ -171,19 +163,20 @@ def measure(name: str, n: int) -> Measured:
     procs = Processes()
     port = free_port()
     with SUBJECTS[name]() as setup:
-        saved = os.environ.get("KIT_APP")
-        os.environ["KIT_APP"] = APP  # the kit's subjects serve the chat, not the demo
+        saved = {name: os.environ.get(name) for name in SERVED}
+        os.environ.update(SERVED)
         try:
             setup.start(procs, port)
-            _wait_ready(port)
+            procs.wait_ready(port, "/hello/")
             pids = [pid for _, pid in procs.pids()]  # the servers; redis-server is not counted
             return asyncio.run(_room(port, n, pids))
         finally:
             procs.stop()
-            if saved is None:
-                del os.environ["KIT_APP"]
-            else:
-                os.environ["KIT_APP"] = saved
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
 
 
 def run(quick: bool) -> SuiteResult:
