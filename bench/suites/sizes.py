@@ -77,7 +77,10 @@ def run(quick: bool) -> SuiteResult:
             'driver against a throwaway `redis-server --save "" --appendonly no`. '
             f"`{MEMCPY}`: one copy of the payload into a preallocated buffer, in a loop, in "
             "one process: the machine's ceiling (a message crosses the IPC layer with at "
-            "least four copies). The 64 KiB streamed target is 30,000 msg/s."
+            "least four copies). The 64 KiB streamed target is 30,000 msg/s. Both subjects' "
+            "processes start with the glibc malloc settings the kit's services use "
+            "(`services/memory.py`): without them a receiver of 1 MiB messages faults every "
+            "one's pages in afresh (docs/ipc.md, Message storage)."
         ),
         lines=True,
     )

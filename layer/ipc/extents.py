@@ -93,6 +93,8 @@ class Extents:
         return bisect_left(self.data, length + MSG.size)
 
     def slots_for(self, length: int) -> int:
+        if length <= self.small:  # the send path's common case, without plan()'s cache lookup
+            return 1 << bisect_left(self.data, length + MSG.size)
         return sum(1 << order for order in self.plan(length))
 
     def write(self, j: Journal, payload: bytes, expires: float) -> tuple[int, int]:

@@ -106,8 +106,8 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         ):
             if out.due():
                 self._send_out()
-            else:
-                loop = asyncio.get_running_loop()
+            elif out.loop_token is None or len(out.items) == 1:  # else one is scheduled here
+                loop = asyncio.get_running_loop()  # ~0.25 µs: once per batch, not per send
                 if out.loop_token is not loop:  # one flush per loop turn (and per loop)
                     out.loop_token = loop
                     loop.call_soon(self._send_out, True)
