@@ -20,6 +20,7 @@ from services import messages as msg
 from services.admission import MAX_CONNECTIONS
 from services.background import OneInFlight, Vital
 from services.http_relay import HttpRelay
+from services.liveness import Liveness
 from services.messages import BadMessage
 from services.metrics import Metrics
 from services.relay import Receive, Scope, Send
@@ -44,9 +45,8 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
     ) -> None:
         super().__init__(layer, metrics, pickup_timeout, max_connections)
         self.heartbeat = heartbeat
-        self.dead_after = 3 * heartbeat
+        self.peers = Liveness(heartbeat / 2, 3 * heartbeat)  # the workers serving us
         self.worker_seen = 0.0  # loop time a worker last spoke to us (drives /readyz)
-        self._seen: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and re-joins
         self.vital = Vital(log)  # the loops: if one dies, /healthz fails
@@ -112,7 +112,7 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
             # A hello is a group send: under layer.local it also comes from other hosts'
             # workers, which never see our work channel. Only ours make us ready.
             if self.layer.shares_normal_channels(worker):
-                self.worker_seen = self._seen[worker] = self._loop.time()
+                self.worker_seen = self.peers.seen[worker] = self._loop.time()
             return
         conn = self._conns.get(message[msg.CONN])
         if conn is None:
@@ -125,7 +125,7 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         if conn.worker is None and kind in msg.CLAIMS:
             worker = message[msg.WORKER]
             conn.worker = worker
-            conn.assigned = self.worker_seen = self._seen[worker] = self._loop.time()
+            conn.assigned = self.worker_seen = self.peers.seen[worker] = self._loop.time()
         if kind == msg.ACK:
             if conn.window is not None:
                 conn.window.acked(message[msg.CONSUMED])
@@ -146,17 +146,17 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.heartbeat / 2)
-            now = loop.time()
+            now = self.peers.tick(loop.time())
             peers: set[str] = set()
             for conn in list(self._conns.values()):
                 if conn.failed:
                     continue
                 if conn.worker is None:
-                    if now - conn.created > self.pickup_timeout:
+                    if self.peers.awake_since(conn.created, now) > self.pickup_timeout:
                         self._fail(conn, 503, "no worker picked the connection up in time")
                 elif wire.same_process(self.layer, conn.worker):
                     continue
-                elif now - max(self._seen.get(conn.worker, 0.0), conn.assigned) > self.dead_after:
+                elif self.peers.dead(conn.worker, conn.assigned, now):
                     self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
                 else:
                     peers.add(conn.worker)
@@ -167,7 +167,6 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
             self._background.run(
                 wire.PROTOCOL_GROUP, self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
             )
-            wire.forget_silent(self._seen, now)
 
     def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
         return self.layer.send_trusted(peer, msg.protocol_heartbeat(self.reply))

@@ -43,23 +43,12 @@ assert _SCOPE_KEYS["websocket"].index("client") == _CLIENT
 _PAIR = frozenset({list, tuple})
 
 
-FORGET_PEER_AFTER = 60.0  # seconds: a peer silent this long leaves the last-seen table
-
-
 def same_process(layer: BaseChannelLayer, channel: str) -> bool:
     """``channel`` was made by ``layer`` itself: in combined mode the protocol server and the
     worker share one layer, and a peer in the same process cannot die alone, so its silence (a
     loop busy past the heartbeat deadline, e.g. broadcasting to thousands of WebSockets) must
     not make either side drop the other's connections."""
     return channel.startswith(layer.client_id + "!", channel.find(".") + 1)
-
-
-def forget_silent(seen: dict[str, float], now: float) -> None:
-    """Drop peers of a last-seen table (peer -> loop time) not heard from for a minute, so
-    the table of a long-running process does not grow with every peer that ever came and went."""
-    for peer, last in list(seen.items()):
-        if now - last > FORGET_PEER_AFTER:
-            del seen[peer]
 
 
 def chunk_size(layer: BaseChannelLayer) -> int:

@@ -26,6 +26,7 @@ from services.admission import CONCURRENCY, MAX_CONNECTIONS, Admission
 from services.background import OneInFlight, Vital
 from services.instance import ASGIApp, HeldStarts, Instance
 from services.lifespan import Lifespan
+from services.liveness import Liveness
 from services.messages import BadMessage
 from services.metrics import Metrics
 
@@ -55,7 +56,7 @@ class Worker:
         self.admission = Admission(metrics, self._wake, concurrency, max_connections)
         self.drain_timeout = drain_timeout
         self.heartbeat = heartbeat
-        self.dead_after = 3 * heartbeat
+        self.peers = Liveness(heartbeat, 3 * heartbeat)  # the protocol servers we serve
         self.ack_delay = ack_delay
         self.chunk = wire.chunk_size(layer)
         self.channel = ""
@@ -66,7 +67,6 @@ class Worker:
         self._runners: set[asyncio.Task[None]] = set()
         self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
-        self._seen: dict[str, float] = {}
         self._receive_failed = -math.inf  # loop time the last failed receive was logged
         self._loops: list[asyncio.Task[None]] = []
         self._background = OneInFlight(log)  # heartbeats and hellos
@@ -265,7 +265,7 @@ class Worker:
         """Hand one (checked) message to its instance (or note a protocol server is alive)."""
         kind = message[msg.TYPE]
         if kind == msg.HEARTBEAT:
-            self._seen[message[msg.REPLY_CHANNEL]] = self._loop.time()
+            self.peers.seen[message[msg.REPLY_CHANNEL]] = self._loop.time()
             return
         inst = self._conns.get(message[msg.CONN])
         if inst is None:
@@ -325,12 +325,12 @@ class Worker:
         hello = msg.hello(self.channel)
         ticks = 0
         while True:
-            now = loop.time()
+            now = self.peers.tick(loop.time())
             peers: set[str] = set()
             for inst in list(self._conns.values()):
                 if inst.gone or wire.same_process(self.layer, inst.reply):
                     continue
-                if now - max(self._seen.get(inst.reply, 0.0), inst.started) > self.dead_after:
+                if self.peers.dead(inst.reply, inst.started, now):
                     # Silence may be one-way (its beats lost on a dead shard while its reply
                     # channel still works): tell it, so its client gets 502/1011, not a hang.
                     self._give_up(inst, 1006, f"protocol server {inst.reply} went silent")
@@ -340,7 +340,6 @@ class Worker:
                 self._background.run(peer, self.layer.send(peer, beat))
             if ticks % 2 == 0 and not self.draining:
                 self._background.run("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
-            wire.forget_silent(self._seen, now)
             ticks += 1
             await asyncio.sleep(self.heartbeat)
 
