@@ -67,11 +67,15 @@ def setup(log_format: str, level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         role = os.environ.get("KIT_ROLE", "")
-        handler.setFormatter(
-            logging.Formatter(
-                f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s"
-            )
+        text = logging.Formatter(
+            f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s",
+            "%Y-%m-%dT%H:%M:%SZ",
         )
+        # UTC: importing a Django app sets the process's TZ to its TIME_ZONE (America/Chicago
+        # by default), which moved the kit's timestamps hours away from the JSON lines' and
+        # from every other process's.
+        text.converter = time.gmtime
+        handler.setFormatter(text)
     for logger in (logging.getLogger(), *(logging.getLogger(name) for name in OWN)):
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())

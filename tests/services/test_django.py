@@ -4,8 +4,10 @@ the layer its own settings name (settings.CHANNEL_LAYERS: one source of truth)."
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +173,9 @@ async def test_one_process_with_a_root_logging_config(stacks: StackFactory, even
     output = served.front.output()
     assert f"layer 'default' from settings.CHANNEL_LAYERS ({module})" in output
     assert "concurrency" in output and "shutting down" in output
+    # Django set the process's TZ to its TIME_ZONE (America/Chicago): the kit still logs UTC.
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) ", output, re.MULTILINE)
+    assert stamps, output
+    logged = datetime.datetime.strptime(stamps[-1], "%Y-%m-%dT%H:%M:%SZ")
+    utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    assert abs((utc_now - logged).total_seconds()) < 300
