@@ -67,7 +67,7 @@ REFUSED = [
 def test_the_layer_user_is_refused(
     command: tuple[str, ...], layer_user: redis.Redis, server: RedisServer
 ) -> None:
-    with pytest.raises(redis.ResponseError, match="(?i)no permissions|can't (run|access)|not all"):
+    with pytest.raises(redis.ResponseError, match=r"(?i)no permissions|can't (run|access)|not all"):
         layer_user.execute_command(*command)
     admin = server.admin()
     if command[0] != "EVAL":  # the ACL's own verdict, whatever else also refuses (DEBUG is off)
@@ -89,7 +89,7 @@ async def test_a_layer_outside_its_key_prefix_fails_clearly(server: RedisServer)
     the server's reason, instead of losing messages."""
     layer = RedisChannelLayer(hosts=[server.url], prefix="elsewhere")
     try:
-        with pytest.raises(Exception, match="(?i)permission|access"):
+        with pytest.raises(redis.exceptions.NoPermissionError, match="access one of the keys"):
             await layer.send("work.x", {"type": "m"})
     finally:
         await layer.close()
