@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8s.model import Obj, by_kind, find, image_repo, pods, selector_matches
+from tests.k8s.model import Obj, Pod, by_kind, containers, find, image_repo, pods, selector_matches
 from tests.k8s.podrun import RunningPod, run_pod
 from tests.k8s.render import render
 
@@ -29,7 +29,9 @@ BACKENDS = {
 
 @contextlib.contextmanager
 def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
-    """One local redis-server per Redis StatefulSet pod: ``redis-N.svc:port`` -> local address."""
+    """One local redis-server per Redis StatefulSet pod, started as the image starts it (its
+    entrypoint, the ACL user, password and key patterns from the container's resolved env):
+    ``redis-N.svc:port`` -> local address."""
     from tests.support.redis_server import RedisServer
 
     servers, hosts = [], {}
@@ -38,9 +40,16 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
             (container,) = sts["spec"]["template"]["spec"]["containers"]
             if image_repo(container["image"]) != "channel-layer-kit-redis":
                 continue
+            ((c, problems),) = containers(objects, Pod(sts, sts["spec"]["template"]))
+            assert not problems, problems
             port = container["ports"][0]["containerPort"]
             for i in range(sts["spec"]["replicas"]):
-                server = RedisServer().start()
+                server = RedisServer(
+                    user=c.env["REDIS_USERNAME"],
+                    password=c.env["REDIS_PASSWORD"],
+                    kit_acl=True,
+                    key_patterns=c.env["REDIS_KEY_PATTERNS"],
+                ).start()
                 servers.append(server)
                 name = f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}"
                 hosts[f"{name}:{port}"] = f"127.0.0.1:{server.port}"
