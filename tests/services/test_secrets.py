@@ -159,3 +159,25 @@ def test_admin_host_binds_apart_from_the_app_port(admin_host: str | None) -> Non
         assert _connects("127.0.0.2", service.admin_port) is (admin_host == "0.0.0.0")
     finally:
         service.discard()
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="this host has no IPv6 loopback")
+def test_double_colon_binds_ipv6_and_ipv4() -> None:
+    """``--host ::`` (what compose uses) is one dual-stack socket: IPv4 clients and the health
+    checks' 127.0.0.1 reach it as well as IPv6 ones, whatever net.ipv6.bindv6only says."""
+    env = {"LAYER_CONFIG": "inmemory", "KIT_HOST": "::", "KIT_ADMIN_HOST": "::"}
+    service = Service("combined", env).start()
+    try:
+        for port in (service.port, service.admin_port):
+            assert _connects("127.0.0.1", port) and _connects("::1", port)
+    finally:
+        service.discard()
