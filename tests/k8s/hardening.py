@@ -7,17 +7,15 @@ enforces Pod Security "restricted".
 from __future__ import annotations
 
 import fnmatch
-import re
 from typing import Any
 
 from layer.config import LayerSpec
-from services.redact import is_secret
+from services.redact import is_secret, mask_url
 from tests.k8s.model import REDIS_IMAGE, Container, Obj, Pod, by_kind, containers, quantity, ref
 from tests.k8s.model import secret_ref as secret_of
 
 PRESTOP_MIN = 3  # seconds: endpoint removal reaches kube-proxy and ingress controllers
 HEAP_FLOOR_MI = 64  # a kit process's heap at rest, rounded up (measured 37-40 MiB; docs/k8s.md)
-_URL_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
 
 
 def check_hardening(
@@ -101,7 +99,7 @@ def _configmaps(objects: list[Obj]) -> list[str]:
     problems = []
     for cm in by_kind(objects, "ConfigMap"):
         for key, value in (cm.get("data") or {}).items():
-            if is_secret(key) or _URL_PASSWORD.search(str(value)):
+            if is_secret(key) or mask_url(str(value)) != str(value):
                 problems.append(f"{ref(cm)}: key {key} holds a secret; use a Secret")
     for obj in objects:
         template = (obj.get("spec") or {}).get("template") or {}

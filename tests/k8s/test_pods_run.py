@@ -9,6 +9,8 @@ See :mod:`tests.k8s.podrun` for what stands in for the node.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +52,7 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
                     kit_acl=True,
                     key_patterns=c.env["REDIS_KEY_PATTERNS"],
                 ).start()
+                _readiness_passes(c.spec["readinessProbe"], port, server.port, c.env)
                 servers.append(server)
                 name = f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}"
                 hosts[f"{name}:{port}"] = f"127.0.0.1:{server.port}"
@@ -57,6 +60,22 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
     finally:
         for server in servers:
             server.stop()
+
+
+def _readiness_passes(probe: Obj, port: int, local: int, env: dict[str, str]) -> None:
+    """The Redis container's readiness command, as declared (the image's redis-ready is
+    docker/redis/ready.sh), with the container's env, against the local server: exit 0."""
+    command = [str(a) for a in probe["exec"]["command"]]
+    assert command[0] == "redis-ready", command
+    args = [str(local) if a == str(port) else a for a in command[1:]]
+    result = subprocess.run(
+        [str(ROOT / "docker/redis/ready.sh"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
