@@ -71,7 +71,8 @@ def _egress(
         elif not rule.get("to") and not _ports(rule) <= DNS:
             problems.append(
                 f"{ref(policy)}: allows {pod.where} egress to every destination on "
-                f"{sorted(map(str, _ports(rule)))}; only DNS may go anywhere"
+                f"{', '.join(sorted(f'{proto} {port}' for proto, port in _ports(rule)))}; only DNS "
+                "may go anywhere"
             )
     if is_redis:
         return problems

@@ -71,6 +71,16 @@ CASES = {
     "spread-without-match-label-keys": ("policy", "need matchLabelKeys [pod-template-hash]"),
     "ipc-requests-below-segment": ("policy", "Deployment/ipc: memory requests 256Mi are below"),
     "namespace-not-restricted": ("policy", "pod-security.kubernetes.io/enforce: restricted"),
+    "redis-password-literal-env": ("policy", "env REDIS_PASSWORD is a literal in the manifest"),
+    "networkpolicy-egress-port-anywhere": (
+        "policy",
+        "allows Deployment/ipc egress to every destination on TCP 443; only DNS",
+    ),
+    "redis-egress": ("policy", "allows StatefulSet/redis egress; Redis needs none"),
+    "prestop-longer-than-grace": (
+        "policy",
+        "terminationGracePeriodSeconds 30 must exceed preStop 15 s + KIT_DRAIN_TIMEOUT 20",
+    ),
 }
 
 
