@@ -97,7 +97,8 @@ def _egress(
 
 
 def _ingress(pod: Pod, rules: list[tuple[Obj, Rule]]) -> list[str]:
-    """Only the app port of pods that serve it, from anywhere; nothing else."""
+    """The app port of pods that serve it, from anywhere; any other port only from named peers
+    (say, your Prometheus' namespace to the admin port), never from every source."""
     http = [
         int(p["containerPort"])
         for c in pod.spec.get("containers") or []
@@ -110,10 +111,12 @@ def _ingress(pod: Pod, rules: list[tuple[Obj, Rule]]) -> list[str]:
         for protocol, port in _ports(rule) or {("TCP", None)}:
             number = _port_number(pod, port)
             if protocol != "TCP" or number not in http:
-                problems.append(
-                    f"{ref(policy)}: lets {pod.where} accept {protocol} {port or 'every port'}; "
-                    "only the app port (http) of a serving pod is open"
-                )
+                if not rule.get("from") or any(not any(peer.values()) for peer in rule["from"]):
+                    problems.append(
+                        f"{ref(policy)}: lets {pod.where} accept {protocol} "
+                        f"{port or 'every port'} from every source; only the app port (http) "
+                        "of a serving pod is open to all"
+                    )
             elif number is not None:
                 opened.add(number)
     serving = pod.labels.get("channel-layer-kit/http") == "serve"

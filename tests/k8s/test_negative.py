@@ -60,7 +60,10 @@ CASES = {
     ),
     "networkpolicy-no-dns": ("policy", "Deployment/ipc: no egress to DNS"),
     "networkpolicy-egress-anywhere": ("policy", "an egress rule without ports lets"),
-    "networkpolicy-admin-open": ("policy", "lets Deployment/combined accept TCP 8081"),
+    "networkpolicy-admin-open": (
+        "policy",
+        "lets Deployment/combined accept TCP 8081 from every source",
+    ),
     "networkpolicy-http-closed": ("policy", "Deployment/protocol: accepts no ingress on its app"),
     "networkpolicy-clients-cut-off": (
         "policy",

@@ -233,3 +233,51 @@ def test_the_namespace_component_puts_every_object_in_a_restricted_namespace(
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     others = [o for o in objects if o["kind"] != "Namespace"]
     assert {o["metadata"].get("namespace") for o in others} == {namespace["metadata"]["name"]}
+
+
+def test_a_scrape_policy_of_your_own_passes(tmp_path: Path) -> None:
+    """docs/k8s.md's advice: admit your Prometheus' namespace to the admin ports. Named peers
+    may reach a non-app port; the rules refuse only what opens one to every source."""
+    labels = {
+        "app.kubernetes.io/name": "channel-layer-kit",
+        "app.kubernetes.io/instance": "redis-sharded",
+        "app.kubernetes.io/part-of": "channel-layer-kit",
+        "app.kubernetes.io/managed-by": "kustomize",
+    }
+    scrape = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "scrape", "labels": labels},
+        "spec": {
+            "podSelector": {  # the kit's processes; Redis has no admin port
+                "matchLabels": {"app.kubernetes.io/name": "channel-layer-kit"},
+                "matchExpressions": [
+                    {
+                        "key": "app.kubernetes.io/component",
+                        "operator": "In",
+                        "values": ["protocol", "worker"],
+                    }
+                ],
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 8081}],
+                }
+            ],
+        },
+    }
+    (tmp_path / "scrape.yaml").write_text(yaml.safe_dump(scrape))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": [os.path.relpath(OVERLAYS / "redis-sharded", tmp_path), "scrape.yaml"]}
+        )
+    )
+    assert validate(tmp_path) == []
