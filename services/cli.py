@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from layer.base import BaseChannelLayer
@@ -20,6 +20,7 @@ from layer.exceptions import AccessRefused, ConfigError
 from services import django_layer, logs, memory, options
 from services.instance import ASGIApp
 from services.limits import Limits
+from services.redact import redacted
 from services.runner import Settings, bind, reachable, serve
 
 log = logging.getLogger("layerkit")
@@ -94,8 +95,8 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
     print(f"config:  {spec.source}")
     print(f"alias:   {spec.alias}")
     print(f"backend: {spec.backend}")
-    config = _masked(spec.config)
-    shards = list(config.get("hosts") or [])
+    config = redacted(spec.config)
+    shards = [_describe(host) for host in config.get("hosts") or []]
     if not shards:
         shards = [str(getattr(s, "name", s)) for s in getattr(layer, "shards", None) or []]
     if shards:
@@ -107,22 +108,11 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
         print(f"shards:  1 ({where})")
     for key, value in sorted(config.items()):
         if key != "hosts":
+            if isinstance(value, dict) and isinstance(value.get("hosts"), list):
+                value = {**value, "hosts": [_describe(host) for host in value["hosts"]]}
             print(f"  {key}: {value}")
     for line in layer.sizing():
         print(line)
-
-
-def _masked(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with the passwords of its ``hosts`` masked, at any depth: a composed layer
-    (local-redis) nests its Redis half's CONFIG, hosts included."""
-    return {
-        key: [_describe(host) for host in value]
-        if key == "hosts" and isinstance(value, list)
-        else _masked(value)
-        if isinstance(value, Mapping)
-        else value
-        for key, value in config.items()
-    }
 
 
 async def _reach(layer: BaseChannelLayer) -> str:
@@ -138,14 +128,15 @@ async def _reach(layer: BaseChannelLayer) -> str:
 
 
 def _describe(shard: Any) -> str:
-    """A shard's address with any password masked."""
-    text = str(shard.get("address", shard)) if isinstance(shard, dict) else str(shard)
-    scheme, sep, rest = text.partition("//")
-    auth, at, host = rest.rpartition("@")
-    if sep and at:
-        user = auth.split(":", 1)[0]
-        return f"{scheme}//{user}:***@{host}"
-    return text
+    """A shard as the config gives it (URL, pair or dict of options), secrets masked."""
+    if isinstance(shard, dict):
+        options = dict(shard)
+        address = options.pop("address", None)
+        extra = ", ".join(f"{k}: {v}" for k, v in options.items() if v not in (None, ""))
+        if address is None:
+            return extra
+        return f"{address} ({extra})" if extra else str(address)
+    return str(shard)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -189,6 +180,7 @@ def _settings(role: str, values: dict[str, Any]) -> Settings:
         host=values["host"],
         port=values["port"],
         admin_port=values["admin_port"],
+        admin_host=values["admin_host"],
         concurrency=values["concurrency"],
         max_connections=values["max_connections"],
         channels=values["channels"],

@@ -79,6 +79,10 @@ OPTIONS = [
     Option("--port", "KIT_PORT", int, 8000, "HTTP/WebSocket port", _FRONT),
     Option("--admin-port", "KIT_ADMIN_PORT", int, 8081, "admin port: /healthz /readyz /metrics",
            _SERVED),
+    Option("--admin-host", "KIT_ADMIN_HOST", str, "127.0.0.1",
+           "address to bind the admin port to, apart from --host: loopback keeps metrics and "
+           "probes off the network (the images set 0.0.0.0 for the orchestrator's probes)",
+           _SERVED),
     Option("--app", "KIT_APP", str, "services.demo.app:application",
            "ASGI app as module:attribute, imported from the working directory", _APP),
     Option("--concurrency", "KIT_CONCURRENCY", int, CONCURRENCY,

@@ -50,6 +50,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     admin_port: int = 8081
+    admin_host: str = "127.0.0.1"  # the admin port's own bind address (--admin-host)
     concurrency: int = CONCURRENCY  # worker: connections at work (services/admission.py)
     max_connections: int = MAX_CONNECTIONS  # connections one process holds open
     drain_timeout: float = 20.0
@@ -77,7 +78,7 @@ def bind(settings: Settings) -> Ports:
     option (uvicorn would only log ``[Errno 98]`` once everything else had started)."""
     if settings.role in ("protocol", "combined"):
         _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
-    admin = _bind("--admin-port", settings.host, settings.admin_port)
+    admin = _bind("--admin-port", settings.admin_host, settings.admin_port)
     if settings.role not in ("protocol", "combined"):
         return Ports(admin, None)
     try:
@@ -104,6 +105,8 @@ def _bind(option: str, host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restarts at once
+    if host == "::":  # dual stack: IPv4 clients too, whatever net.ipv6.bindv6only says
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -195,7 +198,7 @@ async def serve(
     admin_app = AdminApp(layer, metrics, checks, lambda: _channels(protocol, worker), dead)
     admin = _server(
         admin_app,
-        settings.host,
+        settings.admin_host,
         settings.admin_port,
         1,
         # uvicorn's access logger is one for the process, and its Config turns it off globally

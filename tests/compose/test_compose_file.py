@@ -17,6 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.k8s.render import ensure_secrets
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
@@ -213,6 +215,7 @@ def test_layer_configs_exist(compose: dict[str, Any]) -> None:
     "env_file", [[], ["--env-file", str(ENV_EXAMPLE)]], ids=["defaults", "env"]
 )
 def test_docker_compose_1_accepts_it(env_file: list[str]) -> None:
+    ensure_secrets()  # the env file compose reads the Redis password from
     result = subprocess.run(
         ["docker-compose", *env_file, "--file", str(COMPOSE), "config", "--quiet"],
         capture_output=True,
@@ -221,3 +224,46 @@ def test_docker_compose_1_accepts_it(env_file: list[str]) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+REDIS_CLIENTS = APP_SERVICES - {"ipc-protocol", "ipc-worker", "combined"}
+SECRETS_ENV = ".secrets/redis.env"
+
+
+def test_redis_requires_the_acl_user(compose: dict[str, Any]) -> None:
+    """Protected mode on, the ACL user's password from the env file (never in the file
+    itself), and a health check that wants PONG, not redis-cli's exit code."""
+    for name in REDIS_SERVICES:
+        service = compose["services"][name]
+        command = service["command"]
+        assert command[command.index("--protected-mode") + 1] == "yes", name
+        assert service["env_file"] == SECRETS_ENV, name
+        assert "REDIS_PASSWORD" not in service["environment"], name
+        assert set(service["environment"]["REDIS_KEY_PATTERNS"].split()) == {"asgi:*", "local:*"}
+        assert service["healthcheck"]["test"] == ["CMD", "redis-ready", "6379"], name
+    assert not re.search(r"^\s*-?\s*REDIS_PASSWORD\s*[:=]", raw_text(), re.MULTILINE)
+
+
+def test_only_redis_clients_get_the_password(compose: dict[str, Any]) -> None:
+    """The layer's clients log in as the ACL user; the IPC pod and combined never see it."""
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        if name in REDIS_CLIENTS:
+            assert service.get("env_file") == SECRETS_ENV, name
+            assert service["environment"]["REDIS_USERNAME"] == "layer", name
+        else:
+            assert "env_file" not in service and "REDIS_USERNAME" not in service["environment"]
+
+
+def test_logs_rotate(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_app_ports_bind_dual_stack(compose: dict[str, Any]) -> None:
+    """ "::" (one dual-stack socket, services/runner.py) for the app and admin ports."""
+    for name in APP_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["KIT_HOST"] == env["KIT_ADMIN_HOST"] == "::", name

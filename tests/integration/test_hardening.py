@@ -65,15 +65,54 @@ def test_redis_is_reachable_only_from_the_pods(stack: Stack) -> None:
         # The host holds no address on the shards' bridge: it has no path to them at all.
         subnet = ipaddress.ip_network(details["IPAM"]["Config"][0]["Subnet"])
         assert not [a for a in addresses if a in subnet], (subnet, addresses)
-    # A pod reaches the shard; the combined container, not on the shards network, does not.
+    # A pod reaches the shard, but only its ACL user gets answers; the combined container,
+    # not on the shards network, does not reach it at all.
     reach = (
-        "import socket\n"
+        "import os, socket\n"
         "try:\n"
         "    s = socket.create_connection(('redis-0', 6379), timeout=3); s.sendall(b'PING\\r\\n')\n"
-        "    print(s.recv(16).decode().strip())\n"
+        "    print(s.recv(64).decode().split()[0])\n"
         "except OSError as error:\n"
         "    print(type(error).__name__)\n"
     )
-    assert stack.python("pod-a-worker", reach).strip() == "+PONG"
-    assert stack.python("local-a-worker", reach).strip() == "+PONG"  # groups cross Redis
+    assert stack.python("pod-a-worker", reach).strip() == "-NOAUTH"
+    assert stack.python("local-a-worker", reach).strip() == "-NOAUTH"  # groups cross Redis
     assert stack.python("combined", reach).strip() == "gaierror"
+
+
+# As the layer's ACL user, with the password the container got from .secrets/redis.env.
+AS_LAYER = (
+    "import os, redis\n"
+    "r = redis.Redis(host='redis-0', username=os.environ['REDIS_USERNAME'],\n"
+    "                password=os.environ['REDIS_PASSWORD'])\n"
+    "print(r.ping())\n"
+    "for command in ({commands}):\n"
+    "    try:\n"
+    "        r.execute_command(*command)\n"
+    "        print('allowed', command[0])\n"
+    "    except redis.ResponseError as error:\n"
+    "        print('refused', command[0], str(error).split()[0])\n"
+)
+
+
+def test_the_layers_redis_user_cannot_touch_the_server(stack: Stack) -> None:
+    """From a pod, with the layer's credentials: PING works; FLUSHALL, CONFIG, DEBUG, KEYS,
+    SHUTDOWN and keys outside the layer's prefixes are refused by the ACL."""
+    commands = [
+        ("FLUSHALL",),
+        ("CONFIG", "SET", "protected-mode", "no"),
+        ("DEBUG", "SLEEP", "0"),
+        ("KEYS", "*"),
+        ("SHUTDOWN", "NOSAVE"),
+        ("RPUSH", "other:x", "1"),
+    ]
+    out = stack.python("pod-a-worker", AS_LAYER.format(commands=repr(commands)[1:-1] + ",")).split(
+        "\n"
+    )
+    assert out[0] == "True", out
+    refused = [line for line in out[1:] if line]
+    assert len(refused) == len(commands), refused
+    for line, command in zip(refused, commands, strict=True):
+        assert line.startswith(f"refused {command[0]} "), line
+    stack.exec("redis-0", "redis-ready", "6379")  # still up: its health check passes (exit 0)
+    assert stack.state("redis-0")["health"] == "healthy"

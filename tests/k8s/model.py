@@ -7,6 +7,7 @@ module answers them from the rendered manifests alone.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,12 @@ KIT_IMAGE = "channel-layer-kit"
 REDIS_IMAGE = "channel-layer-kit-redis"
 KIT_ROLES = ("protocol", "worker", "combined")
 # Defaults of the `layerkit` CLI (CONTRACT.md), used when a container does not set the env var.
-CLI_DEFAULTS = {"KIT_PORT": "8000", "KIT_ADMIN_PORT": "8081", "KIT_DRAIN_TIMEOUT": "20"}
+CLI_DEFAULTS = {
+    "KIT_PORT": "8000",
+    "KIT_ADMIN_PORT": "8081",
+    "KIT_ADMIN_HOST": "127.0.0.1",
+    "KIT_DRAIN_TIMEOUT": "20",
+}
 
 _QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _SUFFIX = {
@@ -217,8 +223,38 @@ def _environment(objects: list[Obj], spec: Obj) -> tuple[dict[str, str], list[st
             continue
         key_ref = (var.get("valueFrom") or {}).get("configMapKeyRef")
         cm = find(objects, "ConfigMap", key_ref["name"]) if key_ref else None
+        secret_ref = (var.get("valueFrom") or {}).get("secretKeyRef")
         if key_ref and cm and key_ref["key"] in (cm.get("data") or {}):
             env[var["name"]] = str(cm["data"][key_ref["key"]])
+        elif secret_ref:
+            value = secret_value(objects, secret_ref["name"], secret_ref["key"])
+            if value is None:
+                problems.append(
+                    f"env {var['name']} names a Secret key that is not in the manifests"
+                )
+            else:
+                env[var["name"]] = value
         elif "valueFrom" not in var:
             env[var["name"]] = ""
     return env, problems
+
+
+def secret_value(objects: list[Obj], name: str, key: str) -> str | None:
+    """A rendered Secret's value (``stringData`` or base64 ``data``), if the manifests hold it."""
+    secret = find(objects, "Secret", name)
+    if secret is None:
+        return None
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    if key in (secret.get("data") or {}):
+        return base64.b64decode(secret["data"][key]).decode()
+    return None
+
+
+def secret_ref(spec: Obj, name: str) -> tuple[str, str] | None:
+    """``(Secret name, key)`` when the container's env var ``name`` comes from a Secret."""
+    for var in spec.get("env") or []:
+        ref_ = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if var.get("name") == name and ref_:
+            return str(ref_["name"]), str(ref_["key"])
+    return None

@@ -116,7 +116,7 @@ def _local_env(
         declared = c.port_setting(var)
         if declared in ports:
             env[var] = str(ports[declared])
-    env["KIT_HOST"] = "127.0.0.1"
+    env["KIT_HOST"] = env["KIT_ADMIN_HOST"] = "127.0.0.1"
     if "IPC_PREFIX" in env:
         env["IPC_PREFIX"], env["IPC_SIZE"] = ipc, "16MB"
     for name, value in list(env.items()):

@@ -93,7 +93,9 @@ def _host_isolation(pod: Pod, cs: list[Container]) -> list[str]:
 def _labels(obj: Obj) -> list[str]:
     """Standard labels everywhere; ``component`` where an object belongs to one role."""
     labels = obj.get("metadata", {}).get("labels") or {}
-    shared = obj.get("kind") in {"ConfigMap", "Secret", "ServiceAccount"}
+    if obj.get("kind") == "Namespace":  # the optional component's: holds every instance
+        return []
+    shared = obj.get("kind") in {"ConfigMap", "Secret", "ServiceAccount", "NetworkPolicy"}
     missing = [
         k for k in STANDARD_LABELS if k not in labels and not (shared and k.endswith("component"))
     ]

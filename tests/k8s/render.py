@@ -29,8 +29,19 @@ class RenderError(Exception):
     """kustomize refused the kustomization; the message is its stderr."""
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ensure_secrets() -> None:
+    """The Redis overlays' Secret is generated from a file no checkout has until ``make
+    secrets`` (scripts/secrets.sh) writes it; do that first, as a user would."""
+    if not (ROOT / "k8s/components/redis-shards/redis-auth.env").exists():
+        subprocess.run([str(ROOT / "scripts/secrets.sh")], check=True, capture_output=True)
+
+
 def render(directory: Path) -> list[Obj]:
     """The objects ``kubectl apply -k directory`` would send, in order."""
+    ensure_secrets()
     proc = subprocess.run(
         [kubectl(), "kustomize", str(directory)],
         capture_output=True,

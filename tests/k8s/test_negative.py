@@ -44,6 +44,46 @@ CASES = {
         "policy",
         "sets spec.replicas although HorizontalPodAutoscaler/worker",
     ),
+    # Redis: authenticated, least privilege (docs/redis.md)
+    "redis-protected-mode-off": ("policy", "--protected-mode must be yes, got no"),
+    "redis-ping-probe": ("policy", "readinessProbe must check for PONG"),
+    "redis-password-in-configmap": ("policy", "key REDIS_PASSWORD holds a secret; use a Secret"),
+    "redis-client-without-password": (
+        "policy",
+        "Deployment/worker container worker: layer hosts[0] does not log in as the Redis ACL",
+    ),
+    "redis-prefix-outside-acl": ("policy", "layer prefix 'chat' is not covered by the Redis ACL"),
+    # Network and admin surface (docs/k8s.md)
+    "networkpolicy-no-default-deny": (
+        "policy",
+        "Deployment/worker: no NetworkPolicy isolates it for ingress",
+    ),
+    "networkpolicy-no-dns": ("policy", "Deployment/ipc: no egress to DNS"),
+    "networkpolicy-egress-anywhere": ("policy", "an egress rule without ports lets"),
+    "networkpolicy-admin-open": (
+        "policy",
+        "lets Deployment/combined accept TCP 8081 from every source",
+    ),
+    "networkpolicy-http-closed": ("policy", "Deployment/protocol: accepts no ingress on its app"),
+    "networkpolicy-clients-cut-off": (
+        "policy",
+        "Deployment/worker: no egress to StatefulSet/redis on 6379",
+    ),
+    "admin-host-loopback": ("policy", "KIT_ADMIN_HOST 127.0.0.1 is loopback"),
+    "no-prestop": ("policy", "container protocol: no preStop sleep of at least 3 s"),
+    "spread-without-match-label-keys": ("policy", "need matchLabelKeys [pod-template-hash]"),
+    "ipc-requests-below-segment": ("policy", "Deployment/ipc: memory requests 256Mi are below"),
+    "namespace-not-restricted": ("policy", "pod-security.kubernetes.io/enforce: restricted"),
+    "redis-password-literal-env": ("policy", "env REDIS_PASSWORD is a literal in the manifest"),
+    "networkpolicy-egress-port-anywhere": (
+        "policy",
+        "allows Deployment/ipc egress to every destination on TCP 443; only DNS",
+    ),
+    "redis-egress": ("policy", "allows StatefulSet/redis egress; Redis needs none"),
+    "prestop-longer-than-grace": (
+        "policy",
+        "terminationGracePeriodSeconds 30 must exceed preStop 15 s + KIT_DRAIN_TIMEOUT 20",
+    ),
 }
 
 

@@ -20,6 +20,7 @@ OVERLAYS = ROOT / "k8s" / "overlays"
 NAMES = ["inmemory", "ipc", "local-redis", "redis-sharded"]
 COMPONENTS = ROOT / "k8s" / "components"
 INSTANCE = re.compile(r"^ *app\.kubernetes\.io/instance: .*\n", re.MULTILINE)
+GENERATED = re.compile(r"\b(layer-env|redis-auth)-[a-z0-9]{10}\b")  # kustomize's hash suffix
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def rendered() -> dict[str, list[Obj]]:
 
 def test_the_four_topologies_exist() -> None:
     assert sorted(p.name for p in OVERLAYS.iterdir()) == NAMES
-    assert sorted(p.name for p in COMPONENTS.iterdir()) == ["ipc-pod", "redis-shards"]
+    assert sorted(p.name for p in COMPONENTS.iterdir()) == ["ipc-pod", "namespace", "redis-shards"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -73,7 +74,13 @@ def test_redis_sharded_shape(rendered: dict[str, list[Obj]]) -> None:
         "redis",
         "worker",
     ]
-    assert [n["metadata"]["name"] for n in by_kind(objects, "NetworkPolicy")] == ["redis"]
+    assert sorted(n["metadata"]["name"] for n in by_kind(objects, "NetworkPolicy")) == [
+        "default-deny",
+        "dns",
+        "http",
+        "redis",
+        "redis-clients",
+    ]
 
 
 def test_ipc_shape(rendered: dict[str, list[Obj]]) -> None:
@@ -92,11 +99,13 @@ def _shards(objects: list[Obj]) -> dict[str, str]:
         if obj["metadata"]["labels"].get("app.kubernetes.io/component") != "redis":
             continue
         obj = copy.deepcopy(obj)
-        if obj["kind"] == "NetworkPolicy":
+        if obj["kind"] == "NetworkPolicy" and obj["metadata"]["name"] == "redis":
             obj["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0][
                 "values"
             ] = []
-        text = yaml.safe_dump(obj)
+        elif obj["kind"] == "NetworkPolicy":  # redis-clients
+            obj["spec"]["podSelector"]["matchExpressions"][0]["values"] = []
+        text = GENERATED.sub(r"\1-<hash>", yaml.safe_dump(obj))  # each overlay's own env
         found[f"{obj['kind']}/{obj['metadata']['name']}"] = INSTANCE.sub("", text)
     return found
 
@@ -127,7 +136,8 @@ def test_local_redis_shape(rendered: dict[str, list[Obj]]) -> None:
     admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
     assert admitted["values"] == ["ipc"]
     assert _shards(objects) == _shards(rendered["redis-sharded"])
-    assert len(_shards(objects)) == 4  # Service, StatefulSet, PodDisruptionBudget, NetworkPolicy
+    # Service, StatefulSet, PodDisruptionBudget, the NetworkPolicies redis and redis-clients
+    assert len(_shards(objects)) == 5
 
 
 def test_inmemory_shape(rendered: dict[str, list[Obj]]) -> None:
@@ -199,4 +209,75 @@ def test_an_images_entry_on_top_retargets_every_container(tmp_path: Path) -> Non
         "registry.example/kit/channel-layer-kit:9.9.9",
     ]
     assert all(image_repo(i).startswith("channel-layer-kit") for i in images)
+    assert validate(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_namespace_component_puts_every_object_in_a_restricted_namespace(
+    name: str, tmp_path: Path
+) -> None:
+    """k8s/components/namespace on top of each topology: still valid, every namespaced object
+    in the kit's namespace, which enforces Pod Security "restricted"."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(OVERLAYS / name, tmp_path)],
+                "components": [os.path.relpath(COMPONENTS / "namespace", tmp_path)],
+            }
+        )
+    )
+    assert validate(tmp_path) == []
+    objects = render(tmp_path)
+    (namespace,) = by_kind(objects, "Namespace")
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    others = [o for o in objects if o["kind"] != "Namespace"]
+    assert {o["metadata"].get("namespace") for o in others} == {namespace["metadata"]["name"]}
+
+
+def test_a_scrape_policy_of_your_own_passes(tmp_path: Path) -> None:
+    """docs/k8s.md's advice: admit your Prometheus' namespace to the admin ports. Named peers
+    may reach a non-app port; the rules refuse only what opens one to every source."""
+    labels = {
+        "app.kubernetes.io/name": "channel-layer-kit",
+        "app.kubernetes.io/instance": "redis-sharded",
+        "app.kubernetes.io/part-of": "channel-layer-kit",
+        "app.kubernetes.io/managed-by": "kustomize",
+    }
+    scrape = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "scrape", "labels": labels},
+        "spec": {
+            "podSelector": {  # the kit's processes; Redis has no admin port
+                "matchLabels": {"app.kubernetes.io/name": "channel-layer-kit"},
+                "matchExpressions": [
+                    {
+                        "key": "app.kubernetes.io/component",
+                        "operator": "In",
+                        "values": ["protocol", "worker"],
+                    }
+                ],
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 8081}],
+                }
+            ],
+        },
+    }
+    (tmp_path / "scrape.yaml").write_text(yaml.safe_dump(scrape))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": [os.path.relpath(OVERLAYS / "redis-sharded", tmp_path), "scrape.yaml"]}
+        )
+    )
     assert validate(tmp_path) == []

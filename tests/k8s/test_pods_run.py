@@ -9,12 +9,14 @@ See :mod:`tests.k8s.podrun` for what stands in for the node.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.k8s.model import Obj, by_kind, find, image_repo, pods, selector_matches
+from tests.k8s.model import Obj, Pod, by_kind, containers, find, image_repo, pods, selector_matches
 from tests.k8s.podrun import RunningPod, run_pod
 from tests.k8s.render import render
 
@@ -29,7 +31,9 @@ BACKENDS = {
 
 @contextlib.contextmanager
 def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
-    """One local redis-server per Redis StatefulSet pod: ``redis-N.svc:port`` -> local address."""
+    """One local redis-server per Redis StatefulSet pod, started as the image starts it (its
+    entrypoint, the ACL user, password and key patterns from the container's resolved env):
+    ``redis-N.svc:port`` -> local address."""
     from tests.support.redis_server import RedisServer
 
     servers, hosts = [], {}
@@ -38,9 +42,17 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
             (container,) = sts["spec"]["template"]["spec"]["containers"]
             if image_repo(container["image"]) != "channel-layer-kit-redis":
                 continue
+            ((c, problems),) = containers(objects, Pod(sts, sts["spec"]["template"]))
+            assert not problems, problems
             port = container["ports"][0]["containerPort"]
             for i in range(sts["spec"]["replicas"]):
-                server = RedisServer().start()
+                server = RedisServer(
+                    user=c.env["REDIS_USERNAME"],
+                    password=c.env["REDIS_PASSWORD"],
+                    kit_acl=True,
+                    key_patterns=c.env["REDIS_KEY_PATTERNS"],
+                ).start()
+                _readiness_passes(c.spec["readinessProbe"], port, server.port, c.env)
                 servers.append(server)
                 name = f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}"
                 hosts[f"{name}:{port}"] = f"127.0.0.1:{server.port}"
@@ -48,6 +60,22 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
     finally:
         for server in servers:
             server.stop()
+
+
+def _readiness_passes(probe: Obj, port: int, local: int, env: dict[str, str]) -> None:
+    """The Redis container's readiness command, as declared (the image's redis-ready is
+    docker/redis/ready.sh), with the container's env, against the local server: exit 0."""
+    command = [str(a) for a in probe["exec"]["command"]]
+    assert command[0] == "redis-ready", command
+    args = [str(local) if a == str(port) else a for a in command[1:]]
+    result = subprocess.run(
+        [str(ROOT / "docker/redis/ready.sh"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))

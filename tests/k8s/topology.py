@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from layer.config import LayerSpec
 from layer.options import byte_size
+from tests.k8s.hardening import check_hardening
 from tests.k8s.layerconfig import layer_spec
 from tests.k8s.model import (
     REDIS_IMAGE,
@@ -29,6 +30,7 @@ from tests.k8s.model import (
     ref,
     selector_matches,
 )
+from tests.k8s.network import check_network
 
 IPC_SIZE_OPTION = "size"  # the IPC layer's segment size option (config/ipc.yaml)
 
@@ -51,10 +53,14 @@ def check_topology(objects: list[Obj]) -> list[str]:
                 problems.append(f"{c.where}: layer config: {exc}")
                 continue
             layers.append((c, spec))
-    problems += _redis(objects, all_pods, [(c, s) for c, s in halves if _backend(s) == "redis"])
+    redis_clients = [(c, s) for c, s in halves if _backend(s) == "redis"]
+    problems += _redis(objects, all_pods, redis_clients)
     problems += _ipc([(c, s) for c, s in halves if _backend(s) == "ipc"])
     problems += _single_process(objects, layers)
-    return problems
+    problems += check_hardening(objects, all_pods, redis_clients)
+    redis_pods = [(_pod_of(sts), port) for sts, port, _ in _redis_statefulsets(objects)]
+    client_pods = [c.pod for c, _ in redis_clients]
+    return problems + check_network(objects, all_pods, redis_pods, client_pods)
 
 
 def _halves(spec: LayerSpec) -> list[LayerSpec]:

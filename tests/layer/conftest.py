@@ -17,6 +17,8 @@ from layer.inmemory import InMemoryChannelLayer
 from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix, journal_steps, workers
 from tests.layer.local_fixtures import local_redis_layer_factory
 from tests.layer.redis_fixtures import (
+    redis_acl_layer_factory,
+    redis_acl_server,
     redis_layer_factory,
     redis_server,
     redis_sharded_layer_factory,
@@ -26,12 +28,15 @@ from tests.layer.redis_fixtures import (
 
 LayerFactory = Callable[..., BaseChannelLayer]
 
-BACKENDS = ["inmemory", "ipc", "redis", "redis_sharded", "local_redis"]
+# redis_acl: the Redis layer as the kit deploys it, as a user the shipped ACL limits
+BACKENDS = ["inmemory", "ipc", "redis", "redis_acl", "redis_sharded", "local_redis"]
 __all__ = [
     "ipc_layer_factory",
     "ipc_prefix",
     "journal_steps",
     "local_redis_layer_factory",
+    "redis_acl_layer_factory",
+    "redis_acl_server",
     "redis_layer_factory",
     "redis_server",
     "redis_sharded_layer_factory",

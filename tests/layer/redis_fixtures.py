@@ -90,3 +90,41 @@ async def redis_sharded_layer_factory(
 ) -> AsyncIterator[LayerFactory]:
     async for factory in _factory(shard_hosts(redis_shards)):
         yield factory
+
+
+ACL_USER, ACL_PASSWORD = "layer", "acl-test-pass"
+
+
+@pytest.fixture(scope="session")
+def redis_acl_server() -> Iterator[RedisServer]:
+    """A server started as the kit's image starts it: the default user off, the layer's user
+    limited to docker/redis/layer.acl's commands and the keys ``asgi:*``."""
+    server = RedisServer(user=ACL_USER, password=ACL_PASSWORD, kit_acl=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_acl_layer_factory(
+    redis_acl_server: RedisServer,
+) -> AsyncIterator[LayerFactory]:
+    """Layers under a prefix the ACL's ``~asgi:*`` covers; afterwards the server's ACL log must
+    be empty: a denied command the layer fires without waiting (PEXPIRE after a push) would
+    otherwise go unnoticed."""
+    admin = redis_acl_server.admin()
+    admin.acl_log_reset()
+    made: list[BaseChannelLayer] = []
+
+    def factory(**options: Any) -> BaseChannelLayer:
+        options.setdefault("prefix", f"asgi:t{uuid.uuid4().hex[:10]}")
+        options.setdefault("hosts", [redis_acl_server.url])
+        made.append(RedisChannelLayer(**options))
+        return made[-1]
+
+    yield factory
+    for layer in made:
+        await layer.flush()
+        await layer.close()
+    denied = admin.acl_log()
+    admin.close()
+    assert denied == [], f"the ACL refused the layer: {denied}"

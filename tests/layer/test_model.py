@@ -262,6 +262,7 @@ PROFILES = {
         True, per_channel, False, lambda unit: PREFETCH + 1, ipc_options, ipc_after_close
     ),
     "redis": REDIS,
+    "redis_acl": REDIS,  # the same layer, as the kit's ACL user (docs/redis.md)
     "redis_sharded": REDIS,
     "local_redis": Profile(True, local_unit, True, local_held, local_options, local_after_close),
 }
@@ -939,7 +940,14 @@ settings.register_profile(
     print_blob=True,
     phases=[Phase.generate, Phase.shrink],
 )
-MAX_EXAMPLES = {"inmemory": 200, "ipc": 120, "redis": 60, "redis_sharded": 50, "local_redis": 60}
+MAX_EXAMPLES = {
+    "inmemory": 200,
+    "ipc": 120,
+    "redis": 60,
+    "redis_acl": 30,
+    "redis_sharded": 50,
+    "local_redis": 60,
+}
 SOAK_TOTAL = Tally()
 
 

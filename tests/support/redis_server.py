@@ -6,6 +6,7 @@ port (or unix socket) and its temporary directory, and can be killed and restart
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,17 +18,36 @@ import redis
 
 from tests.support.ports import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
+KIT_ENTRYPOINT = ROOT / "docker" / "redis" / "entrypoint.sh"
+KIT_ACL_RULES = ROOT / "docker" / "redis" / "layer.acl"
+ADMIN_PASSWORD = "admin-of-the-test"
+
 
 class RedisServer:
-    """One redis-server; ``password``/``user`` add auth, ``unix=True`` listens on a socket only."""
+    """One redis-server; ``password``/``user`` add auth, ``unix=True`` listens on a socket only.
+
+    ``kit_acl=True`` starts it through the kit image's entrypoint (docker/redis/entrypoint.sh)
+    with the shipped ACL rules: ``user`` is the layer's user, limited to ``key_patterns``; an
+    ``admin`` user (password :data:`ADMIN_PASSWORD`) lets a test read the ACL log.
+    """
 
     def __init__(
-        self, *, password: str | None = None, user: str | None = None, unix: bool = False
+        self,
+        *,
+        password: str | None = None,
+        user: str | None = None,
+        unix: bool = False,
+        kit_acl: bool = False,
+        key_patterns: str = "asgi:*",
     ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (make system-deps installs it)")
         self.dir = Path(tempfile.mkdtemp(prefix="layerkit-redis-"))
         self.password, self.user, self.unix = password, user, unix
+        self.kit_acl, self.key_patterns = kit_acl, key_patterns
+        if kit_acl and not (password and user):
+            raise ValueError("kit_acl needs the layer user's name and password")
         self.port = 0 if unix else free_port()
         self.socket_path = str(self.dir / "redis.sock") if unix else ""
         self.process: subprocess.Popen[bytes] | None = None
@@ -59,7 +79,20 @@ class RedisServer:
         ]
         if self.unix:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
-        if self.password and self.user:
+        env = None
+        if self.kit_acl:
+            args[0] = str(KIT_ENTRYPOINT)
+            args += ["--protected-mode", "yes"]
+            env = {
+                **os.environ,
+                "REDIS_USERNAME": str(self.user),
+                "REDIS_PASSWORD": str(self.password),
+                "REDIS_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "REDIS_KEY_PATTERNS": self.key_patterns,
+                "REDIS_ACL_FILE": str(self.dir / "users.acl"),
+                "REDIS_ACL_RULES": str(KIT_ACL_RULES),
+            }
+        elif self.password and self.user:
             args += [
                 "--user",
                 "default",
@@ -74,7 +107,7 @@ class RedisServer:
             ]
         elif self.password:
             args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env)
         self.wait_ready()
         return self
 
@@ -86,6 +119,13 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+    def admin(self) -> redis.Redis:
+        """A client as the ``admin`` user (``kit_acl`` servers only)."""
+        assert self.kit_acl, "only kit_acl servers have an admin user"
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, username="admin", password=ADMIN_PASSWORD
+        )
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         assert self.process is not None
