@@ -28,7 +28,7 @@ async def test_our_own_stall_is_not_the_peers_silence() -> None:
     checker = asyncio.ensure_future(checking(liveness, 2.0))
     await asyncio.sleep(0.2)
     liveness.seen["peer"] = heard = loop.time()
-    time.sleep(1.0)  # the whole loop stands still: the peer's heartbeats would wait unread
+    time.sleep(1.0)  # noqa: ASYNC251  (on purpose: the whole loop stands still, beats unread)
     await asyncio.sleep(INTERVAL * 2)  # the check wakes, late, and notes the stall
     now = liveness.tick(loop.time())
     assert now - heard > 1.0
