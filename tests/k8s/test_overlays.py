@@ -29,7 +29,11 @@ def rendered() -> dict[str, list[Obj]]:
 
 def test_the_four_topologies_exist() -> None:
     assert sorted(p.name for p in OVERLAYS.iterdir()) == NAMES
-    assert sorted(p.name for p in COMPONENTS.iterdir()) == ["django-chat", "ipc-pod", "redis-shards"]
+    assert sorted(p.name for p in COMPONENTS.iterdir()) == [
+        "django-chat",
+        "ipc-pod",
+        "redis-shards",
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -122,7 +122,12 @@ def admin_login(driver: Driver, base_url: str, user: str, password: str) -> None
     driver.find_element(By.ID, "id_password").send_keys(password + "\n")
     WebDriverWait(driver, WAIT).until(lambda d: "Site administration" in d.page_source)
     # The admin's stylesheet applied: static files are served (by WhiteNoise, through the kit).
-    header = driver.find_element(By.ID, "header")
-    assert header.value_of_css_property("display") == "flex", header.value_of_css_property(
-        "display"
-    )
+    assert driver.find_element(By.ID, "header").value_of_css_property("display") == "flex"
+
+
+def admin_styled(driver: Driver, base_url: str) -> None:
+    """The admin's login page renders with its stylesheet applied (static files served)."""
+    driver.switch_to.new_window("tab")
+    driver.get(f"{base_url}/admin/login/")
+    WebDriverWait(driver, WAIT).until(lambda d: d.find_elements(By.ID, "id_username"))
+    assert driver.find_element(By.ID, "header").value_of_css_property("display") == "flex"
