@@ -5,6 +5,7 @@ and two real Chromium browsers chatting in two rooms; the admin logs in across w
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def start(stack: Stack, role: str, **env: str) -> Service:
     return service.start()
 
 
-@pytest.mark.parametrize("name", ["inmemory", "redis"])
+@pytest.mark.parametrize("name", ["inmemory", "ipc"])  # docs/your-app.md, step 3
 def test_example_chat(stacks: StackFactory, tmp_path: Path, name: str) -> None:
     stack = stacks(name)
     env = {
@@ -58,7 +59,7 @@ def test_example_chat(stacks: StackFactory, tmp_path: Path, name: str) -> None:
     )  # fmt: skip
     if name == "inmemory":
         front = start(stack, "combined", KIT_CHANNELS="chat-tasks", **env)
-    else:  # two workers, each serving the background channel too
+    else:  # two workers, each serving the background channel too, and a protocol server
         workers = [start(stack, "worker", KIT_CHANNELS="chat-tasks", **env) for _ in range(2)]
         front = start(stack, "protocol", **env)
         for worker in workers:
@@ -67,3 +68,24 @@ def test_example_chat(stacks: StackFactory, tmp_path: Path, name: str) -> None:
     with chromium() as first, chromium() as second:
         two_browsers_two_rooms(first, second, front.url, front.url)
         admin_login(first, front.url, "admin", "correct horse battery")
+
+
+DOC = ROOT / "docs" / "your-app.md"
+
+
+def test_the_guide_shows_what_the_tests_run() -> None:
+    """docs/your-app.md quotes the example's Dockerfile whole, its settings' layer lines, and
+    names only files and commands that exist."""
+    doc = DOC.read_text()
+    assert f"```dockerfile\n{(EXAMPLE / 'Dockerfile').read_text()}```" in doc
+    settings = (EXAMPLE / "mysite" / "settings.py").read_text()
+    block = doc.split("from layer.config import load\n\n", 1)[1].split("```", 1)[0]
+    assert block in settings
+    for path in re.findall(r"(?:examples|k8s|docs|scripts|tests)/[\w./-]*\w", doc):
+        target = ROOT / path.replace("tests.k8s.validate", "tests/k8s/validate.py")
+        assert target.exists(), path
+    assert "layerkit combined --app mysite.asgi:application --channels chat-tasks" in doc
+    assert "-f docker-compose.yml -f examples/django-chat/compose.yml" in doc
+    integration = (ROOT / "scripts" / "integration.sh").read_text()
+    assert "--file examples/django-chat/compose.yml" in integration
+    assert "kubectl apply -n chat -k examples/django-chat/k8s" in doc
