@@ -89,3 +89,14 @@ def test_the_guide_shows_what_the_tests_run() -> None:
     integration = (ROOT / "scripts" / "integration.sh").read_text()
     assert "--file examples/django-chat/compose.yml" in integration
     assert "kubectl apply -n chat -k examples/django-chat/k8s" in doc
+
+
+def test_the_readmes_first_screen_starts_a_django_user() -> None:
+    """Install, settings, run: in the README's first screen (its first 12 lines); the steps
+    themselves run in tests/services/test_install.py."""
+    first = "\n".join((ROOT / "README.md").read_text().splitlines()[:12])
+    assert "pip install '/path/to/this/checkout[services]'" in first
+    assert (
+        'CHANNEL_LAYERS = {"default": {"BACKEND": "layer.inmemory.InMemoryChannelLayer"}}' in first
+    )
+    assert "layerkit combined --app mysite.asgi:application" in first
