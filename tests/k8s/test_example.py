@@ -5,16 +5,26 @@ examples/django-chat/k8s (what docs/your-app.md applies) is that component on re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import websockets
 import yaml
 
-from tests.k8s.model import Obj, image_repo
+from tests.k8s.model import Obj, find, image_repo, pods, selector_matches
+from tests.k8s.model import containers as containers_of
+from tests.k8s.podrun import APP_PROJECTS, run_pod
 from tests.k8s.render import render
 from tests.k8s.test_overlays import COMPONENTS, NAMES, OVERLAYS, ROOT
+from tests.k8s.test_pods_run import redis_shards
 from tests.k8s.validate import validate
 
 COMPONENT = COMPONENTS / "django-chat"
@@ -100,3 +110,58 @@ def test_component_on_each_topology(tmp_path: Path, topology: str) -> None:
 def test_the_examples_overlay_is_the_component_on_redis_sharded(tmp_path: Path) -> None:
     assert validate(EXAMPLE_OVERLAY) == []
     assert render(EXAMPLE_OVERLAY) == render(overlay(tmp_path, "redis-sharded"))
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The chat's static files, collected as the image's build collects them."""
+    static = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput"],
+        cwd=APP_PROJECTS["django-chat"],
+        env={**os.environ, "DJANGO_STATIC_ROOT": str(static), "LAYER_CONFIG": "inmemory"},
+        check=True,
+        capture_output=True,
+    )
+    yield static
+
+
+@pytest.mark.parametrize("topology", NAMES)
+def test_component_pods_run_the_chat(
+    tmp_path: Path, topology: str, collected: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The component's pods, started from the rendered manifests (tests/k8s/podrun.py, as the
+    shipped overlays' in test_pods_run.py): probes pass, and through the Service the chat's page
+    is served and a room's "/shout" comes back from the background task in the app's worker."""
+    monkeypatch.setenv("DJANGO_STATIC_ROOT", str(collected))
+    objects = render(overlay(tmp_path, topology))
+    app_pods = [p for p in pods(objects) if any(c.is_kit for c, _ in containers_of(objects, p))]
+    with redis_shards(objects) as hosts, contextlib.ExitStack() as stack:
+        running = [stack.enter_context(run_pod(objects, pod, hosts)) for pod in app_pods]
+        for pod in running:
+            for process in pod.processes:
+                process.wait_probe("livenessProbe")
+                process.wait_probe("readinessProbe")
+        service = find(objects, "Service", "channel-layer-kit")
+        assert service is not None
+        target = service["spec"]["ports"][0]["targetPort"]
+        fronts = [
+            p
+            for pod in running
+            if selector_matches({"matchLabels": service["spec"]["selector"]}, pod.pod.labels)
+            for p in pod.processes
+            if p.container.declares(target)
+        ]
+        assert fronts, "the Service selects no running container"
+        for front in fronts:
+            page = front.get(target, "/chat/lobby/")
+            assert page.status_code == 200 and "/static/chat/room." in page.text, page.text
+            assert asyncio.run(shout(front.url(target, ""))) == "bot: HI!"
+
+
+async def shout(url: str) -> str:
+    ws_url = url.replace("http://", "ws://", 1) + "/ws/chat/lobby/"
+    async with websockets.connect(ws_url, origin=url) as ws:  # type: ignore[arg-type]
+        await ws.send(json.dumps({"message": "/shout hi"}))
+        message: str = json.loads(await asyncio.wait_for(ws.recv(), 20))["message"]
+        return message
