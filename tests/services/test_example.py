@@ -46,7 +46,9 @@ def test_example_chat(stacks: StackFactory, tmp_path: Path, name: str) -> None:
     stack = stacks(name)
     env = {
         **APP,
-        "LAYER_CONFIG": str(ROOT / stack.backend.config),  # the settings read it too
+        # As docs/your-app.md runs it: no config for combined (the settings' in-memory default),
+        # the built-in name for IPC; the settings read it too.
+        "LAYER_CONFIG": "" if name == "inmemory" else Path(stack.backend.config).stem,
         "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
         "CHAT_DATABASE": str(tmp_path / "db.sqlite3"),
         **stack.backend.env,
