@@ -92,7 +92,8 @@ USE_I18N = True
 USE_TZ = True
 
 # `manage.py collectstatic` gathers the files into STATIC_ROOT (the Dockerfile does it at build
-# time); WhiteNoise serves them, compressed and with far-future caching.
+# time); WhiteNoise serves them, compressed and with far-future caching. (Under ASGI, Django warns
+# once per process that a WhiteNoise response streams a synchronous iterator: harmless.)
 STATIC_URL = "static/"
 STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles")
 STORAGES = {
