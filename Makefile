@@ -63,7 +63,8 @@ bench: install system-deps
 images: install
 	PYTHON=$(BIN)/python scripts/images.sh
 
-# Images + docker-compose stack + pytest -m integration against it; always torn down.
+# Images + docker-compose stack + pytest -m integration against it, then the same stack with the
+# example app (examples/django-chat/compose.yml) and its tests; always torn down.
 integration-test: images secrets
 	PYTHON=$(BIN)/python scripts/integration.sh $(PYTEST_ARGS)
 

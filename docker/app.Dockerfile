@@ -2,7 +2,9 @@
 # different commands (`layerkit protocol|worker|combined`). PYTHON_BASE defaults to the public
 # image; the offline build (scripts/images.sh) passes a Debian base built with debootstrap.
 # Dependencies, pinned by docker/requirements.lock, come from .wheelhouse/ when the build context
-# has one (offline: pip never touches the network), else from the package index.
+# has one (offline: pip never touches the network), else from the package index. pip stays in
+# the image: an app's image builds FROM this one and installs its own requirements
+# (examples/django-chat/Dockerfile).
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_BASE} AS build
@@ -16,7 +18,7 @@ COPY . /src
 RUN set -eu; \
     if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi; \
     /opt/venv/bin/pip install --no-cache-dir --no-deps "$@" /src; \
-    /opt/venv/bin/pip uninstall -q -y setuptools wheel pip; \
+    /opt/venv/bin/pip uninstall -q -y setuptools wheel; \
     /opt/venv/bin/layerkit --help >/dev/null
 
 FROM ${PYTHON_BASE}

@@ -9,6 +9,7 @@
 #   scripts/images.sh bases     only the two Debian base images
 #   scripts/images.sh wheels    only the wheelhouse (.wheelhouse/)
 #   scripts/images.sh lock      re-resolve docker/requirements.lock (the image's pinned deps)
+#   scripts/images.sh example   only the example app's image (examples/django-chat), FROM the app's
 #
 # Env: KIT_BASES=auto|offline|public (auto: public python/redis images if already present
 # locally, else the offline Debian bases), KIT_TAG (default 0.1.0), DEBIAN_MIRROR, DEBIAN_SUITE.
@@ -18,6 +19,8 @@ cd "$(dirname "$0")/.."
 TAG=${KIT_TAG:-0.1.0}
 APP_IMAGE=${KIT_APP_IMAGE:-channel-layer-kit}:$TAG
 REDIS_IMAGE=${KIT_REDIS_IMAGE:-channel-layer-kit-redis}:$TAG
+EXAMPLE_IMAGE=${KIT_EXAMPLE_IMAGE:-django-chat}:$TAG
+EXAMPLE_DIR=examples/django-chat
 PUBLIC_PYTHON=python:3.11-slim-bookworm
 PUBLIC_REDIS=redis:7-bookworm
 SUITE=${DEBIAN_SUITE:-bookworm}
@@ -180,13 +183,40 @@ build() {
         -t "$image" "$context" >"$logfile" 2>&1 || { tail -40 "$logfile" >&2; die "building $image failed"; }
 }
 
+# The example app's image, FROM the app image, built by its own Dockerfile: the one a user
+# writes, whose `pip install -r requirements.txt` would reach the package index. Offline, pip
+# finds the example's requirements in a host wheelhouse instead, which a throwaway image on top
+# of the app image holds and points pip at (PIP_NO_INDEX, PIP_FIND_LINKS); the example is built
+# FROM that one, so the test image carries those wheels (a few MB) and those two variables.
+build_example() {
+    local py=${PYTHON:-python3} wheels=$EXAMPLE_DIR/.wheelhouse key
+    local feeder=${APP_IMAGE%%:*}-example-wheels:$TAG
+    key=$(sha256sum <"$EXAMPLE_DIR/requirements.txt" | cut -c1-16)
+    if [ -f "$wheels/.stamp" ] && [ "$(cat "$wheels/.stamp")" = "$key" ]; then
+        log "example wheelhouse cached"
+    else
+        log "filling $wheels (pip wheel, host network to the package index only)"
+        rm -rf "$wheels"
+        mkdir -p "$wheels"
+        "$py" -m pip wheel -q --wheel-dir "$wheels" -r "$EXAMPLE_DIR/requirements.txt" \
+            >"$wheels/.pip.log" 2>&1 || { cat "$wheels/.pip.log" >&2; die "pip wheel failed"; }
+        echo "$key" >"$wheels/.stamp"
+    fi
+    mkdir -p .cache/images
+    printf 'FROM %s\nCOPY . /wheels/\nENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels\n' "$APP_IMAGE" \
+        >.cache/images/example-wheels.Dockerfile
+    build "$feeder" .cache/images/example-wheels.Dockerfile "$wheels" "KIT_IMAGE=$APP_IMAGE"
+    build "$EXAMPLE_IMAGE" "$EXAMPLE_DIR/Dockerfile" "$EXAMPLE_DIR" "KIT_IMAGE=$feeder"
+}
+
 build_images() {
     choose_bases
     build_wheels
     build "$APP_IMAGE" docker/app.Dockerfile . "PYTHON_BASE=$PYTHON_BASE"
     build "$REDIS_IMAGE" docker/redis.Dockerfile docker "REDIS_BASE=$REDIS_BASE"
+    build_example
     docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
-        | grep -E "^(${APP_IMAGE%%:*}|${REDIS_IMAGE%%:*}):$TAG " >&2
+        | grep -E "^(${APP_IMAGE%%:*}|${REDIS_IMAGE%%:*}|${EXAMPLE_IMAGE%%:*}):$TAG " >&2
 }
 
 case ${1:-all} in
@@ -194,6 +224,7 @@ case ${1:-all} in
     bases) ensure_docker; KIT_BASES=offline choose_bases ;;
     wheels) build_wheels ;;
     lock) lock_requirements ;;
+    example) ensure_docker; build_example ;;
     all) ensure_docker; build_images ;;
-    *) die "usage: $0 [all|docker|bases|wheels]" ;;
+    *) die "usage: $0 [all|docker|bases|wheels|lock|example]" ;;
 esac

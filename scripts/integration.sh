@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the integration suite against the real docker-compose stack: brings every topology up,
-# waits until each container is healthy, runs `pytest -m integration`, and tears the stack down
-# (containers, networks, volumes) however the run ends. Extra arguments go to pytest.
+# waits until each container is healthy, runs `pytest -m "integration and not example"`; then
+# the same topologies with the example chat instead of the demo (examples/django-chat/compose.yml)
+# and `pytest -m "integration and example"`; tears the stack down (containers, networks,
+# volumes) however the run ends. Extra arguments go to both pytest runs.
 # Env: KIT_COMPOSE_PROJECT (default kitit), KIT_UP_TIMEOUT (seconds, default 240).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,26 +36,39 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-"${compose[@]}" down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+# A fresh stack from the current compose files; every container of the project has a
+# healthcheck: wait for all of them (compose 1.29 has no `up --wait`).
+bring_up() {
+    "${compose[@]}" down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+    local began deadline states
+    began=$(date +%s)
+    deadline=$((began + ${KIT_UP_TIMEOUT:-240}))
+    log "starting the stack (${compose[*]})"
+    "${compose[@]}" up -d --no-build
+    while :; do
+        states=$(docker ps -a --filter "label=com.docker.compose.project=$KIT_COMPOSE_PROJECT" \
+            --format '{{.Names}} {{.Status}}')
+        [ -n "$states" ] && ! grep -qv '(healthy)' <<<"$states" && break
+        if [ "$(date +%s)" -ge $deadline ]; then
+            log "not healthy after ${KIT_UP_TIMEOUT:-240} s:"
+            echo "$states" >&2
+            exit 1
+        fi
+        sleep 2
+    done
+    log "all containers healthy after $(($(date +%s) - began)) s"
+}
+
 start=$(date +%s)
-log "starting the stack (${compose[*]})"
-"${compose[@]}" up -d --no-build
-
-# Every container of the project has a healthcheck; wait for all of them (compose 1.29 has no
-# `up --wait`).
-deadline=$((start + ${KIT_UP_TIMEOUT:-240}))
-while :; do
-    states=$(docker ps -a --filter "label=com.docker.compose.project=$KIT_COMPOSE_PROJECT" \
-        --format '{{.Names}} {{.Status}}')
-    [ -n "$states" ] && ! grep -qv '(healthy)' <<<"$states" && break
-    if [ "$(date +%s)" -ge $deadline ]; then
-        log "not healthy after ${KIT_UP_TIMEOUT:-240} s:"
-        echo "$states" >&2
-        exit 1
-    fi
-    sleep 2
-done
-log "all containers healthy after $(($(date +%s) - start)) s"
-
-"$PY" -m pytest -m integration tests/integration -p no:cacheprovider "$@"
+bring_up
+"$PY" -m pytest -m "integration and not example" tests/integration -p no:cacheprovider "$@"
 log "integration suite took $(($(date +%s) - start)) s including start-up"
+
+# The example chat in the same topologies: the override swaps the image and the app.
+example=$(date +%s)
+compose+=(--file examples/django-chat/compose.yml)
+export KIT_COMPOSE_CMD="${compose[*]}"
+bring_up
+"$PY" -m pytest -m "integration and example" tests/integration -p no:cacheprovider "$@"
+log "example suite took $(($(date +%s) - example)) s including start-up"
+log "both took $(($(date +%s) - start)) s"

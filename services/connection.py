@@ -10,7 +10,16 @@ from services import wire
 class Conn(wire.Inbox):
     """One client connection; its inbox gets what the dispatch loop routes to it."""
 
-    __slots__ = ("assigned", "created", "failed", "id", "websocket", "window", "worker")
+    __slots__ = (
+        "accepted",
+        "assigned",
+        "created",
+        "failed",
+        "id",
+        "websocket",
+        "window",
+        "worker",
+    )
 
     def __init__(
         self, conn_id: str, loop: asyncio.AbstractEventLoop, websocket: bool = False
@@ -24,3 +33,4 @@ class Conn(wire.Inbox):
         self.created = now
         self.assigned = now
         self.failed = False
+        self.accepted = False  # a WebSocket its worker accepted: no denial response after that

@@ -230,6 +230,12 @@ class Instance(wire.Inbox):
         kind = message["type"]
         if self.closed or self.gone:
             return
+        if kind.startswith("websocket.http.") and self.kind == "websocket":
+            # The denial response extension: an HTTP response instead of the handshake, relayed
+            # as an HTTP response is (the protocol server hands it to uvicorn as such).
+            if self.accepted:
+                raise ValueError(f"{kind!r} after websocket.accept: the handshake is done")
+            kind = kind[len("websocket.") :]
         if kind == "http.response.start":
             status = message["status"]
             if type(status) is not int:

@@ -73,6 +73,9 @@ GONE: Final = "k.gone"  # CODE (WebSocket): the client went away
 # messages that tell a protocol server which worker owns a connection (they carry WORKER).
 HTTP_REPLIES: Final = frozenset({PICKED, RESPONSE, RESPONSE_BODY, APP_ERROR, ACK})
 WEBSOCKET_REPLIES: Final = frozenset({PICKED, WS_ACCEPT, WS_OUT, WS_CLOSE, APP_ERROR, ACK})
+# Until it is accepted, a WebSocket's handshake may be answered by an HTTP response instead
+# (the ASGI websocket.http.response extension).
+WEBSOCKET_DENIAL: Final = frozenset({RESPONSE, RESPONSE_BODY})
 HTTP_FOLLOW_UPS: Final = frozenset({BODY, DISCONNECT, ACK})
 WEBSOCKET_FOLLOW_UPS: Final = frozenset({WS_IN, DISCONNECT, ACK})
 CLAIMS: Final = frozenset({PICKED, RESPONSE, WS_ACCEPT})

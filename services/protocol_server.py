@@ -118,10 +118,15 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         if conn is None:
             return  # a late answer for a connection that already ended
         if kind not in (msg.WEBSOCKET_REPLIES if conn.websocket else msg.HTTP_REPLIES):
-            what = "WebSocket" if conn.websocket else "HTTP request"
-            wrong = BadMessage("wrong_connection", f"not for a {what}", kind, conn.id)
-            self._rejects(wrong, message, self.reply)
-            return
+            if not (conn.websocket and kind in msg.WEBSOCKET_DENIAL and not conn.accepted):
+                what = "WebSocket" if conn.websocket else "HTTP request"
+                if conn.websocket and kind in msg.WEBSOCKET_DENIAL:
+                    what = "WebSocket it accepted"
+                wrong = BadMessage("wrong_connection", f"not for a {what}", kind, conn.id)
+                self._rejects(wrong, message, self.reply)
+                return
+        elif kind == msg.WS_ACCEPT:
+            conn.accepted = True
         if conn.worker is None and kind in msg.CLAIMS:
             worker = message[msg.WORKER]
             conn.worker = worker

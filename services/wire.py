@@ -86,7 +86,10 @@ def import_scope(data: Any) -> dict[str, Any]:
         scope["client"] = tuple(client)
     if server is not None and type(server) is not tuple:
         scope["server"] = tuple(server)
-    scope["extensions"] = {}
+    # The extensions the services carry end to end. Only the denial response: the protocol
+    # server is uvicorn, whose every WebSocket implementation supports it, and relays it; its
+    # HTTP implementations offer none (no trailers, early hints, pathsend or zero-copy).
+    scope["extensions"] = {"websocket.http.response": {}} if scope["type"] == "websocket" else {}
     scope["state"] = {}
     return scope
 

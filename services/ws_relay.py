@@ -43,6 +43,7 @@ class WebSocketRelay(Relay):
         reader: asyncio.Task[None] | None = None
         consumed = wire.Consumed()
         parts: list[Any] = []
+        code = 0
         while True:
             message = await conn.get()
             kind = message[msg.TYPE]
@@ -62,6 +63,20 @@ class WebSocketRelay(Relay):
                 await send(accept)
                 self.metrics.websockets.labels(self.role).inc()
                 reader = asyncio.create_task(self._read_websocket(conn, receive))
+            elif kind == msg.RESPONSE or kind == msg.RESPONSE_BODY:
+                # The app denied the handshake with an HTTP response of its own (the ASGI
+                # ``websocket.http.response`` extension); returns its status, as the code.
+                if kind == msg.RESPONSE:
+                    code = message[msg.STATUS]
+                    start = {"status": code, "headers": message[msg.HEADERS]}
+                    await send({"type": "websocket.http.response.start", **start})
+                more = message[msg.MORE]
+                body = {"body": message[msg.DATA], "more_body": more}
+                await send({"type": "websocket.http.response.body", **body})
+                if not more:
+                    return code, reader
+                if consumed.one() and conn.worker is not None:
+                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
             elif kind == msg.WS_CLOSE:
                 code = message[msg.CODE]
                 reason = message.get(msg.REASON) or ""

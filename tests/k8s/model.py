@@ -17,6 +17,8 @@ Obj = dict[str, Any]
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 KIT_IMAGE = "channel-layer-kit"
+# Images built FROM the kit's, which run `layerkit` the same way: checked as the kit's own.
+APP_IMAGES = ("django-chat",)  # examples/django-chat (k8s/components/django-chat)
 REDIS_IMAGE = "channel-layer-kit-redis"
 KIT_ROLES = ("protocol", "worker", "combined")
 # Defaults of the `layerkit` CLI (CONTRACT.md), used when a container does not set the env var.
@@ -103,7 +105,7 @@ class Container:
 
     @property
     def is_kit(self) -> bool:
-        return self.repo == KIT_IMAGE
+        return self.repo == KIT_IMAGE or self.repo in APP_IMAGES
 
     @property
     def role(self) -> str:

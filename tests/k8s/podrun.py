@@ -31,6 +31,18 @@ from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_LIMIT = 60.0  # bounds a hung start only; nothing is asserted about speed
+# Images built FROM the kit's (model.APP_IMAGES) stand in as their project directory (the
+# image's WORKDIR /app) and their Dockerfile's ENV, under the manifest's env as in a container.
+APP_PROJECTS = {"django-chat": ROOT / "examples" / "django-chat"}
+
+
+def image_env(project: Path) -> dict[str, str]:
+    """The ``ENV k=v ...`` lines of a project's Dockerfile."""
+    env: dict[str, str] = {}
+    for line in (project / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line[4:].split())
+    return env
 
 
 @dataclass
@@ -142,8 +154,10 @@ def run_pod(objects: list[Obj], pod: Pod, hosts: dict[str, str]) -> Iterator[Run
             if not c.is_kit or c.init:
                 continue
             ports = {int(p["containerPort"]): free_port() for p in c.spec.get("ports") or []}
+            project = APP_PROJECTS.get(c.repo)
             env = {
                 **os.environ,
+                **(image_env(project) if project is not None else {}),
                 **_local_env(c, mounts, ports, hosts, ipc),
                 "PYTHONPATH": str(ROOT),
             }
@@ -151,7 +165,7 @@ def run_pod(objects: list[Obj], pod: Pod, hosts: dict[str, str]) -> Iterator[Run
             with log.open("wb") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "services", *(c.spec.get("args") or [])],
-                    cwd=ROOT,
+                    cwd=project or ROOT,
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

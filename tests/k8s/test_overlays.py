@@ -30,7 +30,12 @@ def rendered() -> dict[str, list[Obj]]:
 
 def test_the_four_topologies_exist() -> None:
     assert sorted(p.name for p in OVERLAYS.iterdir()) == NAMES
-    assert sorted(p.name for p in COMPONENTS.iterdir()) == ["ipc-pod", "namespace", "redis-shards"]
+    assert sorted(p.name for p in COMPONENTS.iterdir()) == [
+        "django-chat",
+        "ipc-pod",
+        "namespace",
+        "redis-shards",
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -50,6 +50,7 @@ class Service:
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     module: str = "services"  # run as ``python -m <module> <role>``
+    cwd: Path = ROOT  # the working directory: where ``--app`` is imported from
 
     def start(self, wait: bool = True) -> Service:
         env = {**os.environ, **self.env, "KIT_ADMIN_PORT": str(self.admin_port)}
@@ -61,7 +62,7 @@ class Service:
         self.log = Path(name)
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, self.role],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -203,3 +203,55 @@ def test_the_readmes_three_steps_for_a_django_project(installed: Path, tmp_path:
         process.terminate()
         assert process.wait(timeout=30) == 0, log.read_text()
     assert "layer 'default' from settings.CHANNEL_LAYERS (mysite.settings)" in log.read_text()
+
+
+def test_the_example_copied_elsewhere_runs_on_the_installed_kit(
+    installed: Path, tmp_path: Path
+) -> None:
+    """examples/django-chat is a project of its own: copied out of the checkout, it runs on the
+    installed kit alone (docs/your-app.md, steps 1-3): its page, its static files, its chat and
+    its background task."""
+    import asyncio
+    import json
+
+    import websockets
+
+    project = tmp_path / "django-chat"
+    ignore = shutil.ignore_patterns("__pycache__", "staticfiles", ".wheelhouse", "db.sqlite3")
+    shutil.copytree(ROOT / "examples" / "django-chat", project, ignore=ignore)
+    env = _clean_env()
+    static = subprocess.run(
+        [installed / "python", "manage.py", "collectstatic", "--noinput"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert static.returncode == 0, static.stderr
+    port, admin = free_port(), free_port()
+    command = [
+        installed / "layerkit", "combined", "--app", "mysite.asgi:application",
+        "--channels", "chat-tasks", "--port", str(port), "--admin-port", str(admin),
+    ]  # fmt: skip
+    log = tmp_path / "layerkit.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=project, env=env, stdout=out, stderr=out)
+
+    async def chat() -> list[str]:
+        url = f"ws://127.0.0.1:{port}/ws/chat/lobby/"
+        async with websockets.connect(url, origin=f"http://127.0.0.1:{port}") as ws:  # type: ignore[arg-type]
+            heard = []
+            for text in ("hello", "/shout hi"):
+                await ws.send(json.dumps({"message": text}))
+                heard.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["message"])
+            return heard
+
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{admin}/readyz") == 200, "readiness")
+        page = httpx.get(f"http://127.0.0.1:{port}/chat/lobby/", timeout=10)
+        assert page.status_code == 200, page.text
+        script = page.text.split('<script src="', 1)[1].split('"', 1)[0]
+        assert script.startswith("/static/chat/room.")  # collected, hashed, served
+        assert httpx.get(f"http://127.0.0.1:{port}{script}", timeout=10).status_code == 200
+        assert asyncio.run(chat()) == ["hello", "bot: HI!"]
+        assert "from settings.CHANNEL_LAYERS (mysite.settings)" in log.read_text()
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, log.read_text()
