@@ -35,7 +35,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 __all__ = ["HOOKS", "TESTED", "Config", "Cycle", "HttpProtocol", "QuietServer"]
 
-TESTED = "uvicorn >=0.30,<0.56"  # keep in step with pyproject.toml
+TESTED_RANGE = ">=0.30,<0.56"  # pyproject.toml's requirement (a test keeps the two equal)
+TESTED = f"uvicorn {TESTED_RANGE}"
 
 Cycle = RequestResponseCycle  # one request on an HTTP connection
 App = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]

@@ -29,7 +29,8 @@ from typing import Any
 from redis import __version__ as REDIS_VERSION
 from redis.asyncio.connection import AbstractConnection, Connection
 
-TESTED = "redis-py >=5.0.4,<8.3 (with hiredis)"  # keep in step with pyproject.toml
+TESTED_RANGE = ">=5.0.4,<8.3"  # pyproject.toml's requirement (a test keeps the two equal)
+TESTED = f"redis-py {TESTED_RANGE} with hiredis"
 
 # The hooks, each as "where: what it must be" (the names a failed check lists).
 HOOK_SENTINEL = "redis._parsers.hiredis.NOT_ENOUGH_DATA"
