@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 __all__ = ["HOOKS", "TESTED", "Config", "Cycle", "HttpProtocol", "QuietServer"]
 
-TESTED_RANGE = ">=0.30,<0.56"  # pyproject.toml's requirement (a test keeps the two equal)
+TESTED_RANGE = ">=0.45,<0.56"  # pyproject.toml's requirement (a test keeps the two equal)
 TESTED = f"uvicorn {TESTED_RANGE}"
 
 Cycle = RequestResponseCycle  # one request on an HTTP connection

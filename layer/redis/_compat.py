@@ -29,7 +29,7 @@ from typing import Any
 from redis import __version__ as REDIS_VERSION
 from redis.asyncio.connection import AbstractConnection, Connection
 
-TESTED_RANGE = ">=5.0.4,<8.3"  # pyproject.toml's requirement (a test keeps the two equal)
+TESTED_RANGE = ">=5.1,<8.3"  # pyproject.toml's requirement (a test keeps the two equal)
 TESTED = f"redis-py {TESTED_RANGE} with hiredis"
 
 # The hooks, each as "where: what it must be" (the names a failed check lists).
