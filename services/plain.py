@@ -114,7 +114,7 @@ class BridgeHttpProtocol(LimitedHttpToolsProtocol):
         if (
             relay is not None
             and not bridge.expects_continue(cycle)
-            and bodyless(bridge.headers_of(cycle))
+            and bodyless(bridge.scope_of(cycle)["headers"])
         ):
             relay(cycle, self)
         else:
