@@ -53,7 +53,7 @@ def missing_hooks(parsers: ModuleType | Any, connection_class: type[Any]) -> lis
     parser = getattr(conn, "_parser", None)
     if parser is None:
         missing.append(HOOK_PARSER)
-    elif not hasattr(parser, "_reader"):
+    elif not hasattr(parser, "_reader") or "Hiredis" not in type(parser).__name__:
         kind = type(parser).__name__
         missing.append(f"{HOOK_HIREDIS}; the parser is a {kind}: is hiredis installed?")
     return missing
