@@ -12,8 +12,8 @@ for measured reasons (docs/architecture.md, What a request costs; Third-party in
   connection's request cycle, flow control, parser and keep-alive timeout are read;
 * the runner owns SIGTERM/SIGINT: ``Server.capture_signals`` is replaced by a no-op.
 
-Other modules use the names below (:class:`HttpProtocol`'s methods, :func:`answer`,
-:func:`cut_off`, ...) and never uvicorn's. :data:`HOOKS` lists what is relied on; a uvicorn
+Other modules use the names below (:class:`HttpProtocol`'s methods, ``answer``,
+``cut_off``, ...) and never uvicorn's. :data:`HOOKS` lists what is relied on; a uvicorn
 release without one of them fails at import with an :class:`ImportError` naming it, instead
 of breaking the request path in a way no test names. ``pyproject.toml`` caps uvicorn to
 :data:`TESTED` for the same reason.
@@ -212,7 +212,7 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 # The per-request accessors are uvicorn's own callables or C attribute getters: no Python frame
-# of ours on the request path (a frame per access cost ~1 µs per request, measured).
+# of ours on the request path (as plain functions, four calls cost ~1 µs of a 20 µs request).
 
 #: ``answer(cycle, app)``: run ``app`` on ``cycle`` as uvicorn's request task would (its
 #: errors logged, a 500 if nothing was sent); returns the coroutine for the caller to run.
