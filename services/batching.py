@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import MessageTooLarge
 from layer.inmemory import InMemoryChannelLayer
 from layer.messages import Message
 from services import messages, wire
+from services.eager import eager
 from services.logs import Throttled
 from services.messages import BadMessage
 from services.metrics import Metrics
@@ -239,32 +239,3 @@ class Batcher:
             self._flush()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def eager(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-    """Run ``coro`` now, up to its first suspension; a task finishes it if it suspends.
-
-    A send to a layer rarely waits (IPC never, Redis only without credit), so this sends in
-    this loop turn instead of a task's first step in the next one (Python 3.12's eager tasks).
-    """
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_resume(coro, waiting))
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Drive a started coroutine on as a task would: wait for what it waits on, step it."""
-    try:
-        while True:
-            if waiting is None:  # a bare yield (asyncio.sleep(0))
-                await asyncio.sleep(0)
-            else:  # a future: once it is done, the coroutine's await returns or raises
-                await asyncio.wait((waiting,))
-            try:
-                waiting = coro.send(None)
-            except StopIteration:
-                return
-    finally:
-        coro.close()  # cancelled while waiting: run its finally blocks

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from services.uvicorn_bridge import HttpProtocol
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -101,8 +101,8 @@ class CoalescingTransport(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+class CoalescingHttpToolsProtocol(HttpProtocol):
     """uvicorn's httptools HTTP/1.1 protocol on a :class:`CoalescingTransport`."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))
+    def wrap_transport(self, transport: asyncio.Transport) -> asyncio.Transport:
+        return CoalescingTransport(super().wrap_transport(transport), self.loop)

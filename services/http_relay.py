@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
 from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import messages as msg
 from services import replies, wire
+from services import uvicorn_bridge as bridge
 from services.connection import Conn
 from services.messages import FAIL, GONE
 from services.metrics import Metrics
 from services.plain import BridgeHttpProtocol, PlainRequest
 from services.relay import Receive, Relay, Scope, Send
+from services.uvicorn_bridge import Cycle
 
 
 class HttpRelay(Relay):
@@ -64,11 +64,11 @@ class HttpRelay(Relay):
 
     # -- body-less requests, without a task (services/plain.py) ----------------------------
 
-    def relay_plain(self, cycle: RequestResponseCycle, http: BridgeHttpProtocol) -> None:
+    def relay_plain(self, cycle: Cycle, http: BridgeHttpProtocol) -> None:
         """Relay a body-less request from callbacks; called by the HTTP protocol."""
         conn = PlainRequest(self._new_id(), self._loop, cycle, http, self)
         self._conns[conn.id] = conn
-        http.later(self._submit_plain(conn, self._open_message(conn, cycle.scope)))
+        http.later(self._submit_plain(conn, self._open_message(conn, bridge.scope_of(cycle))))
 
     async def _submit_plain(self, conn: PlainRequest, message: Message) -> None:
         why = await self._submit(message)

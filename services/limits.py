@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from services import uvicorn_bridge as bridge
 from services.coalesce import CoalescingHttpToolsProtocol
 from services.logs import Throttled
 
@@ -75,7 +76,7 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.timeout_keep_alive = self.limits.keep_alive_timeout  # type: ignore[assignment]
+        self.set_keep_alive_timeout(self.limits.keep_alive_timeout)
         # Bytes the head being read may still take; None while a body (or nothing) is read.
         self._head_room: int | None = self.limits.max_header_size
         self._body_left: int | None = None  # with max_body_size: what the body may still take
@@ -147,13 +148,13 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._stop_clock()
         limit = self.limits.max_body_size
         if limit:
-            length = declared_length(self.headers)
+            length = declared_length(self.request_headers())
             if length is not None and length > limit:
                 self._refuse(413, "its request body of %d bytes is over %d", length, limit)
                 return
             self._body_left = limit
         super().on_headers_complete()
-        self._in_body = not self.parser.should_upgrade()
+        self._in_body = not self.upgrading()
 
     def on_body(self, body: bytes) -> None:
         if self._done:
@@ -192,7 +193,7 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         if not self._in_body or self._done:
             return
         now = self.loop.time()
-        if self.flow.read_paused:  # we stopped reading (backpressure): not the client's stall
+        if self.reading_paused():  # we stopped reading (backpressure): not the client's stall
             self._body_read = now
         timeout = self.limits.body_timeout
         idle = now - self._body_read
@@ -212,12 +213,14 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._stop_clock()
         self.refused(status)
         answer = self._head_room != self.limits.max_header_size  # else nothing was asked
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            answer = answer and current and not cycle.response_started
-            cycle.disconnected = True  # its relay's receive says http.disconnect
-            cycle.message_event.set()
-        client = "{}:{}".format(*self.client) if self.client else "a client"
+        cycle = self.current_cycle()
+        if cycle is not None:
+            started, complete = bridge.response_state(cycle)
+            if not complete:
+                answer = answer and current and not started
+                bridge.cut_off(cycle)  # its relay's receive says http.disconnect
+        peer = self.peer()
+        client = "{}:{}".format(*peer) if peer else "a client"
         _log(f"refused-{status}", logging.WARNING, "refused %s (%s): " + why, client,
              status if answer else f"{status}, closed without an answer", *args)  # fmt: skip
         if not answer:
@@ -228,5 +231,5 @@ class LimitedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             self.transport.close()
             return
         self.transport.write_eof()
-        self.flow.resume_reading()  # drain the client until it closes or LINGER passes
+        self.resume_reading()  # drain the client until it closes or LINGER passes
         self._timer = self.loop.call_later(LINGER, self.transport.close)

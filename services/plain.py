@@ -25,14 +25,14 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
 from layer.messages import Message
 from services import messages as msg
 from services import replies
-from services.batching import eager
+from services import uvicorn_bridge as bridge
 from services.connection import Conn
+from services.eager import eager
 from services.limits import LimitedHttpToolsProtocol, declared_length
+from services.uvicorn_bridge import Cycle
 
 Receive = Any
 Send = Any
@@ -57,7 +57,7 @@ class PlainRequest(Conn):
         self,
         conn_id: str,
         loop: asyncio.AbstractEventLoop,
-        cycle: RequestResponseCycle,
+        cycle: Cycle,
         http: BridgeHttpProtocol,
         owner: Owner,
     ) -> None:
@@ -74,11 +74,11 @@ class PlainRequest(Conn):
             return
         kind = message[msg.TYPE]
         if kind == msg.RESPONSE and not message[msg.MORE]:
-            self.http.later(self.cycle.run_asgi(functools.partial(_answer, message)))
+            self.http.later(bridge.answer(self.cycle, functools.partial(_answer, message)))
             self.owner.finish(self, message[msg.STATUS], self.started)
         elif kind == msg.FAIL or kind == msg.APP_ERROR:  # as the ASGI path answers them
             code = msg.code_of(message, 500)
-            self.http.later(self.cycle.run_asgi(functools.partial(_failure, code)))
+            self.http.later(bridge.answer(self.cycle, functools.partial(_failure, code)))
             self.owner.finish(self, code, self.started)
         else:
             self.handed = True
@@ -87,7 +87,7 @@ class PlainRequest(Conn):
 
     async def refuse(self, why: str) -> None:
         """The work channel did not take the request: 503, try again later."""
-        status = await replies.refuse(self.cycle.send, why)
+        status = await replies.refuse(bridge.send_of(self.cycle), why)
         self.owner.finish(self, status, self.started)
 
 
@@ -109,20 +109,20 @@ def bodyless(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 class BridgeHttpProtocol(LimitedHttpToolsProtocol):
     """The protocol server's HTTP/1.1 protocol: body-less requests go to ``relay_plain``."""
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+    def start_request(self, cycle: Cycle, app: Any) -> None:
         relay = getattr(app, "relay_plain", None)  # None: uvicorn's 503 app at its limit
         if (
             relay is not None
-            and not cycle.waiting_for_100_continue
-            and bodyless(cycle.scope["headers"])
+            and not bridge.expects_continue(cycle)
+            and bodyless(bridge.scope_of(cycle)["headers"])
         ):
             relay(cycle, self)
         else:
-            super()._start_asgi_task(cycle, app)
+            self.run_in_task(cycle, app)
 
-    def spawn(self, cycle: RequestResponseCycle, app: Any) -> None:
+    def spawn(self, cycle: Cycle, app: Any) -> None:
         """Run ``app`` on ``cycle`` in a uvicorn task, as uvicorn runs every request."""
-        super()._start_asgi_task(cycle, app)
+        self.run_in_task(cycle, app)
 
     def later(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` on the next loop turn, as a task's step would; a task finishes it only
@@ -132,5 +132,4 @@ class BridgeHttpProtocol(LimitedHttpToolsProtocol):
     def _step(self, coro: Coroutine[Any, Any, None]) -> None:
         task = eager(coro)
         if task is not None:  # kept, and awaited at shutdown, like uvicorn's own tasks
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.keep(task)

@@ -7,7 +7,6 @@ close WebSockets with 1012) and shut the app server down gracefully, then the ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import gc
 import logging
@@ -15,12 +14,9 @@ import math
 import signal
 import socket
 import ssl
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-
-import uvicorn
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import AccessRefused, ConfigError
@@ -33,6 +29,7 @@ from services.metrics import Metrics
 from services.named_channels import NamedChannels
 from services.plain import BridgeHttpProtocol
 from services.protocol_server import ProtocolServer
+from services.uvicorn_bridge import Config, QuietServer
 from services.worker import Worker
 
 log = logging.getLogger("layerkit")
@@ -116,14 +113,6 @@ def _bind(option: str, host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the runner owns SIGTERM/SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 def _server(
     app: Any,
     host: str,
@@ -133,8 +122,8 @@ def _server(
     access_log: bool = False,
     forwarded_allow_ips: str = "",
     **options: Any,
-) -> _Server:
-    config = uvicorn.Config(
+) -> QuietServer:
+    config = Config(
         app,
         host=host,
         port=port,
@@ -152,7 +141,7 @@ def _server(
         timeout_graceful_shutdown=math.ceil(grace),
         **options,
     )
-    return _Server(config)
+    return QuietServer(config)
 
 
 async def serve(
@@ -219,7 +208,7 @@ async def serve(
     gc.collect()
     gc.freeze()
 
-    front: _Server | None = None
+    front: QuietServer | None = None
     if protocol is not None:
         assert ports.front is not None
         limits = settings.limits
@@ -322,7 +311,7 @@ async def _start(
 async def _abandon(
     code: int,
     layer: BaseChannelLayer,
-    admin: _Server,
+    admin: QuietServer,
     admin_app: AdminApp,
     tasks: list[asyncio.Task[None]],
     stopper: asyncio.Task[Any],

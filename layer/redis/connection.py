@@ -2,180 +2,37 @@
 
 Every command issued during one event-loop tick is packed into one write, and one reader task
 resolves replies in order, so concurrent senders share round trips instead of each taking a
-pooled connection. redis-py does the connecting (TLS, unix sockets, AUTH/ACL, SELECT, Sentinel
-discovery) and parses replies with hiredis. Failures surface as :class:`ShardUnavailable` (a
-builtin ``ConnectionError``) naming the shard; the next command reconnects by itself.
+pooled connection. redis-py does the connecting (layer/redis/dial.py: TLS, unix sockets,
+AUTH/ACL, SELECT, Sentinel discovery) and parses replies with hiredis (layer/redis/replies.py).
+Failures surface as :class:`ShardUnavailable` (a builtin ``ConnectionError``) naming the shard
+(layer/redis/shard_errors.py); the next command reconnects by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
-import socket
-import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
-from redis.asyncio.connection import AbstractConnection, Connection
-from redis.asyncio.sentinel import SentinelManagedConnection
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    NoPermissionError,
-    NoScriptError,
-    RedisError,
-    ResponseError,
-)
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from layer.exceptions import AccessRefused
+from layer.redis._compat import NOT_ENOUGH_DATA, writer_of
+from layer.redis.commands import Arg, alive, write
+from layer.redis.dial import open_connection
 from layer.redis.hosts import ShardSpec
 from layer.redis.replies import ReplyReader
 from layer.redis.scripts import PUSH, Script
 
-Arg = bytes | str | int | float
+# Names the layer's other modules import from here (kept while they do).
+from layer.redis.shard_errors import ShardRefused as ShardRefused
+from layer.redis.shard_errors import ShardUnavailable as ShardUnavailable
+from layer.redis.shard_errors import unavailable as unavailable
 
-_pack_command: Callable[[tuple[Arg, ...]], bytes] | None
-try:
-    from hiredis import pack_command as _pack_command  # type: ignore[assignment]
-except ImportError:  # pragma: no cover - hiredis comes with the redis extra
-    _pack_command = None
+__all__ = ["Arg", "Pipe", "ShardRefused", "ShardUnavailable", "unavailable"]
+
 _HIGH_WATER = 4 * 1024 * 1024
-
-
-class ShardUnavailable(ConnectionError):
-    """The Redis server of a shard cannot be reached (or stopped answering within the timeout)."""
-
-
-class ShardRefused(ShardUnavailable, AccessRefused):
-    """The Redis server of a shard answered but refused this client: a wrong password or user,
-    no password where one is required, or an ACL user without a command the layer needs."""
-
-
-_REFUSALS = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
-
-
-def unavailable(spec: ShardSpec, exc: BaseException, what: str = "failed") -> ShardUnavailable:
-    """``exc`` (a redis-py or OS error) as callers see it: :class:`ShardRefused` when the server
-    refused us (retrying cannot help until the configuration changes), else
-    :class:`ShardUnavailable`; either names the shard, never its password."""
-    if isinstance(exc, ShardUnavailable):
-        return exc
-    if isinstance(exc, _REFUSALS):
-        why = "an ACL permission" if isinstance(exc, NoPermissionError) else "user or password"
-        return ShardRefused(f"Redis shard {spec.name} refused this client ({why}): {exc}")
-    return ShardUnavailable(f"Redis shard {spec.name} {what}: {exc}")
-
-
-async def open_connection(spec: ShardSpec, socket_timeout: float | None) -> AbstractConnection:
-    """A connected raw redis-py connection to ``spec``, or :class:`ShardUnavailable`
-    (:class:`ShardRefused` for a wrong password)."""
-    conn = spec.make_connection()
-    conn.socket_timeout = socket_timeout
-    try:
-        await _look_up(conn)
-        await conn.connect()  # type: ignore[no-untyped-call]
-    except (RedisError, OSError) as exc:
-        await conn.disconnect(nowait=True)
-        raise unavailable(spec, exc, "is unavailable") from exc
-    return conn
-
-
-Lookup = asyncio.Future[list[Any]]
-# Lookups in flight, per loop and (host, port): see _look_up.
-_LOOKUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], Lookup]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _look_up(conn: AbstractConnection) -> None:
-    """Resolve the server's host name before redis-py connects to it.
-
-    uvloop's ``create_connection``, cancelled by redis-py's connect timeout while the name is
-    still resolving (a shard whose DNS name is gone, e.g. a stopped container), leaves the
-    lookup's future behind, and its ``gaierror`` is logged as "Future exception was never
-    retrieved" (uvloop PR #590). A lookup of our own fails with a clear error after the connect
-    timeout; a name that resolved is answered again at once by the connect that follows.
-
-    One lookup per name at a time: the resolver runs in a small thread pool (libuv's has 4
-    threads), and a lookup that hangs (Docker's DNS forwarding a stopped container's name to an
-    unreachable upstream) keeps its thread after we stop waiting. Every reconnect of every
-    connection to a stopped shard starting its own lookup used up the pool, and lookups of the
-    live shards then timed out behind them (the integration test's stopped-shard run failed
-    requests to live shards). Concurrent and repeated attempts wait on the one in flight.
-    """
-    if not isinstance(conn, Connection) or isinstance(conn, SentinelManagedConnection):
-        return  # a unix socket, or a master's address found at connect time
-    host = conn.host
-    try:
-        ipaddress.ip_address(host)
-        return  # nothing to resolve
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    pending = _LOOKUPS.setdefault(loop, {})
-    key = (host, conn.port)
-    lookup = pending.get(key)
-    if lookup is None:
-        lookup = pending[key] = asyncio.ensure_future(
-            loop.getaddrinfo(host, conn.port, type=socket.SOCK_STREAM)
-        )
-        lookup.add_done_callback(functools.partial(_settled, pending, key))
-    try:
-        await asyncio.wait_for(asyncio.shield(lookup), conn.socket_connect_timeout)
-    except TimeoutError as exc:
-        raise OSError(f"looking up {host!r} took over {conn.socket_connect_timeout} s") from exc
-
-
-def _settled(pending: dict[tuple[str, int], Lookup], key: tuple[str, int], lookup: Lookup) -> None:
-    if pending.get(key) is lookup:
-        del pending[key]
-    if not lookup.cancelled():
-        lookup.exception()  # retrieved: nobody may be waiting for it any more
-
-
-def pack(commands: Sequence[Sequence[Arg]]) -> list[bytes]:
-    """RESP-encode ``commands`` (redis-py's packer cost a third of a send's CPU time; hiredis's
-    C packer is 3x faster than this Python one, which stays as the fallback)."""
-    if _pack_command is not None:
-        return [_pack_command(tuple(args)) for args in commands]
-    out: list[bytes] = []
-    append = out.append
-    for args in commands:
-        append(b"*%d\r\n" % len(args))
-        for arg in args:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, int):
-                data = b"%d" % arg
-            else:
-                data = repr(arg).encode()
-            if len(data) > 4096:  # large payloads are not copied into a header string
-                out += (b"$%d\r\n" % len(data), data, b"\r\n")
-            else:
-                append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return out
-
-
-def write(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> None:
-    """Write ``commands`` in one go (redis-py's ``send_packed_command`` wraps each write in
-    ``wait_for``, a task per write on Python 3.11; a batch here is one synchronous call)."""
-    writer = conn._writer
-    if writer is None:
-        raise ShardUnavailable("connection closed")
-    writer.writelines(pack(commands))
-
-
-def alive(conn: AbstractConnection | None) -> bool:
-    """Connected, and the server has not closed or reset the connection (seen even while
-    idle: the transport keeps reading, so a restarted server's close, or a reset, is noticed
-    before the next write)."""
-    stream: asyncio.StreamReader | None = getattr(conn, "_reader", None)
-    return stream is not None and not stream.at_eof() and stream.exception() is None
 
 
 class Pipe:
@@ -325,7 +182,7 @@ class Pipe:
             return
         finally:
             self._connecting = None
-        self._writer = getattr(self._conn, "_writer", None)
+        self._writer = writer_of(self._conn)
         # Scripts first: an EVALSHA that met NOSCRIPT would run later, as an EVAL, after
         # commands queued behind it (a group_add overtaking the group_send before it).
         loads = [(("SCRIPT", "LOAD", source), self._sink) for source in Script.sources()]

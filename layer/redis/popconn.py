@@ -15,17 +15,12 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
-from layer.redis.connection import (
-    Arg,
-    Pipe,
-    ShardUnavailable,
-    alive,
-    open_connection,
-    unavailable,
-    write,
-)
+from layer.redis.commands import Arg, alive, write
+from layer.redis.connection import Pipe
+from layer.redis.dial import open_connection
 from layer.redis.replies import ReplyReader
 from layer.redis.scripts import MPOP
+from layer.redis.shard_errors import ShardUnavailable, unavailable
 
 
 class PopConnection:

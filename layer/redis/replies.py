@@ -2,9 +2,9 @@
 
 redis-py's ``read_response`` enters an ``asyncio.timeout`` for every reply (a task lookup, a
 timer scheduled and cancelled): a fifth of the client CPU of a send-and-receive roundtrip. Here
-replies are parsed by the connection's own hiredis reader straight off its stream, and one
-watchdog timer per connection aborts it when a reply is overdue, which the read then reports as
-a ``ConnectionError``, as redis-py's timeout would.
+replies are parsed by the connection's own hiredis reader straight off its stream (both reached
+through layer/redis/_compat.py), and one watchdog timer per connection aborts it when a reply
+is overdue, which the read then reports as a ``ConnectionError``, as redis-py's timeout would.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import asyncio
 from typing import Any
 
 import hiredis
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from layer.redis._compat import NOT_ENOUGH_DATA, hiredis_of, stream_of, writer_of
 
 _READ_SIZE = 65536
 _PUSH: Any = getattr(hiredis, "PushNotification", None)  # hiredis >= 3.2
@@ -27,10 +28,9 @@ class ReplyReader:
     ``ResponseError`` instances, so a pipeline hands each to its own command."""
 
     def __init__(self, conn: AbstractConnection, timeout: float) -> None:
-        parser = getattr(conn, "_parser", None)
-        self._hiredis: Any = getattr(parser, "_reader", None)
-        self._stream: asyncio.StreamReader | None = getattr(conn, "_reader", None)
-        writer: asyncio.StreamWriter | None = getattr(conn, "_writer", None)
+        self._hiredis: Any = hiredis_of(conn)
+        self._stream = stream_of(conn)
+        writer = writer_of(conn)
         if self._hiredis is None or self._stream is None or writer is None:
             raise RedisConnectionError("the connection is closed (or redis-py lacks hiredis)")
         self._transport = writer.transport

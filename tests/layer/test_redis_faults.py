@@ -14,7 +14,7 @@ from redis.asyncio.connection import Connection
 
 from layer.exceptions import AccessRefused
 from layer.redis import RedisChannelLayer, ShardRefused, ShardUnavailable
-from layer.redis.connection import _look_up
+from layer.redis.dial import _look_up
 from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
