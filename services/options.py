@@ -19,6 +19,7 @@ from layer.options import byte_size
 from services.admission import CONCURRENCY, MAX_CONNECTIONS
 from services.limits import Limits
 from services.named_channels import channel_names
+from services.relay import PICKUP_TIMEOUT
 
 ROLES = ("protocol", "worker", "combined", "check-config")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -95,7 +96,7 @@ OPTIONS = [
            "runworker` does: names separated by commas or spaces", _APP),
     Option("--drain-timeout", "KIT_DRAIN_TIMEOUT", float, 20.0,
            "SIGTERM grace period in seconds", _SERVED),
-    Option("--pickup-timeout", "KIT_PICKUP_TIMEOUT", float, 5.0,
+    Option("--pickup-timeout", "KIT_PICKUP_TIMEOUT", float, PICKUP_TIMEOUT,
            "seconds to wait for a worker to take a connection (503 / close 1013)", _FRONT),
     Option("--heartbeat", "KIT_HEARTBEAT", float, 1.0,
            "heartbeat interval in seconds; a peer is dead after 3", _SERVED),

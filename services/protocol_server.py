@@ -23,7 +23,7 @@ from services.http_relay import HttpRelay
 from services.liveness import Liveness
 from services.messages import BadMessage
 from services.metrics import Metrics
-from services.relay import Receive, Scope, Send
+from services.relay import PICKUP_TIMEOUT, Receive, Scope, Send
 from services.ws_relay import WebSocketRelay
 
 log = logging.getLogger("layerkit.protocol")
@@ -39,7 +39,7 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         layer: BaseChannelLayer,
         metrics: Metrics,
         *,
-        pickup_timeout: float = 5.0,
+        pickup_timeout: float = PICKUP_TIMEOUT,
         heartbeat: float = 1.0,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:

@@ -33,6 +33,12 @@ Receive = Any
 Send = Any
 
 
+# Seconds a new connection waits for a worker to take it before 503 / close 1013. Long enough
+# for a burst: every client of a chat reconnecting at once after a rollout is thousands of
+# handshakes, worked off at ~1,000/s by one worker on two cores (docs/architecture.md).
+PICKUP_TIMEOUT = 15.0
+
+
 class Relay:
     """The connections of one protocol server, and how they reach the layer."""
 

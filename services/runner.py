@@ -29,6 +29,7 @@ from services.metrics import Metrics
 from services.named_channels import NamedChannels
 from services.plain import BridgeHttpProtocol
 from services.protocol_server import ProtocolServer
+from services.relay import PICKUP_TIMEOUT
 from services.uvicorn_bridge import Config, QuietServer
 from services.worker import Worker
 
@@ -51,7 +52,7 @@ class Settings:
     concurrency: int = CONCURRENCY  # worker: connections at work (services/admission.py)
     max_connections: int = MAX_CONNECTIONS  # connections one process holds open
     drain_timeout: float = 20.0
-    pickup_timeout: float = 5.0
+    pickup_timeout: float = PICKUP_TIMEOUT
     heartbeat: float = 1.0
     channels: tuple[str, ...] = ()  # background channels (services/named_channels.py)
     limits: Limits = field(default_factory=Limits)  # on the protocol server's clients
