@@ -31,13 +31,12 @@ def make_entry(expires_at_ms: int, payload: bytes, local: bytes = b"") -> bytes:
 class Mailbox:
     """Local state of one channel: entries popped but not yet received, and waiting receivers."""
 
-    __slots__ = ("buffer", "channel", "inbox", "key", "returning", "touched", "waiters")
+    __slots__ = ("buffer", "channel", "inbox", "key", "returning", "waiters")
 
     def __init__(self, channel: str, key: str, inbox: bool) -> None:
         self.channel = channel
         self.key = key
         self.inbox = inbox
-        self.buffer: deque[tuple[int, Popped]] = deque()  # (expires_at_ms, payload)
+        self.buffer: deque[tuple[Popped, int]] = deque()  # (payload, expires_at_ms)
         self.waiters: deque[asyncio.Future[Popped]] = deque()
         self.returning = False
-        self.touched = 0.0

@@ -100,6 +100,9 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- routing --------------------------------------------------------------------------------
 
+    def shard_names(self) -> list[str]:
+        return [spec.name for spec in self.shards]
+
     def shard_of(self, channel: str) -> int:
         """Index (in ``hosts``) of the shard holding ``channel``."""
         return self.ring.node_for(names.non_local_name(channel))

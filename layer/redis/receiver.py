@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from layer.base import PREFETCH, RETURN_DELAY, STREAMING
 from layer.exceptions import AccessRefused
+from layer.flow import PREFETCH, RETURN_DELAY, Every, Streaming, hand, handed, unexpired
 from layer.messages import Message
 from layer.redis.connection import Arg, Pipe, unavailable
 from layer.redis.entries import Mailbox, Popped, make_entry, split_entry
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 
 INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when streaming
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
-PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
 _REFUSED_BACKOFF = 30.0
 _SETTLE_TURNS = 3  # loop turns the next pop waits for sends to go out with it, after a pop
@@ -67,8 +65,7 @@ class Receiver:
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
         self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
         self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
-        self._last_pop: dict[str, float] = {}  # list key -> last receive on it (monotonic)
-        self._streaming: set[str] = set()  # list keys received on again within STREAMING
+        self._receives = Streaming()  # list keys' last receives here, which keep receiving
         self._returns: list[tuple[str, list[bytes]]] = []
         self._blocking: set[str] | None = None
         self._woken = False
@@ -101,14 +98,8 @@ class Receiver:
         # a one-off receive (e.g. async_to_sync, a fresh event loop per call) pops what it
         # needs, so nothing is left in a loop that is about to close.
         now = time.monotonic()
-        if now - self._last_pop.get(key, -STREAMING) < STREAMING:
-            self._streaming.add(key)
-            if box.inbox:
-                self._armed[key] = now
-        elif len(self._last_pop) > 10_000:
-            self._last_pop.clear()
-            self._streaming.clear()
-        self._last_pop[key] = now
+        if self._receives.received(key, now) and box.inbox:
+            self._armed[key] = now
         payload = self._take(box)
         if payload is not None:
             return payload
@@ -119,13 +110,14 @@ class Receiver:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            waiting = len(box.waiters)
+            payload = handed(waiter, box.waiters)
+            if payload is not None:
                 # Taken for us but we are gone: first in line again (in the live mailbox).
                 box = self._mailboxes.setdefault(channel, box)
-                self._give(box, waiter.result(), front=True)
-            elif waiter in box.waiters:
-                box.waiters.remove(waiter)
-                self._waiting[key] -= 1
+                self._give(box, payload, front=True)
+            else:
+                self._waiting[key] -= waiting - len(box.waiters)
             self._settle(box)
             raise
 
@@ -134,8 +126,8 @@ class Receiver:
         if not buffer:
             return None
         if not box.inbox:
-            box.touched = time.monotonic()
-        expires_at, payload = buffer.popleft()
+            self._receives.touch(box.key, time.monotonic())
+        payload, expires_at = buffer.popleft()
         if expires_at <= time.time() * 1000:  # rare: drop every expired head, then look again
             self._on_expired(1)
             return self._take(box)
@@ -146,17 +138,16 @@ class Receiver:
     def _give(self, box: Mailbox, payload: Popped, front: bool = False, expires: int = 0) -> None:
         """Hand ``payload`` to the first live waiter, else keep it (at the front if requeued)."""
         waiters = box.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            self._waiting[box.key] -= 1
-            if not waiter.done():
-                waiter.set_result(payload.copy() if type(payload) is dict else payload)
-                return
+        waiting = len(waiters)
+        given = hand(waiters, payload.copy() if type(payload) is dict else payload)
+        self._waiting[box.key] -= waiting - len(waiters)
+        if given:
+            return
         expires = expires or int((time.time() + self._expiry) * 1000)
         if front:
-            box.buffer.appendleft((expires, payload))
+            box.buffer.appendleft((payload, expires))
         else:
-            box.buffer.append((expires, payload))
+            box.buffer.append((payload, expires))
 
     def _settle(self, box: Mailbox) -> None:
         """Send a shared channel's entries that nobody here waits for back, soon.
@@ -172,10 +163,10 @@ class Receiver:
         box.returning = False
         if box.waiters or not box.buffer:
             return
-        idle = time.monotonic() - box.touched
-        if idle < RETURN_DELAY:  # still being received from: look again later
+        left = self._receives.due(box.key, time.monotonic())
+        if left:  # still being received from: look again later
             box.returning = True
-            self._loop.call_later(RETURN_DELAY - idle, self._return, box)
+            self._loop.call_later(left, self._return, box)
             return
         self._returns.append((box.key, self._entries(box)))
         self._settle(box)
@@ -198,7 +189,7 @@ class Receiver:
     def _want(self) -> dict[str, int]:
         want = {
             key: (INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH)
-            if key in self._streaming
+            if self._receives.streaming(key)
             else count
             for key, count in self._waiting.items()
             if count > 0
@@ -215,10 +206,9 @@ class Receiver:
     async def _run(self) -> None:
         backoff = 0.05
         loop = asyncio.get_running_loop()
-        pruned = loop.time()
+        sweeps = Every(loop.time())
         while not self._closed:
-            if loop.time() - pruned > PRUNE_EVERY:
-                pruned = loop.time()
+            if sweeps.due(loop.time()):
                 self.prune()
             want = self._want()
             if not want and not self._returns:
@@ -342,7 +332,7 @@ class Receiver:
                 if box.waiters:
                     self._give(box, shared, expires=expires_at)
                 else:  # nobody waiting yet (a busy receiver): keep it for the next receive
-                    box.buffer.append((expires_at, shared))
+                    box.buffer.append((shared, expires_at))
                 if not inbox:
                     self._settle(box)
         if expired:
@@ -377,11 +367,9 @@ class Receiver:
         self._routes = {key: r for key, r in self._routes.items() if key in used}
 
     def _take_expired(self, box: Mailbox) -> None:
-        now = time.time() * 1000
-        kept = deque(item for item in box.buffer if item[0] > now)
-        if len(kept) != len(box.buffer):
-            self._on_expired(len(box.buffer) - len(kept))
-            box.buffer = kept
+        box.buffer, dropped = unexpired(box.buffer, time.time() * 1000)
+        if dropped:
+            self._on_expired(dropped)
         self._settle(box)
 
     def clear(self) -> None:
@@ -417,7 +405,7 @@ class Receiver:
         seal = self._seal
         entries = [
             make_entry(expires, payload if isinstance(payload, bytes) else seal(payload), local)
-            for expires, payload in box.buffer
+            for payload, expires in box.buffer
         ]
         box.buffer.clear()
         return entries

@@ -56,7 +56,8 @@ from hypothesis.stateful import (
 )
 
 import layer
-from layer.base import PREFETCH, BaseChannelLayer
+from layer.base import BaseChannelLayer
+from layer.flow import PREFETCH
 from layer.exceptions import ChannelFull, InvalidName, MessageTooLarge
 from layer.ipc import IPCChannelLayer
 from layer.ipc.extents import plan
