@@ -176,14 +176,14 @@ class RedisChannelLayer(BaseChannelLayer):
         return shards[self.ring.node_for(names.non_local_name(channel))].receiver
 
     def _ready(self, channel: str) -> bytes | Message | None:
-        payload = self._receiver(channel).take(channel)  # already popped: no coroutine
+        payload = self._receiver(channel).boxes.take(channel)  # already popped: no coroutine
         if payload is not None and self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
 
     async def _pop(self, channel: str) -> bytes | Message:
         receiver = self._receiver(channel)
-        payload = receiver.take(channel)
+        payload = receiver.boxes.take(channel)
         if payload is None:
             routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)
@@ -288,8 +288,8 @@ class RedisChannelLayer(BaseChannelLayer):
         for shard in self._state().shards:
             keys = await self._scan(shard.pipe, f"{self._channel_prefix}*")
             lengths = await asyncio.gather(*(shard.pipe.call("LLEN", key) for key in keys))
-            queued += sum(lengths) + shard.receiver.queued()
-            channels += len(set(keys) | {k.encode() for k in shard.receiver.buffered_keys()})
+            queued += sum(lengths) + shard.receiver.boxes.queued()
+            channels += len(set(keys) | {k.encode() for k in shard.receiver.boxes.buffered_keys()})
             groups += len(await self._scan(shard.pipe, f"{self.prefix}:g:*"))
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
