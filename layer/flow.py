@@ -75,7 +75,7 @@ class Streaming:
     def received(self, name: str, now: float) -> bool:
         """A receive on ``name`` goes to storage at ``now``: whether it keeps receiving."""
         last = self._last.get(name, _NEVER)
-        if len(self._last) >= self._most and name not in self._last:
+        if last is _NEVER and len(self._last) >= self._most:
             self.clear()
         self._last[name] = now
         if now - last < STREAMING:
@@ -86,7 +86,10 @@ class Streaming:
 
     def touch(self, name: str, now: float) -> None:
         """A receive on ``name`` took a held message (or held ones were kept) at ``now``."""
-        remember(self._last, name, now, self._most)
+        last = self._last
+        if name not in last and len(last) >= self._most:
+            self.clear()
+        last[name] = now
 
     def streaming(self, name: str) -> bool:
         """Whether the last receive on ``name`` that went to storage kept receiving."""
