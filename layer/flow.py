@@ -157,10 +157,13 @@ class Credit:
     def grant(self, channel: str, room: int) -> None:
         """The storage showed ``room`` more messages fit in ``channel``: credit that much,
         at most ``window`` (none when ``room`` is not positive)."""
-        if room > 0:
-            remember(self._credit, channel, min(room, self.window), self._most)
-        else:
-            self._credit.pop(channel, None)
+        credit = self._credit
+        if room <= 0:
+            credit.pop(channel, None)
+            return
+        if channel not in credit and len(credit) >= self._most:  # remember()'s rule, inline
+            credit.clear()
+        credit[channel] = room if room < self.window else self.window
 
     def revoke(self, channel: str) -> None:
         """No more sends to ``channel`` without the capacity check (its reply failed)."""
