@@ -18,18 +18,13 @@ from typing import ClassVar
 
 from layer import names
 from layer.exceptions import ChannelFull, NotOwnChannel
+from layer.flow import remember
 from layer.messages import DEFAULT_MAX_MESSAGE_SIZE, Message, decode, encode, encode_trusted
 from layer.options import byte_size, capacity_patterns, positive_int, positive_number
 
 CapacitySpec = Mapping[str | re.Pattern[str], int] | Iterable[tuple[str | re.Pattern[str], int]]
 
 _CAPACITY_CACHE_SIZE = 4096
-
-# Taking messages ahead, for backends that take several per trip to their storage (one rule for
-# all of them; docs/redis.md "Guarantees", docs/ipc.md "Taking ahead"):
-PREFETCH = 32  # messages a receive may take ahead of the receives waiting on that channel
-STREAMING = 1.0  # a second receive on a shared channel within this many seconds keeps receiving
-RETURN_DELAY = 1.0  # seconds a shared channel's message taken ahead waits for a receive here
 
 
 @dataclass
@@ -57,9 +52,15 @@ class BaseChannelLayer(ABC):
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
     MAX_NAME_LENGTH: ClassVar[int] = names.MAX_NAME_LENGTH
-    # Whether other processes share the storage: then only the client that made a
-    # process-specific channel (new_channel) may receive on it.
+    # What a backend can do, declared here so that callers (services) ask instead of testing
+    # types. Whether other processes share the storage: then only the client that made a
+    # process-specific channel (new_channel) may receive on it, and what a receive takes may
+    # have been written by anything (a peer of another version): callers check it.
     cross_process: ClassVar[bool] = True
+    # Whether ``send_trusted`` hands the message object itself to the receive (one process: no
+    # encoding, no size limit, no copy), so that a send costs about nothing and batching
+    # several messages into one saves nothing.
+    hands_over_objects: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -111,6 +112,11 @@ class BaseChannelLayer(ABC):
         protocol server counts only the workers that can take its work."""
         return True
 
+    def shard_names(self) -> list[str]:
+        """The servers this layer's storage is spread over (``layerkit check-config`` lists
+        them); none for a backend local to its host or process."""
+        return []
+
     def get_capacity(self, channel: str) -> int:
         """Capacity of ``channel``: the first matching ``channel_capacity`` pattern, else default.
 
@@ -125,15 +131,8 @@ class BaseChannelLayer(ABC):
             (n for regex, n in self.channel_capacity if regex.match(routed)),
             self.capacity,
         )
-        if len(self._capacity_cache) >= _CAPACITY_CACHE_SIZE:
-            self._capacity_cache.clear()
-        self._capacity_cache[channel] = capacity
+        remember(self._capacity_cache, channel, capacity, _CAPACITY_CACHE_SIZE)
         return capacity
-
-    def encode(self, message: Message) -> bytes:
-        return encode(message, self.max_message_size)
-
-    decode = staticmethod(decode)
 
     # -- the public async API ----------------------------------------------------------------
 

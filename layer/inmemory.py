@@ -19,6 +19,7 @@ from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull
+from layer.flow import hand, handed
 from layer.messages import Message
 
 Payload = bytes | Message  # a dict only from send_trusted, which hands the object over
@@ -36,6 +37,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
     """Channel layer inside one process; it cannot cross processes (use IPC or Redis)."""
 
     cross_process = False
+    hands_over_objects = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -57,12 +59,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
-        waiters = chan.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(payload)
-                return
+        if chan.waiters and hand(chan.waiters, payload):
+            return
         queue = chan.queue
         if len(queue) >= capacity:
             self._prune(queue, now)
@@ -115,21 +113,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._requeue(channel, chan, waiter.result())
-            elif waiter in chan.waiters:
-                chan.waiters.remove(waiter)
+            payload = handed(waiter, chan.waiters)
+            if payload is not None:
+                self._requeue(channel, chan, payload)
             if not chan.queue and not chan.waiters and self._channels.get(channel) is chan:
                 del self._channels[channel]
             raise
 
     def _requeue(self, channel: str, chan: _Channel, payload: Payload) -> None:
         """A cancelled receiver already got ``payload``: give it to the next waiter or the head."""
-        while chan.waiters:
-            waiter = chan.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(payload)
-                return
+        if hand(chan.waiters, payload):
+            return
         chan.queue.appendleft((time.monotonic() + self.expiry, payload))
         self._channels.setdefault(channel, chan)
 

@@ -8,8 +8,10 @@ than :data:`MAX_NAME_LENGTH` characters. Group names use the same alphabet witho
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from layer.exceptions import InvalidName
+from layer.flow import remember_name
 
 MAX_NAME_LENGTH = 100  # names must be *shorter* than this, as Channels and asgiref enforce
 
@@ -41,9 +43,7 @@ def require_valid_channel_name(name: object) -> None:
         return
     if not valid_channel_name(name):
         raise InvalidName(_explain("Channel", name, extra="!?"))
-    if len(_known_channels) >= _KNOWN_CACHE_SIZE:
-        _known_channels.clear()
-    _known_channels.add(name)  # type: ignore[arg-type]  # valid implies str
+    remember_name(_known_channels, cast(str, name), _KNOWN_CACHE_SIZE)  # valid: a str
 
 
 def require_valid_group_name(name: object) -> None:

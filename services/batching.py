@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import MessageTooLarge
-from layer.inmemory import InMemoryChannelLayer
 from layer.messages import Message
 from services import messages, wire
 from services.eager import eager
@@ -40,8 +39,9 @@ Lost = Callable[[str, Message, str, bool], None]
 
 
 def worth_batching(layer: BaseChannelLayer) -> bool:
-    """Whether messages for one peer are worth batching on ``layer`` (not in-process)."""
-    return not isinstance(layer, InMemoryChannelLayer)
+    """Whether messages for one peer are worth batching on ``layer``: not when it hands message
+    objects over (in-process), where a send costs about nothing."""
+    return not layer.hands_over_objects
 
 
 def checked(layer: BaseChannelLayer, channel: messages.Channel) -> messages.Channel | None:
@@ -49,7 +49,7 @@ def checked(layer: BaseChannelLayer, channel: messages.Channel) -> messages.Chan
     processes (IPC, Redis), where a peer may run another version and anything else may write.
     An in-process layer (combined mode) only carries what this process sent itself, built by
     services/messages.py from values checked where the app handed them over: None."""
-    return channel if worth_batching(layer) else None
+    return channel if layer.cross_process else None
 
 
 def _alone(message: Message) -> bool:

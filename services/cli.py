@@ -98,13 +98,13 @@ def check_config(spec: LayerSpec, layer: BaseChannelLayer) -> None:
     config = redacted(spec.config)
     shards = [_describe(host) for host in config.get("hosts") or []]
     if not shards:
-        shards = [str(getattr(s, "name", s)) for s in getattr(layer, "shards", None) or []]
+        shards = layer.shard_names()
     if shards:
         print(f"shards:  {len(shards)}")
         for index, shard in enumerate(shards):
             print(f"  [{index}] {shard}")
     else:
-        where = "this process only" if getattr(layer, "cross_process", True) is False else "local"
+        where = "local" if layer.cross_process else "this process only"
         print(f"shards:  1 ({where})")
     for key, value in sorted(config.items()):
         if key != "hosts":
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if refused:
                 _fail(refused)
             return
-        if args.role != "combined" and getattr(layer, "cross_process", True) is False:
+        if args.role != "combined" and not layer.cross_process:
             _fail(
                 f"{spec.source} uses {spec.backend}, which cannot cross processes, so a separate "
                 f"{args.role} could never reach its peers. Use `layerkit combined` for one "

@@ -21,6 +21,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Final
 
+from layer.flow import remember_name
 from layer.messages import Message
 from layer.names import valid_channel_name
 from services import wire
@@ -203,9 +204,7 @@ def _channel(value: str) -> str | None:
         return None
     if not valid_channel_name(value) or "!" not in value:
         return "must be a process-specific channel name"
-    if len(_checked_channels) >= 1024:
-        _checked_channels.clear()
-    _checked_channels.add(value)
+    remember_name(_checked_channels, value, 1024)
     return None
 
 

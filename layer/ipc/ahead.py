@@ -5,8 +5,8 @@ process-specific channel (``name!local``: only this process receives it) always,
 channel only for a receiver that keeps receiving (its previous receive on that channel here was
 within ``STREAMING``), so a one-off receive takes only what it returns. A shared channel's held
 messages that nobody here received for ``RETURN_DELAY`` go back to the front of the channel, as
-do those held at ``close()`` or at interpreter exit. The rules and constants are the Redis
-layer's (``layer.base``, docs/redis.md).
+do those held at ``close()`` or at interpreter exit. The rules and constants are every
+backend's (``layer.flow``, docs/redis.md).
 
 Sending them back is the job of a thread, not of an event-loop timer: the loop that took them
 may be blocked (synchronous code, a full pipe), parked between ``async_to_sync`` calls, or gone
@@ -25,16 +25,13 @@ import time
 import weakref
 from collections import deque
 
-from layer.base import PREFETCH, RETURN_DELAY, STREAMING, Counters
+from layer.base import Counters
+from layer.flow import PREFETCH, Every, Streaming, unexpired
 from layer.ipc.doorbell import Ringer
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.store import Store
 from layer.ipc.table import make_key
 from layer.names import process_specific
-
-PRUNE_EVERY = 5.0  # seconds between sweeps of expired messages held for channels nobody receives
-_RECEIVES_KEPT = 10_000  # shared channels whose last receive is remembered (then forgotten)
-_NEVER = float("-inf")
 
 Held = list[tuple[bytes, float]]  # payloads with their expiry (time.monotonic()), oldest first
 
@@ -50,12 +47,11 @@ class TakeAhead:
         self._mutex = lock.mutex
         self._store = store
         self._prefix = prefix
-        self._received: dict[str, float] = {}  # shared channel -> its last receive here
-        self._streaming: set[str] = set()  # shared channels whose last receive kept receiving
+        self._receives = Streaming()  # shared channels' last receives here
         self._returner: threading.Thread | None = None
         self._closing = threading.Condition(lock.mutex)  # wakes the returner at close()
         self._closed = False
-        self._pruned = time.monotonic()
+        self._sweeps = Every(time.monotonic())
         _OPEN.add(self)
 
     def take(self, channel: str) -> bytes | None:
@@ -67,7 +63,7 @@ class TakeAhead:
                 return None
             now = time.monotonic()
             if not process_specific(channel):
-                self._received[channel] = now
+                self._receives.touch(channel, now)
             payload: bytes | None = None
             while held:
                 payload, expires = held.popleft()
@@ -81,22 +77,13 @@ class TakeAhead:
 
     def extra(self, channel: str, now: float) -> int:
         """A receive on ``channel`` goes to the segment: how many it may take ahead."""
-        if process_specific(channel):
+        if process_specific(channel) or self._receives.received(channel, now):
             return PREFETCH
-        if len(self._received) >= _RECEIVES_KEPT:
-            self._received.clear()
-            self._streaming.clear()
-        last = self._received.get(channel, _NEVER)
-        self._received[channel] = now
-        if now - last < STREAMING:
-            self._streaming.add(channel)
-            return PREFETCH
-        self._streaming.discard(channel)
         return 0
 
     def waiting_extra(self, channel: str) -> int:
         """How many a wake delivering to ``channel``'s waiting receives may take ahead."""
-        return PREFETCH if process_specific(channel) or channel in self._streaming else 0
+        return PREFETCH if process_specific(channel) or self._receives.streaming(channel) else 0
 
     def keep(self, channel: str, items: Held) -> None:
         """Hold messages taken ahead (newer than any held already)."""
@@ -108,13 +95,13 @@ class TakeAhead:
                 held.extend(items)
             now = time.monotonic()
             if not process_specific(channel):
-                self._received[channel] = now  # the receive they were taken with ended just now
+                self._receives.touch(channel, now)  # the receive they were taken with ended now
                 if self._returner is None and not self._closed:
                     self._returner = threading.Thread(
                         target=self._return_idle, name="ipc-take-ahead", daemon=True
                     )
                     self._returner.start()
-            elif now - self._pruned > PRUNE_EVERY:
+            elif self._sweeps.due(now):
                 self._prune(now)
 
     def unreceive(self, channel: str, payload: bytes, expires: float) -> bool:
@@ -173,11 +160,10 @@ class TakeAhead:
                     for channel in self.held:
                         if process_specific(channel):
                             continue
-                        idle = now - self._received.get(channel, _NEVER)
-                        if idle >= RETURN_DELAY:
+                        left = self._receives.due(channel, now)
+                        if not left:
                             due.append(channel)
                         else:
-                            left = RETURN_DELAY - idle
                             wait = left if wait is None else min(wait, left)
                     if wait is None:  # stopping: said before the messages are visible again
                         self._returner = None
@@ -198,11 +184,10 @@ class TakeAhead:
     def _prune(self, now: float) -> None:
         """Drop expired messages held for process-specific channels nobody receives on any
         more (a consumer gone mid-stream), so they do not pile up in a long-lived process."""
-        self._pruned = now
         for channel, held in list(self.held.items()):
-            kept = deque(item for item in held if item[1] > now)
-            if len(kept) != len(held):
-                self._counters.expired += len(held) - len(kept)
+            kept, dropped = unexpired(held, now)
+            if dropped:
+                self._counters.expired += dropped
                 if kept:
                     self.held[channel] = kept
                 else:

@@ -16,6 +16,7 @@ from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
+from layer.flow import hand, handed
 from layer.ipc import segment
 from layer.ipc.ahead import Held, TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer
@@ -175,10 +176,11 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         try:
             return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._give_back(channel, future.result())
+            payload = handed(future, self._local.get(channel))
+            if payload is not None:
+                self._give_back(channel, payload)
             else:
-                self._forget(channel, future)
+                self._drop_idle(channel)
             raise
 
     async def _group_add(self, group: str, channel: str) -> None:
@@ -273,11 +275,8 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
         local = self._local.get(channel)
-        while local:
-            future = local.popleft()
-            if not future.done():
-                future.set_result(payload)
-                return
+        if local is not None and hand(local, payload):
+            return
         if self._closed:
             return
         self._drop_idle(channel)

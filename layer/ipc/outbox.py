@@ -12,8 +12,9 @@ turn otherwise (``loop.call_soon``), and before anything else this instance does
 (a send without credit, a receive, a group send, stats, flush, close), so one instance's
 operations reach the segment in the order they were made.
 
-Credit keeps ``ChannelFull`` honest. A channel's credit is half the room its capacity had at
-the last flush, at most ``WINDOW``; a send without credit is pushed at once with the real
+Credit (``layer.flow.Credit``, the Redis layer's rule) keeps ``ChannelFull`` honest. A
+channel's credit is half the room its capacity had at the last flush, at most ``WINDOW``; a
+send without credit is pushed at once with the real
 capacity check (and raises). One process sending to a channel therefore never exceeds its
 capacity; several processes sending to one channel may overshoot it by their credit, as the
 Redis layer's pipelined sends do. Slots are credited the same way (half the free slots seen):
@@ -28,13 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from layer.flow import Credit
 from layer.ipc.journal import Journal
 from layer.ipc.queues import Queues
 from layer.ipc.table import Key
 
 WINDOW = 64  # messages per flush, and the most credit a channel gets
 BUDGET = 256 * 1024  # payload bytes that make a flush due
-_MAX_CREDITED = 8192  # channels remembered; beyond, credit starts afresh
 
 Item = tuple[str, Key, bytes]
 
@@ -47,16 +48,14 @@ class Outbox:
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.size = 0  # payload bytes in ``items``
-        self.credit: dict[str, int] = {}
+        self.credit = Credit(WINDOW)
         self.room = 0  # slots that admitted sends may still take before a flush
         self.loop_token: object = None  # the loop a flush is scheduled on (None: none is)
 
     def admit(self, channel: str, key: Key, payload: bytes, slots: int) -> bool:
         """Hold a send for the next flush if credit allows; False means "push it now"."""
-        credit = self.credit.get(channel, 0)
-        if credit <= 0 or slots > self.room:
+        if slots > self.room or not self.credit.take(channel):
             return False
-        self.credit[channel] = credit - 1
         self.room -= slots
         self.items.append((channel, key, payload))
         self.size += len(payload)
@@ -110,6 +109,4 @@ class Outbox:
 
     def refill(self, channel: str, capacity: int, count: int) -> None:
         """``channel`` holds ``count`` messages now: credit half the room left."""
-        if len(self.credit) >= _MAX_CREDITED and channel not in self.credit:
-            self.credit.clear()
-        self.credit[channel] = min(WINDOW, (capacity - count) // 2)
+        self.credit.grant(channel, (capacity - count) // 2)

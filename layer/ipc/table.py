@@ -12,6 +12,7 @@ import mmap
 import zlib
 
 from layer.exceptions import ChannelFull
+from layer.flow import remember
 from layer.ipc.journal import Journal, bump_generation
 from layer.ipc.layout import (
     E_MUTABLE,
@@ -100,9 +101,7 @@ class Table:
         if idx is None:
             idx = self.find(OWNER_CHANNEL, name, h)
             if idx != NIL:
-                if len(cache) >= _INDEX_CACHE:
-                    cache.clear()
-                cache[name] = idx
+                remember(cache, name, idx, _INDEX_CACHE)
         return idx
 
     def insert(self, j: Journal, owner: int, name: bytes, h: int, five: tuple[int, ...]) -> int:

@@ -10,10 +10,10 @@ under a second. A mixin of ``IPCChannelLayer``, which owns the state declared he
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 
+from layer.flow import remember
 from layer.ipc import segment
 from layer.ipc.ahead import TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer
@@ -83,14 +83,6 @@ class Waiting:
             if waker != NIL:
                 self._ring(waker)
         return True
-
-    def _forget(self, channel: str, future: asyncio.Future[bytes]) -> None:
-        """A waiting receive was cancelled."""
-        local = self._local.get(channel)
-        if local is not None:
-            with contextlib.suppress(ValueError):
-                local.remove(future)
-        self._drop_idle(channel)
 
     def _drop_idle(self, channel: str) -> None:
         """Withdraw this instance's node for ``channel`` if nobody here waits on it any more.
@@ -266,7 +258,6 @@ class Waiting:
     def _key(self, name: str) -> Key:
         key = self._keys.get(name)
         if key is None:
-            if len(self._keys) >= _KEY_CACHE:
-                self._keys.clear()
-            key = self._keys[name] = make_key(name)
+            key = make_key(name)
+            remember(self._keys, name, key, _KEY_CACHE)
         return key

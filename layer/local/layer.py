@@ -63,8 +63,10 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.host = self.ipc.segment_id
         self.client_id += self.host  # new_channel() names end their routing part with it
         self._own = self.client_id + "!"  # and receive() accepts those as this client's
-        self.shards = self.redis.shards  # what `layerkit check-config` lists
         self._legs = Legs(self._own_redis_pop, self.expiry, self._count_expired)
+
+    def shard_names(self) -> list[str]:
+        return self.redis.shard_names()
 
     def route(self, channel: str) -> str:
         """``IPC`` for a normal channel (this host's queue of that name); ``BOTH`` for a

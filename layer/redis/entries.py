@@ -1,4 +1,4 @@
-"""Entries: their format in Redis lists, and the mailbox a process keeps popped ones in.
+"""Entries: their format in Redis lists (a process keeps popped ones in ``mailboxes.py``).
 
 The format is ``<13-digit expiry in ms><local part> <payload>``.
 
@@ -8,9 +8,6 @@ message inside its process's inbox. Lua in :mod:`layer.redis.scripts` reads the 
 """
 
 from __future__ import annotations
-
-import asyncio
-from collections import deque
 
 from layer.messages import Message
 
@@ -26,18 +23,3 @@ def split_entry(entry: bytes) -> tuple[int, bytes, bytes]:
 
 def make_entry(expires_at_ms: int, payload: bytes, local: bytes = b"") -> bytes:
     return b"%013d%s %s" % (expires_at_ms, local, payload)
-
-
-class Mailbox:
-    """Local state of one channel: entries popped but not yet received, and waiting receivers."""
-
-    __slots__ = ("buffer", "channel", "inbox", "key", "returning", "touched", "waiters")
-
-    def __init__(self, channel: str, key: str, inbox: bool) -> None:
-        self.channel = channel
-        self.key = key
-        self.inbox = inbox
-        self.buffer: deque[tuple[int, Popped]] = deque()  # (expires_at_ms, payload)
-        self.waiters: deque[asyncio.Future[Popped]] = deque()
-        self.returning = False
-        self.touched = 0.0

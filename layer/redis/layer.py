@@ -5,28 +5,25 @@ every channel of one process lands on one shard and one inbox list; a group's me
 on the shard of its name. Per event loop (Django's ``async_to_sync`` may run each call in a
 fresh loop) the layer keeps one pipelined command connection and one receive loop per shard.
 
-Sends: one Lua call checks capacity, drops expired heads, pushes and sets the key's TTL. When
-the previous reply for a channel showed room for more, the next sends to it are queued without
-waiting for their replies (at most ``_WINDOW`` ahead, never past the capacity seen), so one
-producer streams at the speed of batched writes instead of one round trip per message.
+Sends: one Lua call each, pipelined under credit (``sends.py``); receives: one multiplexing
+loop per shard (``receiver.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from layer import names
 from layer.base import BaseChannelLayer, StorageCounts
-from layer.exceptions import ChannelFull, InvalidOption
+from layer.exceptions import InvalidOption
 from layer.messages import Message, decode, encode_trusted
 from layer.options import positive_number
 from layer.redis.connection import Pipe, ShardRefused, ShardUnavailable, unavailable
@@ -34,11 +31,11 @@ from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
-from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN, GROUP_SEND
+from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN
+from layer.redis.sends import Sends
 
 log = logging.getLogger(__name__)
 
-_WINDOW = 256  # sends queued ahead of their replies, per channel
 _BLOCK_TIMEOUT = 5.0  # seconds one BLMPOP waits before the loop looks again
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:\-]+")
 
@@ -51,14 +48,10 @@ class _Shard:
 
 @dataclass
 class _LoopState:
-    """What one event loop uses: connections, receive loops, and send credit per channel key."""
+    """What one event loop uses: connections, receive loops, and its sends in flight."""
 
     shards: list[_Shard]
-    credit: dict[str, int] = field(default_factory=dict)
-    inflight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
-    group_sends: int = 0  # group_sends returned to their callers, replies not yet booked
-    appended: asyncio.Future[Any] | None = None  # the reply of the last unchecked send's RPUSH
-    appended_count: list[int] = field(default_factory=lambda: [0])  # messages it carries
+    sends: Sends
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -100,6 +93,9 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- routing --------------------------------------------------------------------------------
 
+    def shard_names(self) -> list[str]:
+        return [spec.name for spec in self.shards]
+
     def shard_of(self, channel: str) -> int:
         """Index (in ``hosts``) of the shard holding ``channel``."""
         return self.ring.node_for(names.non_local_name(channel))
@@ -118,7 +114,7 @@ class RedisChannelLayer(BaseChannelLayer):
             # (their transports keep the loop alive, so the weak keys alone would not), and
             # push back from here what their receivers had popped and nobody received.
             state = self._states[loop] = _LoopState(
-                [self._make_shard(i) for i in range(len(self.shards))]
+                [self._make_shard(i) for i in range(len(self.shards))], Sends(self.counters)
             )
             for closed in [other for other in self._states if other.is_closed()]:
                 for shard, old in zip(state.shards, self._states.pop(closed).shards, strict=True):
@@ -169,58 +165,9 @@ class RedisChannelLayer(BaseChannelLayer):
             channel[len(routing) :].encode(),
             payload,
         )
-        credit = state.credit.get(key, 0)
-        state.inflight[key] += 1
-        if credit > 0 and pipe.healthy():  # the last reply showed room: don't wait for this one
-            state.credit[key] = credit - 1
-            sent = pipe.append(key, self._ttl_ms, entry)
-            if sent is state.appended:  # joined the RPUSH queued just before (Pipe.append)
-                state.appended_count[0] += 1
-            else:  # its reply is booked once, for every entry it carries
-                state.appended, state.appended_count = sent, [1]
-                sent.add_done_callback(
-                    functools.partial(self._pushed, state, key, capacity, state.appended_count)
-                )
-            if pipe.congested():
-                await pipe.drain()
-            return
-        reply = pipe.push(key, now_ms, capacity, self._ttl_ms, entry)
-        reply.add_done_callback(functools.partial(self._pushed, state, key, capacity, [1]))
-        length, _ = await reply
-        if length < 0:
-            raise ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
-
-    def _pushed(
-        self,
-        state: _LoopState,
-        key: str,
-        capacity: int,
-        count: list[int],
-        reply: asyncio.Future[Any],
-    ) -> None:
-        """Book the reply of a push (``count[0]`` messages): expired heads dropped, and how
-        far ahead later sends may go."""
-        left = state.inflight[key] - count[0]
-        if left:
-            state.inflight[key] = left
-        else:
-            del state.inflight[key]
-        if reply.cancelled() or reply.exception() is not None:
-            state.credit.pop(key, None)
-            return
-        result = reply.result()
-        if isinstance(result, int):  # an unchecked append: its length only
-            length = result
-        else:
-            length, expired = result
-            self.counters.expired += expired
-        room = min(capacity - length - left, _WINDOW) if length >= 0 else 0
-        if room > 0:
-            if len(state.credit) > 10_000:
-                state.credit.clear()
-            state.credit[key] = room
-        else:
-            state.credit.pop(key, None)
+        waiting = state.sends.push(pipe, channel, key, entry, now_ms, capacity, self._ttl_ms)
+        if waiting is not None:
+            await waiting
 
     def _receiver(self, channel: str) -> Receiver:
         shards = self._state().shards
@@ -229,14 +176,14 @@ class RedisChannelLayer(BaseChannelLayer):
         return shards[self.ring.node_for(names.non_local_name(channel))].receiver
 
     def _ready(self, channel: str) -> bytes | Message | None:
-        payload = self._receiver(channel).take(channel)  # already popped: no coroutine
+        payload = self._receiver(channel).boxes.take(channel)  # already popped: no coroutine
         if payload is not None and self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
 
     async def _pop(self, channel: str) -> bytes | Message:
         receiver = self._receiver(channel)
-        payload = receiver.take(channel)
+        payload = receiver.boxes.take(channel)
         if payload is None:
             routing = names.non_local_name(channel)
             payload = await receiver.pop(channel, self._channel_prefix, routing)
@@ -271,18 +218,7 @@ class RedisChannelLayer(BaseChannelLayer):
         header = b"%013d" % (now_ms + self._expiry_ms)
         common = (now_ms, self._ttl_ms, header, payload, self._channel_prefix)
         if len(state.shards) == 1:  # members' lists are on the group's server: one call
-            sent = pipe.script(GROUP_SEND, keys, common)
-            if pipe.healthy() and state.group_sends < _WINDOW:
-                # Nothing for the caller to wait for (a full member is skipped, not raised):
-                # book the outcome when the reply comes, so group_sends pipeline like sends.
-                state.group_sends += 1
-                sent.add_done_callback(functools.partial(self._group_sent, state, group))
-                if pipe.congested():
-                    await pipe.drain()
-                return 0, 0
-            delivered, dropped, expired = await sent
-            self.counters.expired += expired
-            return delivered, dropped
+            return await state.sends.group_send(pipe, group, keys, common)
         flat = await pipe.script(GROUP_PLAN, keys, (now_ms, self._channel_prefix))
         by_shard: defaultdict[int, list[bytes]] = defaultdict(list)
         skip = len(self._channel_prefix)
@@ -305,18 +241,6 @@ class RedisChannelLayer(BaseChannelLayer):
             dropped += reply[1]
             self.counters.expired += reply[2]
         return delivered, dropped
-
-    def _group_sent(self, state: _LoopState, group: str, reply: asyncio.Future[Any]) -> None:
-        state.group_sends -= 1
-        if reply.cancelled():
-            return
-        if (exc := reply.exception()) is not None:
-            log.warning("group_send(%r) failed after it returned: %s", group, exc)
-            return
-        delivered, dropped, expired = reply.result()
-        self.counters.sent += delivered
-        self.counters.dropped_full += dropped
-        self.counters.expired += expired
 
     async def check_reachable(self, channels: Iterable[str] | None = None) -> None:
         """One PING to each shard holding ``channels`` (None: every shard), in parallel; the
@@ -357,15 +281,15 @@ class RedisChannelLayer(BaseChannelLayer):
             for start in range(0, len(keys), 500):
                 await shard.pipe.call("UNLINK", *keys[start : start + 500])
             shard.receiver.clear()
-        state.credit.clear()
+        state.sends.credit.clear()
 
     async def _storage_counts(self) -> StorageCounts:
         queued = channels = groups = 0
         for shard in self._state().shards:
             keys = await self._scan(shard.pipe, f"{self._channel_prefix}*")
             lengths = await asyncio.gather(*(shard.pipe.call("LLEN", key) for key in keys))
-            queued += sum(lengths) + shard.receiver.queued()
-            channels += len(set(keys) | {k.encode() for k in shard.receiver.buffered_keys()})
+            queued += sum(lengths) + shard.receiver.boxes.queued()
+            channels += len(set(keys) | {k.encode() for k in shard.receiver.boxes.buffered_keys()})
             groups += len(await self._scan(shard.pipe, f"{self.prefix}:g:*"))
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 

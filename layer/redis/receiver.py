@@ -7,7 +7,8 @@ from many lists in one call) and hands entries to waiters. A process's own chann
 are popped atomically (each entry goes to exactly one process), at most ``waiters + prefetch``
 at a time; entries left in a mailbox that nobody waits on any more go back to the front of
 their list through this same connection, so the order seen by the next receiver is kept. A new
-channel wakes a blocked ``BLMPOP`` by pushing to this process's wake list.
+channel wakes a blocked ``BLMPOP`` by pushing to this process's wake list. What was popped and
+not yet received, and the receives waiting, are the mailboxes' (``mailboxes.py``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from layer.base import PREFETCH, RETURN_DELAY, STREAMING
 from layer.exceptions import AccessRefused
+from layer.flow import PREFETCH, Every
 from layer.messages import Message
 from layer.redis.connection import Arg, Pipe, unavailable
-from layer.redis.entries import Mailbox, Popped, make_entry, split_entry
+from layer.redis.entries import Popped, split_entry
+from layer.redis.mailboxes import Mailbox, Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
 
@@ -33,11 +34,9 @@ log = logging.getLogger(__name__)
 
 INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when streaming
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
-PRUNE_EVERY = 5.0  # seconds between sweeps of unreceived process-specific entries
 _MAX_BACKOFF = 2.0
 _REFUSED_BACKOFF = 30.0
 _SETTLE_TURNS = 3  # loop turns the next pop waits for sends to go out with it, after a pop
-_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class Receiver:
@@ -56,19 +55,13 @@ class Receiver:
         seal_message: Callable[[Message], bytes],
     ) -> None:
         self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
-        self._expiry = expiry
         self.pipe = pipe
         self._wake_key = wake_key
         self._block_timeout = block_timeout
         self._on_expired = on_expired
-        self._open = open_payload
-        self._seal = seal_message  # the inverse, for a fan-out message decoded once (_shared)
-        self._mailboxes: dict[str, Mailbox] = {}
+        self.boxes = Mailboxes(expiry, on_expired, open_payload, seal_message, self._send_back)
         self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
-        self._waiting: dict[str, int] = {}  # list key -> receivers waiting on it
         self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
-        self._last_pop: dict[str, float] = {}  # list key -> last receive on it (monotonic)
-        self._streaming: set[str] = set()  # list keys received on again within STREAMING
         self._returns: list[tuple[str, list[bytes]]] = []
         self._blocking: set[str] | None = None
         self._woken = False
@@ -81,104 +74,40 @@ class Receiver:
 
     # -- the receive side ---------------------------------------------------------------------
 
-    def take(self, channel: str) -> Popped | None:
-        """An entry already popped for ``channel``, if any (the fast path of a receive)."""
-        box = self._mailboxes.get(channel)
-        return None if box is None or not box.buffer else self._take(box)
-
     async def pop(self, channel: str, key_prefix: str, routing: str) -> Popped:
-        box = self._mailboxes.get(channel)
+        boxes = self.boxes
+        box = boxes.boxes.get(channel)
         if box is not None and box.buffer:  # the fast path: popped already
-            payload = self._take(box)
+            payload = boxes.take_from(box)
             if payload is not None:
                 return payload
         if box is None:
             key = key_prefix + routing
-            box = self._mailbox(channel, key)
+            box = boxes.box(channel, key)
             self._routes[key] = routing
         key = box.key
         # Bulk pops (prefetch, an armed inbox) only for a receiver that keeps receiving here:
         # a one-off receive (e.g. async_to_sync, a fresh event loop per call) pops what it
         # needs, so nothing is left in a loop that is about to close.
         now = time.monotonic()
-        if now - self._last_pop.get(key, -STREAMING) < STREAMING:
-            self._streaming.add(key)
-            if box.inbox:
-                self._armed[key] = now
-        elif len(self._last_pop) > 10_000:
-            self._last_pop.clear()
-            self._streaming.clear()
-        self._last_pop[key] = now
-        payload = self._take(box)
+        if boxes.receives.received(key, now) and box.inbox:
+            self._armed[key] = now
+        payload = boxes.take_from(box)
         if payload is not None:
             return payload
         waiter: asyncio.Future[Popped] = self._loop.create_future()
         box.waiters.append(waiter)
-        self._waiting[key] = self._waiting.get(key, 0) + 1
+        boxes.waiting[key] = boxes.waiting.get(key, 0) + 1
         self._wanted(key)
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                # Taken for us but we are gone: first in line again (in the live mailbox).
-                box = self._mailboxes.setdefault(channel, box)
-                self._give(box, waiter.result(), front=True)
-            elif waiter in box.waiters:
-                box.waiters.remove(waiter)
-                self._waiting[key] -= 1
-            self._settle(box)
+            boxes.cancelled(channel, box, waiter)
             raise
 
-    def _take(self, box: Mailbox) -> Popped | None:
-        buffer = box.buffer
-        if not buffer:
-            return None
-        if not box.inbox:
-            box.touched = time.monotonic()
-        expires_at, payload = buffer.popleft()
-        if expires_at <= time.time() * 1000:  # rare: drop every expired head, then look again
-            self._on_expired(1)
-            return self._take(box)
-        if not buffer:
-            self._settle(box)
-        return payload.copy() if type(payload) is dict else payload  # see _shared
-
-    def _give(self, box: Mailbox, payload: Popped, front: bool = False, expires: int = 0) -> None:
-        """Hand ``payload`` to the first live waiter, else keep it (at the front if requeued)."""
-        waiters = box.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            self._waiting[box.key] -= 1
-            if not waiter.done():
-                waiter.set_result(payload.copy() if type(payload) is dict else payload)
-                return
-        expires = expires or int((time.time() + self._expiry) * 1000)
-        if front:
-            box.buffer.appendleft((expires, payload))
-        else:
-            box.buffer.append((expires, payload))
-
-    def _settle(self, box: Mailbox) -> None:
-        """Send a shared channel's entries that nobody here waits for back, soon.
-
-        Empty mailboxes stay until :meth:`prune` (a receiver that keeps receiving reuses one)."""
-        if box.waiters or not box.buffer:
-            return
-        if not box.inbox and not box.returning:
-            box.returning = True
-            self._loop.call_later(RETURN_DELAY, self._return, box)
-
-    def _return(self, box: Mailbox) -> None:
-        box.returning = False
-        if box.waiters or not box.buffer:
-            return
-        idle = time.monotonic() - box.touched
-        if idle < RETURN_DELAY:  # still being received from: look again later
-            box.returning = True
-            self._loop.call_later(RETURN_DELAY - idle, self._return, box)
-            return
-        self._returns.append((box.key, self._entries(box)))
-        self._settle(box)
+    def _send_back(self, key: str, entries: list[bytes]) -> None:
+        """Push ``entries`` back to the front of ``key`` with the next pop."""
+        self._returns.append((key, entries))
         self._wanted(None)
 
     def _wanted(self, key: str | None) -> None:
@@ -198,9 +127,9 @@ class Receiver:
     def _want(self) -> dict[str, int]:
         want = {
             key: (INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH)
-            if key in self._streaming
+            if self.boxes.receives.streaming(key)
             else count
-            for key, count in self._waiting.items()
+            for key, count in self.boxes.waiting.items()
             if count > 0
         }
         if self._armed:  # keep a pop waiting on our own inboxes: replies land without a write
@@ -215,10 +144,9 @@ class Receiver:
     async def _run(self) -> None:
         backoff = 0.05
         loop = asyncio.get_running_loop()
-        pruned = loop.time()
+        sweeps = Every(loop.time())
         while not self._closed:
-            if loop.time() - pruned > PRUNE_EVERY:
-                pruned = loop.time()
+            if sweeps.due(loop.time()):
                 self.prune()
             want = self._want()
             if not want and not self._returns:
@@ -333,94 +261,44 @@ class Receiver:
                 boxes = boxes_of.get(local)
                 if boxes is None:
                     names = local.decode().split(",") if inbox else ("",)
-                    boxes = boxes_of[local] = [self._mailbox(routing + n, key) for n in names]
+                    boxes = boxes_of[local] = [self.boxes.box(routing + n, key) for n in names]
             except ValueError:  # not written by this layer: skip it, keep the loop alive
                 log.error("dropped a malformed entry %.40r on %s", entry, key)
                 continue
-            shared = self._shared(payload) if len(boxes) > 1 else payload
+            shared = self.boxes.shared(payload) if len(boxes) > 1 else payload
             for box in boxes:
                 if box.waiters:
-                    self._give(box, shared, expires=expires_at)
+                    self.boxes.give(box, shared, expires=expires_at)
                 else:  # nobody waiting yet (a busy receiver): keep it for the next receive
-                    box.buffer.append((expires_at, shared))
+                    box.buffer.append((shared, expires_at))
                 if not inbox:
-                    self._settle(box)
+                    self.boxes.settle(box)
         if expired:
             self._on_expired(expired)
-
-    def _mailbox(self, channel: str, key: str) -> Mailbox:
-        box = self._mailboxes.get(channel)
-        if box is None:
-            box = self._mailboxes[channel] = Mailbox(channel, key, key.endswith("!"))
-        return box
-
-    def _shared(self, payload: bytes) -> Popped:
-        """A fan-out entry's payload for all its local members: decoded once when a shallow
-        copy of the message is a whole one (every value immutable; each receiver gets its own
-        copy, see :meth:`_take`), else the bytes, decoded by each receive."""
-        try:
-            message = self._open(payload)
-        except Exception:  # undecryptable or malformed: each receive raises, naming its channel
-            return payload
-        return message if _IMMUTABLE.issuperset(map(type, message.values())) else payload
 
     def prune(self) -> None:
         """Drop expired entries held for process-specific channels nobody is receiving on,
         and mailboxes left empty."""
-        for box in list(self._mailboxes.values()):
-            if box.inbox and not box.waiters:
-                self._take_expired(box)
-            if not box.waiters and not box.buffer and not box.returning:
-                del self._mailboxes[box.channel]
-        self._waiting = {key: n for key, n in self._waiting.items() if n}
-        used = {box.key for box in self._mailboxes.values()} | set(self._armed) | set(self._waiting)
+        used = self.boxes.prune() | set(self._armed)
         self._routes = {key: r for key, r in self._routes.items() if key in used}
-
-    def _take_expired(self, box: Mailbox) -> None:
-        now = time.time() * 1000
-        kept = deque(item for item in box.buffer if item[0] > now)
-        if len(kept) != len(box.buffer):
-            self._on_expired(len(box.buffer) - len(kept))
-            box.buffer = kept
-        self._settle(box)
 
     def clear(self) -> None:
         """Forget entries popped but not yet received (``flush()``)."""
-        for box in list(self._mailboxes.values()):
-            box.buffer.clear()
-            self._settle(box)
+        self.boxes.clear()
         self._returns = []
-
-    def buffered_keys(self) -> set[str]:
-        return {box.key for box in self._mailboxes.values() if box.buffer}
-
-    def queued(self) -> int:
-        return sum(len(box.buffer) for box in self._mailboxes.values())
 
     def leftovers(self) -> list[tuple[str, list[bytes]]]:
         """Take every entry popped here that no receive has taken, as list entries again, to go
         back to the front of their lists: the loop is closing (``close_pools()``, or a loop of
         ``async_to_sync`` gone), and the receive they wait for may come in another loop."""
         out, self._returns = self._returns, []
-        out += [(box.key, self._entries(box)) for box in self._mailboxes.values() if box.buffer]
-        return out
+        return out + self.boxes.leftovers()
 
     def adopt(self, returns: list[tuple[str, list[bytes]]]) -> None:
         """Push ``returns`` (the leftovers of a closed loop's receiver) back, from this loop."""
         if returns:
             self._returns += returns
             self._wanted(None)
-
-    def _entries(self, box: Mailbox) -> list[bytes]:
-        """Empty ``box`` into list entries (an inbox's with their local part)."""
-        local = box.channel.partition("!")[2].encode() if box.inbox else b""
-        seal = self._seal
-        entries = [
-            make_entry(expires, payload if isinstance(payload, bytes) else seal(payload), local)
-            for expires, payload in box.buffer
-        ]
-        box.buffer.clear()
-        return entries
 
     async def close(self) -> None:
         """Stop the loop; every entry popped but not received goes back to its list."""

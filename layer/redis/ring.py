@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
+from layer.flow import remember
+
 T = TypeVar("T")
 
 DEFAULT_VNODES = 160
@@ -46,7 +48,5 @@ class HashRing(Generic[T]):
         if node is None:
             slot = bisect.bisect(self._hashes, hash64(key)) % len(self._hashes)
             node = self._owners[slot]
-            if len(self._cache) >= 65536:
-                self._cache.clear()
-            self._cache[key] = node
+            remember(self._cache, key, node, 65536)
         return node

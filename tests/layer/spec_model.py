@@ -11,7 +11,7 @@ is a documented rule of a backend, described by :class:`Rules`:
   channels in one list (Redis: every ``name!...`` channel of a process is one inbox list,
   docs/redis.md "Layout in Redis"); there one group fan-out entry carries all the members of
   that list (docs/redis.md "How it is fast") and counts once.
-* **Messages held by this process** (take-ahead, PREFETCH in layer/base.py; docs/ipc.md "Taking
+* **Messages held by this process** (take-ahead, PREFETCH in layer/flow.py; docs/ipc.md "Taking
   messages ahead", docs/redis.md "Guarantees") have left the storage, so they no longer count
   against capacity: after a receive on a unit, a send may succeed although the unit already
   holds ``capacity`` messages, by up to the number the backend may hold. A receive still

@@ -125,6 +125,21 @@ async def test_process_specific_names_are_received_by_full_name(
     assert (await receive_soon(channel_layer, f"{own}!abc"))["type"] == "x"
 
 
+async def test_declared_capabilities_hold(channel_layer: BaseChannelLayer) -> None:
+    """What a backend declares on the base (services ask it instead of testing types): one
+    that hands message objects over never crosses processes, and a trusted send reaches the
+    receive as the very object exactly when it says so; only Redis-backed layers have shards."""
+    message = {"type": "capability", "n": [1, 2]}
+    channel = await channel_layer.new_channel()
+    await channel_layer.send_trusted(channel, message)
+    got = await receive_soon(channel_layer, channel)
+    assert got == message
+    assert (got is message) is channel_layer.hands_over_objects
+    assert not (channel_layer.hands_over_objects and channel_layer.cross_process)
+    redis = type(channel_layer).__name__ in ("RedisChannelLayer", "LocalRedisChannelLayer")
+    assert bool(channel_layer.shard_names()) is redis
+
+
 async def test_receive_on_another_clients_process_specific_channel_is_refused_at_once(
     layer_factory: LayerFactory,
 ) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from layer.base import PREFETCH
+from layer.flow import PREFETCH
 from layer.ipc import IPCChannelLayer
 from tests.layer.ipc_fixture import Worker
 

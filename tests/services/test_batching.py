@@ -13,12 +13,13 @@ import pytest
 import websockets
 
 from layer.config import get_channel_layer
+from layer.inmemory import InMemoryChannelLayer
 from layer.ipc import IPCChannelLayer
 from layer.messages import Message
 from layer.redis import RedisChannelLayer
 from services import messages as msg
 from services import wire
-from services.batching import ALONE, MOST, Batcher
+from services.batching import ALONE, MOST, Batcher, checked, worth_batching
 from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
 from tests.services.conftest import CROSS, StackFactory, serve
 from tests.services.procs import ROOT
@@ -35,6 +36,17 @@ def _reply(n: int, body: bytes = b"") -> Message:
 
 
 Lost = list[tuple[Message, str]]
+
+
+def test_batching_and_checks_follow_declared_capabilities(ipc_layer_factory: Factory) -> None:
+    """services ask the layer what it can do (layer/base.py) instead of testing its type: an
+    in-process layer hands objects over (nothing to batch) and nothing else writes to it
+    (nothing to check); a cross-process one is batched and what it delivers is checked."""
+    memory, ipc = InMemoryChannelLayer(), ipc_layer_factory()
+    assert not worth_batching(memory)
+    assert checked(memory, "proto.x!y") is None
+    assert worth_batching(ipc)
+    assert checked(ipc, "proto.x!y") == "proto.x!y"
 
 
 async def _batching(factory: Factory, **options: int) -> tuple[IPCChannelLayer, Batcher, Lost, str]:
