@@ -24,13 +24,9 @@ from layer.redis.dial import open_connection
 from layer.redis.hosts import ShardSpec
 from layer.redis.replies import ReplyReader
 from layer.redis.scripts import PUSH, Script
+from layer.redis.shard_errors import ShardUnavailable, unavailable
 
-# Names the layer's other modules import from here (kept while they do).
-from layer.redis.shard_errors import ShardRefused as ShardRefused
-from layer.redis.shard_errors import ShardUnavailable as ShardUnavailable
-from layer.redis.shard_errors import unavailable as unavailable
-
-__all__ = ["Arg", "Pipe", "ShardRefused", "ShardUnavailable", "unavailable"]
+__all__ = ["Pipe"]
 
 _HIGH_WATER = 4 * 1024 * 1024
 

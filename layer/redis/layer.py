@@ -26,13 +26,14 @@ from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
 from layer.messages import Message, decode, encode_trusted
 from layer.options import positive_number
-from layer.redis.connection import Pipe, ShardRefused, ShardUnavailable, unavailable
+from layer.redis.connection import Pipe
 from layer.redis.crypto import Crypter
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
 from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN
 from layer.redis.sends import Sends
+from layer.redis.shard_errors import ShardRefused, ShardUnavailable, unavailable
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,13 @@ from redis.exceptions import RedisError
 from layer.exceptions import AccessRefused
 from layer.flow import PREFETCH, Every
 from layer.messages import Message
-from layer.redis.connection import Arg, Pipe, unavailable
+from layer.redis.commands import Arg
+from layer.redis.connection import Pipe
 from layer.redis.entries import Popped, split_entry
 from layer.redis.mailboxes import Mailbox, Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
+from layer.redis.shard_errors import unavailable
 
 log = logging.getLogger(__name__)
 
