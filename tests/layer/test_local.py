@@ -17,7 +17,6 @@ from layer import ConfigError, InvalidOption
 from layer.config import parse
 from layer.local import LocalRedisChannelLayer
 from layer.local.layer import BOTH, IPC, REDIS
-from layer.messages import decode, encode
 from layer.redis import ShardUnavailable
 from tests.layer.local_fixtures import LocalFactory
 from tests.support.ports import free_port
