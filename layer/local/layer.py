@@ -18,7 +18,6 @@ from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
 from layer.ipc import IPCChannelLayer
 from layer.local.legs import Legs
-from layer.local.origin import ORIGIN, refuse_reserved, stamp
 from layer.messages import Message, decode
 from layer.redis import RedisChannelLayer
 
@@ -63,7 +62,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.host = self.ipc.segment_id
         self.client_id += self.host  # new_channel() names end their routing part with it
         self._own = self.client_id + "!"  # and receive() accepts those as this client's
-        self._legs = Legs(self._own_redis_pop, self.expiry, self._count_expired)
+        self._legs = Legs(self._redis_pop, self.expiry, self._count_expired)
 
     def shard_names(self) -> list[str]:
         return self.redis.shard_names()
@@ -81,14 +80,6 @@ class LocalRedisChannelLayer(BaseChannelLayer):
     def shares_normal_channels(self, channel: str) -> bool:
         """Only a process of this host: normal channels are per-host queues."""
         return self.route(channel) is not REDIS
-
-    async def send(self, channel: str, message: Message) -> None:
-        refuse_reserved(message)
-        await super().send(channel, message)
-
-    async def group_send(self, group: str, message: Message) -> None:
-        refuse_reserved(message)
-        await super().group_send(group, message)
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -111,18 +102,15 @@ class LocalRedisChannelLayer(BaseChannelLayer):
             payload = self.ipc._ready(channel)
             if payload is not None or leg is not None:  # a waiting leg gets Redis' messages
                 return payload
-        while (taken := self.redis._ready(channel)) is not None:
-            message = self._opened(taken, route is BOTH)
-            if message is not None:
-                return message
-        return None
+        taken = self.redis._ready(channel)
+        return None if taken is None else _opened(taken)
 
     async def _pop(self, channel: str) -> Taken:
         route = self.route(channel)
         if route is IPC:
             return await self.ipc._pop(channel)
         if route is REDIS:
-            return await self._redis_pop(channel, False)
+            return await self._redis_pop(channel)
         return await self._pop_both(channel)
 
     async def _pop_both(self, channel: str) -> Taken:
@@ -157,24 +145,11 @@ class LocalRedisChannelLayer(BaseChannelLayer):
                 leg.remove_done_callback(interrupt)
                 legs.used(channel)
 
-    async def _own_redis_pop(self, channel: str) -> Message:
-        return await self._redis_pop(channel, True)
-
     def _count_expired(self) -> None:
         self.counters.expired += 1
 
-    async def _redis_pop(self, channel: str, own: bool) -> Message:
-        while True:
-            message = self._opened(await self.redis._pop(channel), own)
-            if message is not None:
-                return message
-
-    def _opened(self, taken: Taken, own: bool) -> Message | None:
-        """A message from Redis without its origin stamp; None for the Redis copy of a group
-        send from this host to a channel of this host (it had the IPC copy)."""
-        message = taken if type(taken) is dict else decode(taken)  # type: ignore[arg-type]
-        origin = message.pop(ORIGIN, None)
-        return None if own and origin == self.host else message
+    async def _redis_pop(self, channel: str) -> Message:
+        return _opened(await self.redis._pop(channel))
 
     async def _group_add(self, group: str, channel: str) -> None:
         # Redis first: the IPC membership then lapses last, so a group send from here in
@@ -193,8 +168,10 @@ class LocalRedisChannelLayer(BaseChannelLayer):
             await self.redis._group_discard(group, channel)
 
     async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
+        # This host's members through its segment (the path its direct sends to them take, so
+        # their order holds); Redis skips them and reaches every other host's.
         delivered, dropped = await self.ipc._group_send(group, payload)
-        more, full = await self.redis._group_send(group, stamp(payload, self.host))
+        more, full = await self.redis._group_send(group, payload, skip=self.host)
         return delivered + more, dropped + full
 
     async def _flush(self) -> None:
@@ -228,6 +205,11 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         await self._legs.stop()
         await self.redis.close()
         await self.ipc.discard()
+
+
+def _opened(taken: Taken) -> Message:
+    """A message from the Redis half: decoded unless it handed over the object itself."""
+    return taken if type(taken) is dict else decode(taken)  # type: ignore[arg-type]
 
 
 def _part(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -211,7 +211,9 @@ class RedisChannelLayer(BaseChannelLayer):
         keys, pipe, _ = self._group_keys(group)
         await pipe.script(GROUP_DISCARD, keys, (channel,))
 
-    async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
+    async def _group_send(self, group: str, payload: bytes, skip: str = "") -> tuple[int, int]:
+        """Fan ``payload`` out; the members of a process whose channel names (before ``!``)
+        end with ``skip`` get nothing (``LocalRedisChannelLayer`` reached them already)."""
         keys, pipe, state = self._group_keys(group)
         if self._crypter is not None:
             payload = self._crypter.encrypt(payload)
@@ -219,12 +221,15 @@ class RedisChannelLayer(BaseChannelLayer):
         header = b"%013d" % (now_ms + self._expiry_ms)
         common = (now_ms, self._ttl_ms, header, payload, self._channel_prefix)
         if len(state.shards) == 1:  # members' lists are on the group's server: one call
-            return await state.sends.group_send(pipe, group, keys, common)
+            skipping = (*common, f"{skip}!" if skip else "")
+            return await state.sends.group_send(pipe, group, keys, skipping)
         flat = await pipe.script(GROUP_PLAN, keys, (now_ms, self._channel_prefix))
         by_shard: defaultdict[int, list[bytes]] = defaultdict(list)
-        skip = len(self._channel_prefix)
+        skip_prefix = len(self._channel_prefix)
+        mine = f"{skip}!".encode() if skip else None
         for i in range(0, len(flat), 2):  # plan entries: list key, "<capacity> <members> ..."
-            by_shard[self.ring.node_for(flat[i][skip:].decode())] += flat[i : i + 2]
+            if mine is None or not flat[i].endswith(mine):
+                by_shard[self.ring.node_for(flat[i][skip_prefix:].decode())] += flat[i : i + 2]
         shards = list(by_shard)
         replies = await asyncio.gather(
             *(state.shards[i].pipe.script(FANOUT, (), (*common[:4], *by_shard[i])) for i in shards),

@@ -139,21 +139,24 @@ local function group_plan(zkey, hkey, pkey, now, prefix)
   return build_plan(zkey, hkey, pkey, prefix)
 end
 
--- Push one entry per planned list (from ARGV[first] on: key, spec, key, spec, ...).
-local function fanout(now, ttl, header, payload, plan, first)
+-- Push one entry per planned list (from ARGV[first] on: key, spec, key, spec, ...), except
+-- to the lists whose key ends with ``skip`` (when it is not empty).
+local function fanout(now, ttl, header, payload, plan, first, skip)
   local delivered, dropped, expired = 0, 0, 0
   for i = first, #plan, 2 do
     local key = plan[i]
-    local cap, count, locals = string.match(plan[i + 1], '^(%d+) (%d+) (.*)$')
-    count = tonumber(count)
-    local len, gone = room(key, tonumber(cap), now)
-    expired = expired + gone
-    if len < 0 then
-      dropped = dropped + count
-    else
-      redis.call('RPUSH', key, header .. locals .. ' ' .. payload)
-      redis.call('PEXPIRE', key, ttl)
-      delivered = delivered + count
+    if skip == '' or string.sub(key, -#skip) ~= skip then
+      local cap, count, locals = string.match(plan[i + 1], '^(%d+) (%d+) (.*)$')
+      count = tonumber(count)
+      local len, gone = room(key, tonumber(cap), now)
+      expired = expired + gone
+      if len < 0 then
+        dropped = dropped + count
+      else
+        redis.call('RPUSH', key, header .. locals .. ' ' .. payload)
+        redis.call('PEXPIRE', key, ttl)
+        delivered = delivered + count
+      end
     end
   end
   return {delivered, dropped, expired}
@@ -165,18 +168,19 @@ end
 FANOUT = Script(
     _PLAN
     + """
-return fanout(tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV, 5)
+return fanout(tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV, 5, '')
 """
 )
 
-# KEYS: group zset, capacity hash, plan hash; ARGV: now_ms, ttl_ms, header, payload, prefix.
+# KEYS: group zset, capacity hash, plan hash; ARGV: now_ms, ttl_ms, header, payload, prefix,
+# skip (lists whose key ends with it get nothing; '' for none).
 # Only valid when every member's list lives on this server (a single-shard layer).
 GROUP_SEND = Script(
     _PLAN
     + """
 local now = tonumber(ARGV[1])
 local plan = group_plan(KEYS[1], KEYS[2], KEYS[3], now, ARGV[5])
-return fanout(now, ARGV[2], ARGV[3], ARGV[4], plan, 1)
+return fanout(now, ARGV[2], ARGV[3], ARGV[4], plan, 1, ARGV[6])
 """
 )
 

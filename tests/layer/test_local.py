@@ -1,6 +1,7 @@
 """The Local + Redis layer's own rules (docs/layer.md "Local + Redis"): routing by name, two
-simulated hosts (two IPC prefixes) in one process, a Redis that is down, the origin stamp and
-the config. The shared contract runs in test_conformance.py and test_model.py."""
+simulated hosts (two IPC prefixes) in one process, a Redis that is down, group sends that
+reach a host's own members through its segment only, and the config. The shared contract
+runs in test_conformance.py and test_model.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from layer import ConfigError, InvalidOption
 from layer.config import parse
 from layer.local import LocalRedisChannelLayer
 from layer.local.layer import BOTH, IPC, REDIS
-from layer.local.origin import ORIGIN, stamp
-from layer.messages import decode, encode
 from layer.redis import ShardUnavailable
 from tests.layer.local_fixtures import LocalFactory
 from tests.support.ports import free_port
@@ -110,8 +109,27 @@ async def test_group_send_reaches_every_host_once(local_redis_layer_factory: Loc
     for layer, member in zip(hosts, members, strict=True):
         got = [await receive_soon(layer, member) for _ in range(2)]  # two senders: any order
         assert sorted(m["from"] for m in got) == sorted((hosts[0].host, hosts[3].host))
-        assert all(ORIGIN not in m for m in got), "the stamp is removed"
-        await assert_empty(layer, member)  # a host's own members dropped the Redis copy
+        await assert_empty(layer, member)  # a host's own members had no Redis copy
+
+
+@pytest.mark.parametrize("shards", [1, 3], ids=["one shard", "three shards"])
+async def test_redis_carries_no_copy_for_the_senders_host(
+    local_redis_layer_factory: LocalFactory, redis_shards: list[RedisServer], shards: int
+) -> None:
+    """The sender's host's members get the IPC copy only: Redis holds one entry, for the other
+    host's process, not a second one this host would receive and throw away."""
+    hosts = [s.url for s in redis_shards[1:2]] if shards == 1 else None
+    options = {"redis": {"hosts": hosts}} if hosts else {}
+    here, there = local_redis_layer_factory(**options), local_redis_layer_factory(1, **options)
+    members = [await here.new_channel("ws"), await here.new_channel("ws")]
+    members.append(await there.new_channel("ws"))
+    for layer, member in zip((here, here, there), members, strict=True):
+        await layer.group_add("room", member)
+    await here.group_send("room", {"type": "chat"})
+    assert (await here.redis.stats())["queued"] == 1  # one entry: for the other host's process
+    for layer, member in zip((here, here, there), members, strict=True):
+        assert (await receive_soon(layer, member)) == {"type": "chat"}
+        await assert_empty(layer, member)
 
 
 async def test_a_normal_channel_member_is_reached_from_its_host_only(
@@ -124,16 +142,6 @@ async def test_a_normal_channel_member_is_reached_from_its_host_only(
     assert (await receive_soon(one, "work.audit"))["type"] == "from.one"
     await assert_empty(one, "work.audit")
     await assert_empty(two, "work.audit")
-
-
-async def test_reserved_key_is_refused(local_redis_layer_factory: LocalFactory) -> None:
-    layer = local_redis_layer_factory()
-    for call in (
-        lambda: layer.send("c", {"type": "t", ORIGIN: "x"}),
-        lambda: layer.group_send("g", {"type": "t", ORIGIN: "x"}),
-    ):
-        with pytest.raises(TypeError, match="reserved"):
-            await call()
 
 
 async def test_redis_down_leaves_the_host_working(ipc_prefix: str) -> None:
@@ -159,17 +167,6 @@ async def test_redis_down_leaves_the_host_working(ipc_prefix: str) -> None:
         from layer.ipc.segment import unlink
 
         unlink(ipc_prefix)
-
-
-@pytest.mark.parametrize("keys", [1, 14, 15, 16, 65534, 65535, 70000])
-def test_stamp_adds_one_key_at_every_map_size(keys: int) -> None:
-    message = {"type": "t", **{f"k{i}": i for i in range(keys - 1)}}
-    assert decode(stamp(encode(message), "abc")) == {**message, ORIGIN: "abc"}
-
-
-def test_stamp_refuses_what_is_not_a_message() -> None:
-    with pytest.raises(ValueError, match="not an encoded message"):
-        stamp(b"\x93\x01\x02\x03", "abc")
 
 
 @pytest.mark.parametrize(
