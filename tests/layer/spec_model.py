@@ -20,8 +20,8 @@ is a documented rule of a backend, described by :class:`Rules`:
   the end of the loop turn: the caller widens their expiry to the end of the step
   (:meth:`SpecModel.stamped_by`).
 * **A cancelled receive** puts the message it took back at the front (docs/layer.md
-  "Delivery") with a fresh expiry (layer/inmemory.py ``_requeue``, layer/redis/receiver.py
-  ``_give(front=True)``, layer/ipc/layer.py ``_give_back``): the model widens that message's
+  "Delivery") with a fresh expiry (layer/inmemory.py ``_requeue``, layer/redis/mailboxes.py
+  ``give(front=True)``, layer/ipc/layer.py ``_give_back``): the model widens that message's
   expiry interval instead of guessing which receive took it.
 * **Uncertain outcomes** (a group member whose membership may have lapsed, a member whose
   channel may or may not be full) make the message *optional*: it may be delivered or not, but
