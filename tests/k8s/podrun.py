@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.k8s.model import Container, Obj, Pod, containers
+from tests.k8s.model import Container, Obj, Pod, containers, find, selector_matches
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +186,29 @@ def run_pod(objects: list[Obj], pod: Pod, hosts: dict[str, str]) -> Iterator[Run
             with contextlib.suppress(OSError):
                 path.unlink()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(
+    objects: list[Obj], app_pods: list[Pod], hosts: dict[str, str]
+) -> Iterator[tuple[list[Process], int | str]]:
+    """Run ``app_pods`` until every container's liveness and readiness probes pass; yield the
+    processes the Service ``channel-layer-kit`` sends its first port to, and that port."""
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(run_pod(objects, pod, hosts)) for pod in app_pods]
+        for pod in running:
+            for process in pod.processes:
+                process.wait_probe("livenessProbe")
+                process.wait_probe("readinessProbe")
+        service = find(objects, "Service", "channel-layer-kit")
+        assert service is not None
+        target = service["spec"]["ports"][0]["targetPort"]
+        fronts = [
+            p
+            for pod in running
+            if selector_matches({"matchLabels": service["spec"]["selector"]}, pod.pod.labels)
+            for p in pod.processes
+            if p.container.declares(target)
+        ]
+        assert fronts, "the Service selects no running container"
+        yield fronts, target

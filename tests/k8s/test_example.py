@@ -6,7 +6,6 @@ examples/django-chat/k8s (what docs/your-app.md applies) is that component on re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import os
@@ -19,9 +18,9 @@ import pytest
 import websockets
 import yaml
 
-from tests.k8s.model import Obj, find, image_repo, pods, selector_matches
+from tests.k8s.model import Obj, image_repo, pods
 from tests.k8s.model import containers as containers_of
-from tests.k8s.podrun import APP_PROJECTS, run_pod
+from tests.k8s.podrun import APP_PROJECTS, serving
 from tests.k8s.render import render
 from tests.k8s.test_overlays import COMPONENTS, NAMES, OVERLAYS, ROOT
 from tests.k8s.test_pods_run import redis_shards
@@ -136,23 +135,7 @@ def test_component_pods_run_the_chat(
     monkeypatch.setenv("DJANGO_STATIC_ROOT", str(collected))
     objects = render(overlay(tmp_path, topology))
     app_pods = [p for p in pods(objects) if any(c.is_kit for c, _ in containers_of(objects, p))]
-    with redis_shards(objects) as hosts, contextlib.ExitStack() as stack:
-        running = [stack.enter_context(run_pod(objects, pod, hosts)) for pod in app_pods]
-        for pod in running:
-            for process in pod.processes:
-                process.wait_probe("livenessProbe")
-                process.wait_probe("readinessProbe")
-        service = find(objects, "Service", "channel-layer-kit")
-        assert service is not None
-        target = service["spec"]["ports"][0]["targetPort"]
-        fronts = [
-            p
-            for pod in running
-            if selector_matches({"matchLabels": service["spec"]["selector"]}, pod.pod.labels)
-            for p in pod.processes
-            if p.container.declares(target)
-        ]
-        assert fronts, "the Service selects no running container"
+    with redis_shards(objects) as hosts, serving(objects, app_pods, hosts) as (fronts, target):
         for front in fronts:
             page = front.get(target, "/chat/lobby/")
             assert page.status_code == 200 and "/static/chat/room." in page.text, page.text

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8s.model import Obj, Pod, by_kind, containers, find, image_repo, pods, selector_matches
-from tests.k8s.podrun import RunningPod, run_pod
+from tests.k8s.model import Obj, Pod, by_kind, containers, image_repo, pods
+from tests.k8s.podrun import serving
 from tests.k8s.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,25 +86,7 @@ def test_pods_pass_their_probes_and_serve_through_the_service(name: str) -> None
         for p in pods(objects)
         if any(image_repo(str(c.get("image"))) == "channel-layer-kit" for c in p.spec["containers"])
     ]
-    with redis_shards(objects) as hosts, contextlib.ExitStack() as stack:
-        running: list[RunningPod] = [
-            stack.enter_context(run_pod(objects, pod, hosts)) for pod in kit_pods
-        ]
-        for pod in running:
-            for process in pod.processes:
-                process.wait_probe("livenessProbe")
-                process.wait_probe("readinessProbe")
-        service = find(objects, "Service", "channel-layer-kit")
-        assert service is not None
-        target = service["spec"]["ports"][0]["targetPort"]
-        fronts = [
-            p
-            for pod in running
-            if selector_matches({"matchLabels": service["spec"]["selector"]}, pod.pod.labels)
-            for p in pod.processes
-            if p.container.declares(target)
-        ]
-        assert fronts, "the Service selects no running container"
+    with redis_shards(objects) as hosts, serving(objects, kit_pods, hosts) as (fronts, target):
         for front in fronts:
             status = front.get(target, "/status")
             assert status.status_code == 200, status.text

@@ -128,3 +128,20 @@ async def redis_acl_layer_factory(
     denied = admin.acl_log()
     admin.close()
     assert denied == [], f"the ACL refused the layer: {denied}"
+
+
+async def chat_through(layer: RedisChannelLayer) -> None:
+    """Send, receive, a group's fan-out and a flush through ``layer``, then close it: the round
+    a transport (TLS, Sentinel, an ACL user) must carry."""
+    try:
+        await layer.send("work.chat", {"type": "m", "n": 1})
+        assert await layer.receive("work.chat") == {"type": "m", "n": 1}
+        mine = await layer.new_channel()
+        await layer.group_add("room", mine)
+        await layer.group_send("room", {"type": "m", "text": "hi"})
+        assert await layer.receive(mine) == {"type": "m", "text": "hi"}
+        await layer.send("left", {"type": "m"})
+        await layer.flush()
+        assert (await layer.stats())["queued"] == 0
+    finally:
+        await layer.close()

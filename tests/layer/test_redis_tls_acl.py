@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from layer.redis import RedisChannelLayer
+from tests.layer.redis_fixtures import chat_through
 from tests.support.ports import free_port
 from tests.support.redis_server import KIT_ACL_RULES, KIT_ENTRYPOINT, RedisServer
 
@@ -74,19 +75,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 async def test_the_layer_works_over_tls_as_the_acl_user(tls: dict[str, str]) -> None:
     """Send, receive, a group's fan-out and flush, under the shipped key pattern (``asgi:*``)."""
-    layer = RedisChannelLayer(hosts=[tls["url"]], prefix="asgi")
-    try:
-        await layer.send("work.tls", {"type": "m", "n": 1})
-        assert await layer.receive("work.tls") == {"type": "m", "n": 1}
-        mine = await layer.new_channel()
-        await layer.group_add("room", mine)
-        await layer.group_send("room", {"type": "m", "text": "hi"})
-        assert await layer.receive(mine) == {"type": "m", "text": "hi"}
-        await layer.send("left", {"type": "m"})
-        await layer.flush()
-        assert (await layer.stats())["queued"] == 0
-    finally:
-        await layer.close()
+    await chat_through(RedisChannelLayer(hosts=[tls["url"]], prefix="asgi"))
 
 
 async def test_a_prefix_outside_the_acl_is_refused_over_tls_too(tls: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from layer.redis import RedisChannelLayer
+from tests.layer.redis_fixtures import chat_through
 from tests.support.certs import self_signed
 from tests.support.ports import free_port
 from tests.support.redis_server import start_process
@@ -34,19 +35,7 @@ def tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def _chat(hosts: list[Any]) -> None:
     """Send, receive, group fan-out and flush through ``hosts``."""
-    layer = RedisChannelLayer(hosts=hosts, prefix=f"t{uuid.uuid4().hex[:10]}")
-    try:
-        await layer.send("plain", {"type": "m", "n": 1})
-        assert await layer.receive("plain") == {"type": "m", "n": 1}
-        mine = await layer.new_channel()
-        await layer.group_add("room", mine)
-        await layer.group_send("room", {"type": "m", "text": "hi"})
-        assert await layer.receive(mine) == {"type": "m", "text": "hi"}
-        await layer.send("left", {"type": "m"})
-        await layer.flush()
-        assert (await layer.stats())["queued"] == 0
-    finally:
-        await layer.close()
+    await chat_through(RedisChannelLayer(hosts=hosts, prefix=f"t{uuid.uuid4().hex[:10]}"))
 
 
 async def test_rediss_url_with_ca(tls_url: str) -> None:
