@@ -118,10 +118,12 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         if conn is None:
             return  # a late answer for a connection that already ended
         if kind not in (msg.WEBSOCKET_REPLIES if conn.websocket else msg.HTTP_REPLIES):
-            if not (conn.websocket and kind in msg.WEBSOCKET_DENIAL and not conn.accepted):
-                what = "WebSocket" if conn.websocket else "HTTP request"
-                if conn.websocket and kind in msg.WEBSOCKET_DENIAL:
+            denial = conn.websocket and kind in msg.WEBSOCKET_DENIAL
+            if not denial or conn.accepted:  # a denial is a reply only before the accept
+                if denial:
                     what = "WebSocket it accepted"
+                else:
+                    what = "WebSocket" if conn.websocket else "HTTP request"
                 wrong = BadMessage("wrong_connection", f"not for a {what}", kind, conn.id)
                 self._rejects(wrong, message, self.reply)
                 return

@@ -63,11 +63,13 @@ def shard_hosts(shards: list[RedisServer]) -> list[Any]:
     return [shards[0].url, ("127.0.0.1", shards[1].port), shards[2].url]
 
 
-async def _factory(hosts: list[Any]) -> AsyncIterator[LayerFactory]:
+async def _factory(hosts: list[Any], prefix: str = "t") -> AsyncIterator[LayerFactory]:
+    """Layers on ``hosts`` under fresh prefixes starting with ``prefix``; flushed and closed
+    afterwards."""
     made: list[BaseChannelLayer] = []
 
     def factory(**options: Any) -> BaseChannelLayer:
-        options.setdefault("prefix", f"t{uuid.uuid4().hex[:10]}")
+        options.setdefault("prefix", f"{prefix}{uuid.uuid4().hex[:10]}")
         options.setdefault("hosts", hosts)
         made.append(RedisChannelLayer(**options))
         return made[-1]
@@ -113,18 +115,8 @@ async def redis_acl_layer_factory(
     otherwise go unnoticed."""
     admin = redis_acl_server.admin()
     admin.acl_log_reset()
-    made: list[BaseChannelLayer] = []
-
-    def factory(**options: Any) -> BaseChannelLayer:
-        options.setdefault("prefix", f"asgi:t{uuid.uuid4().hex[:10]}")
-        options.setdefault("hosts", [redis_acl_server.url])
-        made.append(RedisChannelLayer(**options))
-        return made[-1]
-
-    yield factory
-    for layer in made:
-        await layer.flush()
-        await layer.close()
+    async for factory in _factory([redis_acl_server.url], "asgi:t"):
+        yield factory
     denied = admin.acl_log()
     admin.close()
     assert denied == [], f"the ACL refused the layer: {denied}"
