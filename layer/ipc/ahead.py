@@ -29,7 +29,7 @@ from layer.base import Counters
 from layer.flow import PREFETCH, Every, Streaming, unexpired
 from layer.ipc.doorbell import Ringer
 from layer.ipc.journal import Journal, Lock
-from layer.ipc.store import Store
+from layer.ipc.queues import Queues
 from layer.ipc.table import make_key
 from layer.names import process_specific
 
@@ -40,13 +40,13 @@ class TakeAhead:
     """One layer instance's held messages, per channel, and the thread that sends back those
     of shared channels nobody here receives."""
 
-    def __init__(self, counters: Counters, lock: Lock, store: Store, prefix: str) -> None:
+    def __init__(self, counters: Counters, lock: Lock, queues: Queues, prefix: str) -> None:
         self.held: dict[str, deque[tuple[bytes, float]]] = {}  # only channels holding some
         self._counters = counters
         self._lock = lock
         self._mutex = lock.mutex
-        self._store = store
-        self._prefix = prefix
+        self._queues = queues
+        self.prefix = prefix
         self._receives = Streaming()  # shared channels' last receives here
         self._returner: threading.Thread | None = None
         self._closing = threading.Condition(lock.mutex)  # wakes the returner at close()
@@ -143,14 +143,14 @@ class TakeAhead:
         now = time.monotonic()
         for channel in channels:
             items = list(self.held.pop(channel))
-            self._store.push_front_run(j, make_key(channel), items, now, wake)
+            self._queues.push_front_run(j, make_key(channel), items, now, wake)
         return wake
 
     def _return_idle(self) -> None:
         """The returner: send back the shared channels' messages not received for
         ``RETURN_DELAY``, whatever this process's event loop is doing; sleep until the next one
         is due, and stop once no shared channel holds any (an idle process has no thread)."""
-        ringer = Ringer(self._prefix)
+        ringer = Ringer(self.prefix)
         try:
             with self._mutex:
                 while not self._closed:
@@ -204,7 +204,7 @@ def _send_back_at_exit() -> None:
     for ahead in list(_OPEN):
         with contextlib.suppress(Exception):  # e.g. a segment closed under the layer
             wake = ahead.close()
-            ringer = Ringer(ahead._prefix)
+            ringer = Ringer(ahead.prefix)
             for waker in set(wake):
                 ringer.ring(waker)
             ringer.close()

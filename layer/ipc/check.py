@@ -31,7 +31,7 @@ from layer.ipc.layout import (
     Geometry,
 )
 from layer.ipc.segment import SHM_DIR, check_owner, check_prefix, shm_name
-from layer.ipc.store import Store
+from layer.ipc.storage import Storage
 
 __all__ = ["NoSegment", "Report", "verify"]
 
@@ -68,7 +68,7 @@ def verify(prefix: str) -> Report:
             # The copy's buffer is allocated (and its pages faulted in) before the lock: the
             # lock is held for one memcpy (~0.1 s for 256 MB, all slots used).
             snapshot = bytearray(_end(mm, geometry))
-            lock = Lock(fd, mm, Store(mm, geometry, Counters()).flush)
+            lock = Lock(fd, mm, Storage(mm, geometry, Counters()).flush)
             with lock, memoryview(mm) as view:
                 if (end := _end(mm, geometry)) > len(snapshot):  # slots used since: rare
                     snapshot.extend(bytes(end - len(snapshot)))

@@ -19,9 +19,14 @@ import contextlib
 import errno
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from layer.exceptions import InvalidOption
-from layer.ipc.segment import SHM_DIR, check_owner
+from layer.ipc.layout import NIL
+from layer.ipc.segment import SHM_DIR, check_owner, is_held
+
+if TYPE_CHECKING:
+    from layer.ipc.registry import Registry
 
 _CHIME = b"\0"
 
@@ -105,3 +110,23 @@ class Ringer:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+class Wakes:
+    """Ringing the instances a mutation fired: an instance polling its ring (spinning, see
+    ``Receivers._spin``) reads it there, so its doorbell is skipped."""
+
+    def __init__(self, ringer: Ringer, registry: Registry) -> None:
+        self._ring = ringer.ring
+        self._spinning = registry.spinning
+        self._fd = registry.fd
+
+    def ring(self, waker: int) -> None:
+        if not self._spinning(waker):
+            self._ring(waker)
+
+    def post(self, wakers: list[int], only_live: bool = False) -> None:
+        """Ring each of ``wakers`` once (NIL: nobody); ``only_live`` skips dead instances."""
+        for waker in set(wakers):
+            if waker != NIL and (not only_live or is_held(self._fd, waker)):
+                self.ring(waker)

@@ -80,6 +80,7 @@ class Extents:
         self.top = geometry.max_order
         self.data = [(self.slot_size << order) - 4 for order in range(self.top + 1)]
         self.small = self.data[min(SMALL, self.top)] - MSG.size  # the longest one-extent payload
+        self.one_slot = self.data[0] - MSG.size  # the longest payload of one slot
 
     def plan(self, length: int) -> tuple[int, ...]:
         """The orders of the extents a ``length``-byte payload takes."""
@@ -151,5 +152,3 @@ class Extents:
             self.blocks.release(j, cur, order)
             cur = nxt
         return int(cur)
-
-    # -- blocks -----------------------------------------------------------------------------

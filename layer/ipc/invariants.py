@@ -19,21 +19,23 @@ from layer.ipc.blocks import check_lists
 from layer.ipc.extents import plan
 from layer.ipc.layout import (
     CHANNELS,
-    E_A,
     E_EXPIRES,
     E_NAME,
     E_OWNER,
+    E_WORDS,
     ENTRY_BUMP,
     ENTRY_FREE,
     ENTRY_SIZE,
+    ENTRY_WORDS,
     F64,
     FIRED,
-    FIVE,
     G_OFF,
     GROUPS,
     JSTATE,
     JSTATE_OFF,
     KEY,
+    M_HASH,
+    M_NEXT,
     MSG,
     NIL,
     NODE,
@@ -201,7 +203,7 @@ class Checker:
                 if zlib.crc32(name) != h:
                     self.problem(f"entry {idx} ({text}) has a hash not of its name")
                 continue
-            ch = self.u32(off + E_A + 8)
+            ch = self.u32(off + M_HASH)
             group = owner < len(self.entries) and self.entries[owner] == _USED
             if not group or self.u32(self.entry(owner, E_OWNER)) != OWNER_GROUP:
                 self.problem(f"member entry {idx} ({text}) names {owner}, not a group")
@@ -216,7 +218,7 @@ class Checker:
         listed: set[int] = set()
         for gidx in groups:
             group = self.names[gidx]
-            first, last, count, _, _ = FIVE.unpack_from(self.b, self.entry(gidx, E_A))
+            first, last, count, _, _ = ENTRY_WORDS.unpack_from(self.b, self.entry(gidx, E_WORDS))
             prev, cur, n = NIL, first, 0
             while cur != NIL:
                 if cur >= len(self.entries) or self.entries[cur] != _USED or cur in listed:
@@ -227,9 +229,9 @@ class Checker:
                 member = self.names[cur]
                 if (owner := self.u32(self.entry(cur, E_OWNER))) != gidx:
                     self.problem(f"member {member} on group {group}'s list names owner {owner}")
-                if self.u32(self.entry(cur, E_A)) != prev:
+                if self.u32(self.entry(cur, E_WORDS)) != prev:
                     self.problem(f"member {member} of group {group} has a wrong prev")
-                prev, cur = cur, self.u32(self.entry(cur, E_A + 4))
+                prev, cur = cur, self.u32(self.entry(cur, M_NEXT))
             if prev != last:
                 self.problem(
                     f"group {group}'s last member is entry {last}, its list ends at {prev}"
@@ -244,7 +246,9 @@ class Checker:
             self.problem(f"GROUPS is {self.u32(GROUPS)} but there are {len(groups)} group entries")
 
     def _channel(self, idx: int) -> None:
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(self.b, self.entry(idx, E_A))
+        head, tail, count, wait_head, wait_tail = ENTRY_WORDS.unpack_from(
+            self.b, self.entry(idx, E_WORDS)
+        )
         self.r.queued += count
         self.r.channels += bool(count) or wait_head != NIL
         if count:

@@ -49,8 +49,8 @@ SPINS = 30
 # The three records of a push or pop, packed from values the caller already holds: the channel
 # entry's five words, the G block's first five (slots, counts) and one slot link.
 _QUEUE_OP = struct.Struct("<QI4xIIIII4x" + "QI4xIIIII4x" + "QI4xI4x")
-_QUEUE_OP_SIZE = _QUEUE_OP.size
-_QUEUE_OP_LAST = JOURNAL_END - JOURNAL_OFF - _QUEUE_OP_SIZE  # the last ``end`` it fits after
+QUEUE_RECORD_SIZE = _QUEUE_OP.size
+_QUEUE_OP_LAST = JOURNAL_END - JOURNAL_OFF - QUEUE_RECORD_SIZE  # the last end it fits after
 # A waiter registering with a spare node: the node's four words, the channel entry's five and
 # the active-channel count.
 _REGISTER = struct.Struct("<QI4xIIII" + "QI4xIIIII4x" + "QI4xI4x")
@@ -132,7 +132,7 @@ class Journal:
         mm = self.mm
         _QUEUE_OP.pack_into(mm, JOURNAL_OFF + end, entry, 20, *five, G_OFF, 20, *g5, link, 4,
                             link_old)  # fmt: skip
-        self.end = end = end + _QUEUE_OP_SIZE
+        self.end = end = end + QUEUE_RECORD_SIZE
         _END.pack_into(mm, JSTATE_OFF, end)
 
     def three_words(self, a: int, a_old: int, b: int, b_old: int, c: int, c_old: int) -> None:

@@ -2,35 +2,37 @@
 
 Every operation is one short critical section under the segment lock (no ``await`` inside, so
 it is atomic for the event loop too). A receive that finds its channel empty waits on a future
-(``waiting.py``: waiter nodes, the doorbell, delivery); a send coalesced behind another waits in
+(``receivers.py``: waiter nodes, the doorbell, delivery); a send coalesced behind another waits in
 the outbox for the end of the loop turn (``outbox.py``). A receive may take up to 32 messages
 ahead in its critical section (``ahead.py``), which later receives here get without the lock.
+The layer owns its parts (segment, storage, lock, registry record, receivers, outbox, take-ahead)
+and binds what the hot paths call once, at construction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
 from layer.flow import hand, handed
-from layer.ipc import segment
+from layer.ipc import segment, storage
 from layer.ipc.ahead import Held, TakeAhead
-from layer.ipc.doorbell import Doorbell, Ringer
+from layer.ipc.debug import DebugState, Parts, debug_state
+from layer.ipc.doorbell import Doorbell, Ringer, Wakes
 from layer.ipc.extents import largest_payload
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
-from layer.ipc.store import Store
-from layer.ipc.waiting import POLL, SPIN, Waiting
-from layer.ipc.wakers import Wakers
+from layer.ipc.receivers import SPIN, Receivers
+from layer.ipc.registry import Registry
+from layer.ipc.table import Keys
 from layer.options import byte_size, non_negative_number, positive_int
 
 
-class IPCChannelLayer(Waiting, BaseChannelLayer):
+class IPCChannelLayer(BaseChannelLayer):
     """Channel layer shared by the processes of one host through ``/dev/shm``."""
 
     def __init__(
@@ -52,9 +54,10 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         if not isinstance(group_access, bool):
             raise InvalidOption(f"group_access must be true or false, got {group_access!r}")
         self.mode = 0o660 if group_access else 0o600
-        self.spin = non_negative_number("spin", spin)
-        self._spin_until = 0.0
-        self._segment = segment.attach(self.prefix, self.size, self.slot_size, self.mode)
+        spin = non_negative_number("spin", spin)
+        self._segment = segment.attach(
+            self.prefix, self.size, self.slot_size, self.mode, storage.initialise
+        )
         geometry = self._segment.geometry
         arena = geometry.n_slots * geometry.slot_size  # no larger message is ever stored
         most = largest_payload(self.slot_size, geometry.max_order)
@@ -65,45 +68,65 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
                 f"one journal step with slot_size {self.slot_size}: at most {most}"
             )
         self.segment_id = segment.identity(self._segment.fd)  # names this host's segment
-        self._store = Store(self._segment.mm, self._segment.geometry, self.counters)
-        self._lock = Lock(self._segment.fd, self._segment.mm, self._store.flush)
-        self._wakers = Wakers(self._store, self._segment.fd)
+        mm = self._segment.mm
+        self._storage = store = storage.Storage(mm, geometry, self.counters)
+        self._lock = Lock(self._segment.fd, mm, store.flush)
+        self._registry = Registry(mm, geometry, store.waits, self._segment.fd)
         wake: list[int] = []
         with self._lock as j:
-            self._waker, self._gen = self._wakers.claim(j, wake)
-            self._epoch = self._store.epoch()
+            me = self._registry.claim(j, wake)
         try:
-            self._bell = Doorbell(self.prefix, self._waker, self.mode)
+            bell = Doorbell(self.prefix, me[0], self.mode)
         except BaseException:
             with self._lock as j:
-                self._wakers.release(j, self._waker)
+                self._registry.release(j, me[0])
             self._segment.close()
             raise
         self._ringer = Ringer(self.prefix)
+        wakes = Wakes(self._ringer, self._registry)
+        keys = Keys()
         self._out = Outbox()
         self._streak = False  # the last operation was a send: a next one may be held
-        self._keys = {}
-        self._local = {}
-        self._node_of = {}
-        self._chan_of = {}
-        self._spare = []
-        self._loop = None
-        self._timer = None
-        self._deferred = False
-        self._closed = False
-        self._ahead = TakeAhead(self.counters, self._lock, self._store, self.prefix)
+        self._ahead = TakeAhead(self.counters, self._lock, store.queues, self.prefix)
+        self._receivers = Receivers(
+            store, self._lock, self._registry, me, bell, self._ringer, wakes, self._ahead, keys,
+            spin,
+        )  # fmt: skip
+        self.parts = Parts(self._segment, store, self._lock, self._registry, self._receivers,
+                           self._ringer, self._ahead, self._out)  # fmt: skip
+        # What the hot paths call, bound once (a composed part costs a lookup per hop).
+        self._known, self._key = keys.known, keys.of
+        self._ring, self._post = wakes.ring, wakes.post
+        self._queues = store.queues
+        self._push_one = store.queues.push
+        self._take, self._take_run = store.takes.take, store.takes.take_run
+        self._slots_for, self._free_slots = store.queues.slots_for, store.queues.free_slots
+        self._parked = self._receivers.local
+        self._register = self._receivers.register
+        self._wait = self._receivers.wait
+        self._drop_idle = self._receivers.drop_idle
+        self._held = self._ahead.held
         self._post(wake)
+
+    @property
+    def spin(self) -> float:
+        """Seconds a parked receive polls its wake ring before sleeping (0: never)."""
+        return self._receivers.spin
+
+    @spin.setter
+    def spin(self, seconds: float) -> None:
+        self._receivers.spin = non_negative_number("spin", seconds)
 
     # -- storage ------------------------------------------------------------------------------
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
-        key = self._keys.get(channel) or self._key(channel)
-        out, store = self._out, self._store
+        key = self._known.get(channel) or self._key(channel)
+        out = self._out
         streak, self._streak = self._streak, True
         if (
             streak
             and not self._lock.forked
-            and out.admit(channel, key, payload, store.slots_for(len(payload)))
+            and out.admit(channel, key, payload, self._slots_for(len(payload)))
         ):
             if out.due():
                 self._send_out()
@@ -118,13 +141,13 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
             with self._lock as j:
                 expires = time.monotonic() + self.expiry
                 if out.items:  # held sends go first, in the same critical section
-                    out.flush(j, store, expires, self.get_capacity, wake)
+                    out.flush(j, self._queues, expires, self.get_capacity, wake)
                 try:
-                    waker, count = store.push(j, key, payload, expires, capacity)
+                    waker, count = self._push_one(j, key, payload, expires, capacity)
                 except ChannelFull:
                     out.refill(channel, capacity, capacity)  # no credit while it is full
                     raise
-                out.room = store.free_slots() // 2
+                out.room = self._free_slots() // 2
         finally:
             if wake:
                 self._post(wake)
@@ -138,25 +161,23 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         It leaves ``_streak`` alone: a process receiving what it took ahead is in a burst, so
         its next send may be held (a ping-pong never has messages ahead and goes to ``_pop``).
         """
-        return self._ahead.take(channel) if channel in self._ahead.held else None
+        return self._ahead.take(channel) if channel in self._held else None
 
     async def _pop(self, channel: str) -> bytes:
         self._streak = False
         ahead = self._ahead
-        loop = asyncio.get_running_loop()
-        local = self._local.get(channel)
-        if local is None:
-            key = self._keys.get(channel) or self._key(channel)
+        if channel not in self._parked:  # else receives here wait already: queue behind them
+            key = self._known.get(channel) or self._key(channel)
             now = time.monotonic()
             extra = ahead.extra(channel, now)
             taken: Held = []
             with self._lock as j:
                 wake = self._flush_out(j) if self._out.items else None
                 if extra:
-                    taken = self._store.take_run(j, key, now, 1 + extra)
+                    taken = self._take_run(j, key, now, 1 + extra)
                     payload = taken[0][0] if taken else None
                 else:
-                    payload = self._store.take(j, key, now)
+                    payload = self._take(j, key, now)
                 if payload is None:
                     self._register(j, channel, key)
             if wake:
@@ -165,18 +186,11 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
                 if len(taken) > 1:
                     ahead.keep(channel, taken[1:])
                 return payload
-            local = self._local[channel] = deque()
-        future: asyncio.Future[bytes] = loop.create_future()
-        local.append(future)
-        if self._loop is not loop:
-            self._watch(loop)
-        if self._timer is None:
-            self._timer = loop.call_later(POLL, self._tick)
-        self._spin(loop)
+        future = self._wait(channel)
         try:
             return await future
         except asyncio.CancelledError:
-            payload = handed(future, self._local.get(channel))
+            payload = handed(future, self._parked.get(channel))
             if payload is not None:
                 self._give_back(channel, payload)
             else:
@@ -186,11 +200,11 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
     async def _group_add(self, group: str, channel: str) -> None:
         expires = time.monotonic() + self.group_expiry
         with self._lock as j:
-            self._store.group_add(j, self._key(group), self._key(channel), expires)
+            self._storage.groups.add(j, self._key(group), self._key(channel), expires)
 
     async def _group_discard(self, group: str, channel: str) -> None:
         with self._lock as j:
-            self._store.group_discard(j, self._key(group), self._key(channel))
+            self._storage.groups.discard(j, self._key(group), self._key(channel))
 
     async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
         wake: list[int] = []
@@ -198,7 +212,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         with self._lock as j:
             if self._out.items:
                 wake += self._flush_out(j)
-            result = self._store.group_send(
+            result = self._storage.groups.send(
                 j, self._key(group), payload, now + self.expiry, now, self._capacity_of, wake
             )
         self._post(wake)
@@ -209,56 +223,44 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         self._ahead.clear()
         with self._lock as j:
             self._lock.begin_flush()
-            self._store.flush()
+            self._storage.flush()
             self._lock.end_flush()
-            self._check_epoch(j)
-            wake = [w for w in range(self._wakers.count) if w != self._waker]
+            self._receivers.check_epoch(j)
+            me = self._receivers.waker
+            wake = [w for w in range(self._registry.count) if w != me]
         self._post(wake, only_live=True)
 
     async def _storage_counts(self) -> StorageCounts:
         self._send_out()
-        held = self._ahead.held  # taken ahead: no longer in the segment, not yet received
+        held = self._held  # taken ahead: no longer in the segment, not yet received
         with self._lock:  # its mutex guards the held messages too
-            queued, channels, groups = self._store.counts()
-            channels += sum(not self._store.active(self._key(c)) for c in held)
+            queued, channels, groups = self._storage.counts()
+            channels += sum(not self._storage.takes.active(self._key(c)) for c in held)
             queued += self._ahead.queued()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
     async def close(self, unlink: bool = False) -> None:
         """Detach (withdrawing this instance's waiters); ``unlink=True`` also removes the
         segment and semaphores from ``/dev/shm`` (processes still attached keep their view)."""
-        if self._closed:
+        if self._receivers.closed:
             return
         self._send_out()
         self._post(self._ahead.close())
-        self._closed = True
-        self._unwatch()
-        wake: list[int] = []
-        with self._lock as j:
-            if not self._check_epoch(j):
-                for node in [*self._chan_of, *self._spare]:
-                    wake.append(self._store.unregister(j, node))
-                    j.commit()
-            self._wakers.release(j, self._waker)
-        self._post([w for w in wake if w not in (NIL, self._waker)])
-        for local in self._local.values():
-            for future in local:
-                future.cancel()
-        self._bell.close()
+        self._receivers.close()
         self._ringer.close()
         self._segment.close()
         if unlink:
             segment.unlink(self.prefix)
 
     def sizing(self) -> list[str]:
-        g, extents = self._segment.geometry, self._store.extents
+        g, extents = self._segment.geometry, self._storage.extents
         arena = g.n_slots * g.slot_size
         lines = [
             f"segment: {_size(g.size)}, {g.n_slots:,} slots of {g.slot_size} B ({_size(arena)}),"
             f" extents up to {_size(g.slot_size << g.max_order)}, {g.n_entries:,} entries",
             "holds at once, by encoded message size:",
         ]
-        for n in (self._store.one_slot, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 1 << 20):
+        for n in (extents.one_slot, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 1 << 20):
             if n <= self.max_message_size:
                 lines.append(f"  {_size(n):>8}: {g.n_slots // extents.slots_for(n):>10,}")
         return lines
@@ -274,10 +276,10 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
 
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        local = self._local.get(channel)
+        local = self._parked.get(channel)
         if local is not None and hand(local, payload):
             return
-        if self._closed:
+        if self._receivers.closed:
             return
         self._drop_idle(channel)
         expires = time.monotonic() + self.expiry
@@ -285,7 +287,7 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
             return
         try:
             with self._lock as j:
-                waker = self._store.push_front(j, self._key(channel), payload, expires)
+                waker = self._queues.push_front(j, self._key(channel), payload, expires)
         except ChannelFull:
             self.counters.dropped_full += 1
             return
@@ -298,15 +300,20 @@ class IPCChannelLayer(Waiting, BaseChannelLayer):
         out = self._out
         if scheduled:
             out.loop_token = None
-        if out.items and not self._closed:
+        if out.items and not self._receivers.closed:
             with self._lock as j:
                 wake = self._flush_out(j)
             self._post(wake)
 
     def _flush_out(self, j: Journal) -> list[int]:
         wake: list[int] = []
-        self._out.flush(j, self._store, time.monotonic() + self.expiry, self.get_capacity, wake)
+        self._out.flush(j, self._queues, time.monotonic() + self.expiry, self.get_capacity, wake)
         return wake
+
+    def debug_state(self) -> DebugState:
+        """What this instance and its segment hold now, for tests and debugging (one seam
+        instead of reaching into the parts): see ``layer.ipc.debug``."""
+        return debug_state(self.parts)
 
     def _capacity_of(self, name: bytes) -> int:
         return self.get_capacity(name.decode("ascii"))

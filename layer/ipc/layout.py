@@ -53,8 +53,7 @@ ENTRY_FREE, ENTRY_BUMP = G_OFF + 20, G_OFF + 24
 NODE_FREE, NODE_BUMP = G_OFF + 28, G_OFF + 32
 GROUPS, EPOCH = G_OFF + 36, G_OFF + 40
 SCRATCH = G_OFF + 44  # a word nobody reads: the target of "no link changed" undo records
-G5 = struct.Struct("<IIIII")
-SLOTS3 = struct.Struct("<III")  # slot free head, free count, bump
+PUSH_POP_WORDS = struct.Struct("<IIIII")  # those five words
 # The B block: the buddy allocator's bitmap of non-empty orders, free slots on its lists, a
 # list head per order, then a block cache (head, count) per order (MAX_ORDERS at most).
 B_BITMAP, B_FREE, B_HEADS = 256, 260, 264
@@ -70,12 +69,12 @@ ENTRY_SIZE = 160
 E_NEXT, E_OWNER = 0, 8  # then hash at 4, name length at 12
 # channel: head, tail, count, wait_head, wait_tail | group: first, last, members |
 # member: prev, next, channel hash (prev/next link the group's member list)
-E_A, E_B, E_C = 16, 20, 24  # and wait_head, wait_tail at 28, 32
-E_MUTABLE, E_MUTABLE_SIZE = 16, 24
+E_WORDS, E_WORDS_SIZE = 16, 24  # the kind-specific words (the five of ENTRY_WORDS, padded)
+M_NEXT, M_HASH = E_WORDS + 4, E_WORDS + 8  # a member's next and channel hash (prev: E_WORDS)
 E_EXPIRES = 40  # f64, members only
 E_NAME = 48
 KEY = struct.Struct("<IIII")  # next, hash, owner, name length
-FIVE = struct.Struct("<IIIII")  # the five kind-specific words at E_A
+ENTRY_WORDS = struct.Struct("<IIIII")  # the five kind-specific words at E_WORDS
 OWNER_CHANNEL = 0xFFFFFFF0
 OWNER_GROUP = 0xFFFFFFF1
 

@@ -11,38 +11,66 @@ the queue and the cache as one chain, in one journal step.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 
+from layer.base import Counters
 from layer.exceptions import ChannelFull
 from layer.ipc.blocks import NoRoom, cache_of
+from layer.ipc.extents import Extents
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
-    E_MUTABLE,
+    E_WORDS,
     ENTRY_SIZE,
-    FIVE,
-    G5,
+    ENTRY_WORDS,
     G_OFF,
     MSG,
     NIL,
+    PUSH_POP_WORDS,
     QUEUED,
     SCRATCH,
     U32,
+    Geometry,
 )
-from layer.ipc.table import Key
+from layer.ipc.table import Key, Table
 from layer.ipc.takes import Takes
+from layer.ipc.waitlists import WaitLists
 
-_COUNTS = struct.Struct("<II")  # queued, active channels
+_QUEUED_ACTIVE = struct.Struct("<II")  # queued messages, active channels
 _LINKS = struct.Struct("<II")  # a cache's head and count
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
 
-class Queues(Takes):
+class Queues:
     """Pushes of payloads; called with the lock held."""
+
+    def __init__(
+        self,
+        mm: mmap.mmap,
+        geometry: Geometry,
+        counters: Counters,
+        table: Table,
+        extents: Extents,
+        waits: WaitLists,
+        takes: Takes,
+    ) -> None:
+        self.mm = mm
+        self.counters = counters  # the owning layer's: drops are counted there
+        self.entries = geometry.entries
+        self.slots = geometry.slots
+        self.slot_size = geometry.slot_size
+        self.extents = extents
+        self.blocks = extents.blocks
+        self.one_slot = extents.one_slot
+        self._channel_entry = table.channel_entry
+        self._fire = waits.fire
+        self._fire_head = waits.fire_head
+        self._drop_expired = takes.drop_expired
 
     def push(
         self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
@@ -70,17 +98,17 @@ class Queues(Takes):
             if order >= 0:
                 self._refill(j, order, 1)
         idx = self._channel_entry(j, name, h)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        five = FIVE.unpack_from(mm, off)
+        off = self.entries + idx * ENTRY_SIZE + E_WORDS
+        five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
         if count >= capacity:
             self._drop_expired(j, off, time.monotonic())
-            five = FIVE.unpack_from(mm, off)
+            five = ENTRY_WORDS.unpack_from(mm, off)
             head, tail, count, wait_head, wait_tail = five
             if count >= capacity:
                 j.commit()  # nothing of the push was written; keep what came before
                 raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
-        g5 = G5.unpack_from(mm, G_OFF)
+        g5 = PUSH_POP_WORDS.unpack_from(mm, G_OFF)
         free, nfree, bump, queued, channels = g5
         slots, size = self.slots, self.slot_size
         link = slots + tail * size if count else SCRATCH
@@ -91,7 +119,9 @@ class Queues(Takes):
             at = slots + free * size
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
-            G5.pack_into(mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels)
+            PUSH_POP_WORDS.pack_into(
+                mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels
+            )
         elif order > 0 and (cached := _LINKS.unpack_from(mm, cache))[1]:  # one extent, cached
             j.save(cache, 8)
             first = last = cached[0]
@@ -99,20 +129,20 @@ class Queues(Takes):
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
             _LINKS.pack_into(mm, cache, _u32_unpack(mm, at)[0], cached[1] - 1)
-            _COUNTS.pack_into(mm, QUEUED, queued + 1, channels)
+            _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
         else:
             first, last = self.extents.write(j, payload, expires)
-            _COUNTS.pack_into(mm, QUEUED, queued + 1, channels)
+            _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
         if count:
             _u32_pack(mm, link, first)
         else:
             head = first
-        if wait_head != NIL and (fired := self.fire_head(j, wait_head, wait_tail)) is not None:
+        if wait_head != NIL and (fired := self._fire_head(j, wait_head, wait_tail)) is not None:
             waker, wait_head, wait_tail = fired  # the entry's journal record covers these too
-            FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
+            ENTRY_WORDS.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
             return waker, count + 1
-        FIVE.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        return (NIL if wait_head == NIL else self.fire(j, idx)), count + 1
+        ENTRY_WORDS.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
+        return (NIL if wait_head == NIL else self._fire(j, idx)), count + 1
 
     def push_run(
         self, j: Journal, key: Key, payloads: list[bytes], expires: float, wake: list[int]
@@ -138,15 +168,15 @@ class Queues(Takes):
         if order >= 0 and (have := _LINKS.unpack_from(mm, cache)[1]) < m:
             self._refill(j, order, m - have)
         idx = self._channel_entry(j, name, h)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        five = FIVE.unpack_from(mm, off)
+        off = self.entries + idx * ENTRY_SIZE + E_WORDS
+        five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
         if order < 0 or _LINKS.unpack_from(mm, cache)[1] < m:
             j.commit()
             pushes = (partial(self._push_unlimited, j, key, p, expires) for p in payloads)
             self._one_by_one(j, pushes, wake)
-            return int(FIVE.unpack_from(mm, off)[2])
-        g5 = G5.unpack_from(mm, G_OFF)
+            return int(ENTRY_WORDS.unpack_from(mm, off)[2])
+        g5 = PUSH_POP_WORDS.unpack_from(mm, G_OFF)
         slots, size = self.slots, self.slot_size
         link = slots + tail * size if count else SCRATCH
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
@@ -161,18 +191,20 @@ class Queues(Takes):
             mm[at + 16 : at + 16 + len(payload)] = payload
             last, cur = cur, _u32_unpack(mm, at)[0]
         _LINKS.pack_into(mm, cache, cur, nfree - m)
-        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
-        _COUNTS.pack_into(mm, QUEUED, queued + m, channels + (not count and wait_head == NIL))
+        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        _QUEUED_ACTIVE.pack_into(
+            mm, QUEUED, queued + m, channels + (not count and wait_head == NIL)
+        )
         if count:
             _u32_pack(mm, link, first)
         else:
             head = first
-        FIVE.pack_into(mm, off, head, last, count + m, wait_head, wait_tail)
+        ENTRY_WORDS.pack_into(mm, off, head, last, count + m, wait_head, wait_tail)
         for _ in range(m):  # each fire is a journal step of its own (it commits first)
-            if wait_head == NIL or (waker := self.fire(j, idx)) == NIL:
+            if wait_head == NIL or (waker := self._fire(j, idx)) == NIL:
                 break
             wake.append(waker)
-            wait_head = FIVE.unpack_from(mm, off)[3]
+            wait_head = ENTRY_WORDS.unpack_from(mm, off)[3]
         return int(count + m)
 
     def free_slots(self) -> int:
@@ -206,10 +238,10 @@ class Queues(Takes):
         name, h = key
         mm = self.mm
         idx = self._channel_entry(j, name, h)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        five = FIVE.unpack_from(mm, off)
+        off = self.entries + idx * ENTRY_SIZE + E_WORDS
+        five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
-        g5 = G5.unpack_from(mm, G_OFF)
+        g5 = PUSH_POP_WORDS.unpack_from(mm, G_OFF)
         j.save(G_OFF, 20)
         try:
             first, last = self.extents.write(j, payload, expires)
@@ -218,10 +250,14 @@ class Queues(Takes):
         link = self.slots + last * self.slot_size  # may still be a free-list link: journal it
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])
         _u32_pack(mm, link, head)
-        FIVE.pack_into(mm, off, first, tail if count else last, count + 1, wait_head, wait_tail)
-        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
-        _COUNTS.pack_into(mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL))
-        return NIL if wait_head == NIL else self.fire(j, idx)
+        ENTRY_WORDS.pack_into(
+            mm, off, first, tail if count else last, count + 1, wait_head, wait_tail
+        )
+        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        _QUEUED_ACTIVE.pack_into(
+            mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL)
+        )
+        return NIL if wait_head == NIL else self._fire(j, idx)
 
     def push_front_run(
         self, j: Journal, key: Key, items: list[tuple[bytes, float]], now: float, wake: list[int]

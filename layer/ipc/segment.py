@@ -17,12 +17,12 @@ import re
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import posix_ipc
 
-from layer.base import Counters
 from layer.exceptions import InvalidOption
 from layer.ipc.layout import (
     GEOMETRY,
@@ -35,7 +35,8 @@ from layer.ipc.layout import (
     VERSION,
     Geometry,
 )
-from layer.ipc.store import Store
+
+Format = Callable[[mmap.mmap, Geometry], None]  # writes a new segment's empty structure
 
 SHM_DIR = "/dev/shm"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -85,8 +86,10 @@ class Segment:
         os.close(self.fd)
 
 
-def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
-    """Open (creating and initialising if needed) the segment of ``prefix``."""
+def attach(prefix: str, size: int, slot_size: int, mode: int, initialise: Format) -> Segment:
+    """Open the segment of ``prefix``, creating it if needed; ``initialise`` (the storage's)
+    writes a new one's empty structure, then the magic word goes last, so a crash in between
+    leaves "not initialised"."""
     name = shm_name(prefix)
     created = initialised = False
     try:
@@ -111,7 +114,8 @@ def attach(prefix: str, size: int, slot_size: int, mode: int) -> Segment:
                 geometry = Geometry.plan(size, slot_size)
                 _reserve(fd, prefix, size)
                 mm = mmap.mmap(fd, size)
-                _initialise(mm, geometry)
+                initialise(mm, geometry)
+                U64.pack_into(mm, MAGIC_OFF, MAGIC)
                 initialised = True
             else:
                 mm = mmap.mmap(fd, geometry.size)
@@ -204,15 +208,6 @@ def shm_too_small(prefix: str, size: int, exc: OSError | None = None) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / (1 << 20):.0f}MiB"
-
-
-def _initialise(mm: mmap.mmap, geometry: Geometry) -> None:
-    """Write an empty structure; the magic goes last, so a crash here means "not initialised"."""
-    mm[0:HEADER_SIZE] = bytes(HEADER_SIZE)
-    GEOMETRY.pack_into(mm, GEOMETRY_OFF, *geometry.pack())
-    mm[geometry.wakers : geometry.buckets] = bytes(geometry.buckets - geometry.wakers)
-    Store(mm, geometry, Counters()).flush()
-    U64.pack_into(mm, MAGIC_OFF, MAGIC)
 
 
 # -- liveness of waker records: an OFD byte lock, dropped by the kernel when its holder dies ----

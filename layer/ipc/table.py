@@ -1,9 +1,8 @@
-"""Pools and the shared hash table: O(1) allocation and lookup inside the segment.
+"""The segment's hash table: channels, groups and group members by ``(owner, name)``.
 
-Entries (channels, groups, members) and waiter nodes come from fixed pools, each a free list
-plus a bump pointer over never-used records, so a fresh segment needs no initialisation pass and
-a flush is O(1) in the pools. Entries are found through a chained hash table keyed by
-``(owner, name)`` with a CRC-32 of the name (Python's ``hash`` differs per process).
+Chained buckets keyed with a CRC-32 of the name (Python's ``hash`` differs per process); the
+records come from the entry pool (:mod:`layer.ipc.pools`). An emptied channel keeps its entry
+until the pool runs dry, when idle ones are reclaimed in one amortised sweep.
 """
 
 from __future__ import annotations
@@ -15,27 +14,25 @@ from layer.exceptions import ChannelFull
 from layer.flow import remember
 from layer.ipc.journal import Journal, bump_generation
 from layer.ipc.layout import (
-    E_MUTABLE,
     E_NAME,
     E_NEXT,
     E_OWNER,
+    E_WORDS,
     ENTRY_BUMP,
-    ENTRY_FREE,
     ENTRY_SIZE,
-    FIVE,
+    ENTRY_WORDS,
     KEY,
     NIL,
-    NODE_BUMP,
-    NODE_FREE,
-    NODE_SIZE,
     OWNER_CHANNEL,
     TABLE_GEN,
     U32,
     Geometry,
 )
+from layer.ipc.pools import Pools
 
 Key = tuple[bytes, int]  # a name's ASCII bytes and its CRC-32
 _INDEX_CACHE = 8192
+_KEY_CACHE = 8192
 
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -46,26 +43,37 @@ def make_key(name: str) -> Key:
     return data, zlib.crc32(data)
 
 
+class Keys:
+    """This process's keys of the names it uses: each name is encoded and hashed once."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, Key] = {}  # the hot path's ``known.get(name) or of(name)``
+
+    def of(self, name: str) -> Key:
+        key = self.known.get(name)
+        if key is None:
+            key = make_key(name)
+            remember(self.known, name, key, _KEY_CACHE)
+        return key
+
+
 def member_hash(channel_hash: int, group: int) -> int:
     """Hash of a membership: the channel's hash mixed with its group's entry index."""
     return (channel_hash + (group + 1) * 0x9E3779B1) & 0xFFFFFFFF
 
 
 class Table:
-    """The segment's pools and hash table; every mutating method takes the open journal."""
+    """Find, insert and delete entries; every mutating method takes the open journal."""
 
-    def __init__(self, mm: mmap.mmap, geometry: Geometry) -> None:
+    def __init__(self, mm: mmap.mmap, geometry: Geometry, pools: Pools) -> None:
         self.mm = mm
-        self.geometry = geometry
+        self.pools = pools
         self.buckets = geometry.buckets
         self.mask = geometry.n_buckets - 1
         self.entries = geometry.entries
-        self.mutable = geometry.entries + E_MUTABLE  # entry 0's five kind-specific words
-        self.nodes = geometry.nodes
+        self.n_entries = geometry.n_entries
         self._index: dict[bytes, int] = {}  # channel name -> entry, valid for ``_index_gen``
         self._index_gen = -1
-
-    # -- hash table -------------------------------------------------------------------------
 
     def find(self, owner: int, name: bytes, h: int) -> int:
         """Index of the entry ``(owner, name)``, or NIL."""
@@ -104,23 +112,28 @@ class Table:
                 remember(cache, name, idx, _INDEX_CACHE)
         return idx
 
-    def insert(self, j: Journal, owner: int, name: bytes, h: int, five: tuple[int, ...]) -> int:
-        """Create entry ``(owner, name)`` with its five kind-specific words; ChannelFull if none."""
+    def channel_entry(self, j: Journal, name: bytes, h: int) -> int:
+        """The entry of channel ``name``, created empty if it has none yet."""
+        idx = self.channel_index(name, h)
+        if idx == NIL:
+            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
+        return idx
+
+    def insert(self, j: Journal, owner: int, name: bytes, h: int, words: tuple[int, ...]) -> int:
+        """Create entry ``(owner, name)`` with its kind-specific ``words``; ChannelFull if none."""
         mm = self.mm
-        idx = self._alloc(j, ENTRY_FREE, ENTRY_BUMP, self.entries, ENTRY_SIZE, E_NEXT,
-                          self.geometry.n_entries)  # fmt: skip
+        idx = self.pools.alloc_entry(j)
         if idx == NIL and self._reclaim(j):
-            idx = self._alloc(j, ENTRY_FREE, ENTRY_BUMP, self.entries, ENTRY_SIZE, E_NEXT,
-                              self.geometry.n_entries)  # fmt: skip
+            idx = self.pools.alloc_entry(j)
         if idx == NIL:
             raise ChannelFull(
-                f"IPC segment has no free entries ({self.geometry.n_entries} channels, groups "
+                f"IPC segment has no free entries ({self.n_entries} channels, groups "
                 "and memberships); raise `size` or drain channels"
             )
         off = self.entries + idx * ENTRY_SIZE
         bucket = self.buckets + ((h & self.mask) << 2)
         KEY.pack_into(mm, off, _u32_unpack(mm, bucket)[0], h, owner, len(name))
-        FIVE.pack_into(mm, off + 16, *five)
+        ENTRY_WORDS.pack_into(mm, off + E_WORDS, *words)
         mm[off + E_NAME : off + E_NAME + len(name)] = name
         j.set_u32(bucket, idx)
         return idx
@@ -138,7 +151,7 @@ class Table:
             cur = _u32_unpack(mm, link)[0]
         j.set_u32(link, nxt)
         j.set_u32(off + E_OWNER, NIL)  # free: a reclaim scan must not take it for idle
-        self._free(j, ENTRY_FREE, self.entries, ENTRY_SIZE, E_NEXT, idx)
+        self.pools.free_entry(j, idx)
 
     def _reclaim(self, j: Journal) -> int:
         """The pool ran dry: delete idle channel entries (no messages, no waiters).
@@ -152,55 +165,9 @@ class Table:
         for idx in range(_u32_unpack(mm, ENTRY_BUMP)[0]):
             off = self.entries + idx * ENTRY_SIZE
             if _u32_unpack(mm, off + E_OWNER)[0] == OWNER_CHANNEL:
-                _, _, count, wait_head, _ = FIVE.unpack_from(mm, off + E_MUTABLE)
+                _, _, count, wait_head, _ = ENTRY_WORDS.unpack_from(mm, off + E_WORDS)
                 if not count and wait_head == NIL:
                     self.delete(j, idx)
                     j.commit()
                     freed += 1
         return freed
-
-    # -- pools ------------------------------------------------------------------------------
-
-    def alloc_node(self, j: Journal) -> int:
-        idx = self._alloc(j, NODE_FREE, NODE_BUMP, self.nodes, NODE_SIZE, 4,
-                          self.geometry.n_nodes)  # fmt: skip
-        if idx == NIL:
-            raise ChannelFull(
-                f"IPC segment has no free waiter nodes ({self.geometry.n_nodes} waiting "
-                "receivers); raise `size`"
-            )
-        return idx
-
-    def free_node(self, j: Journal, idx: int) -> None:
-        """Return a node; its entry word becomes NIL so a scan can tell free from used."""
-        off = self.nodes + idx * NODE_SIZE
-        j.set_u32(off + 8, NIL)
-        self._free(j, NODE_FREE, self.nodes, NODE_SIZE, 4, idx)
-
-    def _alloc(
-        self, j: Journal, free: int, bump: int, base: int, stride: int, link: int, limit: int
-    ) -> int:
-        mm = self.mm
-        j.save_g()
-        idx: int = _u32_unpack(mm, free)[0]
-        if idx != NIL:
-            at = base + idx * stride + link
-            j.save(at, 4)  # the record's link is overwritten by its new owner
-            _u32_pack(mm, free, _u32_unpack(mm, at)[0])
-            return idx
-        idx = _u32_unpack(mm, bump)[0]
-        if idx >= limit:
-            return NIL
-        _u32_pack(mm, bump, idx + 1)
-        return idx
-
-    def _free(self, j: Journal, free: int, base: int, stride: int, link: int, idx: int) -> None:
-        mm = self.mm
-        j.save_g()
-        at = base + idx * stride + link
-        j.set_u32(at, _u32_unpack(mm, free)[0])
-        _u32_pack(mm, free, idx)
-
-    def _count(self, at: int, delta: int) -> None:
-        """Adjust a G-block count (the caller's mutation has saved the G block)."""
-        _u32_pack(self.mm, at, _u32_unpack(self.mm, at)[0] + delta)

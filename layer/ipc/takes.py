@@ -3,7 +3,7 @@
 The receive side of :mod:`layer.ipc.queues` (which holds the layout's description). A pop of a
 one-slot message, the hot path, is inline here; a run of one-extent messages of one order at
 the head of a queue (a batch taken ahead, an expired run) goes back onto its order's cache as
-one chain, in one journal step (``_run``); a larger message is freed extent by extent.
+one chain, in one journal step (``unlink_run``); a larger message is freed extent by extent.
 """
 
 from __future__ import annotations
@@ -15,29 +15,42 @@ from layer.base import Counters
 from layer.ipc.blocks import cache_of
 from layer.ipc.extents import Extents
 from layer.ipc.journal import Journal
-from layer.ipc.layout import ENTRY_SIZE, FIVE, G5, G_OFF, MSG, NIL, QUEUED, U32, Geometry
-from layer.ipc.table import Key
-from layer.ipc.waiters import Waiters
+from layer.ipc.layout import (
+    E_WORDS,
+    ENTRY_SIZE,
+    ENTRY_WORDS,
+    G_OFF,
+    MSG,
+    NIL,
+    PUSH_POP_WORDS,
+    QUEUED,
+    U32,
+    Geometry,
+)
+from layer.ipc.table import Key, Table
 
-_COUNTS = struct.Struct("<II")  # queued, active channels
+_QUEUED_ACTIVE = struct.Struct("<II")  # queued messages, active channels
 _LINKS = struct.Struct("<II")  # a cache's head and count
 _SLOT_HEAD = struct.Struct("<IId")  # an extent's next, then MSG: payload length, expires
-_THREE = struct.Struct("<III")  # a channel entry's head, tail, count
+_QUEUE_WORDS = struct.Struct("<III")  # a channel entry's head, tail, count
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
 
-class Takes(Waiters):
-    """Pops of payloads (and the waiter lists below); called with the lock held."""
+class Takes:
+    """Pops of payloads; called with the lock held."""
 
-    def __init__(self, mm: mmap.mmap, geometry: Geometry, counters: Counters) -> None:
-        super().__init__(mm, geometry)
+    def __init__(
+        self, mm: mmap.mmap, geometry: Geometry, counters: Counters, table: Table, extents: Extents
+    ) -> None:
+        self.mm = mm
         self.counters = counters  # the owning layer's: expired messages are counted there
+        self.mutable = geometry.entries + E_WORDS  # entry 0's kind-specific words
         self.slots = geometry.slots
         self.slot_size = geometry.slot_size
-        self.extents = Extents(mm, geometry)
-        self.blocks = self.extents.blocks
-        self.one_slot = self.extents.data[0] - MSG.size  # the longest payload of one slot
+        self.extents = extents
+        self.one_slot = extents.one_slot
+        self.channel_index = table.channel_index
 
     def take(self, j: Journal, key: Key, now: float) -> bytes | None:
         """Pop the oldest unexpired payload, dropping (and counting) expired ones before it."""
@@ -57,7 +70,7 @@ class Takes(Waiters):
         off = self.mutable + idx * ENTRY_SIZE
         while len(taken) < most:
             batch: list[tuple[bytes, float]] = []
-            if not self._run(off, j, now, most - len(taken), batch):
+            if not self.unlink_run(off, j, now, most - len(taken), batch):
                 # the head is expired or spans extents (or the channel is empty)
                 got = self._take_at(j, off, now)
                 if got is None:
@@ -67,7 +80,7 @@ class Takes(Waiters):
             taken += batch
         return taken
 
-    def _run(
+    def unlink_run(
         self, off: int, j: Journal, now: float, most: int, taken: list[tuple[bytes, float]] | None
     ) -> int:
         """Unlink up to ``most`` one-extent messages of one order from the head of the channel
@@ -77,7 +90,7 @@ class Takes(Waiters):
         journal saves only what a single pop saves (the entry, the G block, the last block's
         link) and the cache's words."""
         mm = self.mm
-        five = FIVE.unpack_from(mm, off)
+        five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
         if not count:
             return 0
@@ -100,7 +113,7 @@ class Takes(Waiters):
             last, nxt, k = at, link, k + 1
         if not k:
             return 0
-        g5 = G5.unpack_from(mm, G_OFF)
+        g5 = PUSH_POP_WORDS.unpack_from(mm, G_OFF)
         j.queue_op(off, five, g5, last, nxt)
         cache = cache_of(order)
         if order:
@@ -108,13 +121,13 @@ class Takes(Waiters):
         free, nfree = _LINKS.unpack_from(mm, cache)
         _u32_pack(mm, last, free)  # the run's bytes stay intact until its blocks are reused
         _LINKS.pack_into(mm, cache, head, nfree + k)
-        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
+        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
         if k == count:
             channels -= wait_head == NIL  # the channel goes idle
-            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
+            ENTRY_WORDS.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
-            _THREE.pack_into(mm, off, nxt, tail, count - k)
-        _COUNTS.pack_into(mm, QUEUED, queued - k, channels)
+            _QUEUE_WORDS.pack_into(mm, off, nxt, tail, count - k)
+        _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued - k, channels)
         if expired:
             self.counters.expired += k
         return k
@@ -122,7 +135,7 @@ class Takes(Waiters):
     def _take_at(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
         """Pop the oldest unexpired payload and its expiry of the channel at ``off``."""
         mm = self.mm
-        five = FIVE.unpack_from(mm, off)
+        five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, _ = five
         if not count:
             return None
@@ -131,26 +144,26 @@ class Takes(Waiters):
         if length > self.one_slot or expires <= now:
             return self._take_slow(j, off, now)
         # The hot path: an unexpired one-slot message.
-        g5 = G5.unpack_from(mm, G_OFF)
+        g5 = PUSH_POP_WORDS.unpack_from(mm, G_OFF)
         j.queue_op(off, five, g5, at, nxt)
         free, nfree, bump, queued, channels = g5
         _u32_pack(mm, at, free)  # the payload's bytes stay intact until the slot is reused
         if count == 1:
             channels -= wait_head == NIL  # the channel goes idle
-            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
-            _THREE.pack_into(mm, off, NIL, NIL, 0)
+            PUSH_POP_WORDS.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
+            _QUEUE_WORDS.pack_into(mm, off, NIL, NIL, 0)
         else:
-            G5.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
-            _THREE.pack_into(mm, off, nxt, tail, count - 1)
+            PUSH_POP_WORDS.pack_into(mm, G_OFF, head, nfree + 1, bump, queued - 1, channels)
+            _QUEUE_WORDS.pack_into(mm, off, nxt, tail, count - 1)
         return mm[at + 16 : at + 16 + length], expires
 
     def _take_slow(self, j: Journal, off: int, now: float) -> tuple[bytes, float] | None:
         """``_take_at`` when the head is expired or larger than one slot."""
-        self._drop_expired(j, off, now)
+        self.drop_expired(j, off, now)
         taken: list[tuple[bytes, float]] = []
-        if self._run(off, j, now, 1, taken):
+        if self.unlink_run(off, j, now, 1, taken):
             return taken[0]
-        five = FIVE.unpack_from(self.mm, off)
+        five = ENTRY_WORDS.unpack_from(self.mm, off)
         if not five[2]:
             return None
         length, expires = MSG.unpack_from(self.mm, self.slots + five[0] * self.slot_size + 4)
@@ -163,21 +176,23 @@ class Takes(Waiters):
         idx = self.channel_index(*key)
         if idx == NIL:
             return False
-        _, _, count, wait_head, _ = FIVE.unpack_from(self.mm, self.mutable + idx * ENTRY_SIZE)
+        _, _, count, wait_head, _ = ENTRY_WORDS.unpack_from(
+            self.mm, self.mutable + idx * ENTRY_SIZE
+        )
         return bool(count) or wait_head != NIL
 
-    def _drop_expired(self, j: Journal, off: int, now: float) -> None:
+    def drop_expired(self, j: Journal, off: int, now: float) -> None:
         """Drop (and count) the expired messages at the head of the channel at ``off``, however
         many, committing after each journal step: a run of one-extent messages of one order
-        (``_run``), or one larger message. The caller must be at a consistent point: the
+        (``unlink_run``), or one larger message. The caller must be at a consistent point: the
         commits keep what it did before.
 
         Dropping them one record each in one step overflowed the journal after a few dozen (a
         channel that had waited a minute for a busy worker failed every receive)."""
         mm = self.mm
         while True:
-            if not self._run(off, j, now, 1 << 30, None):
-                five = FIVE.unpack_from(mm, off)
+            if not self.unlink_run(off, j, now, 1 << 30, None):
+                five = ENTRY_WORDS.unpack_from(mm, off)
                 if not five[2]:
                     return
                 length, expires = MSG.unpack_from(mm, self.slots + five[0] * self.slot_size + 4)
@@ -197,10 +212,10 @@ class Takes(Waiters):
         j.save(off, 20)
         j.save(QUEUED, 8)
         nxt = self.extents.release_message(j, head, length)
-        queued, channels = _COUNTS.unpack_from(mm, QUEUED)
+        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
         idle = count == 1 and wait_head == NIL
-        _COUNTS.pack_into(mm, QUEUED, queued - 1, channels - idle)
+        _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued - 1, channels - idle)
         if count == 1:
-            FIVE.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
+            ENTRY_WORDS.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
-            FIVE.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)
+            ENTRY_WORDS.pack_into(mm, off, nxt, tail, count - 1, wait_head, wait_tail)

@@ -14,7 +14,7 @@ import pytest
 
 from layer.base import BaseChannelLayer
 from layer.inmemory import InMemoryChannelLayer
-from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix, journal_steps, workers
+from tests.layer.ipc.fixture import ipc_layer_factory, ipc_prefix, journal_steps, workers
 from tests.layer.local_fixtures import local_redis_layer_factory
 from tests.layer.redis_fixtures import (
     redis_acl_layer_factory,

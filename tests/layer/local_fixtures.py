@@ -12,7 +12,7 @@ import pytest
 from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
 from layer.redis import RedisChannelLayer
-from tests.layer.ipc_fixture import shm_objects
+from tests.layer.ipc.fixture import shm_objects
 from tests.layer.redis_fixtures import shard_hosts
 from tests.support.redis_server import RedisServer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from layer.ipc.segment import unlink
-from tests.layer.ipc_fixture import shm_objects
+from tests.layer.ipc.fixture import shm_objects
 from tests.layer.local_worker import DIRECT, GROUP_EVERY, WORK
 from tests.layer.redis_fixtures import shard_hosts
 from tests.support.redis_server import RedisServer

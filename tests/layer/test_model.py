@@ -61,7 +61,7 @@ from layer.exceptions import ChannelFull, InvalidName, MessageTooLarge
 from layer.flow import PREFETCH
 from layer.ipc import IPCChannelLayer
 from layer.ipc.extents import plan
-from layer.ipc.journal import _QUEUE_OP_SIZE as QUEUE_RECORD  # one push/pop: 104 bytes
+from layer.ipc.journal import QUEUE_RECORD_SIZE as QUEUE_RECORD  # one push/pop: 104 bytes
 from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF, MSG, RING, Geometry
 from layer.ipc.outbox import BUDGET, WINDOW
 from layer.messages import encode
@@ -69,7 +69,7 @@ from layer.redis.connection import _HIGH_WATER
 from layer.redis.receiver import INBOX_BATCH
 from layer.redis.sends import WINDOW as REDIS_WINDOW
 from tests.layer.conftest import BACKENDS, LayerFactory
-from tests.layer.ipc_fixture import shm_objects
+from tests.layer.ipc.fixture import shm_objects
 from tests.layer.spec_model import (
     Entry,
     Rules,

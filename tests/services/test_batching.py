@@ -20,7 +20,7 @@ from layer.redis import RedisChannelLayer
 from services import messages as msg
 from services import wire
 from services.batching import ALONE, MOST, Batcher, checked, worth_batching
-from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
+from tests.layer.ipc.fixture import ipc_layer_factory, ipc_prefix
 from tests.services.conftest import CROSS, StackFactory, serve
 from tests.services.procs import ROOT
 from tests.support.redis_server import RedisServer

@@ -18,9 +18,9 @@ from layer.ipc import IPCChannelLayer
 from layer.ipc.check import NoSegment, verify
 from layer.ipc.layout import (
     CHANNELS,
-    E_A,
     E_NAME,
     E_OWNER,
+    E_WORDS,
     ENTRY_BUMP,
     ENTRY_FREE,
     ENTRY_SIZE,
@@ -28,6 +28,7 @@ from layer.ipc.layout import (
     G_OFF,
     GROUPS,
     JSTATE_OFF,
+    M_NEXT,
     NIL,
     NODE_FREE,
     NODE_SIZE,
@@ -38,17 +39,17 @@ from layer.ipc.layout import (
     W_READ,
     WAKER_SIZE,
 )
-from layer.ipc.store import Store
+from layer.ipc.storage import Storage
 from layer.ipc.table import make_key, member_hash
-from tests.layer.ipc_fixture import Worker, shm_objects
-from tests.layer.ipc_worker import send_retrying
+from tests.layer.ipc.fixture import Worker, shm_objects
+from tests.layer.ipc.worker import send_retrying
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 Factory = Callable[..., IPCChannelLayer]
 Writes = list[tuple[int, bytes]]
 
 
-def u32(store: Store, off: int) -> int:
+def u32(store: Storage, off: int) -> int:
     return int(U32.unpack_from(store.mm, off)[0])
 
 
@@ -56,27 +57,27 @@ def w32(off: int, value: int) -> tuple[int, bytes]:
     return off, U32.pack(value)
 
 
-def entry(store: Store, name: str, group: str | None = None) -> int:
+def entry(store: Storage, name: str, group: str | None = None) -> int:
     """Offset of the entry of channel ``name`` (or of group ``name``, or of member ``name``
     of ``group``)."""
     data, h = make_key(name)
     if group is None:
-        idx = store.channel_index(data, h)
+        idx = store.table.channel_index(data, h)
         if idx == NIL:
-            idx = store.find(OWNER_GROUP, data, h)
+            idx = store.table.find(OWNER_GROUP, data, h)
     else:
-        gidx = store.find(OWNER_GROUP, *make_key(group))
-        idx = store.find(gidx, data, member_hash(h, gidx))
+        gidx = store.table.find(OWNER_GROUP, *make_key(group))
+        idx = store.table.find(gidx, data, member_hash(h, gidx))
     assert idx != NIL, name
-    return store.entries + idx * ENTRY_SIZE
+    return store.geometry.entries + idx * ENTRY_SIZE
 
 
-def slot(store: Store, idx: int) -> int:
-    return store.slots + idx * store.slot_size
+def slot(store: Storage, idx: int) -> int:
+    return store.geometry.slots + idx * store.geometry.slot_size
 
 
-def node(store: Store, idx: int) -> int:
-    return store.nodes + idx * NODE_SIZE
+def node(store: Storage, idx: int) -> int:
+    return store.geometry.nodes + idx * NODE_SIZE
 
 
 class Known:
@@ -90,7 +91,7 @@ class Known:
 
     def __init__(self, factory: Factory) -> None:
         self.a, self.b, self.c = factory(capacity=1000), factory(), factory()
-        self.store = self.a._store
+        self.store = self.a.parts.storage
         self.pending: list[asyncio.Future[dict]] = []
 
     async def build(self) -> None:
@@ -116,14 +117,14 @@ class Known:
             await a.group_add("g", member)
         await a.group_discard("g", "m0")  # last: nothing takes its entry off the free list
         await a.stats()
-        assert not b._ahead.held
+        assert not b.debug_state().held
 
     def close(self) -> None:
         for future in self.pending:
             future.cancel()
 
     def head_tail_count(self, name: str) -> tuple[int, int, int]:
-        off = entry(self.store, name) + E_A
+        off = entry(self.store, name) + E_WORDS
         return u32(self.store, off), u32(self.store, off + 4), u32(self.store, off + 8)
 
     def last_free_slot(self) -> int:
@@ -133,16 +134,16 @@ class Known:
         return cur
 
 
-def free_entry(store: Store) -> int:
+def free_entry(store: Storage) -> int:
     idx = u32(store, ENTRY_FREE)
     assert idx != NIL
     return idx
 
 
-def empty_bucket(store: Store) -> int:
+def empty_bucket(store: Storage) -> int:
     for bucket in range(store.geometry.n_buckets):
-        if u32(store, store.buckets + 4 * bucket) == NIL:
-            return store.buckets + 4 * bucket
+        if u32(store, store.geometry.buckets + 4 * bucket) == NIL:
+            return store.geometry.buckets + 4 * bucket
     raise AssertionError("no empty bucket")
 
 
@@ -167,7 +168,7 @@ def slot_free_and_queued(k: Known) -> Writes:
 
 
 def queue_count(k: Known) -> Writes:
-    return [w32(entry(k.store, "q") + E_A + 8, 5)]
+    return [w32(entry(k.store, "q") + E_WORDS + 8, 5)]
 
 
 def queued_total(k: Known) -> Writes:
@@ -183,16 +184,16 @@ def groups_total(k: Known) -> Writes:
 
 
 def member_prev(k: Known) -> Writes:
-    return [w32(entry(k.store, "m2", "g") + E_A, NIL)]
+    return [w32(entry(k.store, "m2", "g") + E_WORDS, NIL)]
 
 
 def member_next(k: Known) -> Writes:  # m1 -> m3: m2 is skipped, on no member list
-    m3 = (entry(k.store, "m3", "g") - k.store.entries) // ENTRY_SIZE
-    return [w32(entry(k.store, "m1", "g") + E_A + 4, m3)]
+    m3 = (entry(k.store, "m3", "g") - k.store.geometry.entries) // ENTRY_SIZE
+    return [w32(entry(k.store, "m1", "g") + M_NEXT, m3)]
 
 
 def member_count(k: Known) -> Writes:
-    return [w32(entry(k.store, "g") + E_A + 8, 5)]
+    return [w32(entry(k.store, "g") + E_WORDS + 8, 5)]
 
 
 def member_owner(k: Known) -> Writes:
@@ -206,7 +207,7 @@ def bucket_to_free_entry(k: Known) -> Writes:
 def chain_to_free_entry(k: Known) -> Writes:  # the end of q's hash chain
     off = entry(k.store, "q")
     while (nxt := u32(k.store, off)) != NIL:
-        off = k.store.entries + nxt * ENTRY_SIZE
+        off = k.store.geometry.entries + nxt * ENTRY_SIZE
     return [w32(off, free_entry(k.store))]
 
 
@@ -225,7 +226,9 @@ def duplicate_key(k: Known) -> Writes:  # channel "big" becomes a second "gone"
 
 
 def entry_leaked(k: Known) -> Writes:
-    return [w32(ENTRY_FREE, u32(k.store, k.store.entries + free_entry(k.store) * ENTRY_SIZE))]
+    return [
+        w32(ENTRY_FREE, u32(k.store, k.store.geometry.entries + free_entry(k.store) * ENTRY_SIZE))
+    ]
 
 
 def entry_bump(k: Known) -> Writes:
@@ -248,11 +251,11 @@ def free_slot_count(k: Known) -> Writes:
 
 def slot_in_two_messages(k: Known) -> Writes:  # big's head is q's head: one slot, two channels
     head, _, _ = k.head_tail_count("q")
-    return [w32(entry(k.store, "big") + E_A, head)]
+    return [w32(entry(k.store, "big") + E_WORDS, head)]
 
 
 def queue_tail(k: Known) -> Writes:  # a free slot
-    return [w32(entry(k.store, "q") + E_A + 4, u32(k.store, G_OFF))]
+    return [w32(entry(k.store, "q") + E_WORDS + 4, u32(k.store, G_OFF))]
 
 
 def message_length(k: Known) -> Writes:
@@ -261,21 +264,21 @@ def message_length(k: Known) -> Writes:
 
 
 def wait_prev(k: Known) -> Writes:
-    off = entry(k.store, "w") + E_A
+    off = entry(k.store, "w") + E_WORDS
     return [w32(node(k.store, u32(k.store, off + 16)), NIL)]  # the tail's prev
 
 
 def fired_on_list(k: Known) -> Writes:
-    return [w32(node(k.store, u32(k.store, entry(k.store, "w") + E_A + 12)), FIRED)]
+    return [w32(node(k.store, u32(k.store, entry(k.store, "w") + E_WORDS + 12)), FIRED)]
 
 
 def wait_tail(k: Known) -> Writes:
-    off = entry(k.store, "w") + E_A
+    off = entry(k.store, "w") + E_WORDS
     return [w32(off + 16, u32(k.store, off + 12))]
 
 
 def node_off_list(k: Known) -> Writes:  # the head waiter unlinked from w's list only
-    off = entry(k.store, "w") + E_A
+    off = entry(k.store, "w") + E_WORDS
     second = u32(k.store, off + 16)
     return [w32(off + 12, second), w32(node(k.store, second), NIL)]
 
@@ -287,7 +290,7 @@ def node_leaked(k: Known) -> Writes:
 
 
 def node_entry(k: Known) -> Writes:
-    off = entry(k.store, "w") + E_A
+    off = entry(k.store, "w") + E_WORDS
     return [w32(node(k.store, u32(k.store, off + 12)) + 8, 0)]
 
 
@@ -296,7 +299,7 @@ def free_node_named(k: Known) -> Writes:  # looks like a live waiter to a reaper
 
 
 def waker_ring(k: Known) -> Writes:
-    at = k.store.wakers + k.b._waker * WAKER_SIZE + W_READ
+    at = k.store.geometry.wakers + k.b.debug_state().waker * WAKER_SIZE + W_READ
     return [w32(at, 5), w32(at + 4, 2)]
 
 
@@ -345,7 +348,7 @@ async def test_known_state_is_consistent(ipc_layer_factory: Factory, ipc_prefix:
     assert report.ok, report.problems
     # channels q, big and w (f and x have neither messages nor waiters); 4 + 1 messages
     assert (report.channels, report.queued, report.groups, report.members) == (3, 5, 1, 3)
-    assert report.slots_used == 4 + known.store.slots_for(1500 + 20)
+    assert report.slots_used == 4 + known.store.queues.slots_for(1500 + 20)
     assert report.waiters == 2 and report.repaired == 0
     known.close()
 
@@ -391,7 +394,7 @@ async def test_a_corrupt_journal_is_reported_not_applied(
 ) -> None:
     layer = ipc_layer_factory()
     await layer.send("j.chan", {"type": "kept"})
-    with written(layer._store.mm, [w32(JSTATE_OFF, 7)]):  # a length no journal has
+    with written(layer.parts.storage.mm, [w32(JSTATE_OFF, 7)]):  # a length no journal has
         report = verify(ipc_prefix)
     assert len(report.problems) == 1, report.problems
     assert report.problems[0].startswith("the lock could not be taken: ")
@@ -476,8 +479,8 @@ async def test_check_command(ipc_layer_factory: Factory, ipc_prefix: str) -> Non
     consistent = run_check(ipc_prefix)
     assert consistent.returncode == 0, consistent.stdout
     assert consistent.stdout.splitlines() == [
-        f"consistent: 3 channels, 5 queued messages, {4 + known.store.slots_for(1520)} slots "
-        f"used / {known.store.free_slots()} free, 1 groups, 3 members, 2 waiters"
+        f"consistent: 3 channels, 5 queued messages, {4 + known.store.queues.slots_for(1520)} slots "
+        f"used / {known.store.blocks.free_slots()} free, 1 groups, 3 members, 2 waiters"
     ]
 
     with written(known.store.mm, [w32(QUEUED, 7), *member_prev(known)]):

@@ -1,15 +1,16 @@
-"""Waker records: one per attached layer instance, each with a semaphore and a wake ring.
+"""The registry of attached instances: a waker record each, holding its wake ring.
 
-A sender that fires a waiter node appends the node to its owner's ring and posts the owner's
-semaphore; the owner's thread wakes and drains the ring, so a wake costs O(1) whatever the number
-of channels the owner waits on. An instance holds an OFD byte lock on the segment for its record
-while it lives; the kernel drops it when the process dies (whatever its pid namespace), and a
-survivor that finds a record "in use" but unlocked reaps it: frees its nodes and hands any wake
-it had not consumed to the next waiter.
+A sender that fires a waiter node appends the node to its owner's ring and rings the owner's
+doorbell (:mod:`layer.ipc.doorbell`); the owner's event loop drains the ring, so a wake costs
+O(1) whatever the number of channels the owner waits on. An instance holds an OFD byte lock
+on the segment for its record while it lives; the kernel drops it when the process dies
+(whatever its pid namespace), and a survivor that finds a record "in use" but unlocked reaps
+it: frees its nodes and hands any wake it had not consumed to the next waiter.
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
 
 from layer.ipc import segment
@@ -27,33 +28,35 @@ from layer.ipc.layout import (
     W_STATE,
     WAKER,
     WAKER_SIZE,
+    Geometry,
 )
-from layer.ipc.store import Store
+from layer.ipc.waitlists import WaitLists
 
 _STATE_GEN = struct.Struct("<II")
 
 
-class Wakers:
+class Registry:
     """Claim, drain, release and reap waker records; every method runs under the lock."""
 
-    def __init__(self, store: Store, fd: int) -> None:
-        self.store = store
+    def __init__(self, mm: mmap.mmap, geometry: Geometry, waits: WaitLists, fd: int) -> None:
+        self.mm = mm
+        self.waits = waits
         self.fd = fd
-        self.base = store.geometry.wakers
-        self.count = store.geometry.n_wakers
+        self.base = geometry.wakers
+        self.count = geometry.n_wakers
 
     def claim(self, j: Journal, wake: list[int]) -> tuple[int, int]:
         """Take a free (or dead instance's) record; return ``(index, generation)``."""
         for waker in range(self.count):
             if segment.try_hold(self.fd, waker):
                 at = self.base + waker * WAKER_SIZE
-                state, gen = _STATE_GEN.unpack_from(self.store.mm, at + W_STATE)
+                state, gen = _STATE_GEN.unpack_from(self.mm, at + W_STATE)
                 if state:
                     self.reap(j, waker, wake)
-                    gen = _STATE_GEN.unpack_from(self.store.mm, at + W_STATE)[1]
+                    gen = _STATE_GEN.unpack_from(self.mm, at + W_STATE)[1]
                 gen = (gen + 1) & 0xFFFF
                 j.save(at, WAKER.size)
-                WAKER.pack_into(self.store.mm, at, 1, gen, 0, 0, 0, 0)
+                WAKER.pack_into(self.mm, at, 1, gen, 0, 0, 0, 0)
                 return waker, gen
         raise RuntimeError(
             f"all {self.count} IPC waker records are held by live layer instances; "
@@ -63,14 +66,14 @@ class Wakers:
     def release(self, j: Journal, waker: int) -> None:
         """Give the record up (its nodes were withdrawn by the owner); nodes left go stale."""
         at = self.base + waker * WAKER_SIZE
-        gen = _STATE_GEN.unpack_from(self.store.mm, at + W_STATE)[1]
+        gen = _STATE_GEN.unpack_from(self.mm, at + W_STATE)[1]
         j.save(at, WAKER.size)
-        WAKER.pack_into(self.store.mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0, 0)
+        WAKER.pack_into(self.mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0, 0)
         segment.release(self.fd, waker)
 
     def drain(self, j: Journal, waker: int) -> tuple[list[int], bool]:
         """The nodes fired at ``waker`` since the last drain, and whether its ring overflowed."""
-        mm = self.store.mm
+        mm = self.mm
         at = self.base + waker * WAKER_SIZE
         _, _, read, write, overflow, _ = WAKER.unpack_from(mm, at)
         if read == write and not overflow:
@@ -85,20 +88,20 @@ class Wakers:
         """Whether ``waker``'s ring holds wakes (or overflowed): a hint read without the lock,
         which ``drain`` then takes under it."""
         at = self.base + waker * WAKER_SIZE
-        _, _, read, write, overflow, _ = WAKER.unpack_from(self.store.mm, at)
+        _, _, read, write, overflow, _ = WAKER.unpack_from(self.mm, at)
         return bool(read != write or overflow)
 
     def spinning(self, waker: int) -> bool:
         """Whether ``waker``'s owner is polling its ring (a sender then need not ring it)."""
-        return bool(U32.unpack_from(self.store.mm, self.base + waker * WAKER_SIZE + W_SPINNING)[0])
+        return bool(U32.unpack_from(self.mm, self.base + waker * WAKER_SIZE + W_SPINNING)[0])
 
     def set_spinning(self, waker: int, on: bool) -> None:
-        """Only the owner writes its flag, without the lock (see ``Waiting._spin``)."""
-        U32.pack_into(self.store.mm, self.base + waker * WAKER_SIZE + W_SPINNING, int(on))
+        """Only the owner writes its flag, without the lock (see ``Receivers._spin``)."""
+        U32.pack_into(self.mm, self.base + waker * WAKER_SIZE + W_SPINNING, int(on))
 
     def dead(self, me: int) -> list[int]:
         """Records in use whose instance died; a hint read without the lock (see reap_dead)."""
-        mm = self.store.mm
+        mm = self.mm
         return [
             waker
             for waker in range(self.count)
@@ -109,7 +112,7 @@ class Wakers:
 
     def reap_dead(self, j: Journal, candidates: list[int], wake: list[int]) -> None:
         """Reap those of ``candidates`` still in use and unheld now that we hold the lock."""
-        mm = self.store.mm
+        mm = self.mm
         for waker in candidates:
             if U32.unpack_from(mm, self.base + waker * WAKER_SIZE)[0] and not segment.is_held(
                 self.fd, waker
@@ -118,21 +121,21 @@ class Wakers:
 
     def reap(self, j: Journal, waker: int, wake: list[int]) -> None:
         """Free a dead instance's nodes (passing on wakes it never used), then its record."""
-        store, mm = self.store, self.store.mm
+        waits, mm = self.waits, self.mm
         at = self.base + waker * WAKER_SIZE
         gen = _STATE_GEN.unpack_from(mm, at + W_STATE)[1]
         j.commit()
         for node in range(U32.unpack_from(mm, NODE_BUMP)[0]):
-            prev, _, idx, owner, ngen = NODE.unpack_from(mm, store.nodes + node * NODE_SIZE)
+            prev, _, idx, owner, ngen = NODE.unpack_from(mm, waits.nodes + node * NODE_SIZE)
             if idx == NIL or owner != waker or ngen != gen:
                 continue
             if prev == FIRED:
-                store.free_node(j, node)
-                target = store.pass_on(j, idx)
+                waits.free_node(j, node)
+                target = waits.pass_on(j, idx)
                 if target != NIL:
                     wake.append(target)
             else:
-                store.unregister(j, node)
+                waits.unregister(j, node)
             j.commit()
         j.save(at, WAKER.size)
         WAKER.pack_into(mm, at, 0, (gen + 1) & 0xFFFF, 0, 0, 0, 0)

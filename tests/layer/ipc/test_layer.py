@@ -19,10 +19,10 @@ from layer.exceptions import ChannelFull, ConfigError, InvalidOption
 from layer.ipc import IPCChannelLayer
 from layer.ipc.check import verify
 from layer.ipc.layout import GEOMETRY_OFF, U32
-from tests.layer.ipc_fixture import SHM, Worker, shm_objects
-from tests.layer.ipc_worker import send_retrying
+from tests.layer.ipc.fixture import SHM, Worker, shm_objects
+from tests.layer.ipc.worker import send_retrying
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 Factory = Callable[..., IPCChannelLayer]
 
 
@@ -132,7 +132,7 @@ async def test_killed_while_holding_the_lock_mid_mutation(
     await holder.expect("holding")
     holder.kill()
     await layer.send("h.other", {"type": "works"})  # the lock is free again at once
-    assert layer._lock.recoveries == 1
+    assert layer.debug_state().recoveries == 1
     assert (await receive_soon(layer, "h.other"))["type"] == "works"
     if what == "flush":  # a flush that was started is finished by the next lock holder
         assert (await layer.stats())["queued"] == 0
@@ -191,7 +191,7 @@ async def test_doorbells_reach_each_owner_of_a_record_in_turn(
     (await waiter()).kill()
     await layer.send("d.chan", {"type": "ring", "n": 2})  # fires the dead waiter: EPIPE
     await asyncio.sleep(0)  # the send was held in the outbox until the end of this loop turn
-    assert len(layer._ringer.fds) == 0
+    assert not layer.debug_state().ringing
     worker = await waiter()
     assert json.loads(await worker.line()) == {"type": "ring", "n": 2}
     assert worker.proc.wait(timeout=30) == 0
@@ -207,7 +207,7 @@ async def test_eight_processes_starting_together_initialise_once(
     outcomes = [await s.result() for s in starters]
     assert sum(o["initialised"] for o in outcomes) == 1
     layer = ipc_layer_factory()
-    assert not layer._segment.initialised
+    assert not layer.debug_state().created
     got = [await receive_soon(layer, "s.shared") for _ in range(8 * 50)]
     assert len({(m["pid"], m["i"]) for m in got}) == 400
 
@@ -258,7 +258,7 @@ async def test_a_segment_of_an_older_layout_is_refused(ipc_prefix: str) -> None:
     """Version 2 processes do not bump the table generation: they must never share a segment
     with processes that cache entry indexes."""
     old = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
-    U32.pack_into(old._segment.mm, GEOMETRY_OFF, 2)  # what a version-2 process created
+    U32.pack_into(old.parts.segment.mm, GEOMETRY_OFF, 2)  # what a version-2 process created
     try:
         with pytest.raises(InvalidOption, match=r"layout version 2.*python -m layer\.ipc clean"):
             IPCChannelLayer(prefix=ipc_prefix, size="4MB")
@@ -380,7 +380,7 @@ async def test_emptied_channels_are_reclaimed_when_entries_run_out(
     ipc_layer_factory: Factory,
 ) -> None:
     layer = ipc_layer_factory(size="1MB")  # 1,024 entries
-    assert layer._store.geometry.n_entries == 1024
+    assert layer.debug_state().geometry.n_entries == 1024
     for n in range(3000):
         await layer.send(f"once.{n}", {"type": "x", "n": n})
         assert (await receive_soon(layer, f"once.{n}"))["n"] == n
@@ -427,9 +427,9 @@ async def test_chimes_are_all_read_after_their_wakes(ipc_layer_factory: Factory)
         assert got == [{"type": "a", "i": round_}, {"type": "b", "i": round_}]
     for _ in range(3):
         await asyncio.sleep(0)
-    assert not layer._deferred
+    assert not layer.debug_state().deferred
     with pytest.raises(BlockingIOError):
-        os.read(layer._bell.fd, 1)
+        os.read(layer.parts.receivers.bell.fd, 1)
 
 
 async def test_a_spinning_receiver_is_woken_without_its_doorbell(
@@ -440,18 +440,18 @@ async def test_a_spinning_receiver_is_woken_without_its_doorbell(
     layer, sender = ipc_layer_factory(spin=30), ipc_layer_factory(spin=0)
     waiting = asyncio.ensure_future(layer.receive("spin.a"))
     await asyncio.sleep(0.05)
-    assert sender._wakers.spinning(layer._waker)
+    assert layer.debug_state().spinning
     await sender.send("spin.a", {"type": "polled"})
     assert (await asyncio.wait_for(waiting, 10))["type"] == "polled"
-    assert layer._waker not in sender._ringer.fds
+    assert layer.debug_state().waker not in sender.debug_state().ringing
 
     layer.spin = 0.01
     waiting = asyncio.ensure_future(layer.receive("spin.b"))
     await asyncio.sleep(0.3)  # the spin restarted with the new length, and ended
-    assert not sender._wakers.spinning(layer._waker)
+    assert not layer.debug_state().spinning
     await sender.send("spin.b", {"type": "rung"})
     assert (await asyncio.wait_for(waiting, 10))["type"] == "rung"
-    assert layer._waker in sender._ringer.fds
+    assert layer.debug_state().waker in sender.debug_state().ringing
 
 
 def test_a_layer_waits_in_one_event_loop_after_another(ipc_prefix: str) -> None:

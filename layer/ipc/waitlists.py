@@ -1,4 +1,4 @@
-"""Per-channel lists of waiting receivers, and the wake rings they are fired into.
+"""Per-channel wait lists of receivers in the segment, and firing them into wake rings.
 
 A receive that finds its channel empty links a node "instance W waits on channel C" at the tail
 of the channel's wait list; a send that finds a waiter unlinks the first live node, marks it
@@ -13,15 +13,14 @@ import struct
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
     CHANNELS,
-    E_MUTABLE,
-    E_MUTABLE_SIZE,
+    E_WORDS,
+    E_WORDS_SIZE,
     ENTRY_SIZE,
+    ENTRY_WORDS,
     FIRED,
-    FIVE,
     NIL,
     NODE,
     NODE_SIZE,
-    OWNER_CHANNEL,
     RING,
     SCRATCH,
     U32,
@@ -33,27 +32,28 @@ from layer.ipc.layout import (
     WAKER_SIZE,
     Geometry,
 )
+from layer.ipc.pools import Pools
 from layer.ipc.table import Key, Table
 
-_RING_IO = struct.Struct("<II")  # ring read, ring write (or: in use, generation)
-_WAKER4 = struct.Struct("<IIII")  # in use, generation, ring read, ring write
+_PAIR = struct.Struct("<II")  # a record's in use, generation; or its ring read, ring write
+_RECORD_HEAD = struct.Struct("<IIII")  # in use, generation, ring read, ring write
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
 
-class Waiters(Table):
+class WaitLists:
     """Register, fire and withdraw waiter nodes; called with the lock held."""
 
-    def __init__(self, mm: mmap.mmap, geometry: Geometry) -> None:
-        super().__init__(mm, geometry)
+    def __init__(self, mm: mmap.mmap, geometry: Geometry, table: Table, pools: Pools) -> None:
+        self.mm = mm
+        self.entries = geometry.entries
+        self.mutable = geometry.entries + E_WORDS  # entry 0's kind-specific words
+        self.nodes = geometry.nodes
         self.wakers = geometry.wakers
-
-    def _channel_entry(self, j: Journal, name: bytes, h: int) -> int:
-        """The table entry of channel ``name``, created empty if it has none yet."""
-        idx = self.channel_index(name, h)
-        if idx == NIL:
-            idx = self.insert(j, OWNER_CHANNEL, name, h, (NIL, NIL, 0, NIL, NIL))
-        return idx
+        self._channel_entry = table.channel_entry
+        self.alloc_node = pools.alloc_node
+        self.free_node = pools.free_node
+        self._count = pools.count
 
     def register(self, j: Journal, key: Key, waker: int, gen: int, spare: int) -> int:
         """Add a node "waker waits on this channel" at the tail of its wait list.
@@ -64,13 +64,13 @@ class Waiters(Table):
         mm = self.mm
         idx = self._channel_entry(j, name, h)
         off = self.mutable + idx * ENTRY_SIZE
-        five = FIVE.unpack_from(mm, off)
+        five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, _, wait_tail = five
         if spare != NIL and wait_tail == NIL:  # the hot path: alone on the list, a spare node
             at = self.nodes + spare * NODE_SIZE
             j.register_op(at, off, five, CHANNELS)
             NODE.pack_into(mm, at, NIL, NIL, idx, waker, gen)
-            FIVE.pack_into(mm, off, head, tail, count, spare, spare)
+            ENTRY_WORDS.pack_into(mm, off, head, tail, count, spare, spare)
             if not count:  # the channel was idle
                 _u32_pack(mm, CHANNELS, _u32_unpack(mm, CHANNELS)[0] + 1)
             return spare
@@ -81,13 +81,13 @@ class Waiters(Table):
         j.save(self.nodes + node * NODE_SIZE, NODE_SIZE)
         wait_head = five[3]
         NODE.pack_into(mm, self.nodes + node * NODE_SIZE, wait_tail, NIL, idx, waker, gen)
-        j.save(off, E_MUTABLE_SIZE)
+        j.save(off, E_WORDS_SIZE)
         if wait_tail == NIL:
             wait_head = node
         else:
             at = self.nodes + wait_tail * NODE_SIZE + 4
             j.set_u32(at, node)
-        FIVE.pack_into(mm, off, head, tail, count, wait_head, node)
+        ENTRY_WORDS.pack_into(mm, off, head, tail, count, wait_head, node)
         if not count and wait_tail == NIL:  # the channel was idle
             j.save_g()
             self._count(CHANNELS, 1)
@@ -111,8 +111,8 @@ class Waiters(Table):
 
     def pass_on(self, j: Journal, idx: int) -> int:
         """A wake for channel ``idx`` went unused: fire the next waiter if messages remain."""
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        count, wait_head = FIVE.unpack_from(self.mm, off)[2:4]
+        off = self.entries + idx * ENTRY_SIZE + E_WORDS
+        count, wait_head = ENTRY_WORDS.unpack_from(self.mm, off)[2:4]
         return self.fire(j, idx) if count and wait_head != NIL else NIL
 
     def fire(self, j: Journal, idx: int) -> int:
@@ -124,22 +124,22 @@ class Waiters(Table):
         the journal).
         """
         mm = self.mm
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
+        off = self.entries + idx * ENTRY_SIZE + E_WORDS
         while True:
             j.commit()
-            node = FIVE.unpack_from(mm, off)[3]
+            node = ENTRY_WORDS.unpack_from(mm, off)[3]
             if node == NIL:
                 return NIL
             at = self.nodes + node * NODE_SIZE
             _, _, _, waker, gen = NODE.unpack_from(mm, at)
             self._unlink(j, node)
             wat = self.wakers + waker * WAKER_SIZE
-            state, wgen = _RING_IO.unpack_from(mm, wat + W_STATE)
+            state, wgen = _PAIR.unpack_from(mm, wat + W_STATE)
             if not state or wgen & 0xFFFF != gen:
                 self.free_node(j, node)  # its instance is gone
                 continue
             j.set_u32(at, FIRED)
-            read, write = _RING_IO.unpack_from(mm, wat + W_READ)
+            read, write = _PAIR.unpack_from(mm, wat + W_READ)
             if write - read < RING:
                 _u32_pack(mm, wat + W_RING + write * 4, node)  # past ``write``: no save needed
                 j.set_u32(wat + W_WRITE, write + 1)
@@ -156,7 +156,7 @@ class Waiters(Table):
         at = self.nodes + node * NODE_SIZE
         prev, nxt, _, waker, gen = NODE.unpack_from(mm, at)
         wat = self.wakers + waker * WAKER_SIZE
-        state, wgen, read, write = _WAKER4.unpack_from(mm, wat)
+        state, wgen, read, write = _RECORD_HEAD.unpack_from(mm, wat)
         if not state or wgen & 0xFFFF != gen or write - read >= RING:
             return None
         nat = SCRATCH if nxt == NIL else self.nodes + nxt * NODE_SIZE
@@ -171,9 +171,9 @@ class Waiters(Table):
         mm = self.mm
         at = self.nodes + node * NODE_SIZE
         prev, nxt, idx, _, _ = NODE.unpack_from(mm, at)
-        off = self.entries + idx * ENTRY_SIZE + E_MUTABLE
-        head, tail, count, wait_head, wait_tail = FIVE.unpack_from(mm, off)
-        j.save(off, E_MUTABLE_SIZE)
+        off = self.entries + idx * ENTRY_SIZE + E_WORDS
+        head, tail, count, wait_head, wait_tail = ENTRY_WORDS.unpack_from(mm, off)
+        j.save(off, E_WORDS_SIZE)
         if prev == NIL:
             wait_head = nxt
         else:
@@ -182,7 +182,7 @@ class Waiters(Table):
             wait_tail = prev
         else:
             j.set_u32(self.nodes + nxt * NODE_SIZE, prev)
-        FIVE.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
+        ENTRY_WORDS.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
         if not count and wait_head == NIL:
             j.save_g()
             self._count(CHANNELS, -1)

@@ -21,7 +21,7 @@ from layer.ipc.check import verify
 from layer.ipc.extents import largest_payload, plan, step_bound
 from layer.ipc.layout import G_OFF, JOURNAL_END, JOURNAL_OFF, U32
 from layer.ipc.segment import unlink
-from tests.layer.ipc_fixture import Worker
+from tests.layer.ipc.fixture import Worker
 
 Factory = Callable[..., IPCChannelLayer]
 Held = dict[int, int]  # first slot -> order of the blocks the model holds
@@ -30,7 +30,7 @@ Held = dict[int, int]  # first slot -> order of the blocks the model holds
 def settled_problems(layer: IPCChannelLayer, held: Held) -> list[str]:
     """``check_lists`` of the segment with the model's blocks marked in use, plus any slot
     below the bump pointer that is neither (a leak)."""
-    store = layer._store
+    store = layer.parts.storage
     mm, g = store.mm, store.geometry
     bump = min(U32.unpack_from(mm, G_OFF + 8)[0], g.n_slots)
     marks = bytearray(bump)
@@ -49,7 +49,7 @@ def settled_problems(layer: IPCChannelLayer, held: Held) -> list[str]:
     check_lists(bytearray(mm[: g.slots + bump * g.slot_size]), g, marks, problems.append)
     if leaked := marks.count(0):
         problems.append(f"{leaked} slots are neither free nor held")
-    free = store.free_slots()
+    free = store.blocks.free_slots()
     if free != g.n_slots - sum(1 << order for order in held.values()):
         problems.append(f"free_slots() says {free}")
     return problems
@@ -75,9 +75,9 @@ def test_blocks_against_a_model(ops: list[tuple], rollbacks: set[int]) -> None:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     layer = IPCChannelLayer(prefix=prefix, size="2MB")
     try:
-        blocks = layer._store.blocks
+        blocks = layer.parts.storage.blocks
         held: Held = {}
-        with layer._lock as j:
+        with layer.parts.lock as j:
             for i, op in enumerate(ops):
                 before = dict(held)
                 try:
@@ -194,7 +194,7 @@ async def test_the_largest_message_fits_one_journal_step(
     message = {"type": "big", "body": bytes(8 * 1024 * 1024 - 100)}
     await layer.send("j.big", message)
     assert (await layer.receive("j.big"))["body"] == message["body"]
-    extents = layer._store.extents
+    extents = layer.parts.storage.extents
     bound = 400 + step_bound(extents.plan(len(message["body"]) + 40), extents.top)
     assert max(steps) <= bound <= JOURNAL_END - JOURNAL_OFF, (max(steps), bound)
 

@@ -9,7 +9,7 @@ import pytest
 
 from layer.ipc import IPCChannelLayer
 from layer.ipc.check import verify
-from tests.layer.ipc_fixture import Worker
+from tests.layer.ipc.fixture import Worker
 from tests.layer.volume import expiring, many_groups
 
 Factory = Callable[..., IPCChannelLayer]

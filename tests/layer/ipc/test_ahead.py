@@ -11,7 +11,7 @@ import pytest
 
 from layer.flow import PREFETCH
 from layer.ipc import IPCChannelLayer
-from tests.layer.ipc_fixture import Worker
+from tests.layer.ipc.fixture import Worker
 
 Factory = Callable[..., IPCChannelLayer]
 
@@ -32,7 +32,7 @@ async def test_a_process_specific_channel_is_taken_ahead_and_served_in_order(
     workers.append(sender)
     assert (await sender.result())["sent"] == 100
     assert (await layer.receive(channel))["i"] == 0
-    assert layer._ahead.queued() == PREFETCH
+    assert sum(layer.debug_state().held.values()) == PREFETCH
     stats = await layer.stats()  # held messages count as queued, their channel once
     assert (stats["queued"], stats["channels"]) == (99, 1)
     assert [(await layer.receive(channel))["i"] for _ in range(99)] == list(range(1, 100))
@@ -84,7 +84,7 @@ async def test_an_expired_held_message_is_not_delivered(ipc_layer_factory: Facto
     channel = await receiver.new_channel("a")
     await send_all(sender, channel, range(5))
     assert (await receiver.receive(channel))["i"] == 0
-    assert receiver._ahead.queued() == 4
+    assert sum(receiver.debug_state().held.values()) == 4
     await asyncio.sleep(0.6)  # the held four are past their expiry now
     await send_all(sender, channel, range(5, 6))
     assert (await receiver.receive(channel))["i"] == 5
@@ -145,9 +145,9 @@ async def test_flush_empties_what_was_taken_ahead(kind: str, ipc_layer_factory: 
     await send_all(sender, channel, range(10))
     first = [(await receiver.receive(channel))["i"] for _ in range(2)]  # the second takes ahead
     assert first == [0, 1]
-    assert receiver._ahead.queued() == 8
+    assert sum(receiver.debug_state().held.values()) == 8
     await receiver.flush()
-    assert receiver._ahead.queued() == 0
+    assert sum(receiver.debug_state().held.values()) == 0
     assert (await receiver.stats())["queued"] == 0
     await send_all(sender, channel, range(10, 11))
     assert (await receiver.receive(channel))["i"] == 10

@@ -11,7 +11,7 @@ import pytest
 from layer.ipc import IPCChannelLayer
 from layer.ipc.extents import step_bound
 from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF
-from tests.layer.ipc_fixture import Worker
+from tests.layer.ipc.fixture import Worker
 
 Factory = Callable[..., IPCChannelLayer]
 # One expired message dropped on its own took a 104-byte record: this many overflowed the journal.
@@ -196,7 +196,7 @@ async def test_the_largest_journal_step_of_a_mixed_workload(
     await asyncio.wait_for(asyncio.gather(*again), 5)
     largest = max(steps)
     print(f"{len(steps)} journal steps, the largest {largest} bytes of {JOURNAL_END - JOURNAL_OFF}")
-    extents = a._store.extents  # the largest message here is 1,600 bytes of padding + ~30
+    extents = a.parts.storage.extents  # the largest message here is 1,600 bytes of padding + ~30
     assert largest <= 400 + step_bound(extents.plan(1700), extents.top)
 
 

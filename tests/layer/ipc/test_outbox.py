@@ -10,8 +10,8 @@ import pytest
 from layer.exceptions import ChannelFull
 from layer.ipc import IPCChannelLayer
 from layer.ipc.outbox import WINDOW
-from tests.layer.ipc_fixture import Worker
-from tests.layer.ipc_worker import send_retrying
+from tests.layer.ipc.fixture import Worker
+from tests.layer.ipc.worker import send_retrying
 
 Factory = Callable[..., IPCChannelLayer]
 
@@ -21,10 +21,10 @@ async def test_sends_in_one_turn_are_held_then_arrive_in_order(ipc_layer_factory
     for i in range(WINDOW // 2):  # interleaved over two channels, fewer than a flush's worth
         await sender.send("o.a", {"type": "a", "i": i})
         await sender.send("o.b", {"type": "b", "i": i})
-    assert sender._out.items, "consecutive sends should have been held"
+    assert sender.debug_state().outbox, "consecutive sends should have been held"
     assert (await receiver.stats())["queued"] < WINDOW  # not in the segment yet
     await asyncio.sleep(0)  # the end of the loop turn flushes them
-    assert not sender._out.items
+    assert not sender.debug_state().outbox
     assert (await receiver.stats())["queued"] == WINDOW
     for channel in ("o.a", "o.b"):
         got = [(await receiver.receive(channel))["i"] for _ in range(WINDOW // 2)]
@@ -129,7 +129,7 @@ def test_sends_from_short_lived_loops_all_arrive(ipc_prefix: str) -> None:
     try:
         for call in range(40):
             async_to_sync(burst)(call * 5)
-        assert not sender._out.items, "a loop ended with sends still held"
+        assert not sender.debug_state().outbox, "a loop ended with sends still held"
 
         async def drain() -> list[int]:
             return [(await receiver.receive("o.sync"))["i"] for _ in range(200)]

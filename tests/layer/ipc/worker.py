@@ -1,4 +1,4 @@
-"""Processes for the IPC tests: ``python -m tests.layer.ipc_worker ROLE PREFIX [ARGS...]``.
+"""Processes for the IPC tests: ``python -m tests.layer.ipc.worker ROLE PREFIX [ARGS...]``.
 
 Each role attaches its own ``IPCChannelLayer`` (a real, separate process) and reports on stdout:
 ``ready`` lines for synchronisation and one JSON line with what it saw. The ``v-*`` roles (the
@@ -21,9 +21,9 @@ from typing import Any
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull
 from layer.ipc import IPCChannelLayer
-from layer.ipc.layout import ENTRY_SIZE, NIL, RECOVERIES
+from layer.ipc.layout import ENTRY_SIZE, NIL
+from layer.ipc.receivers import SPIN
 from layer.ipc.table import make_key
-from layer.ipc.waiting import SPIN
 
 SIZE = "16MB"
 
@@ -89,7 +89,7 @@ async def checked_stream(layer: IPCChannelLayer, role: str, count: int) -> None:
         stall, last = max(stall, now - last), now
         assert message["i"] == i, f"expected message {i}, got {message['i']}"
         assert zlib.crc32(message["data"]) == message["crc"], f"message {i} is torn"
-    recoveries = int.from_bytes(layer._store.mm[RECOVERIES : RECOVERIES + 4], "little")
+    recoveries = layer.debug_state().segment_recoveries
     say({"received": count, "max_stall": stall, "recoveries": recoveries})
 
 
@@ -151,40 +151,44 @@ async def sized(layer: IPCChannelLayer, channel: str, count: int, seed: int) -> 
 def hold(layer: IPCChannelLayer, what: str) -> None:
     """Die while holding the lock half way through a mutation (the parent SIGKILLs us)."""
     key = make_key("h.chan")
-    with layer._lock as j:
+    parts = layer.parts
+    store, me = parts.storage, (parts.receivers.waker, parts.receivers.gen)
+    queues, takes, waits = store.queues, store.takes, store.waits
+    with parts.lock as j:
         if what == "push":
-            layer._store.push(j, key, b"\x81\xa4type\xa4torn", time.monotonic() + 60, 100)
+            queues.push(j, key, b"\x81\xa4type\xa4torn", time.monotonic() + 60, 100)
         elif what == "take":
-            assert layer._store.take(j, key, time.monotonic()) is not None
+            assert takes.take(j, key, time.monotonic()) is not None
         elif what == "take_run":  # a run taken ahead in one mutation, never committed
             for _ in range(3):
-                layer._store.push(j, key, b"\x81\xa4type\xa4more", time.monotonic() + 60, 100)
+                queues.push(j, key, b"\x81\xa4type\xa4more", time.monotonic() + 60, 100)
                 j.commit()
-            head = layer._store.mutable + layer._store.channel_index(*key) * ENTRY_SIZE
-            assert layer._store._run(head, j, time.monotonic(), 10, []) == 4
+            head = takes.mutable + store.table.channel_index(*key) * ENTRY_SIZE
+            assert takes.unlink_run(head, j, time.monotonic(), 10, []) == 4
         elif what == "run":  # a coalesced run of sends, all written, never committed
             runs = [b"\x81\xa4type\xa4torn"] * 5
-            layer._store.push_run(j, key, runs, time.monotonic() + 60, [])
+            queues.push_run(j, key, runs, time.monotonic() + 60, [])
         elif what in ("fire", "register"):  # a waiter of ours fired, or re-registered
             wait, torn = make_key("h.wait"), b"\x81\xa4type\xa4torn"
-            node = layer._store.register(j, wait, layer._waker, layer._gen, NIL)
+            node = waits.register(j, wait, *me, NIL)
             j.commit()
-            layer._store.push(j, wait, torn, time.monotonic() + 60, 100)  # fires our node
+            queues.push(j, wait, torn, time.monotonic() + 60, 100)  # fires our node
             if what == "register":  # take the message, then reuse the fired node
                 j.commit()
-                assert layer._store.take(j, wait, time.monotonic()) is not None
+                assert takes.take(j, wait, time.monotonic()) is not None
                 j.commit()
-                layer._store.register(j, wait, layer._waker, layer._gen, node)
+                waits.register(j, wait, *me, node)
         elif what == "register_alloc":  # a waiter's node taken off the free node list
             wait = make_key("h.wait")
-            node = layer._store.register(j, wait, layer._waker, layer._gen, NIL)
+            node = waits.register(j, wait, *me, NIL)
             j.commit()
-            layer._store.unregister(j, node)  # withdrawn: the node is on the free list
+            waits.unregister(j, node)  # withdrawn: the node is on the free list
             j.commit()
-            layer._store.register(j, wait, layer._waker, layer._gen, NIL)  # and off it again
+            waits.register(j, wait, *me, NIL)  # and off it again
         elif what == "flush":
-            layer._lock.begin_flush()
-            layer._store.mm[layer._store.buckets : layer._store.buckets + 4] = b"\xff" * 4
+            parts.lock.begin_flush()
+            buckets = store.geometry.buckets
+            store.mm[buckets : buckets + 4] = b"\xff" * 4
         say("holding")
         time.sleep(600)
 
@@ -226,9 +230,9 @@ async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> bool:
     say("ready")
     sys.stdin.readline()
     got = [(await layer.receive(channel))["i"]]
-    held = [layer._ahead.queued()]
+    held = [sum(layer.debug_state().held.values())]
     got.append((await layer.receive(channel))["i"])
-    held.append(layer._ahead.queued())
+    held.append(sum(layer.debug_state().held.values()))
     say({"got": got, "held": held})
     if then == "exit":
         return False
@@ -236,11 +240,12 @@ async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> bool:
         await asyncio.to_thread(sys.stdin.readline)
     elif then == "block":
         sys.stdin.readline()  # no loop turn until the parent has received the held messages
-    say({"held_at_close": layer._ahead.queued(), "returning": layer._ahead.returning()})
+    state = layer.debug_state()
+    say({"held_at_close": sum(state.held.values()), "returning": state.returning})
     return True
 
 
-# -- volume roles (tests/layer/test_ipc_volume.py, test_redis_volume.py) --------------------------
+# -- volume roles (tests/layer/ipc/test_volume.py, test_redis_volume.py) --------------------------
 # The same roles drive either backend: their first argument is the layer's options as JSON, with
 # ``"backend": "redis"`` for a RedisChannelLayer (an IPCChannelLayer otherwise). Results are
 # reported after ``close()``, so messages that expired while being sent back are counted too.
@@ -476,7 +481,8 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
         elif role == "start":
             for i in range(50):
                 await layer.send("s.shared", {"type": "s", "pid": os.getpid(), "i": i})
-            say({"initialised": layer._segment.initialised, "epoch": layer._store.epoch()})
+            state = layer.debug_state()
+            say({"initialised": state.created, "epoch": state.epoch})
         elif role == "wait":
             say("ready")
             say(await layer.receive(args[0]))

@@ -20,7 +20,7 @@ from layer.exceptions import InvalidOption
 from layer.ipc import IPCChannelLayer
 from layer.ipc.journal import CorruptJournal
 from layer.ipc.layout import GEOMETRY_OFF, JOURNAL_OFF, JSTATE_OFF
-from tests.layer.ipc_fixture import ROOT, SHM, shm_objects
+from tests.layer.ipc.fixture import ROOT, SHM, shm_objects
 
 OTHER_USER = "kit-other"
 
@@ -162,7 +162,7 @@ async def test_a_corrupted_journal_is_refused_and_the_lock_is_not_kept(
             await layer.send("s.q", {"type": "x"})
     finally:
         os.close(fd)
-        os.pwrite(layer._segment.fd, bytes(8), JSTATE_OFF)
+        os.pwrite(layer.parts.segment.fd, bytes(8), JSTATE_OFF)
         await layer.close(unlink=True)
 
 
@@ -178,7 +178,7 @@ async def test_a_journal_record_pointing_outside_the_tables_is_refused(ipc_prefi
         assert os.pread(fd, 8, 0) != b"\xee" * 8
     finally:
         os.close(fd)
-        os.pwrite(layer._segment.fd, bytes(8), JSTATE_OFF)
+        os.pwrite(layer.parts.segment.fd, bytes(8), JSTATE_OFF)
         await layer.close(unlink=True)
 
 
@@ -193,7 +193,7 @@ def test_clean_refuses_a_prefix_live_processes_use(ipc_prefix: str) -> None:
     """Removing it under a live worker made the next process create a second segment, and
     every request between the two failed: refused unless --force."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.layer.ipc_worker", "wait", ipc_prefix, "c.q"],
+        [sys.executable, "-m", "tests.layer.ipc.worker", "wait", ipc_prefix, "c.q"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

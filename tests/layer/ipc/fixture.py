@@ -1,5 +1,5 @@
 """IPC backend fixtures: a unique prefix per test, nothing left in /dev/shm afterwards, and
-worker processes (``tests.layer.ipc_worker``) that tests start and talk to."""
+worker processes (``tests.layer.ipc.worker``) that tests start and talk to."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from layer.ipc import IPCChannelLayer
 
 SHM = "/dev/shm"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def shm_objects(prefix: str) -> list[str]:
@@ -61,11 +61,11 @@ async def ipc_layer_factory(ipc_prefix: str) -> AsyncIterator[Callable[..., IPCC
 
 
 class Worker:
-    """A ``tests.layer.ipc_worker`` process speaking lines on stdin/stdout."""
+    """A ``tests.layer.ipc.worker`` process speaking lines on stdin/stdout."""
 
     def __init__(self, role: str, prefix: str, *args: object) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.layer.ipc_worker", role, prefix, *map(str, args)],
+            [sys.executable, "-m", "tests.layer.ipc.worker", role, prefix, *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

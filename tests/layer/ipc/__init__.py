@@ -1,0 +1,1 @@
+"""Tests of the IPC backend (``layer.ipc``), one module per part."""
