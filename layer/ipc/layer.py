@@ -241,7 +241,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     async def close(self, unlink: bool = False) -> None:
         """Detach (withdrawing this instance's waiters); ``unlink=True`` also removes the
-        segment and semaphores from ``/dev/shm`` (processes still attached keep their view)."""
+        segment and doorbells from ``/dev/shm`` (processes still attached keep their view)."""
         if self._receivers.closed:
             return
         self._send_out()

@@ -54,6 +54,8 @@ NODE_FREE, NODE_BUMP = G_OFF + 28, G_OFF + 32
 GROUPS, EPOCH = G_OFF + 36, G_OFF + 40
 SCRATCH = G_OFF + 44  # a word nobody reads: the target of "no link changed" undo records
 PUSH_POP_WORDS = struct.Struct("<IIIII")  # those five words
+QUEUED_ACTIVE = struct.Struct("<II")  # at QUEUED: queued messages, active channels
+CACHE_WORDS = struct.Struct("<II")  # a block cache's head and count (see blocks.cache_of)
 # The B block: the buddy allocator's bitmap of non-empty orders, free slots on its lists, a
 # list head per order, then a block cache (head, count) per order (MAX_ORDERS at most).
 B_BITMAP, B_FREE, B_HEADS = 256, 260, 264

@@ -72,7 +72,7 @@ class Outbox:
     def flush(
         self,
         j: Journal,
-        store: Queues,
+        queues: Queues,
         expires: float,
         capacity_of: Callable[[str], int],
         wake: list[int],
@@ -85,16 +85,16 @@ class Outbox:
             if item[0] == channel:
                 run.append(item[2])
                 continue
-            self._push_run(j, store, channel, key, run, expires, capacity_of, wake)
+            self._push_run(j, queues, channel, key, run, expires, capacity_of, wake)
             channel, key, payload = item
             run = [payload]
-        self._push_run(j, store, channel, key, run, expires, capacity_of, wake)
-        self.room = store.free_slots() // 2
+        self._push_run(j, queues, channel, key, run, expires, capacity_of, wake)
+        self.room = queues.free_slots() // 2
 
     def _push_run(
         self,
         j: Journal,
-        store: Queues,
+        queues: Queues,
         channel: str,
         key: Key,
         run: list[bytes],
@@ -103,7 +103,7 @@ class Outbox:
         wake: list[int],
     ) -> None:
         """One stretch of sends to ``channel``: one committed mutation, then fresh credit."""
-        count = store.push_run(j, key, run, expires, wake)
+        count = queues.push_run(j, key, run, expires, wake)
         j.commit()
         self.refill(channel, capacity_of(channel), count)
 

@@ -12,7 +12,6 @@ the queue and the cache as one chain, in one journal step.
 from __future__ import annotations
 
 import mmap
-import struct
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -23,6 +22,7 @@ from layer.ipc.blocks import NoRoom, cache_of
 from layer.ipc.extents import Extents
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
+    CACHE_WORDS,
     E_WORDS,
     ENTRY_SIZE,
     ENTRY_WORDS,
@@ -31,6 +31,7 @@ from layer.ipc.layout import (
     NIL,
     PUSH_POP_WORDS,
     QUEUED,
+    QUEUED_ACTIVE,
     SCRATCH,
     U32,
     Geometry,
@@ -39,8 +40,6 @@ from layer.ipc.table import Key, Table
 from layer.ipc.takes import Takes
 from layer.ipc.waitlists import WaitLists
 
-_QUEUED_ACTIVE = struct.Struct("<II")  # queued messages, active channels
-_LINKS = struct.Struct("<II")  # a cache's head and count
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
@@ -93,7 +92,7 @@ class Queues:
         length = len(payload)
         order = 0 if length <= self.one_slot else self.extents.single(length)
         cache = cache_of(order)
-        if order < 0 or not _LINKS.unpack_from(mm, cache)[1]:
+        if order < 0 or not CACHE_WORDS.unpack_from(mm, cache)[1]:
             j.commit()  # keep what came before: a full segment rolls back this push only
             if order >= 0:
                 self._refill(j, order, 1)
@@ -122,17 +121,17 @@ class Queues:
             PUSH_POP_WORDS.pack_into(
                 mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels
             )
-        elif order > 0 and (cached := _LINKS.unpack_from(mm, cache))[1]:  # one extent, cached
+        elif order > 0 and (cached := CACHE_WORDS.unpack_from(mm, cache))[1]:  # one extent, cached
             j.save(cache, 8)
             first = last = cached[0]
             at = slots + first * size
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
-            _LINKS.pack_into(mm, cache, _u32_unpack(mm, at)[0], cached[1] - 1)
-            _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
+            CACHE_WORDS.pack_into(mm, cache, _u32_unpack(mm, at)[0], cached[1] - 1)
+            QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
         else:
             first, last = self.extents.write(j, payload, expires)
-            _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
+            QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
         if count:
             _u32_pack(mm, link, first)
         else:
@@ -165,13 +164,13 @@ class Queues:
         if order > 0 and self.extents.single(min(map(len, payloads))) != order:
             order = -1
         cache = cache_of(order)
-        if order >= 0 and (have := _LINKS.unpack_from(mm, cache)[1]) < m:
+        if order >= 0 and (have := CACHE_WORDS.unpack_from(mm, cache)[1]) < m:
             self._refill(j, order, m - have)
         idx = self._channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_WORDS
         five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
-        if order < 0 or _LINKS.unpack_from(mm, cache)[1] < m:
+        if order < 0 or CACHE_WORDS.unpack_from(mm, cache)[1] < m:
             j.commit()
             pushes = (partial(self._push_unlimited, j, key, p, expires) for p in payloads)
             self._one_by_one(j, pushes, wake)
@@ -182,7 +181,7 @@ class Queues:
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
         if order:
             j.save(cache, 8)
-        free, nfree = _LINKS.unpack_from(mm, cache)
+        free, nfree = CACHE_WORDS.unpack_from(mm, cache)
         pack = MSG.pack_into
         first = last = cur = free
         for payload in payloads:
@@ -190,11 +189,9 @@ class Queues:
             pack(mm, at + 4, len(payload), expires)
             mm[at + 16 : at + 16 + len(payload)] = payload
             last, cur = cur, _u32_unpack(mm, at)[0]
-        _LINKS.pack_into(mm, cache, cur, nfree - m)
-        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
-        _QUEUED_ACTIVE.pack_into(
-            mm, QUEUED, queued + m, channels + (not count and wait_head == NIL)
-        )
+        CACHE_WORDS.pack_into(mm, cache, cur, nfree - m)
+        queued, channels = QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + m, channels + (not count and wait_head == NIL))
         if count:
             _u32_pack(mm, link, first)
         else:
@@ -253,10 +250,8 @@ class Queues:
         ENTRY_WORDS.pack_into(
             mm, off, first, tail if count else last, count + 1, wait_head, wait_tail
         )
-        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
-        _QUEUED_ACTIVE.pack_into(
-            mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL)
-        )
+        queued, channels = QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL))
         return NIL if wait_head == NIL else self._fire(j, idx)
 
     def push_front_run(

@@ -16,6 +16,7 @@ from layer.ipc.blocks import cache_of
 from layer.ipc.extents import Extents
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
+    CACHE_WORDS,
     E_WORDS,
     ENTRY_SIZE,
     ENTRY_WORDS,
@@ -24,13 +25,12 @@ from layer.ipc.layout import (
     NIL,
     PUSH_POP_WORDS,
     QUEUED,
+    QUEUED_ACTIVE,
     U32,
     Geometry,
 )
 from layer.ipc.table import Key, Table
 
-_QUEUED_ACTIVE = struct.Struct("<II")  # queued messages, active channels
-_LINKS = struct.Struct("<II")  # a cache's head and count
 _SLOT_HEAD = struct.Struct("<IId")  # an extent's next, then MSG: payload length, expires
 _QUEUE_WORDS = struct.Struct("<III")  # a channel entry's head, tail, count
 _u32_pack = U32.pack_into
@@ -118,16 +118,16 @@ class Takes:
         cache = cache_of(order)
         if order:
             j.save(cache, 8)
-        free, nfree = _LINKS.unpack_from(mm, cache)
+        free, nfree = CACHE_WORDS.unpack_from(mm, cache)
         _u32_pack(mm, last, free)  # the run's bytes stay intact until its blocks are reused
-        _LINKS.pack_into(mm, cache, head, nfree + k)
-        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        CACHE_WORDS.pack_into(mm, cache, head, nfree + k)
+        queued, channels = QUEUED_ACTIVE.unpack_from(mm, QUEUED)
         if k == count:
             channels -= wait_head == NIL  # the channel goes idle
             ENTRY_WORDS.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
             _QUEUE_WORDS.pack_into(mm, off, nxt, tail, count - k)
-        _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued - k, channels)
+        QUEUED_ACTIVE.pack_into(mm, QUEUED, queued - k, channels)
         if expired:
             self.counters.expired += k
         return k
@@ -212,9 +212,9 @@ class Takes:
         j.save(off, 20)
         j.save(QUEUED, 8)
         nxt = self.extents.release_message(j, head, length)
-        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        queued, channels = QUEUED_ACTIVE.unpack_from(mm, QUEUED)
         idle = count == 1 and wait_head == NIL
-        _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued - 1, channels - idle)
+        QUEUED_ACTIVE.pack_into(mm, QUEUED, queued - 1, channels - idle)
         if count == 1:
             ENTRY_WORDS.pack_into(mm, off, NIL, NIL, 0, wait_head, wait_tail)
         else:
