@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -485,3 +486,35 @@ def test_a_layer_inherited_through_fork_refuses_to_work(ipc_prefix: str) -> None
     assert os.waitpid(child, 0)[1] == 0
     asyncio.run(layer.send("forked", {"type": "x"}))  # the parent is unaffected
     asyncio.run(layer.close(unlink=True))
+
+
+async def test_debug_state_is_a_snapshot_of_what_the_instance_and_segment_hold(
+    ipc_layer_factory: Factory,
+) -> None:
+    """The tests' one seam: counts, free slots, parked receives, messages held ahead and
+    held sends, as the operations that make them leave them."""
+    layer, other = ipc_layer_factory(), ipc_layer_factory()
+    empty = layer.debug_state()
+    assert (empty.queued, empty.channels, empty.groups, empty.outbox) == (0, 0, 0, 0)
+    assert empty.created and not other.debug_state().created
+    assert empty.waker != other.debug_state().waker
+    for i in range(3):
+        await other.send("d.q", {"type": "q", "i": i})
+    assert other.debug_state().outbox == 2  # the first send went in; the next two are held
+    await other.group_add("d.g", "d.q")
+    await asyncio.sleep(0)  # the loop turn ends: the held sends go in
+    state = layer.debug_state()
+    assert (state.queued, state.channels, state.groups) == (3, 1, 1)
+    assert state.free_slots == empty.free_slots - 3
+    await layer.receive("d.q")  # a streaming receive on a shared channel takes no more yet
+    await layer.receive("d.q")  # ... the second one in a row takes the rest ahead
+    assert layer.debug_state().held == {"d.q": 1} and layer.debug_state().queued == 0
+    waiting = asyncio.ensure_future(layer.receive("d.w"))
+    await asyncio.sleep(0.01)
+    assert layer.debug_state().parked == {"d.w": 1}
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert not layer.debug_state().parked
+    await layer.flush()
+    assert layer.debug_state().epoch == empty.epoch + 1 and not layer.debug_state().held
