@@ -60,6 +60,10 @@ async def ipc_layer_factory(ipc_prefix: str) -> AsyncIterator[Callable[..., IPCC
     unlink(ipc_prefix)
 
 
+async def receive_soon(layer: IPCChannelLayer, channel: str) -> dict[str, Any]:
+    return await asyncio.wait_for(layer.receive(channel), 10)
+
+
 class Worker:
     """A ``tests.layer.ipc.worker`` process speaking lines on stdin/stdout."""
 
