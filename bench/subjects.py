@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.processes import Processes
-from tests.support.redis_server import RedisServer
+from harness.redis_server import RedisServer
 
 APP = "services.demo.app:application"
 DIRECT, DIRECT_ONE_WRITE, COMBINED, IPC, REDIS, LOCAL = (

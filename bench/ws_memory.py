@@ -18,7 +18,7 @@ import websockets
 
 from bench.processes import Processes
 from bench.subjects import Setup, ipc_split, redis_split
-from tests.support.ports import free_port
+from harness.ports import free_port
 
 SETUPS = {"ipc": ipc_split, "redis": redis_split}
 

@@ -20,8 +20,8 @@ import websockets
 from bench.core import Result, SuiteResult, Target
 from bench.processes import ROOT, Processes, cpu_seconds, cpu_split, reaped_cpu
 from bench.subjects import COMBINED, DIRECT, IPC, LOCAL, REDIS, SUBJECTS, Subject
+from harness.ports import free_port
 from layer.config import get_channel_layer
-from tests.support.ports import free_port
 
 HTTP, WS = "GET /json", "WebSocket echo"
 # Response sizes through the layer (issue 24): the path served, by workload.

@@ -29,8 +29,8 @@ import websockets
 from bench.core import Result, SuiteResult, Target
 from bench.processes import Processes, cpu_seconds
 from bench.subjects import Setup, combined, ipc_split, redis_split
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 
 APP = "tests.services.djchat.asgi:application"
 OURS, CHANNELS_REDIS, COMBINED, IPC, REDIS = (

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.config import parse
 from layer.redis import RedisChannelLayer, UndecryptableMessage
-from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[3]
 

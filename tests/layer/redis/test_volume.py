@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.redis import RedisChannelLayer
 from tests.layer.ipc_fixture import Worker
 from tests.layer.volume import expiring, many_groups
-from tests.support.redis_server import RedisServer
 
 Factory = Callable[..., RedisChannelLayer]
 
