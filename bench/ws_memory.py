@@ -16,9 +16,11 @@ import time
 import httpx
 import websockets
 
-from tests.services.procs import Service, Stack, backend, wait_until
+from bench.processes import Processes
+from bench.subjects import Setup, ipc_split, redis_split
+from harness.ports import free_port
 
-DEMO = "services.demo.app:application"
+SETUPS = {"ipc": ipc_split, "redis": redis_split}
 
 
 def rss_kib(pid: int) -> int:
@@ -29,35 +31,37 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def settled(services: list[Service]) -> list[int]:
+def settled(pids: list[int]) -> list[int]:
     """RSS once it stops moving (the allocator and the layer settle after a burst)."""
     time.sleep(2)
-    return [rss_kib(service.pid) for service in services]
+    return [rss_kib(pid) for pid in pids]
 
 
 async def measure(n: int, name: str) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the clients' sockets
-    with backend(name) as made:
-        if name == "ipc":
-            made.env["IPC_SIZE"] = "256MB"
-        stack = Stack(made)
+    procs, port = Processes(), free_port()
+    setup: Setup
+    with SETUPS[name]() as setup:
         try:
-            worker = stack.add("worker", KIT_APP=DEMO)
-            front = stack.add("protocol", KIT_APP=DEMO)
-            services = [front, worker]
-            before = settled(services)
+            setup.start(procs, port)
+            procs.wait_ready(port, "/")
+            roles = procs.pids()  # worker, protocol: each one's RSS growth is reported
+            pids = [pid for _, pid in roles]
+            before = settled(pids)
             started = time.perf_counter()
+            # The demo joins the room's group before it accepts: an open socket is a member.
             room = await asyncio.gather(
                 *(
-                    websockets.connect(f"{front.ws_url}/ws/m", open_timeout=60, ping_interval=None)
+                    websockets.connect(
+                        f"ws://127.0.0.1:{port}/ws/m", open_timeout=60, ping_interval=None
+                    )
                     for _ in range(n)
                 )
             )
             opened = time.perf_counter() - started
-            wait_until(lambda: worker.metric("kit_open_websockets") == n, "all accepted", 60)
-            after = settled(services)
-            async with httpx.AsyncClient(base_url=front.url, timeout=30) as client:
+            after = settled(pids)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 sent = time.perf_counter()
                 await client.post("/rooms/m/messages", json={"user": "b", "text": "x"})
                 heard = await asyncio.gather(*(asyncio.wait_for(ws.recv(), 60) for ws in room))
@@ -65,14 +69,14 @@ async def measure(n: int, name: str) -> None:
             assert all(json.loads(text)["text"] == "x" for text in heard)
             print(f"{name}: {n} WebSockets open in {opened:.1f} s; a broadcast reached all in "
                   f"{spread * 1000:.0f} ms")  # fmt: skip
-            for service, low, high in zip(services, before, after, strict=True):
+            for (role, _), low, high in zip(roles, before, after, strict=True):
                 print(
-                    f"  {service.role:8} RSS {low / 1024:6.1f} -> {high / 1024:6.1f} MiB: "
+                    f"  {role:8} RSS {low / 1024:6.1f} -> {high / 1024:6.1f} MiB: "
                     f"{(high - low) / n:5.1f} KiB per connection"
                 )
             await asyncio.gather(*(ws.close() for ws in room))
         finally:
-            stack.close()
+            procs.stop()
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from pathlib import Path
 import posix_ipc
 
 from bench.core import Result, SuiteResult, Target
+from harness.redis_server import RedisServer
 from layer.ipc.segment import unlink
-from tests.support.redis_server import RedisServer
 
 OURS, PEER, REDIS = "layer IPC", "asgi_ipc 1.4.2", "layer Redis"
 ROOT = Path(__file__).resolve().parents[2]

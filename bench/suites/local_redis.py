@@ -17,9 +17,9 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from bench.core import Result, SuiteResult, Target
+from harness.redis_server import RedisServer
 from layer.base import BaseChannelLayer
 from layer.ipc.segment import unlink
-from tests.support.redis_server import RedisServer
 
 LOCAL1, LOCAL2 = "local+Redis, one host", "local+Redis, two hosts"
 IPC, REDIS3 = "layer IPC (one host)", "layer Redis (3 shards)"

@@ -17,7 +17,7 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from bench.core import Result, SuiteResult, Target, best_rate
-from tests.support.redis_server import RedisServer
+from harness.redis_server import RedisServer
 
 OURS1, OURS3 = "layer Redis (1 server)", "layer Redis (3 shards)"
 CORE, PUBSUB = "channels_redis core", "channels_redis pubsub"

@@ -28,9 +28,9 @@ import websockets
 
 from bench.core import Result, SuiteResult, Target
 from bench.processes import Processes, cpu_seconds
-from bench.suites.services import Setup, _combined, _ipc, _redis
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from bench.subjects import Setup, combined, ipc_split, redis_split
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 
 APP = "tests.services.djchat.asgi:application"
 OURS, CHANNELS_REDIS, COMBINED, IPC, REDIS = (
@@ -80,9 +80,9 @@ def _direct(ours: bool) -> Iterator[Setup]:
 SUBJECTS = {
     OURS: lambda: _direct(True),
     CHANNELS_REDIS: lambda: _direct(False),
-    COMBINED: lambda: contextlib.nullcontext(Setup(_combined)),
-    IPC: _ipc,
-    REDIS: _redis,
+    COMBINED: lambda: contextlib.nullcontext(Setup(combined)),
+    IPC: ipc_split,
+    REDIS: redis_split,
 }
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from harness.ports import free_port
 from tests.k8s.model import Container, Obj, Pod, containers, find, selector_matches
-from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_LIMIT = 60.0  # bounds a hung start only; nothing is asserted about speed

@@ -34,7 +34,7 @@ def redis_shards(objects: list[Obj]) -> Iterator[dict[str, str]]:
     """One local redis-server per Redis StatefulSet pod, started as the image starts it (its
     entrypoint, the ACL user, password and key patterns from the container's resolved env):
     ``redis-N.svc:port`` -> local address."""
-    from tests.support.redis_server import RedisServer
+    from harness.redis_server import RedisServer
 
     servers, hosts = [], {}
     try:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
 from layer.redis import RedisChannelLayer
 from tests.layer.ipc.fixture import shm_objects
 from tests.layer.redis_fixtures import shard_hosts
-from tests.support.redis_server import RedisServer
 
 LocalFactory = Callable[..., LocalRedisChannelLayer]
 

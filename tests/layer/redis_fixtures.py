@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import redis
 
+from harness.ports import free_port
+from harness.redis_server import RedisServer, start_process
 from layer.base import BaseChannelLayer
 from layer.redis import RedisChannelLayer
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer, start_process
 
 LayerFactory = Callable[..., BaseChannelLayer]
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 from layer import ConfigError, InvalidOption
 from layer.config import parse
 from layer.local import LocalRedisChannelLayer
 from layer.local.layer import BOTH, IPC, REDIS
 from layer.redis import ShardUnavailable
 from tests.layer.local_fixtures import LocalFactory
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

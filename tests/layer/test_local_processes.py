@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.ipc.segment import unlink
 from tests.layer.ipc.fixture import shm_objects
 from tests.layer.local_worker import DIRECT, GROUP_EVERY, WORK
 from tests.layer.redis_fixtures import shard_hosts
-from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS, PER_HOST = 2, 2

@@ -1,7 +1,7 @@
 """Cross-process runs at volume for any cross-process backend, driven by the ``v-*`` roles of
 ``tests.layer.ipc.worker``: the four producers x four consumers run with most messages expiring
 in the queue, and 1,000+ groups with 1,000+ members in one. Each returns what the backend's own
-test then checks of the storage left behind (``ipc/test_volume.py``, ``test_redis_volume.py``).
+test then checks of the storage left behind (``ipc/test_volume.py``, ``redis/test_volume.py``).
 """
 
 from __future__ import annotations

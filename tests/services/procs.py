@@ -24,7 +24,7 @@ import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.ports import free_port
+from harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_APP = "tests.services.testapp:application"
@@ -164,7 +164,7 @@ def backend(name: str) -> Iterator[Backend]:
         finally:
             _unlink_ipc(prefix)
     elif name in ("redis", "redis_sharded", "local_redis"):
-        from tests.support.redis_server import RedisServer
+        from harness.redis_server import RedisServer
 
         servers = [RedisServer().start() for _ in range(1 if name == "redis" else 3)]
         shards = {f"REDIS_SHARD_{i}": server.url for i, server in enumerate(servers)}

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import websockets
 
+from harness.redis_server import RedisServer, running
 from layer.redis import RedisChannelLayer
 from tests.services.conftest import Served
 from tests.services.procs import Service, wait_until
-from tests.support.redis_server import RedisServer, running
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import websockets
 
+from harness.redis_server import RedisServer
 from layer.config import get_channel_layer
 from layer.inmemory import InMemoryChannelLayer
 from layer.ipc import IPCChannelLayer
@@ -23,7 +24,6 @@ from services.batching import ALONE, MOST, Batcher, checked, worth_batching
 from tests.layer.ipc.fixture import ipc_layer_factory, ipc_prefix
 from tests.services.conftest import CROSS, StackFactory, serve
 from tests.services.procs import ROOT
-from tests.support.redis_server import RedisServer
 
 __all__ = ["ipc_layer_factory", "ipc_prefix"]
 pytestmark = pytest.mark.timeout(60)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
 from tests.services.procs import ROOT, Service
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,10 +18,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from harness.ports import free_port
 from tests.services.conftest import StackFactory
 from tests.services.procs import Service, Stack, backend, wait_until
 from tests.services.test_cli import layerkit
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 

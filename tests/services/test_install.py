@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.ports import free_port
 from tests.services.procs import ROOT, wait_until
-from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

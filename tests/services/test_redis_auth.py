@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.redis_server import RedisServer
 from tests.services.procs import Service, wait_until
 from tests.services.test_cli import layerkit
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 

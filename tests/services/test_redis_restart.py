@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.redis_server import RedisServer, running
 from layer.redis import RedisChannelLayer
 from tests.integration.chat import hear_text, join, new_room, say
 from tests.services.procs import ROOT, Service, wait_until
-from tests.support.redis_server import RedisServer, running
 
 CHANNEL_LOG = re.compile(r"(?:reply channel|worker channel) ([A-Za-z0-9_.\-!]+)")
 SEEN = 0.5  # seconds for the processes' event loops to see the closed connections

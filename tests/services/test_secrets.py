@@ -14,10 +14,10 @@ import httpx
 import pytest
 import yaml
 
+from harness.redis_server import RedisServer
 from services.redact import MASK, redacted
 from tests.services.procs import Service
 from tests.services.test_cli import layerkit
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.redis import RedisChannelLayer
-from tests.support.redis_server import RedisServer
 
 UPSTREAM = "channels_redis 4.3.0"
 SHA256 = {

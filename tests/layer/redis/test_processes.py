@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.exceptions import ChannelFull
 from layer.redis import RedisChannelLayer
-from tests.support.redis_server import RedisServer
 
 PRODUCERS, CONSUMERS, PER_PRODUCER = 4, 4, 25_000
 IDLE = 10.0  # a consumer stops after this long without a message (the hang guard)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def produce(url: str, prefix: str, producer: int) -> None:

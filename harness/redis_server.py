@@ -16,9 +16,9 @@ from pathlib import Path
 
 import redis
 
-from tests.support.ports import free_port
+from harness.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 KIT_ENTRYPOINT = ROOT / "docker" / "redis" / "entrypoint.sh"
 KIT_ACL_RULES = ROOT / "docker" / "redis" / "layer.acl"
 ADMIN_PASSWORD = "admin-of-the-test"

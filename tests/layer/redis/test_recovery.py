@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import uvloop
 
+from harness.redis_server import RedisServer, running
 from layer.redis import RedisChannelLayer, ShardUnavailable
-from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
 DEAD = 1  # the shard that gets killed

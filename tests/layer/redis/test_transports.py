@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import redis
 
+from harness.ports import free_port
+from harness.redis_server import start_process
 from layer.redis import RedisChannelLayer
 from tests.layer.redis_fixtures import chat_through
 from tests.support.certs import self_signed
-from tests.support.ports import free_port
-from tests.support.redis_server import start_process
 
 
 @pytest.fixture(scope="module")

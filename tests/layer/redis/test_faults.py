@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio.connection import Connection
 
+from harness.redis_server import RedisServer, running
 from layer.exceptions import AccessRefused
 from layer.redis import RedisChannelLayer, ShardRefused, ShardUnavailable
 from layer.redis.dial import _look_up
-from tests.support.redis_server import RedisServer, running
 
 GUARD = 30  # seconds: a hang guard, not a speed assertion
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.config import parse
 from layer.redis import RedisChannelLayer, UndecryptableMessage
-from tests.support.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def make(server: RedisServer, prefix: str, **options: Any) -> RedisChannelLayer:

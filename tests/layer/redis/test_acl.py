@@ -18,9 +18,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from harness.redis_server import ROOT, RedisServer
 from layer.redis import RedisChannelLayer
 from tests.layer.redis_fixtures import ACL_PASSWORD, ACL_USER
-from tests.support.redis_server import ROOT, RedisServer
 
 READY = ROOT / "docker" / "redis" / "ready.sh"
 
@@ -149,7 +149,7 @@ def test_ready_only_on_pong(server: RedisServer) -> None:
         result = _ready(server.port, **env)
         assert result.returncode == 1, case
         assert reason in result.stderr, (case, result.stderr)
-    from tests.support.ports import free_port
+    from harness.ports import free_port
 
     assert _ready(free_port(), **good).returncode == 1  # nothing listening
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.ports import free_port
+from harness.redis_server import KIT_ACL_RULES, KIT_ENTRYPOINT, RedisServer
 from layer.redis import RedisChannelLayer
 from tests.layer.redis_fixtures import chat_through
-from tests.support.ports import free_port
-from tests.support.redis_server import KIT_ACL_RULES, KIT_ENTRYPOINT, RedisServer
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 PASSWORD = "tls-acl-pass"

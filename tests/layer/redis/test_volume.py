@@ -1,4 +1,4 @@
-"""Redis across processes at volume (the twin of ``ipc/test_volume.py``): most messages expiring
+"""Redis across processes at volume (the twin of ``../ipc/test_volume.py``): most messages expiring
 in the list, and 1,000+ groups with 1,000+ members in one; afterwards the keys left are checked:
 no message list left once drained, and each group's keys hold exactly its members."""
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from layer.redis import RedisChannelLayer
 from tests.layer.ipc.fixture import Worker
 from tests.layer.volume import expiring, many_groups
-from tests.support.redis_server import RedisServer
 
 Factory = Callable[..., RedisChannelLayer]
 

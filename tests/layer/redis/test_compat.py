@@ -14,13 +14,13 @@ from packaging.specifiers import SpecifierSet
 from redis._parsers import hiredis as redis_hiredis
 from redis.asyncio.connection import Connection
 
+from harness.redis_server import RedisServer
 from layer.redis import _compat
 from layer.redis.commands import alive, write
 from layer.redis.dial import open_connection
 from layer.redis.hosts import parse_hosts
 from layer.redis.replies import ReplyReader
 from tests.support.pins import installed_within
-from tests.support.redis_server import RedisServer
 
 
 def test_the_installed_redis_py_has_every_hook() -> None:
