@@ -34,7 +34,6 @@ Key = tuple[bytes, int]  # a name's ASCII bytes and its CRC-32
 _INDEX_CACHE = 8192
 _KEY_CACHE = 8192
 
-_u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
 

@@ -34,7 +34,6 @@ from layer.ipc.table import Key, Table
 _SLOT_HEAD = struct.Struct("<IId")  # an extent's next, then MSG: payload length, expires
 _QUEUE_WORDS = struct.Struct("<III")  # a channel entry's head, tail, count
 _u32_pack = U32.pack_into
-_u32_unpack = U32.unpack_from
 
 
 class Takes:
