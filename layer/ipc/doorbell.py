@@ -117,16 +117,15 @@ class Wakes:
     ``Receivers._spin``) reads it there, so its doorbell is skipped."""
 
     def __init__(self, ringer: Ringer, registry: Registry) -> None:
-        self._ring = ringer.ring
-        self._spinning = registry.spinning
-        self._fd = registry.fd
+        self._ringer = ringer
+        self._registry = registry
 
     def ring(self, waker: int) -> None:
-        if not self._spinning(waker):
-            self._ring(waker)
+        if not self._registry.spinning(waker):
+            self._ringer.ring(waker)
 
     def post(self, wakers: list[int], only_live: bool = False) -> None:
         """Ring each of ``wakers`` once (NIL: nobody); ``only_live`` skips dead instances."""
         for waker in set(wakers):
-            if waker != NIL and (not only_live or is_held(self._fd, waker)):
+            if waker != NIL and (not only_live or is_held(self._registry.fd, waker)):
                 self.ring(waker)

@@ -44,21 +44,19 @@ class Groups:
     ) -> None:
         self.mm = mm
         self.entries = geometry.entries
-        self.find = table.find
-        self.insert = table.insert
-        self.delete = table.delete
-        self._count = pools.count
-        self._push = queues.push
+        self.table = table
+        self.pools = pools
+        self.queues = queues
 
     def add(self, j: Journal, group: Key, channel: Key, expires: float) -> None:
         gname, gh = group
-        gidx = self.find(OWNER_GROUP, gname, gh)
+        gidx = self.table.find(OWNER_GROUP, gname, gh)
         if gidx == NIL:
-            gidx = self.insert(j, OWNER_GROUP, gname, gh, (NIL, NIL, 0, NIL, NIL))
-            self._count(GROUPS, 1)
+            gidx = self.table.insert(j, OWNER_GROUP, gname, gh, (NIL, NIL, 0, NIL, NIL))
+            self.pools.count(GROUPS, 1)
         cname, ch = channel
         mh = member_hash(ch, gidx)
-        midx = self.find(gidx, cname, mh)
+        midx = self.table.find(gidx, cname, mh)
         mm = self.mm
         if midx != NIL:
             at = self.entries + midx * ENTRY_SIZE + E_EXPIRES
@@ -67,7 +65,7 @@ class Groups:
             return
         goff = self.entries + gidx * ENTRY_SIZE + E_WORDS
         first, last, members, _, _ = ENTRY_WORDS.unpack_from(mm, goff)
-        midx = self.insert(j, gidx, cname, mh, (last, NIL, ch, NIL, NIL))
+        midx = self.table.insert(j, gidx, cname, mh, (last, NIL, ch, NIL, NIL))
         F64.pack_into(mm, self.entries + midx * ENTRY_SIZE + E_EXPIRES, expires)
         j.save(goff, E_WORDS_SIZE)
         if last == NIL:
@@ -79,11 +77,11 @@ class Groups:
 
     def discard(self, j: Journal, group: Key, channel: Key) -> None:
         gname, gh = group
-        gidx = self.find(OWNER_GROUP, gname, gh)
+        gidx = self.table.find(OWNER_GROUP, gname, gh)
         if gidx == NIL:
             return
         cname, ch = channel
-        midx = self.find(gidx, cname, member_hash(ch, gidx))
+        midx = self.table.find(gidx, cname, member_hash(ch, gidx))
         if midx != NIL:
             self._remove_member(j, gidx, midx)
 
@@ -99,7 +97,7 @@ class Groups:
     ) -> tuple[int, int]:
         """Push to every live member, committing per member; wakers to post go to ``wake``."""
         gname, gh = group
-        gidx = self.find(OWNER_GROUP, gname, gh)
+        gidx = self.table.find(OWNER_GROUP, gname, gh)
         if gidx == NIL:
             return 0, 0
         mm = self.mm
@@ -114,7 +112,7 @@ class Groups:
                 size = KEY.unpack_from(mm, off)[3]
                 name = mm[off + E_NAME : off + E_NAME + size]
                 try:
-                    waker = self._push(j, (name, ch), payload, expires, capacity_of(name))[0]
+                    waker = self.queues.push(j, (name, ch), payload, expires, capacity_of(name))[0]
                 except ChannelFull:
                     j.rollback()
                     dropped += 1
@@ -143,7 +141,7 @@ class Groups:
             at = self.entries + nxt * ENTRY_SIZE + E_WORDS
             j.set_u32(at, prev)
         ENTRY_WORDS.pack_into(mm, goff, first, last, members - 1, NIL, NIL)
-        self.delete(j, midx)
+        self.table.delete(j, midx)
         if members == 1:
-            self.delete(j, gidx)
-            self._count(GROUPS, -1)
+            self.table.delete(j, gidx)
+            self.pools.count(GROUPS, -1)

@@ -94,19 +94,15 @@ class IPCChannelLayer(BaseChannelLayer):
         )  # fmt: skip
         self.parts = Parts(self._segment, store, self._lock, self._registry, self._receivers,
                            self._ringer, self._ahead, self._out)  # fmt: skip
-        # What the hot paths call, bound once (a composed part costs a lookup per hop).
-        self._known, self._key = keys.known, keys.of
-        self._ring, self._post = wakes.ring, wakes.post
-        self._queues = store.queues
-        self._push_one = store.queues.push
-        self._take, self._take_run = store.takes.take, store.takes.take_run
-        self._slots_for, self._free_slots = store.queues.slots_for, store.queues.free_slots
+        # What the hot paths use, one attribute each: the parts whose methods they call (a
+        # method of an object is looked up faster than a bound method kept in an attribute)
+        # and the dicts they read.
+        self._keys, self._known = keys, keys.known
+        self._wakes = wakes
+        self._queues, self._takes = store.queues, store.takes
         self._parked = self._receivers.local
-        self._register = self._receivers.register
-        self._wait = self._receivers.wait
-        self._drop_idle = self._receivers.drop_idle
         self._held = self._ahead.held
-        self._post(wake)
+        wakes.post(wake)
 
     @property
     def spin(self) -> float:
@@ -120,13 +116,13 @@ class IPCChannelLayer(BaseChannelLayer):
     # -- storage ------------------------------------------------------------------------------
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
-        key = self._known.get(channel) or self._key(channel)
+        key = self._known.get(channel) or self._keys.of(channel)
         out = self._out
         streak, self._streak = self._streak, True
         if (
             streak
             and not self._lock.forked
-            and out.admit(channel, key, payload, self._slots_for(len(payload)))
+            and out.admit(channel, key, payload, self._queues.slots_for(len(payload)))
         ):
             if out.due():
                 self._send_out()
@@ -143,17 +139,17 @@ class IPCChannelLayer(BaseChannelLayer):
                 if out.items:  # held sends go first, in the same critical section
                     out.flush(j, self._queues, expires, self.get_capacity, wake)
                 try:
-                    waker, count = self._push_one(j, key, payload, expires, capacity)
+                    waker, count = self._queues.push(j, key, payload, expires, capacity)
                 except ChannelFull:
                     out.refill(channel, capacity, capacity)  # no credit while it is full
                     raise
-                out.room = self._free_slots() // 2
+                out.room = self._queues.free_slots() // 2
         finally:
             if wake:
-                self._post(wake)
+                self._wakes.post(wake)
         out.refill(channel, capacity, count)
         if waker != NIL:
-            self._ring(waker)
+            self._wakes.ring(waker)
 
     def _ready(self, channel: str) -> bytes | None:
         """A message an earlier receive here took ahead: no lock and no coroutine.
@@ -167,26 +163,26 @@ class IPCChannelLayer(BaseChannelLayer):
         self._streak = False
         ahead = self._ahead
         if channel not in self._parked:  # else receives here wait already: queue behind them
-            key = self._known.get(channel) or self._key(channel)
+            key = self._known.get(channel) or self._keys.of(channel)
             now = time.monotonic()
             extra = ahead.extra(channel, now)
             taken: Held = []
             with self._lock as j:
                 wake = self._flush_out(j) if self._out.items else None
                 if extra:
-                    taken = self._take_run(j, key, now, 1 + extra)
+                    taken = self._takes.take_run(j, key, now, 1 + extra)
                     payload = taken[0][0] if taken else None
                 else:
-                    payload = self._take(j, key, now)
+                    payload = self._takes.take(j, key, now)
                 if payload is None:
-                    self._register(j, channel, key)
+                    self._receivers.register(j, channel, key)
             if wake:
-                self._post(wake)
+                self._wakes.post(wake)
             if payload is not None:
                 if len(taken) > 1:
                     ahead.keep(channel, taken[1:])
                 return payload
-        future = self._wait(channel)
+        future = self._receivers.wait(channel)
         try:
             return await future
         except asyncio.CancelledError:
@@ -194,17 +190,17 @@ class IPCChannelLayer(BaseChannelLayer):
             if payload is not None:
                 self._give_back(channel, payload)
             else:
-                self._drop_idle(channel)
+                self._receivers.drop_idle(channel)
             raise
 
     async def _group_add(self, group: str, channel: str) -> None:
         expires = time.monotonic() + self.group_expiry
         with self._lock as j:
-            self._storage.groups.add(j, self._key(group), self._key(channel), expires)
+            self._storage.groups.add(j, self._keys.of(group), self._keys.of(channel), expires)
 
     async def _group_discard(self, group: str, channel: str) -> None:
         with self._lock as j:
-            self._storage.groups.discard(j, self._key(group), self._key(channel))
+            self._storage.groups.discard(j, self._keys.of(group), self._keys.of(channel))
 
     async def _group_send(self, group: str, payload: bytes) -> tuple[int, int]:
         wake: list[int] = []
@@ -213,9 +209,9 @@ class IPCChannelLayer(BaseChannelLayer):
             if self._out.items:
                 wake += self._flush_out(j)
             result = self._storage.groups.send(
-                j, self._key(group), payload, now + self.expiry, now, self._capacity_of, wake
+                j, self._keys.of(group), payload, now + self.expiry, now, self._capacity_of, wake
             )
-        self._post(wake)
+        self._wakes.post(wake)
         return result
 
     async def _flush(self) -> None:
@@ -228,14 +224,14 @@ class IPCChannelLayer(BaseChannelLayer):
             self._receivers.check_epoch(j)
             me = self._receivers.waker
             wake = [w for w in range(self._registry.count) if w != me]
-        self._post(wake, only_live=True)
+        self._wakes.post(wake, only_live=True)
 
     async def _storage_counts(self) -> StorageCounts:
         self._send_out()
         held = self._held  # taken ahead: no longer in the segment, not yet received
         with self._lock:  # its mutex guards the held messages too
             queued, channels, groups = self._storage.counts()
-            channels += sum(not self._storage.takes.active(self._key(c)) for c in held)
+            channels += sum(not self._storage.takes.active(self._keys.of(c)) for c in held)
             queued += self._ahead.queued()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
@@ -245,7 +241,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if self._receivers.closed:
             return
         self._send_out()
-        self._post(self._ahead.close())
+        self._wakes.post(self._ahead.close())
         self._receivers.close()
         self._ringer.close()
         self._segment.close()
@@ -281,18 +277,18 @@ class IPCChannelLayer(BaseChannelLayer):
             return
         if self._receivers.closed:
             return
-        self._drop_idle(channel)
+        self._receivers.drop_idle(channel)
         expires = time.monotonic() + self.expiry
         if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
             return
         try:
             with self._lock as j:
-                waker = self._queues.push_front(j, self._key(channel), payload, expires)
+                waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)
         except ChannelFull:
             self.counters.dropped_full += 1
             return
         if waker != NIL:
-            self._ring(waker)
+            self._wakes.ring(waker)
 
     def _send_out(self, scheduled: bool = False) -> None:
         """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),
@@ -303,7 +299,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if out.items and not self._receivers.closed:
             with self._lock as j:
                 wake = self._flush_out(j)
-            self._post(wake)
+            self._wakes.post(wake)
 
     def _flush_out(self, j: Journal) -> list[int]:
         wake: list[int] = []

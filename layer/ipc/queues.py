@@ -41,6 +41,9 @@ from layer.ipc.takes import Takes
 from layer.ipc.waitlists import WaitLists
 
 NO_LIMIT = 1 << 62  # the capacity of a push that must not be refused for its channel's length
+# Module names, not imported ones: CPython 3.11 calls a method of an imported name through
+# a bound method made per call (no LOAD_METHOD), measurably slower on these hot paths.
+_CACHE_WORDS, _QUEUED_ACTIVE = CACHE_WORDS, QUEUED_ACTIVE
 _u32_pack = U32.pack_into
 _u32_unpack = U32.unpack_from
 
@@ -66,10 +69,9 @@ class Queues:
         self.extents = extents
         self.blocks = extents.blocks
         self.one_slot = extents.one_slot
-        self._channel_entry = table.channel_entry
-        self._fire = waits.fire
-        self._fire_head = waits.fire_head
-        self._drop_expired = takes.drop_expired
+        self.table = table
+        self.waits = waits
+        self.takes = takes
 
     def push(
         self, j: Journal, key: Key, payload: bytes, expires: float, capacity: int
@@ -92,16 +94,16 @@ class Queues:
         length = len(payload)
         order = 0 if length <= self.one_slot else self.extents.single(length)
         cache = cache_of(order)
-        if order < 0 or not CACHE_WORDS.unpack_from(mm, cache)[1]:
+        if order < 0 or not _CACHE_WORDS.unpack_from(mm, cache)[1]:
             j.commit()  # keep what came before: a full segment rolls back this push only
             if order >= 0:
                 self._refill(j, order, 1)
-        idx = self._channel_entry(j, name, h)
+        idx = self.table.channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_WORDS
         five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
         if count >= capacity:
-            self._drop_expired(j, off, time.monotonic())
+            self.takes.drop_expired(j, off, time.monotonic())
             five = ENTRY_WORDS.unpack_from(mm, off)
             head, tail, count, wait_head, wait_tail = five
             if count >= capacity:
@@ -121,27 +123,30 @@ class Queues:
             PUSH_POP_WORDS.pack_into(
                 mm, G_OFF, _u32_unpack(mm, at)[0], nfree - 1, bump, queued + 1, channels
             )
-        elif order > 0 and (cached := CACHE_WORDS.unpack_from(mm, cache))[1]:  # one extent, cached
+        elif order > 0 and (cached := _CACHE_WORDS.unpack_from(mm, cache))[1]:  # one extent, cached
             j.save(cache, 8)
             first = last = cached[0]
             at = slots + first * size
             MSG.pack_into(mm, at + 4, length, expires)
             mm[at + 16 : at + 16 + length] = payload
-            CACHE_WORDS.pack_into(mm, cache, _u32_unpack(mm, at)[0], cached[1] - 1)
-            QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
+            _CACHE_WORDS.pack_into(mm, cache, _u32_unpack(mm, at)[0], cached[1] - 1)
+            _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
         else:
             first, last = self.extents.write(j, payload, expires)
-            QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
+            _QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels)
         if count:
             _u32_pack(mm, link, first)
         else:
             head = first
-        if wait_head != NIL and (fired := self._fire_head(j, wait_head, wait_tail)) is not None:
+        if (
+            wait_head != NIL
+            and (fired := self.waits.fire_head(j, wait_head, wait_tail)) is not None
+        ):
             waker, wait_head, wait_tail = fired  # the entry's journal record covers these too
             ENTRY_WORDS.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
             return waker, count + 1
         ENTRY_WORDS.pack_into(mm, off, head, last, count + 1, wait_head, wait_tail)
-        return (NIL if wait_head == NIL else self._fire(j, idx)), count + 1
+        return (NIL if wait_head == NIL else self.waits.fire(j, idx)), count + 1
 
     def push_run(
         self, j: Journal, key: Key, payloads: list[bytes], expires: float, wake: list[int]
@@ -164,13 +169,13 @@ class Queues:
         if order > 0 and self.extents.single(min(map(len, payloads))) != order:
             order = -1
         cache = cache_of(order)
-        if order >= 0 and (have := CACHE_WORDS.unpack_from(mm, cache)[1]) < m:
+        if order >= 0 and (have := _CACHE_WORDS.unpack_from(mm, cache)[1]) < m:
             self._refill(j, order, m - have)
-        idx = self._channel_entry(j, name, h)
+        idx = self.table.channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_WORDS
         five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
-        if order < 0 or CACHE_WORDS.unpack_from(mm, cache)[1] < m:
+        if order < 0 or _CACHE_WORDS.unpack_from(mm, cache)[1] < m:
             j.commit()
             pushes = (partial(self._push_unlimited, j, key, p, expires) for p in payloads)
             self._one_by_one(j, pushes, wake)
@@ -181,7 +186,7 @@ class Queues:
         j.queue_op(off, five, g5, link, _u32_unpack(mm, link)[0])  # before anything changes
         if order:
             j.save(cache, 8)
-        free, nfree = CACHE_WORDS.unpack_from(mm, cache)
+        free, nfree = _CACHE_WORDS.unpack_from(mm, cache)
         pack = MSG.pack_into
         first = last = cur = free
         for payload in payloads:
@@ -189,16 +194,18 @@ class Queues:
             pack(mm, at + 4, len(payload), expires)
             mm[at + 16 : at + 16 + len(payload)] = payload
             last, cur = cur, _u32_unpack(mm, at)[0]
-        CACHE_WORDS.pack_into(mm, cache, cur, nfree - m)
-        queued, channels = QUEUED_ACTIVE.unpack_from(mm, QUEUED)
-        QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + m, channels + (not count and wait_head == NIL))
+        _CACHE_WORDS.pack_into(mm, cache, cur, nfree - m)
+        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        _QUEUED_ACTIVE.pack_into(
+            mm, QUEUED, queued + m, channels + (not count and wait_head == NIL)
+        )
         if count:
             _u32_pack(mm, link, first)
         else:
             head = first
         ENTRY_WORDS.pack_into(mm, off, head, last, count + m, wait_head, wait_tail)
         for _ in range(m):  # each fire is a journal step of its own (it commits first)
-            if wait_head == NIL or (waker := self._fire(j, idx)) == NIL:
+            if wait_head == NIL or (waker := self.waits.fire(j, idx)) == NIL:
                 break
             wake.append(waker)
             wait_head = ENTRY_WORDS.unpack_from(mm, off)[3]
@@ -234,7 +241,7 @@ class Queues:
         """Put a payload a cancelled receive took back at the head (ignores capacity)."""
         name, h = key
         mm = self.mm
-        idx = self._channel_entry(j, name, h)
+        idx = self.table.channel_entry(j, name, h)
         off = self.entries + idx * ENTRY_SIZE + E_WORDS
         five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, wait_head, wait_tail = five
@@ -250,9 +257,11 @@ class Queues:
         ENTRY_WORDS.pack_into(
             mm, off, first, tail if count else last, count + 1, wait_head, wait_tail
         )
-        queued, channels = QUEUED_ACTIVE.unpack_from(mm, QUEUED)
-        QUEUED_ACTIVE.pack_into(mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL))
-        return NIL if wait_head == NIL else self._fire(j, idx)
+        queued, channels = _QUEUED_ACTIVE.unpack_from(mm, QUEUED)
+        _QUEUED_ACTIVE.pack_into(
+            mm, QUEUED, queued + 1, channels + (not count and wait_head == NIL)
+        )
+        return NIL if wait_head == NIL else self.waits.fire(j, idx)
 
     def push_front_run(
         self, j: Journal, key: Key, items: list[tuple[bytes, float]], now: float, wake: list[int]

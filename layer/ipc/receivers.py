@@ -49,11 +49,9 @@ class Receivers:
         self.waker, self.gen = me  # our record in the registry, and its generation
         self.bell = bell
         self._ringer = ringer
-        self._ring = wakes.ring
-        self._post = wakes.post
+        self._wakes = wakes
         self._ahead = ahead
-        self._known = keys.known
-        self._key = keys.of
+        self._keys = keys
         self.spin = spin  # seconds a parked receive polls the wake ring before sleeping
         self.epoch = storage.epoch()
         self.local: dict[str, deque[asyncio.Future[bytes]]] = {}  # waiting receives
@@ -100,13 +98,13 @@ class Receivers:
         self.spare.clear()  # the flush emptied the node pool
         waits, table = self._waits, self._storage.table
         for channel in self.local:
-            key = self._key(channel)
+            key = self._keys.of(channel)
             self.register(j, channel, key)
             # A send since the flush found no node here: hand its message to a waiter now.
             waker = waits.pass_on(j, table.channel_index(*key))
             j.commit()  # one journal step per channel: an instance may wait on thousands
             if waker != NIL:
-                self._ring(waker)
+                self._wakes.ring(waker)
         return True
 
     def drop_idle(self, channel: str) -> None:
@@ -224,16 +222,16 @@ class Receivers:
                 if len(self.spare) < _SPARE_NODES:
                     self.spare.append(node)
                 else:
-                    waits.free_node(j, node)
+                    self._storage.pools.free_node(j, node)
                 self._deliver(j, channel, wake)
                 j.commit()  # one journal step per channel delivered: a ring holds up to 64
         if wake:
-            self._post(wake)
+            self._wakes.post(wake)
 
     def _deliver(self, j: Journal, channel: str, wake: list[int]) -> None:
         """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
         local = self.local.get(channel)
-        key = self._known.get(channel) or self._key(channel)
+        key = self._keys.known.get(channel) or self._keys.of(channel)
         if local:  # the waiting receives first, in order; then up to PREFETCH more, if allowed
             waiting = [future for future in local if not future.done()]
             most = len(waiting) + self._ahead.waiting_extra(channel) if waiting else 0
@@ -281,7 +279,7 @@ class Receivers:
                     wake.append(self._waits.unregister(j, node))
                     j.commit()
             self._registry.release(j, self.waker)
-        self._post([w for w in wake if w != self.waker])
+        self._wakes.post([w for w in wake if w != self.waker])
         for local in self.local.values():
             for future in local:
                 future.cancel()

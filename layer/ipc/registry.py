@@ -130,7 +130,7 @@ class Registry:
             if idx == NIL or owner != waker or ngen != gen:
                 continue
             if prev == FIRED:
-                waits.free_node(j, node)
+                waits.pools.free_node(j, node)
                 target = waits.pass_on(j, idx)
                 if target != NIL:
                     wake.append(target)

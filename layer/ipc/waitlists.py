@@ -50,10 +50,8 @@ class WaitLists:
         self.mutable = geometry.entries + E_WORDS  # entry 0's kind-specific words
         self.nodes = geometry.nodes
         self.wakers = geometry.wakers
-        self._channel_entry = table.channel_entry
-        self.alloc_node = pools.alloc_node
-        self.free_node = pools.free_node
-        self._count = pools.count
+        self.table = table
+        self.pools = pools
 
     def register(self, j: Journal, key: Key, waker: int, gen: int, spare: int) -> int:
         """Add a node "waker waits on this channel" at the tail of its wait list.
@@ -62,7 +60,7 @@ class WaitLists:
         """
         name, h = key
         mm = self.mm
-        idx = self._channel_entry(j, name, h)
+        idx = self.table.channel_entry(j, name, h)
         off = self.mutable + idx * ENTRY_SIZE
         five = ENTRY_WORDS.unpack_from(mm, off)
         head, tail, count, _, wait_tail = five
@@ -74,7 +72,7 @@ class WaitLists:
             if not count:  # the channel was idle
                 _u32_pack(mm, CHANNELS, _u32_unpack(mm, CHANNELS)[0] + 1)
             return spare
-        node = self.alloc_node(j) if spare == NIL else spare
+        node = self.pools.alloc_node(j) if spare == NIL else spare
         # Saved however it came: a node from the free list still has the words of its last
         # use, and a rollback that left ours on it made a free node that names a waiter (the
         # reaper then freed it twice, looping the free list: found by layer.ipc.check).
@@ -90,7 +88,7 @@ class WaitLists:
         ENTRY_WORDS.pack_into(mm, off, head, tail, count, wait_head, node)
         if not count and wait_tail == NIL:  # the channel was idle
             j.save_g()
-            self._count(CHANNELS, 1)
+            self.pools.count(CHANNELS, 1)
         return node
 
     def fired(self, node: int) -> bool:
@@ -104,9 +102,9 @@ class WaitLists:
         prev, _, idx, _, _ = NODE.unpack_from(self.mm, at)
         if prev != FIRED:
             self._unlink(j, node)
-            self.free_node(j, node)
+            self.pools.free_node(j, node)
             return NIL
-        self.free_node(j, node)
+        self.pools.free_node(j, node)
         return self.pass_on(j, idx)
 
     def pass_on(self, j: Journal, idx: int) -> int:
@@ -136,7 +134,7 @@ class WaitLists:
             wat = self.wakers + waker * WAKER_SIZE
             state, wgen = _PAIR.unpack_from(mm, wat + W_STATE)
             if not state or wgen & 0xFFFF != gen:
-                self.free_node(j, node)  # its instance is gone
+                self.pools.free_node(j, node)  # its instance is gone
                 continue
             j.set_u32(at, FIRED)
             read, write = _PAIR.unpack_from(mm, wat + W_READ)
@@ -185,4 +183,4 @@ class WaitLists:
         ENTRY_WORDS.pack_into(mm, off, head, tail, count, wait_head, wait_tail)
         if not count and wait_head == NIL:
             j.save_g()
-            self._count(CHANNELS, -1)
+            self.pools.count(CHANNELS, -1)
