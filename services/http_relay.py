@@ -31,8 +31,9 @@ class HttpRelay(Relay):
         metrics: Metrics,
         pickup_timeout: float,
         max_connections: int,
+        heartbeat: float,
     ) -> None:
-        super().__init__(layer, metrics, pickup_timeout, max_connections)
+        super().__init__(layer, metrics, pickup_timeout, max_connections, heartbeat)
         self._requests = metrics.http(self.role)
 
     def finish(self, conn: Conn, status: int, started: float) -> None:
@@ -91,7 +92,6 @@ class HttpRelay(Relay):
         """Relay the worker's response; returns the status sent and the body pump (if any)."""
         status = 0
         pump: asyncio.Task[None] | None = None
-        consumed: wire.Consumed | None = None
         while True:
             message = await conn.get()
             kind = message[msg.TYPE]
@@ -114,10 +114,7 @@ class HttpRelay(Relay):
                     return status, pump
                 if pump is None:  # a streaming response: the worker must hear if the client leaves
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
-                if consumed is None:
-                    consumed = wire.Consumed()
-                if consumed.one() and conn.worker is not None:
-                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
+                await self._consumed(conn)
             elif kind == msg.PICKED:
                 if pump is None:
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
