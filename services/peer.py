@@ -102,10 +102,12 @@ class Peer(abc.ABC, Generic[C]):
 
     def _dispatch(self) -> Coroutine[Any, Any, None]:
         """Route everything arriving on our channel to its connection."""
-        taking = batching.checked(self.layer, self.takes)
-        return batching.dispatch(
-            self.layer, self.channel, taking, self._route, self._rejects, self.heartbeat
-        )
+        return batching.dispatch(self._taker(self.channel, self.takes), self._route)
+
+    def _taker(self, channel: str, taking: msg.Channel) -> batching.Taker:
+        """What takes checked messages off ``channel`` (what arrives there: ``taking``)."""
+        checking = batching.checked(self.layer, taking)
+        return batching.Taker(self.layer, channel, checking, self._rejects, self.heartbeat)
 
     def _route(self, message: Message) -> None:
         """Hand one (checked) message to its connection, or note that a peer is alive."""

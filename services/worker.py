@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 
 from layer.base import BaseChannelLayer
 from layer.messages import Message
-from services import batching, wire
 from services import messages as msg
+from services import wire
 from services.admission import CONCURRENCY, MAX_CONNECTIONS, Admission
 from services.held_starts import HeldStarts
 from services.instance import ASGIApp, Instance
@@ -65,8 +64,7 @@ class Worker(Peer[Instance]):
         self._runners: set[asyncio.Task[None]] = set()
         self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
-        self._receive_failed = -math.inf  # loop time the last failed receive was logged
-        self._work = batching.checked(layer, msg.WORK)  # None: in-process, nothing to check
+        self._work = self._taker(wire.WORK_CHANNEL, msg.WORK)
         self._requests = metrics.http(self.role)
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
 
@@ -168,27 +166,11 @@ class Worker(Peer[Instance]):
         """The next connection from the work channel, or None for one to skip."""
         self._receiving.add(task)
         try:
-            message = await self.layer.receive(wire.WORK_CHANNEL)
-        except asyncio.CancelledError:
-            raise
-        except ValueError as error:  # taken off the channel, but unreadable: skip it
-            self._rejects.undecodable(wire.WORK_CHANNEL, error)
-            await asyncio.sleep(0)  # a flood of them must not starve the other tasks
-            return None
-        except Exception:
-            if loop.time() - self._receive_failed > self.heartbeat:  # once, not per runner
-                self._receive_failed = loop.time()
-                log.exception("receiving work failed; retrying")
-            await asyncio.sleep(self.heartbeat)
-            return None
+            message = await self._work.take()
         finally:
             self._receiving.discard(task)
-        if self._work is not None:
-            try:
-                self._work.check(message)  # messages.check, one call less
-            except BadMessage as bad:
-                self._rejects(bad, message, wire.WORK_CHANNEL)
-                return None
+        if message is None:
+            return None
         if message[msg.DEADLINE] < time.time():
             return None  # its protocol server has already answered 503
         inst = Instance(
