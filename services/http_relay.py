@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import messages as msg
 from services import replies, wire
 from services import uvicorn_bridge as bridge
 from services.connection import Conn
 from services.messages import FAIL, GONE
-from services.metrics import Metrics
 from services.plain import BridgeHttpProtocol, PlainRequest
 from services.relay import Receive, Relay, Scope, Send
 from services.uvicorn_bridge import Cycle
@@ -24,17 +22,6 @@ from services.uvicorn_bridge import Cycle
 
 class HttpRelay(Relay):
     """Relays HTTP requests and their responses."""
-
-    def __init__(
-        self,
-        layer: BaseChannelLayer,
-        metrics: Metrics,
-        pickup_timeout: float,
-        max_connections: int,
-        heartbeat: float,
-    ) -> None:
-        super().__init__(layer, metrics, pickup_timeout, max_connections, heartbeat)
-        self._requests = metrics.http(self.role)
 
     def finish(self, conn: Conn, status: int, started: float) -> None:
         """The connection's HTTP response is settled: forget it, count it."""

@@ -66,6 +66,7 @@ class Peer(abc.ABC, Generic[C]):
         self._background = OneInFlight(self.logger)  # heartbeats, announcements
         self._stopping = False
         self._rejects = batching.Rejects(self.role, metrics, self.logger, self._spoiled)
+        self._requests = metrics.http(self.role)  # HTTP statuses and latencies
         self._batcher = (
             batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
         )

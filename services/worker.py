@@ -65,7 +65,6 @@ class Worker(Peer[Instance]):
         self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
         self._work = self._taker(wire.WORK_CHANNEL, msg.WORK)
-        self._requests = metrics.http(self.role)
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
 
     async def start(self) -> None:
