@@ -109,7 +109,7 @@ class HttpRelay(Relay):
                 return status or 499, pump
             elif status:  # FAIL or APP_ERROR after the response started: uvicorn cuts it short
                 return status, pump
-            else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
+            else:  # FAIL (liveness checks: 502/503), APP_ERROR (500, or 502 from a draining worker)
                 return await replies.failure(send, msg.code_of(message, 500)), pump
 
     async def _pump_body(self, conn: Conn, receive: Receive, rest: bytes, more: bool) -> None:

@@ -59,7 +59,7 @@ class Peer(abc.ABC, Generic[C]):
         self.heartbeat = heartbeat
         self.channel = ""  # ours, made by start()
         self.peers = Liveness(check_every, 3 * heartbeat)
-        self.vital = Vital(self.logger)  # the loops: if one dies, /healthz fails
+        self.vital = Vital(self.logger)  # the loops (and runners): if one dies, /healthz fails
         self._conns: dict[str, C] = {}
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._loops: list[asyncio.Task[None]] = []
