@@ -9,7 +9,6 @@ why each keeps the spec's guarantees.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -62,9 +61,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.host = self.ipc.segment_id
         self.client_id += self.host  # new_channel() names end their routing part with it
         self._own = self.client_id + "!"  # and receive() accepts those as this client's
-        self._bridges = Bridges(
-            self.redis._drain, self.ipc._push, self.get_capacity, self.counters
-        )
+        self._bridges = Bridges(self.redis._drain, self.ipc._push, self.get_capacity, self.counters)
 
     def shard_names(self) -> list[str]:
         return self.redis.shard_names()
