@@ -4,9 +4,11 @@ A process-specific channel this host made gets messages over IPC (senders on thi
 over Redis (senders elsewhere). The Redis layer keeps one inbox list per process (per routing
 name, up to ``!``), and a group send puts one entry in it for all of that process's members
 (their local parts, comma-separated). A *bridge*, one task per inbox and event loop, drains
-that inbox in bulk and pushes each message into the IPC queue of every channel it names, so
-the pushes of a burst share IPC's critical sections (its outbox: one per loop turn). A receive
-on such a channel then waits on IPC alone, as any IPC receive does. (Until stop 28 every
+that inbox in bulk and hands each message to the receive of this instance waiting on each
+channel it names, if one is (as IPC hands a message to a receive it wakes: no shared memory
+written), else pushes it into the channel's IPC queue (the pushes of a burst share IPC's
+critical sections: its outbox, one per loop turn). A receive on such a channel then waits on
+IPC alone, as any IPC receive does. (Until stop 28 every
 receive also kept a Redis receive of its own per channel and interrupted its IPC wait when
 that one won: a task, a cancellation and two critical sections per delivery; a fan-out across
 two hosts ran at a third of the pure-Redis layer's rate. docs/layer.md, "Local + Redis".)
@@ -34,6 +36,7 @@ MARK = b"\xc1"  # never the first byte of an encoded message: msgpack leaves 0xc
 WARN_EVERY = 10.0  # seconds between log lines about messages dropped on full channels
 
 Drain = Callable[[str], Awaitable[list[tuple[int, bytes, bytes]]]]
+Hand = Callable[[str, bytes], bool]  # to a receive of this instance waiting on the channel
 Push = Callable[[str, bytes, int], Awaitable[None]]
 
 
@@ -56,9 +59,15 @@ class Bridges:
     """This instance's bridges, per inbox routing name (one event loop's: they are its tasks)."""
 
     def __init__(
-        self, drain: Drain, push: Push, capacity: Callable[[str], int], counters: Counters
+        self,
+        drain: Drain,
+        hand: Hand,
+        push: Push,
+        capacity: Callable[[str], int],
+        counters: Counters,
     ) -> None:
         self._drain = drain
+        self._hand = hand
         self._push = push
         self._capacity = capacity
         self._counters = counters
@@ -78,15 +87,18 @@ class Bridges:
 
     async def _run(self, routing: str) -> None:
         capacity = self._capacity(routing)
-        push = self._push
+        hand, push = self._hand, self._push
         while True:
             for expires, local, payload in await self._drain(routing):
                 message = stamped(expires, payload)
                 for name in local.decode().split(","):
+                    channel = routing + name
+                    if hand(channel, message):
+                        continue
                     try:
-                        await push(routing + name, message, capacity)
+                        await push(channel, message, capacity)
                     except ChannelFull:
-                        self._full(routing + name)
+                        self._full(channel)
 
     def _full(self, channel: str) -> None:
         self._counters.dropped_full += 1
