@@ -28,7 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from layer.base import Counters
-from layer.exceptions import ChannelFull
+from layer.exceptions import ChannelFull, InvalidName
+from layer.names import require_valid_channel_name
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,13 @@ class Bridges:
         while True:
             for expires, local, payload in await self._drain(routing):
                 message = stamped(expires, payload)
-                for name in local.decode().split(","):
+                for name in local.decode("ascii", "replace").split(","):
                     channel = routing + name
+                    try:
+                        require_valid_channel_name(channel)  # cached: a set lookup
+                    except InvalidName:  # not written by this layer: it names no channel
+                        log.error("dropped a message for a malformed channel %.120r", channel)
+                        continue
                     if hand(channel, message):
                         continue
                     try:

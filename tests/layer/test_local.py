@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from layer import ConfigError, InvalidOption
 from layer.config import parse
 from layer.local import LocalRedisChannelLayer
 from layer.local.layer import BOTH, IPC, REDIS
+from layer.messages import encode
 from layer.redis import ShardUnavailable
+from layer.redis.entries import make_entry
 from tests.layer.local_fixtures import LocalFactory
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
@@ -171,6 +174,30 @@ async def test_a_full_channel_drops_what_other_hosts_send(
     assert "dropped 1 message(s) from other hosts for full channels" in caplog.text
     assert [(await receive_soon(owner, reply))["i"] for _ in range(3)] == [0, 1, 2]
     await assert_empty(owner, reply)
+
+
+async def test_malformed_inbox_entries_are_dropped_and_logged(
+    local_redis_layer_factory: LocalFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries this layer did not write (no header, names that are no channel's) in a
+    process's inbox: each dropped with a log line; the bridge keeps moving the next ones."""
+    owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    reply = await owner.new_channel("reply")
+    routing = reply[: reply.index("!") + 1]
+    pipe = owner.redis._state().shards[owner.redis.shard_of(reply)].pipe
+    later = int(time.time() * 1000) + 60_000
+    payload = encode({"type": "forged"})
+    for entry in (
+        b"garbage",
+        make_entry(later, payload, b"\xff\xfe"),
+        make_entry(later, payload, b"x" * 200),
+    ):
+        await pipe.call("RPUSH", owner.redis._channel_prefix + routing, entry)
+    await remote.send(reply, {"type": "after"})
+    assert (await receive_soon(owner, reply))["type"] == "after"
+    await assert_empty(owner, reply)
+    assert "malformed entry" in caplog.text
+    assert caplog.text.count("malformed channel") == 2
 
 
 @pytest.mark.parametrize("shards", [1, 3], ids=["one shard", "three shards"])
