@@ -10,18 +10,21 @@ import contextlib
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from layer import ConfigError, InvalidOption
 from layer.config import parse
+from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
 from layer.local.layer import BOTH, IPC, REDIS
 from layer.messages import encode
 from layer.redis import ShardUnavailable
 from layer.redis.entries import make_entry
 from tests.layer.local_fixtures import LocalFactory
+from tests.layer.redis_fixtures import shard_hosts
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
@@ -252,8 +255,6 @@ async def test_redis_down_leaves_the_host_working(ipc_prefix: str) -> None:
         assert (await receive_soon(layer, reply))["type"] == "g"
     finally:
         await layer.close()
-        from layer.ipc.segment import unlink
-
         unlink(ipc_prefix)
 
 
@@ -310,3 +311,37 @@ def test_check_config_masks_the_redis_password() -> None:
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout
     assert "redis://u:***@127.0.0.1:1/0" in result.stdout  # the shard is still shown
+
+
+def test_async_to_sync_receives_in_fresh_loops_lose_nothing(
+    ipc_prefix: str, redis_shards: list[RedisServer]
+) -> None:
+    """Sync code may run every call in a new event loop: each receive's loop starts a bridge
+    of its own; what one moved into IPC or left popped in Redis reaches the next, once, in
+    order, and the pop a closing loop left waiting on the inbox takes nothing with it."""
+    from asgiref.sync import async_to_sync
+
+    other, redis_prefix = f"t{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
+    owner, remote = (
+        LocalRedisChannelLayer(
+            ipc={"prefix": prefix, "size": "16MB"},
+            redis={"hosts": shard_hosts(redis_shards), "prefix": redis_prefix},
+        )
+        for prefix in (ipc_prefix, other)
+    )
+    try:
+        reply = async_to_sync(owner.new_channel)("reply")
+        got = []
+        for batch in range(4):
+            for i in range(batch * 5, batch * 5 + 5):
+                async_to_sync(remote.send)(reply, {"type": "r", "i": i})
+            got += [async_to_sync(receive_soon)(owner, reply)["i"] for _ in range(3)]
+        got += [async_to_sync(receive_soon)(owner, reply)["i"] for _ in range(8)]
+        assert got == list(range(20))
+        assert async_to_sync(owner.stats)()["queued"] == 0
+    finally:
+        async_to_sync(owner.flush)()
+        for layer in (owner, remote):
+            async_to_sync(layer.close)()
+        for prefix in (ipc_prefix, other):
+            unlink(prefix)
