@@ -8,13 +8,13 @@ that inbox in bulk and hands each message to the receive of this instance waitin
 channel it names, if one is (as IPC hands a message to a receive it wakes: no shared memory
 written), else pushes it into the channel's IPC queue (the pushes of a burst share IPC's
 critical sections: its outbox, one per loop turn). A receive on such a channel then waits on
-IPC alone, as any IPC receive does. (Until stop 28 every
-receive also kept a Redis receive of its own per channel and interrupted its IPC wait when
-that one won: a task, a cancellation and two critical sections per delivery; a fan-out across
-two hosts ran at a third of the pure-Redis layer's rate. docs/layer.md, "Local + Redis".)
+IPC alone, as any IPC receive does. (Until stop 28 every receive also kept a Redis receive of
+its own per channel and interrupted its IPC wait when that one won: a task, a cancellation
+and two critical sections per delivery, 4x the CPU per broadcast delivery to another host;
+docs/layer.md, "Local + Redis".)
 
 Guarantees: a bridge moves its inbox's entries in list order, so each remote sender's order
-per channel holds; an entry is popped from Redis once and pushed once (at most once); a message
+per channel holds; an entry is popped from Redis once and moved once (at most once); a message
 keeps the expiry it was sent with (stamped into the IPC payload, see :func:`stamped`, and
 checked when it is received); a channel whose IPC queue is full drops it, counted in
 ``dropped_full`` and logged, as a group send drops for a full member.
