@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from layer.flow import RETURN_DELAY, Streaming, hand, handed, unexpired
 from layer.messages import Message
-from layer.redis.entries import Popped, make_entry
+from layer.redis.entries import Popped, make_entry, split_entry
 
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
@@ -46,9 +46,23 @@ class Drain:
         self.entries: list[tuple[int, bytes, bytes]] = []
         self.waiter: asyncio.Future[None] | None = None
 
-    def wake(self) -> None:
+    def keep(self, entries: list[bytes], now: float) -> tuple[int, list[bytes]]:
+        """Keep the unexpired ``entries`` and wake the drain; return how many had expired, and
+        those not written by this layer (malformed)."""
+        expired, malformed = 0, []
+        for entry in entries:
+            try:
+                split = split_entry(entry)
+            except ValueError:
+                malformed.append(entry)
+                continue
+            if split[0] <= now:
+                expired += 1
+            else:
+                self.entries.append(split)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+        return expired, malformed
 
 
 class Mailboxes:

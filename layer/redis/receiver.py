@@ -272,8 +272,12 @@ class Receiver:
             return
         now = time.time() * 1000
         drain = self.boxes.drains.get(key)
-        if drain is not None:
-            self._drained(drain, key, entries, now)
+        if drain is not None:  # taken whole by its caller (drain())
+            expired, malformed = drain.keep(entries, now)
+            for entry in malformed:
+                log.error("dropped a malformed entry %.40r on %s", entry, key)
+            if expired:
+                self._on_expired(expired)
             return
         expired = 0
         inbox = routing.endswith("!")
@@ -305,23 +309,6 @@ class Receiver:
                     self.boxes.settle(box)
         if expired:
             self._on_expired(expired)
-
-    def _drained(self, drain: Drain, key: str, entries: list[bytes], now: float) -> None:
-        kept = drain.entries
-        expired = 0
-        for entry in entries:
-            try:
-                split = split_entry(entry)
-            except ValueError:  # not written by this layer: skip it, keep the loop alive
-                log.error("dropped a malformed entry %.40r on %s", entry, key)
-                continue
-            if split[0] <= now:
-                expired += 1
-            else:
-                kept.append(split)
-        if expired:
-            self._on_expired(expired)
-        drain.wake()
 
     def prune(self) -> None:
         """Drop expired entries held for process-specific channels nobody is receiving on,
