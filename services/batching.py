@@ -10,14 +10,16 @@ place. A peer that cannot be reached costs only its own connections.
 
 In-process layers hand message objects over without encoding them (``send_trusted``), so there
 batching would only add work: :func:`worth_batching` says when to use it. Both processes' own
-channels are read by :func:`dispatch`, which unpacks batches and checks every message
-(services/messages.py), dropping what it cannot use (:class:`Rejects`).
+channels are read by :func:`dispatch`, which unpacks batches; it and the worker's runners take
+with a :class:`Taker`, which checks every message (services/messages.py), dropping what it
+cannot use (:class:`Rejects`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 from layer.base import BaseChannelLayer
@@ -94,39 +96,63 @@ class Rejects:
         )  # fmt: skip
 
 
-async def dispatch(
-    layer: BaseChannelLayer,
-    channel: str,
-    taking: messages.Channel | None,
-    route: Callable[[Message], None],
-    rejects: Rejects,
-    retry: float,
-) -> None:
-    """Receive on a process's own ``channel`` forever, handing every message to ``route`` (the
-    messages of a ``k.batch`` one by one), each checked against ``taking`` first (unless None,
-    see :func:`checked`): a malformed one goes to ``rejects`` instead. A failing receive is
-    retried after ``retry`` s."""
-    receive = layer.receive
-    check = taking.check if taking is not None else None  # messages.check, one call less
-    while True:
+class Taker:
+    """Takes messages off one ``channel`` of ``layer`` one at a time, each checked against
+    ``taking`` first (unless None, see :func:`checked`); :meth:`take` gives None instead of one
+    it could not use: undecodable or malformed (counted and logged by ``rejects``), or after a
+    failing receive (logged at most once per ``retry`` s by all who take, then waited
+    ``retry`` s on). Both roles' dispatch loops and the worker's runners take so."""
+
+    __slots__ = ("_failed", "_receive", "channel", "check", "rejects", "retry")
+
+    def __init__(
+        self,
+        layer: BaseChannelLayer,
+        channel: str,
+        taking: messages.Channel | None,
+        rejects: Rejects,
+        retry: float,
+    ) -> None:
+        self._receive = layer.receive
+        self.channel = channel
+        self.check = taking.check if taking is not None else None  # messages.check, one call less
+        self.rejects = rejects
+        self.retry = retry
+        self._failed = -math.inf  # loop time the last failed receive was logged
+
+    async def take(self) -> Message | None:
         try:
-            message = await receive(channel)
+            message = await self._receive(self.channel)
         except asyncio.CancelledError:
             raise
         except ValueError as error:  # taken off the channel, but unreadable: skip it
-            rejects.undecodable(channel, error)
+            self.rejects.undecodable(self.channel, error)
             await asyncio.sleep(0)  # a flood of them must not starve the other tasks
-            continue
+            return None
         except Exception:
-            log.exception("receiving on %s failed; retrying", channel)
-            await asyncio.sleep(retry)
-            continue
-        if check is not None:
+            now = asyncio.get_running_loop().time()
+            if now - self._failed > self.retry:  # once, not once per runner
+                self._failed = now
+                log.exception("receiving on %s failed; retrying", self.channel)
+            await asyncio.sleep(self.retry)
+            return None
+        if self.check is not None:
             try:
-                check(message)
+                self.check(message)
             except BadMessage as bad:
-                rejects(bad, message, channel)
-                continue
+                self.rejects(bad, message, self.channel)
+                return None
+        return message
+
+
+async def dispatch(taker: Taker, route: Callable[[Message], None]) -> None:
+    """Take from a process's own channel forever, handing every message to ``route`` (the
+    messages of a ``k.batch`` one by one, each checked too)."""
+    take, check, rejects = taker.take, taker.check, taker.rejects
+    while True:
+        message = await take()
+        if message is None:
+            continue
         if message[messages.TYPE] != messages.BATCH:
             route(message)
             continue
@@ -135,7 +161,7 @@ async def dispatch(
                 try:
                     check(one, True)
                 except BadMessage as bad:
-                    rejects(bad, one, channel)
+                    rejects(bad, one, taker.channel)
                     continue
             route(one)
 

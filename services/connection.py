@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services import messages as msg
 from services import wire
 
 
@@ -13,9 +14,11 @@ class Conn(wire.Inbox):
     __slots__ = (
         "accepted",
         "assigned",
+        "consumed",
         "created",
         "failed",
         "id",
+        "takes",
         "websocket",
         "window",
         "worker",
@@ -28,7 +31,9 @@ class Conn(wire.Inbox):
         now = loop.time()
         self.id = conn_id
         self.websocket = websocket  # else an HTTP request
+        self.takes = msg.WEBSOCKET_REPLIES if websocket else msg.HTTP_REPLIES
         self.window: wire.Window | None = None  # only streamed bodies and frames need one
+        self.consumed: wire.Consumed | None = None  # data from the worker the client took
         self.worker: str | None = None
         self.created = now
         self.assigned = now

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from layer.base import BaseChannelLayer
 from layer.messages import Message
 from services import messages as msg
 from services import replies, wire
 from services import uvicorn_bridge as bridge
 from services.connection import Conn
 from services.messages import FAIL, GONE
-from services.metrics import Metrics
 from services.plain import BridgeHttpProtocol, PlainRequest
 from services.relay import Receive, Relay, Scope, Send
 from services.uvicorn_bridge import Cycle
@@ -24,16 +22,6 @@ from services.uvicorn_bridge import Cycle
 
 class HttpRelay(Relay):
     """Relays HTTP requests and their responses."""
-
-    def __init__(
-        self,
-        layer: BaseChannelLayer,
-        metrics: Metrics,
-        pickup_timeout: float,
-        max_connections: int,
-    ) -> None:
-        super().__init__(layer, metrics, pickup_timeout, max_connections)
-        self._requests = metrics.http(self.role)
 
     def finish(self, conn: Conn, status: int, started: float) -> None:
         """The connection's HTTP response is settled: forget it, count it."""
@@ -91,7 +79,6 @@ class HttpRelay(Relay):
         """Relay the worker's response; returns the status sent and the body pump (if any)."""
         status = 0
         pump: asyncio.Task[None] | None = None
-        consumed: wire.Consumed | None = None
         while True:
             message = await conn.get()
             kind = message[msg.TYPE]
@@ -114,10 +101,7 @@ class HttpRelay(Relay):
                     return status, pump
                 if pump is None:  # a streaming response: the worker must hear if the client leaves
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
-                if consumed is None:
-                    consumed = wire.Consumed()
-                if consumed.one() and conn.worker is not None:
-                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
+                await self._consumed(conn)
             elif kind == msg.PICKED:
                 if pump is None:
                     pump = asyncio.create_task(self._pump_body(conn, receive, rest, more))
@@ -125,7 +109,7 @@ class HttpRelay(Relay):
                 return status or 499, pump
             elif status:  # FAIL or APP_ERROR after the response started: uvicorn cuts it short
                 return status, pump
-            else:  # FAIL (watchdog: 502/503), APP_ERROR (500, or 502 from a draining worker)
+            else:  # FAIL (liveness checks: 502/503), APP_ERROR (500, or 502 from a draining worker)
                 return await replies.failure(send, msg.code_of(message, 500)), pump
 
     async def _pump_body(self, conn: Conn, receive: Receive, rest: bytes, more: bool) -> None:

@@ -19,6 +19,8 @@ from services import messages as msg
 from services import wire
 from services.admission import Admission
 from services.batching import Batcher, deliver
+from services.held_starts import HeldStarts
+from services.receiving import consumed, joined
 
 log = logging.getLogger("layerkit.worker")
 
@@ -27,27 +29,6 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _BYTES = (bytes, bytearray, memoryview)
 _STR_OR_NONE = (str, type(None))
 T = TypeVar("T")
-
-
-class HeldStarts:
-    """Instances whose app sent ``http.response.start`` this loop turn: one callback per turn
-    sends the start of those whose app yielded before its first body (no timer per request)."""
-
-    __slots__ = ("_held", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._held: list[Instance] = []
-
-    def add(self, inst: Instance) -> None:
-        if not self._held:
-            self._loop.call_soon(self._run)
-        self._held.append(inst)
-
-    def _run(self) -> None:
-        held, self._held = self._held, []
-        for inst in held:
-            inst.flush_start()
 
 
 class Instance(wire.Inbox):
@@ -76,6 +57,7 @@ class Instance(wire.Inbox):
         "scope",
         "started",
         "status",
+        "takes",
         "window",
         "worker",
     )
@@ -102,7 +84,9 @@ class Instance(wire.Inbox):
         self.chunk = chunk
         self.id: str = message[msg.CONN]
         self.reply: str = message[msg.REPLY_CHANNEL]
-        self.kind = "http" if message[msg.TYPE] == msg.HTTP_OPEN else "websocket"
+        http = message[msg.TYPE] == msg.HTTP_OPEN
+        self.kind = "http" if http else "websocket"
+        self.takes = msg.HTTP_FOLLOW_UPS if http else msg.WEBSOCKET_FOLLOW_UPS
         self.scope = wire.import_scope(message[msg.SCOPE])
         self.window: wire.Window | None = None  # created when the response or frames stream
         self.consumed: wire.Consumed | None = None
@@ -114,7 +98,7 @@ class Instance(wire.Inbox):
         self._first: Message | None = message
         self._flush: asyncio.Task[None] | None = None
         self.known = False  # the protocol server knows which worker owns this connection
-        self._buffer: list[Any] = []
+        self._buffer: list[Any] = []  # the held response start, or the fragments of a frame
 
     async def run(self, app: ASGIApp) -> None:
         """Run the app to completion; tell the protocol server if it failed to answer."""
@@ -208,18 +192,15 @@ class Instance(wire.Inbox):
                 if self.kind == "http":
                     return {"type": "http.disconnect"}
                 return {"type": "websocket.disconnect", "code": msg.code_of(message, 1005)}
-            if self.consumed is None:
-                self.consumed = wire.Consumed()
-            if self.consumed.one():
-                await self._post(msg.ack(self.id, self.consumed.count))
+            ack = consumed(self)
+            if ack is not None:
+                await self._post(ack)
             if kind == msg.BODY:
                 body, more = message[msg.DATA], message[msg.MORE]
                 return {"type": "http.request", "body": body, "more_body": more}
-            self._buffer.append(msg.frame_data(message))
-            if message[msg.MORE_FRAGMENTS]:
+            data = joined(self._buffer, message)
+            if data is None:
                 continue
-            parts, self._buffer = self._buffer, []
-            data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
             if isinstance(data, str):
                 return {"type": "websocket.receive", "text": data}
             return {"type": "websocket.receive", "bytes": data}

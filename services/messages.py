@@ -67,7 +67,7 @@ HEARTBEAT: Final = "k.hb"
 HELLO: Final = "k.hello"
 BATCH: Final = "k.batch"
 # Local only: the protocol server posts these into a connection's inbox itself; never sent.
-FAIL: Final = "k.fail"  # CODE: the watchdog or the body pump ends the connection
+FAIL: Final = "k.fail"  # CODE: the liveness checks or the body pump end the connection
 GONE: Final = "k.gone"  # CODE (WebSocket): the client went away
 
 # What a connection of each kind may be sent (any other type for it is refused), and the

@@ -2,8 +2,9 @@
 
 Each HTTP request or WebSocket becomes one ``k.http``/``k.ws`` message on the shared work
 channel; whatever the worker sends back arrives on this process's single reply channel and is
-routed to the connection by its id. A watchdog fails connections no worker picked up in time
-(503 / close 1013) and connections whose worker stopped heart-beating (502 / close 1011).
+routed to the connection by its id (the peer core, services/peer.py). Its liveness checks fail
+connections no worker picked up in time (503 / close 1013) and connections whose worker stopped
+heart-beating (502 / close 1011).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.messages import Message
-from services import batching, wire
 from services import messages as msg
+from services import wire
 from services.admission import MAX_CONNECTIONS
-from services.background import OneInFlight, Vital
+from services.connection import Conn
 from services.http_relay import HttpRelay
-from services.liveness import Liveness
 from services.messages import BadMessage
 from services.metrics import Metrics
 from services.relay import PICKUP_TIMEOUT, Receive, Scope, Send
@@ -31,8 +31,8 @@ log = logging.getLogger("layerkit.protocol")
 
 class ProtocolServer(HttpRelay, WebSocketRelay):
     """Forwards HTTP and WebSocket connections over the layer and relays the answers: the
-    relays (services/http_relay.py, services/ws_relay.py) plus the loops that route what
-    workers send back and watch that they are alive."""
+    relays (services/http_relay.py, services/ws_relay.py) on the peer core (services/peer.py),
+    told here what workers' messages mean and when a connection has waited too long."""
 
     def __init__(
         self,
@@ -43,45 +43,22 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         heartbeat: float = 1.0,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        super().__init__(layer, metrics, pickup_timeout, max_connections)
-        self.heartbeat = heartbeat
-        self.peers = Liveness(heartbeat / 2, 3 * heartbeat)  # the workers serving us
+        super().__init__(layer, metrics, pickup_timeout, max_connections, heartbeat)
         self.worker_seen = 0.0  # loop time a worker last spoke to us (drives /readyz)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background = OneInFlight(log)  # heartbeats and re-joins
-        self.vital = Vital(log)  # the loops: if one dies, /healthz fails
-        self._stopping = False
-        self._rejects = batching.Rejects(self.role, metrics, log, self._spoiled)
-        metrics.add_probe(self._probe)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.reply = await self.layer.new_channel("proto")
+        await self._open_channel()
         self._prefix = self.layer.client_id + "."
-        await self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
-        self._tasks = [
-            self.vital.watch(asyncio.create_task(loop, name=name), self._stopped)
-            for loop, name in (
-                (self._dispatch(), "protocol-dispatch"),
-                (self._watchdog(), "protocol-watchdog"),
-            )
-        ]
-        log.info("protocol server reply channel %s", self.reply)
-
-    def _stopped(self) -> bool:
-        return self._stopping
+        await self.layer.group_add(wire.PROTOCOL_GROUP, self.channel)
+        self._run()
+        log.info("protocol server reply channel %s", self.channel)
 
     async def stop(self) -> None:
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, self._background.cancel(), return_exceptions=True)
-        if self._batcher is not None:
-            await self._batcher.close()
+        await super().stop()
         try:
-            await self.layer.group_discard(wire.PROTOCOL_GROUP, self.reply)
+            await self.layer.group_discard(wire.PROTOCOL_GROUP, self.channel)
         except Exception:  # the layer may already be gone; nothing to clean then
             log.debug("group_discard at stop failed", exc_info=True)
 
@@ -94,50 +71,29 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
         self.metrics.inflight.labels(self.role, "waiting").set(waiting)
         self.metrics.inflight.labels(self.role, "assigned").set(len(self._conns) - waiting)
 
-    # -- background loops ------------------------------------------------------------------
+    # -- what workers send (services/peer.py routes it) ------------------------------------
 
-    def _dispatch(self) -> Coroutine[Any, Any, None]:
-        """Route everything arriving on the reply channel to its connection."""
-        taking = batching.checked(self.layer, msg.TO_PROTOCOL)
-        return batching.dispatch(
-            self.layer, self.reply, taking, self._route, self._rejects, self.heartbeat
-        )
+    def _heard(self, message: Message) -> None:
+        worker = message[msg.WORKER]
+        # A hello is a group send: under layer.local it also comes from other hosts'
+        # workers, which never see our work channel. Only ours make us ready.
+        if self.layer.shares_normal_channels(worker):
+            self.worker_seen = self.peers.seen[worker] = self._loop.time()
 
-    def _route(self, message: Message) -> None:
-        """Hand one (checked) message from a worker to its connection (or note the worker is
-        alive)."""
-        kind = message[msg.TYPE]
-        if kind == msg.HEARTBEAT or kind == msg.HELLO:
-            worker = message[msg.WORKER]
-            # A hello is a group send: under layer.local it also comes from other hosts'
-            # workers, which never see our work channel. Only ours make us ready.
-            if self.layer.shares_normal_channels(worker):
-                self.worker_seen = self.peers.seen[worker] = self._loop.time()
-            return
-        conn = self._conns.get(message[msg.CONN])
-        if conn is None:
-            return  # a late answer for a connection that already ended
-        if kind not in (msg.WEBSOCKET_REPLIES if conn.websocket else msg.HTTP_REPLIES):
-            denial = conn.websocket and kind in msg.WEBSOCKET_DENIAL
-            if not denial or conn.accepted:  # a denial is a reply only before the accept
-                if denial:
-                    what = "WebSocket it accepted"
-                else:
-                    what = "WebSocket" if conn.websocket else "HTTP request"
-                wrong = BadMessage("wrong_connection", f"not for a {what}", kind, conn.id)
-                self._rejects(wrong, message, self.reply)
-                return
-        elif kind == msg.WS_ACCEPT:
+    def _unexpected(self, conn: Conn, kind: str) -> str | None:
+        if conn.websocket and kind in msg.WEBSOCKET_DENIAL:
+            # a denial is a reply only before the accept
+            return "WebSocket it accepted" if conn.accepted else None
+        return "WebSocket" if conn.websocket else "HTTP request"
+
+    def _deliver(self, conn: Conn, kind: str, message: Message) -> None:
+        if kind == msg.WS_ACCEPT:
             conn.accepted = True
         if conn.worker is None and kind in msg.CLAIMS:
             worker = message[msg.WORKER]
             conn.worker = worker
             conn.assigned = self.worker_seen = self.peers.seen[worker] = self._loop.time()
-        if kind == msg.ACK:
-            if conn.window is not None:
-                conn.window.acked(message[msg.CONSUMED])
-        else:
-            conn.put(message)
+        conn.put(message)
 
     def _spoiled(self, conn_id: str, bad: BadMessage) -> None:
         """A worker sent a malformed message for one of our connections: fail it."""
@@ -148,35 +104,29 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
                 gone = msg.disconnect(conn.id, 1011 if conn.websocket else None)
                 self._background.run(conn.id, wire.send_patiently(self.layer, conn.worker, gone))
 
-    async def _watchdog(self) -> None:
-        """Fail stuck connections and tell our workers we are alive."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.heartbeat / 2)
-            now = self.peers.tick(loop.time())
-            peers: set[str] = set()
-            for conn in list(self._conns.values()):
-                if conn.failed:
-                    continue
-                if conn.worker is None:
-                    if self.peers.awake_since(conn.created, now) > self.pickup_timeout:
-                        self._fail(conn, 503, "no worker picked the connection up in time")
-                elif wire.same_process(self.layer, conn.worker):
-                    continue
-                elif self.peers.dead(conn.worker, conn.assigned, now):
-                    self._fail(conn, 502, f"worker {conn.worker} stopped heart-beating")
-                else:
-                    peers.add(conn.worker)
-            for peer in peers:  # a send to an unreachable shard can take seconds:
-                self._background.run(peer, self._beat(peer))  # never stall the checks
-            # Join again: the membership lapses after group_expiry, and a Redis shard that
-            # restarted empty forgot it (then no worker's hello would reach us, /readyz false).
-            self._background.run(
-                wire.PROTOCOL_GROUP, self.layer.group_add(wire.PROTOCOL_GROUP, self.reply)
-            )
+    # -- liveness (services/peer.py checks every half heartbeat) ---------------------------
 
-    def _beat(self, peer: str) -> Coroutine[Any, Any, None]:
-        return self.layer.send_trusted(peer, msg.protocol_heartbeat(self.reply))
+    def _watched(self, conn: Conn, now: float) -> tuple[str, float] | None:
+        if conn.failed:
+            return None
+        if conn.worker is None:  # fail it if no worker took it in time
+            if self.peers.awake_since(conn.created, now) > self.pickup_timeout:
+                self._fail(conn, 503, "no worker picked the connection up in time")
+            return None
+        return conn.worker, conn.assigned
+
+    def _lose(self, conn: Conn, peer: str) -> None:
+        self._fail(conn, 502, f"worker {peer} stopped heart-beating")
+
+    def _heartbeat(self) -> Message:
+        return msg.protocol_heartbeat(self.channel)
+
+    def _tick(self, ticks: int) -> None:
+        # Join again: the membership lapses after group_expiry, and a Redis shard that
+        # restarted empty forgot it (then no worker's hello would reach us, /readyz false).
+        if ticks:  # start() has just joined
+            join = self.layer.group_add(wire.PROTOCOL_GROUP, self.channel)
+            self._background.run(wire.PROTOCOL_GROUP, join)
 
     # -- ASGI ------------------------------------------------------------------------------
 

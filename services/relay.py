@@ -1,13 +1,13 @@
-"""What the protocol server's HTTP and WebSocket relays share: the connection table, and the
-hand-over of a new connection to the work channel and of its follow-ups to its worker.
+"""What the protocol server's HTTP and WebSocket relays share: the connection table (a
+:class:`~services.peer.Peer` of the workers), and the hand-over of a new connection to the work
+channel, of its follow-ups to its worker and of acks for what its client took.
 
 services/protocol_server.py builds on it (with services/http_relay.py and
-services/ws_relay.py); the loops that route answers and watch workers live there.
+services/ws_relay.py), and says how the peer core's loops treat workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -17,12 +17,14 @@ from typing import Any
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull, MessageTooLarge
 from layer.messages import Message
-from services import batching, wire
 from services import messages as msg
+from services import wire
 from services.connection import Conn
 from services.logs import Throttled
 from services.messages import FAIL
 from services.metrics import Metrics
+from services.peer import Peer
+from services.receiving import consumed
 from services.waiting_room import WaitingRoom
 
 log = logging.getLogger("layerkit.protocol")
@@ -39,10 +41,14 @@ Send = Any
 PICKUP_TIMEOUT = 15.0
 
 
-class Relay:
+class Relay(Peer[Conn]):
     """The connections of one protocol server, and how they reach the layer."""
 
     role = "protocol"
+    logger = log
+    prefix = "proto"
+    takes = msg.TO_PROTOCOL
+    beats = frozenset({msg.HEARTBEAT, msg.HELLO})
 
     def __init__(
         self,
@@ -50,21 +56,15 @@ class Relay:
         metrics: Metrics,
         pickup_timeout: float,
         max_connections: int,
+        heartbeat: float,
     ) -> None:
-        self.layer = layer
-        self.metrics = metrics
+        super().__init__(layer, metrics, heartbeat, heartbeat / 2)  # the workers serving us
         self.pickup_timeout = pickup_timeout
         self.max_connections = max_connections  # requests in flight and WebSockets, together
         self.chunk = wire.chunk_size(layer)
-        self.reply = ""  # our reply channel, made by start()
-        self._conns: dict[str, Conn] = {}
         self._waiting = WaitingRoom(layer)
         self._ids = itertools.count()
         self._prefix = ""
-        self._loop: asyncio.AbstractEventLoop  # set by start()
-        self._batcher = (
-            batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
-        )
 
     def _open(self, websocket: bool) -> Conn:
         conn = Conn(self._new_id(), self._loop, websocket)
@@ -80,8 +80,8 @@ class Relay:
         """``k.http`` or ``k.ws``: a new connection for the work channel."""
         deadline = time.time() + self.pickup_timeout
         if conn.websocket:
-            return msg.ws_open(conn.id, self.reply, wire.export_scope(scope), deadline)
-        return msg.http_open(conn.id, self.reply, wire.export_scope(scope), body, more, deadline)
+            return msg.ws_open(conn.id, self.channel, wire.export_scope(scope), deadline)
+        return msg.http_open(conn.id, self.channel, wire.export_scope(scope), body, more, deadline)
 
     async def _submit(self, message: Message, patient_until: float | None = None) -> str | None:
         """Hand a new connection (already in the table) to the work channel; None if it took
@@ -117,6 +117,12 @@ class Relay:
             self._batcher.post(worker, message)
             return True
         return await wire.send_patiently(self.layer, worker, message)
+
+    async def _consumed(self, conn: Conn) -> None:
+        """The client took one data message of the worker's: ack if due."""
+        ack = consumed(conn)
+        if ack is not None and conn.worker is not None:
+            await self._to_worker(conn.worker, ack)
 
     def _lost(self, channel: str, message: Message, why: str, refused: bool) -> None:
         conn = self._conns.get(message.get(msg.CONN, ""))

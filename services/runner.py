@@ -254,7 +254,7 @@ async def serve(
 def _channels(protocol: ProtocolServer | None, worker: Worker | None) -> list[str]:
     """The channels this process receives on and sends every request through: the storage
     that holds them is what readiness asks about."""
-    own = [protocol.reply if protocol else "", worker.channel if worker else ""]
+    own = [protocol.channel if protocol else "", worker.channel if worker else ""]
     return [wire.WORK_CHANNEL, *(channel for channel in own if channel)]
 
 

@@ -13,30 +13,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.messages import Message
-from services import batching, wire
 from services import messages as msg
+from services import wire
 from services.admission import CONCURRENCY, MAX_CONNECTIONS, Admission
-from services.background import OneInFlight, Vital
-from services.instance import ASGIApp, HeldStarts, Instance
+from services.held_starts import HeldStarts
+from services.instance import ASGIApp, Instance
 from services.lifespan import Lifespan
-from services.liveness import Liveness
 from services.messages import BadMessage
 from services.metrics import Metrics
+from services.peer import Peer
 
 log = logging.getLogger("layerkit.worker")
 
 
-class Worker:
-    """One worker process's loops: take work, route follow-ups, heartbeat, drain."""
+class Worker(Peer[Instance]):
+    """One worker process: runners that take work, on the peer core (services/peer.py) that
+    routes follow-ups and heart-beats protocol servers; drain."""
 
     role = "worker"
+    logger = log
+    prefix = "worker"
+    takes = msg.TO_WORKER
+    beats = frozenset({msg.HEARTBEAT})
 
     def __init__(
         self,
@@ -50,51 +52,26 @@ class Worker:
         heartbeat: float = 1.0,
         ack_delay: float = 0.05,
     ) -> None:
-        self.layer = layer
+        super().__init__(layer, metrics, heartbeat, heartbeat)  # the protocol servers we serve
         self.app = app
-        self.metrics = metrics
         self.admission = Admission(metrics, self._wake, concurrency, max_connections)
         self.drain_timeout = drain_timeout
-        self.heartbeat = heartbeat
-        self.peers = Liveness(heartbeat, 3 * heartbeat)  # the protocol servers we serve
         self.ack_delay = ack_delay
         self.chunk = wire.chunk_size(layer)
-        self.channel = ""
         self.lifespan = Lifespan(app)
         self.draining = False
-        self._conns: dict[str, Instance] = {}
         self._fresh: list[Instance] = []  # taken, not yet known to their protocol server
         self._runners: set[asyncio.Task[None]] = set()
         self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
-        self._receive_failed = -math.inf  # loop time the last failed receive was logged
-        self._loops: list[asyncio.Task[None]] = []
-        self._background = OneInFlight(log)  # heartbeats and hellos
-        self.vital = Vital(log)  # the loops and runners: if one dies, /healthz fails
-        self._stopping = False
-        self._rejects = batching.Rejects(self.role, metrics, log, self._spoiled)
-        self._work = batching.checked(layer, msg.WORK)  # None: in-process, nothing to check
-        self._requests = metrics.http(self.role)
-        self._loop: asyncio.AbstractEventLoop  # set by start()
+        self._work = self._taker(wire.WORK_CHANNEL, msg.WORK)
         self._held: HeldStarts  # made by start(), on the loop that runs the instances
-        self._batcher = (
-            batching.Batcher(layer, self._lost) if batching.worth_batching(layer) else None
-        )
-        metrics.add_probe(self._probe)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        await self._open_channel()
         self._held = HeldStarts(self._loop)
-        self.channel = await self.layer.new_channel("worker")
         await self.lifespan.startup()
-        self._loops = [
-            self.vital.watch(asyncio.create_task(loop, name=name), self._stopped)
-            for loop, name in (
-                (self._dispatch(), "worker-dispatch"),
-                (self._heartbeats(), "worker-heartbeat"),
-                (self._announcer(), "worker-announce"),
-            )
-        ]
+        self._run(("announce", self._announcer()))
         self._spawn()
         log.info(
             "worker channel %s, concurrency %d, max connections %d",
@@ -103,9 +80,6 @@ class Worker:
 
     def ready(self) -> bool:
         return not self.draining and bool(self._runners)
-
-    def _stopped(self) -> bool:
-        return self._stopping
 
     async def _probe(self) -> None:
         websockets = sum(1 for inst in self._conns.values() if inst.accepted and not inst.closed)
@@ -141,11 +115,7 @@ class Worker:
         self._stopping = True
         if not self.draining:
             await self.drain()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, self._background.cancel(), return_exceptions=True)
-        if self._batcher is not None:
-            await self._batcher.close()  # the last replies, before the layer closes
+        await super().stop()
         await self.lifespan.shutdown()
 
     # -- loops -----------------------------------------------------------------------------
@@ -195,27 +165,11 @@ class Worker:
         """The next connection from the work channel, or None for one to skip."""
         self._receiving.add(task)
         try:
-            message = await self.layer.receive(wire.WORK_CHANNEL)
-        except asyncio.CancelledError:
-            raise
-        except ValueError as error:  # taken off the channel, but unreadable: skip it
-            self._rejects.undecodable(wire.WORK_CHANNEL, error)
-            await asyncio.sleep(0)  # a flood of them must not starve the other tasks
-            return None
-        except Exception:
-            if loop.time() - self._receive_failed > self.heartbeat:  # once, not per runner
-                self._receive_failed = loop.time()
-                log.exception("receiving work failed; retrying")
-            await asyncio.sleep(self.heartbeat)
-            return None
+            message = await self._work.take()
         finally:
             self._receiving.discard(task)
-        if self._work is not None:
-            try:
-                self._work.check(message)  # messages.check, one call less
-            except BadMessage as bad:
-                self._rejects(bad, message, wire.WORK_CHANNEL)
-                return None
+        if message is None:
+            return None
         if message[msg.DEADLINE] < time.time():
             return None  # its protocol server has already answered 503
         inst = Instance(
@@ -254,35 +208,18 @@ class Worker:
         else:
             self.metrics.count(self.role, inst.kind, inst.status)
 
-    def _dispatch(self) -> Coroutine[Any, Any, None]:
-        """Route follow-up messages on this worker's channel to their instances."""
-        taking = batching.checked(self.layer, msg.TO_WORKER)
-        return batching.dispatch(
-            self.layer, self.channel, taking, self._route, self._rejects, self.heartbeat
-        )
+    # -- what protocol servers send (services/peer.py routes it) ----------------------------
 
-    def _route(self, message: Message) -> None:
-        """Hand one (checked) message to its instance (or note a protocol server is alive)."""
-        kind = message[msg.TYPE]
-        if kind == msg.HEARTBEAT:
-            self.peers.seen[message[msg.REPLY_CHANNEL]] = self._loop.time()
-            return
-        inst = self._conns.get(message[msg.CONN])
-        if inst is None:
-            return
-        if kind not in (msg.HTTP_FOLLOW_UPS if inst.kind == "http" else msg.WEBSOCKET_FOLLOW_UPS):
-            wrong = BadMessage(
-                "wrong_connection", f"not for a {inst.kind} connection", kind, inst.id
-            )
-            self._rejects(wrong, message, self.channel)
-            return
-        if kind == msg.ACK:
-            if inst.window is not None:
-                inst.window.acked(message[msg.CONSUMED])
-        else:
-            if kind == msg.DISCONNECT:
-                inst.client_left()
-            inst.put(message)
+    def _heard(self, message: Message) -> None:
+        self.peers.seen[message[msg.REPLY_CHANNEL]] = self._loop.time()
+
+    def _unexpected(self, conn: Instance, kind: str) -> str:
+        return f"{conn.kind} connection"
+
+    def _deliver(self, conn: Instance, kind: str, message: Message) -> None:
+        if kind == msg.DISCONNECT:
+            conn.client_left()
+        conn.put(message)
 
     def _spoiled(self, conn_id: str, bad: BadMessage) -> None:
         """A protocol server sent a malformed message for one of our connections: give it up."""
@@ -318,30 +255,23 @@ class Worker:
                 else:
                     self._fresh.append(inst)
 
-    async def _heartbeats(self) -> None:
-        """Heartbeat protocol servers we serve, announce ourselves, notice dead protocol servers."""
-        loop = asyncio.get_running_loop()
-        beat = msg.worker_heartbeat(self.channel)
-        hello = msg.hello(self.channel)
-        ticks = 0
-        while True:
-            now = self.peers.tick(loop.time())
-            peers: set[str] = set()
-            for inst in list(self._conns.values()):
-                if inst.gone or wire.same_process(self.layer, inst.reply):
-                    continue
-                if self.peers.dead(inst.reply, inst.started, now):
-                    # Silence may be one-way (its beats lost on a dead shard while its reply
-                    # channel still works): tell it, so its client gets 502/1011, not a hang.
-                    self._give_up(inst, 1006, f"protocol server {inst.reply} went silent")
-                else:
-                    peers.add(inst.reply)
-            for peer in peers:
-                self._background.run(peer, self.layer.send(peer, beat))
-            if ticks % 2 == 0 and not self.draining:
-                self._background.run("hello", self.layer.group_send(wire.PROTOCOL_GROUP, hello))
-            ticks += 1
-            await asyncio.sleep(self.heartbeat)
+    # -- liveness (services/peer.py checks every heartbeat) --------------------------------
+
+    def _watched(self, conn: Instance, now: float) -> tuple[str, float] | None:
+        return None if conn.gone else (conn.reply, conn.started)
+
+    def _lose(self, conn: Instance, peer: str) -> None:
+        # Silence may be one-way (its beats lost on a dead shard while its reply channel
+        # still works): tell it, so its client gets 502/1011, not a hang.
+        self._give_up(conn, 1006, f"protocol server {peer} went silent")
+
+    def _heartbeat(self) -> Message:
+        return msg.worker_heartbeat(self.channel)
+
+    def _tick(self, ticks: int) -> None:
+        if ticks % 2 == 0 and not self.draining:  # every other heartbeat: we take work
+            hello = self.layer.group_send(wire.PROTOCOL_GROUP, msg.hello(self.channel))
+            self._background.run("hello", hello)
 
 
 def _may_return() -> bool:

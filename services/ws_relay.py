@@ -12,6 +12,7 @@ from services import messages as msg
 from services import replies, wire
 from services.connection import Conn
 from services.messages import FAIL, GONE
+from services.receiving import joined
 from services.relay import Receive, Relay, Scope, Send
 
 
@@ -41,21 +42,17 @@ class WebSocketRelay(Relay):
         self, conn: Conn, receive: Receive, send: Send
     ) -> tuple[int, asyncio.Task[None] | None]:
         reader: asyncio.Task[None] | None = None
-        consumed = wire.Consumed()
-        parts: list[Any] = []
+        parts: list[Any] = []  # of a frame sent in fragments
         code = 0
         while True:
             message = await conn.get()
             kind = message[msg.TYPE]
             if kind == msg.WS_OUT:
-                parts.append(msg.frame_data(message))
-                if not message[msg.MORE_FRAGMENTS]:
-                    data = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
-                    parts.clear()
+                data = joined(parts, message)
+                if data is not None:
                     key = "text" if isinstance(data, str) else "bytes"
                     await send({"type": "websocket.send", key: data})
-                if consumed.one() and conn.worker is not None:
-                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
+                await self._consumed(conn)
             elif kind == msg.WS_ACCEPT:
                 accept = {"type": "websocket.accept", "subprotocol": message.get(msg.SUBPROTOCOL)}
                 if message.get(msg.HEADERS):
@@ -75,8 +72,7 @@ class WebSocketRelay(Relay):
                 await send({"type": "websocket.http.response.body", **body})
                 if not more:
                     return code, reader
-                if consumed.one() and conn.worker is not None:
-                    await self._to_worker(conn.worker, msg.ack(conn.id, consumed.count))
+                await self._consumed(conn)
             elif kind == msg.WS_CLOSE:
                 code = message[msg.CODE]
                 reason = message.get(msg.REASON) or ""

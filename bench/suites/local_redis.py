@@ -167,6 +167,44 @@ def _fan_out(subject: str, urls: list[str], prefixes: list[str], count: int) -> 
                 process.kill()
 
 
+def _broadcast(subject: str, urls: list[str], prefixes: list[str], count: int) -> float:
+    """Deliveries per second: ``count`` group sends from host 0, one at a time (the next when
+    every member has the last: a chat room's broadcasts), to ``MEMBERS // 2`` members on host 1
+    in one process (the sender's, so the rate is the CPU both sides cost per delivery)."""
+
+    async def main() -> float:
+        sender, there = (make_layer(subject, urls, prefixes, host) for host in (0, 1))
+        channels = [await there.new_channel() for _ in range(MEMBERS // 2)]
+        for channel in channels:
+            await there.group_add("bench-room", channel)
+        received, reached = [0, 0], asyncio.Event()  # [deliveries, how many reach the room]
+
+        async def drain(channel: str) -> None:
+            while True:
+                await there.receive(channel)
+                received[0] += 1
+                if received[0] == received[1]:
+                    reached.set()
+
+        tasks = [asyncio.ensure_future(drain(channel)) for channel in channels]
+        started = 0.0
+        for sent in range(count // 10 + count):  # a tenth as warm-up
+            if sent == count // 10:
+                started = time.perf_counter()
+            received[1] = (sent + 1) * len(channels)
+            reached.clear()
+            await sender.group_send("bench-room", MESSAGE)
+            await reached.wait()
+        rate = count * len(channels) / (time.perf_counter() - started)
+        for task in tasks:
+            task.cancel()
+        await sender.close()
+        await there.close()
+        return rate
+
+    return asyncio.run(main())
+
+
 def _fresh(
     servers: list[RedisServer], measure: Callable[[str, list[str]], float], subject: str
 ) -> float:
@@ -194,6 +232,10 @@ def run(quick: bool) -> SuiteResult:
         ),
         "fan-out 100 (2 processes)": (
             lambda s, p: _fan_out(s, urls, p, 100 * scale),
+            "deliveries/s",
+        ),
+        f"broadcast to {MEMBERS // 2} on host 1": (
+            lambda s, p: _broadcast(s, urls, p, 100 * scale),
             "deliveries/s",
         ),
     }
@@ -226,7 +268,11 @@ def run(quick: bool) -> SuiteResult:
             f"fan-out: {100 * scale:,} group_sends from host 0 to {MEMBERS} process-specific "
             "members, half in a process on host 0 and half in one on host 1 (IPC: both on "
             "its one host; Redis: both on the shards), deliveries per second from the first "
-            f"send to the last receive. Best of {rounds} interleaved round(s). capacity "
+            f"send to the last receive. broadcast: {100 * scale:,} group_sends from host 0, "
+            f"each when the last has reached all {MEMBERS // 2} members on host 1 (IPC: the "
+            "one host; Redis: the shards), sender and members in one process: the CPU a "
+            "delivery to another host costs both sides, as a chat room's broadcasts do. "
+            f"Best of {rounds} interleaved round(s). capacity "
             f"{CAPACITY:,}."
         ),
     )

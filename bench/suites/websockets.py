@@ -2,10 +2,12 @@
 
 The app is tests/services/djchat (a textbook ``AsyncJsonWebsocketConsumer`` group chat) served
 (a) by uvicorn + Channels directly, with our Redis layer and with ``channels_redis``, (b) by
-``layerkit combined``, (c) by protocol server + worker over IPC, (d) over Redis; every subject
-with its default options. For each N: connections opened (the consumer's first message came)
-and refused, server RSS per connection, and the time until every member has a broadcast a
-member sent (20 broadcasts: p50 and max), deliveries lost, server CPU.
+``layerkit combined``, (c) by protocol server + worker over IPC, (d) over Redis, (e) by two
+pods (each a protocol server + worker on its own IPC prefix) sharing three Redis shards through
+the Local + Redis layer, the members split between them; every subject with its default
+options. For each N: connections opened (the consumer's first message came) and refused,
+server RSS per connection, and the time until every member has a broadcast a member sent (20
+broadcasts: p50 and max), deliveries lost, server CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +30,18 @@ import websockets
 
 from bench.core import Result, SuiteResult, Target
 from bench.processes import Processes, cpu_seconds
-from bench.subjects import Setup, combined, ipc_split, redis_split
+from bench.subjects import Setup, combined, ipc_split, local_redis_split, redis_split, split
 from harness.ports import free_port
 from harness.redis_server import RedisServer
 
 APP = "tests.services.djchat.asgi:application"
-OURS, CHANNELS_REDIS, COMBINED, IPC, REDIS = (
+OURS, CHANNELS_REDIS, COMBINED, IPC, REDIS, PODS = (
     "(a) uvicorn + Channels, our Redis",
     "(a2) uvicorn + Channels, channels_redis",
     "(b) combined in-memory",
     "(c) protocol+worker IPC",
     "(d) protocol+worker Redis",
+    "(e) two pods, local+Redis",
 )
 # Every subject serves the chat (not the demo) with the settings whose CHANNEL_LAYERS come from
 # the subject's $LAYER_CONFIG: Django and the kit's services then share one layer.
@@ -77,19 +80,33 @@ def _direct(ours: bool) -> Iterator[Setup]:
             server.stop()
 
 
-SUBJECTS = {
+@contextlib.contextmanager
+def _two_pods() -> Iterator[list[Setup]]:
+    """Two pods on this machine: each a protocol server + worker on an IPC prefix of its own
+    (so a host of its own to the layer), both on the same three shards and key prefix."""
+    with local_redis_split() as one, ipc_split() as other:
+        assert one.config is not None
+        two = split(one.config, **{**one.env, **other.env})  # pod one's shards, own prefix
+        yield [one, two]
+
+
+Subject = Callable[[], contextlib.AbstractContextManager[Setup | list[Setup]]]  # a Setup per pod
+SUBJECTS: dict[str, Subject] = {
     OURS: lambda: _direct(True),
     CHANNELS_REDIS: lambda: _direct(False),
     COMBINED: lambda: contextlib.nullcontext(Setup(combined)),
     IPC: ipc_split,
     REDIS: redis_split,
+    PODS: _two_pods,
 }
 
 
 def _available(name: str) -> bool:
     if name == CHANNELS_REDIS:
         return importlib.util.find_spec("channels_redis") is not None
-    return name != IPC or importlib.util.find_spec("layer.ipc") is not None
+    if name in (IPC, PODS):
+        return importlib.util.find_spec("layer.ipc") is not None
+    return True
 
 
 def _rss_kib(pid: int) -> int:
@@ -120,10 +137,12 @@ async def _member(url: str) -> websockets.ClientConnection | None:
     return ws if isinstance(greeting, dict) and "pid" in greeting else None
 
 
-async def _room(port: int, n: int, pids: list[int]) -> Measured:
-    url = f"ws://127.0.0.1:{port}/chat/bench/"
+async def _room(ports: Sequence[int], n: int, pids: list[int]) -> Measured:
+    """Member ``i`` connects to ``ports[i % len(ports)]`` (its pod), so the broadcasts, sent
+    by one member after another, come from each pod in turn."""
+    urls = [f"ws://127.0.0.1:{port}/chat/bench/" for port in ports]
     before = sum(_rss_kib(pid) for pid in pids)
-    members = await asyncio.gather(*(_member(url) for _ in range(n)))
+    members = await asyncio.gather(*(_member(urls[i % len(urls)]) for i in range(n)))
     room = [ws for ws in members if ws is not None]
     await asyncio.sleep(2)  # let memory settle after the burst
     grown = sum(_rss_kib(pid) for pid in pids) - before
@@ -161,15 +180,18 @@ async def _room(port: int, n: int, pids: list[int]) -> Measured:
 
 def measure(name: str, n: int) -> Measured:
     procs = Processes()
-    port = free_port()
-    with SUBJECTS[name]() as setup:
+    with SUBJECTS[name]() as subject:
+        pods = subject if isinstance(subject, list) else [subject]  # a Setup per pod
+        ports = [free_port() for _ in pods]
         saved = {name: os.environ.get(name) for name in SERVED}
         os.environ.update(SERVED)
         try:
-            setup.start(procs, port)
-            procs.wait_ready(port, "/hello/")
+            for setup, port in zip(pods, ports, strict=True):
+                setup.start(procs, port)
+            for port in ports:
+                procs.wait_ready(port, "/hello/")
             pids = [pid for _, pid in procs.pids()]  # the servers; redis-server is not counted
-            return asyncio.run(_room(port, n, pids))
+            return asyncio.run(_room(ports, n, pids))
         finally:
             procs.stop()
             for name, value in saved.items():
@@ -219,7 +241,9 @@ def run(quick: bool) -> SuiteResult:
         "connection, 2 s after the last handshake; CPU is theirs during the broadcasts. Every "
         "subject runs its defaults. Targets (issue 19): (b)-(d) open all N (as many as (a)), "
         "RSS per connection at most 1.25x (a)'s, broadcast p50 at most (a)'s for (c)/(d) and "
-        "1.5x for (b).\n\n"
+        "1.5x for (b). (e), issue 23: members alternate between the two pods' ports (so do "
+        "the broadcasts' senders); a broadcast reaches the sender's pod over IPC and the "
+        "other pod over Redis.\n\n"
         "| N | subject | opened | refused | KiB per connection | broadcast p50 ms | max ms "
         "| lost | server CPU s |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )

@@ -9,15 +9,15 @@ why each keeps the spec's guarantees.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
+from layer.flow import hand
 from layer.ipc import IPCChannelLayer
-from layer.local.legs import Legs
+from layer.local.bridge import Bridges, opened
 from layer.messages import Message, decode
 from layer.redis import RedisChannelLayer
 
@@ -62,7 +62,9 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.host = self.ipc.segment_id
         self.client_id += self.host  # new_channel() names end their routing part with it
         self._own = self.client_id + "!"  # and receive() accepts those as this client's
-        self._legs = Legs(self._redis_pop, self.expiry, self._count_expired)
+        self._bridges = Bridges(
+            self.redis._drain, self._hand, self.ipc._push, self.get_capacity, self.counters
+        )
 
     def shard_names(self) -> list[str]:
         return self.redis.shard_names()
@@ -93,63 +95,33 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         route = self.route(channel)
         if route is IPC:
             return self.ipc._ready(channel)
-        if route is BOTH:
-            leg = self._legs.get(channel)
-            if leg is not None and leg.done():
-                message = self._legs.take(channel, leg)
-                if message is not None:
-                    return message
-            payload = self.ipc._ready(channel)
-            if payload is not None or leg is not None:  # a waiting leg gets Redis' messages
-                return payload
-        taken = self.redis._ready(channel)
-        return None if taken is None else _opened(taken)
+        if route is REDIS:
+            taken = self.redis._ready(channel)
+            return None if taken is None else _opened(taken)
+        self._bridges.ensure(channel[: channel.index("!") + 1])
+        while (payload := self.ipc._ready(channel)) is not None:
+            if (message := opened(payload, self.counters)) is not None:
+                return message
+        return None
 
     async def _pop(self, channel: str) -> Taken:
         route = self.route(channel)
         if route is IPC:
             return await self.ipc._pop(channel)
         if route is REDIS:
-            return await self._redis_pop(channel)
-        return await self._pop_both(channel)
+            return _opened(await self.redis._pop(channel))
+        # This host's: other hosts' messages come into the same IPC queue (bridge.py).
+        self._bridges.ensure(channel[: channel.index("!") + 1])
+        while (message := opened(await self.ipc._pop(channel), self.counters)) is None:
+            pass
+        return message
 
-    async def _pop_both(self, channel: str) -> Taken:
-        """Wait on IPC in this task while the channel's Redis leg (legs.py) waits in its own;
-        the leg interrupts this wait when it has a message."""
-        task = asyncio.current_task()
-        assert task is not None
-        legs = self._legs
-        while True:
-            leg = legs.get(channel) or legs.start(channel)
-            if leg.done():
-                message = legs.take(channel, leg)
-                if message is not None:
-                    return message
-                continue
-            state = [True, False]  # still waiting here; interrupted by the leg
-
-            def interrupt(_: object, state: list[bool] = state) -> None:
-                if state[0]:
-                    state[1] = True
-                    task.cancel()
-
-            leg.add_done_callback(interrupt)
-            try:
-                return await self.ipc._pop(channel)
-            except asyncio.CancelledError:
-                # IPC put back what it had taken. Ours alone: take the leg's message.
-                if not state[1] or task.uncancel():
-                    raise
-            finally:
-                state[0] = False
-                leg.remove_done_callback(interrupt)
-                legs.used(channel)
-
-    def _count_expired(self) -> None:
-        self.counters.expired += 1
-
-    async def _redis_pop(self, channel: str) -> Message:
-        return _opened(await self.redis._pop(channel))
+    def _hand(self, channel: str, payload: bytes) -> bool:
+        """Give ``payload`` to a receive of this instance waiting on ``channel`` in IPC, if
+        any: the future IPC itself would complete when it wakes that receive (its node stays
+        registered for the next one; a cancelled receive gives it back as one IPC woke)."""
+        waiting = self.ipc._local.get(channel)
+        return waiting is not None and hand(waiting, payload)
 
     async def _group_add(self, group: str, channel: str) -> None:
         # Redis first: the IPC membership then lapses last, so a group send from here in
@@ -175,14 +147,13 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         return delivered + more, dropped + full
 
     async def _flush(self) -> None:
-        await self._legs.stop()
         await self.ipc._flush()
         await self.redis._flush()
 
     async def _storage_counts(self) -> StorageCounts:
         here, there = await self.ipc._storage_counts(), await self.redis._storage_counts()
         return StorageCounts(
-            queued=here.queued + there.queued + self._legs.held(),
+            queued=here.queued + there.queued,
             channels=here.channels + there.channels,
             groups=here.groups + there.groups,
         )
@@ -197,12 +168,12 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         return result
 
     async def close(self) -> None:
-        await self._legs.stop()
+        await self._bridges.stop()
         await self.redis.close()
         await self.ipc.close()
 
     async def discard(self) -> None:
-        await self._legs.stop()
+        await self._bridges.stop()
         await self.redis.close()
         await self.ipc.discard()
 

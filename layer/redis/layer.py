@@ -27,7 +27,7 @@ from layer.exceptions import InvalidOption
 from layer.messages import Message, decode, encode_trusted
 from layer.options import positive_number
 from layer.redis.connection import Pipe
-from layer.redis.crypto import Crypter
+from layer.redis.crypto import Crypter, UndecryptableMessage
 from layer.redis.hosts import ShardSpec, parse_hosts
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
@@ -191,6 +191,22 @@ class RedisChannelLayer(BaseChannelLayer):
         if self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
+
+    async def _drain(self, routing: str) -> list[tuple[int, bytes, bytes]]:
+        """Wait for, then take, every entry of this client's inbox ``routing`` (a name up to
+        and including ``!``): ``(expires_at_ms, local parts, payload)`` (see Receiver.drain)."""
+        receiver = self._state().shards[self.ring.node_for(routing)].receiver
+        entries = await receiver.drain(self._channel_prefix + routing, routing)
+        crypter = self._crypter
+        if crypter is None:
+            return entries
+        opened = []
+        for expires, local, payload in entries:
+            try:
+                opened.append((expires, local, crypter.decrypt(payload, routing)))
+            except UndecryptableMessage as exc:  # one bad message must not stop the inbox
+                log.error("dropped a message: %s", exc)
+        return opened
 
     def _group_keys(self, group: str) -> tuple[tuple[str, str, str], Pipe, _LoopState]:
         """The group's members, their capacities and its fan-out plan (see scripts.py)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from layer.flow import RETURN_DELAY, Streaming, hand, handed, unexpired
 from layer.messages import Message
-from layer.redis.entries import Popped, make_entry
+from layer.redis.entries import Popped, make_entry, split_entry
 
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
@@ -34,6 +34,35 @@ class Mailbox:
         self.buffer: deque[tuple[Popped, int]] = deque()  # (payload, expires_at_ms)
         self.waiters: deque[asyncio.Future[Popped]] = deque()
         self.returning = False
+
+
+class Drain:
+    """A process inbox taken whole by one caller (``Receiver.drain``) instead of per channel:
+    entries ``(expires_at_ms, local parts, payload)`` in list order, and the drain waiting."""
+
+    __slots__ = ("entries", "waiter")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, bytes, bytes]] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+    def keep(self, entries: list[bytes], now: float) -> tuple[int, list[bytes]]:
+        """Keep the unexpired ``entries`` and wake the drain; return how many had expired, and
+        those not written by this layer (malformed)."""
+        expired, malformed = 0, []
+        for entry in entries:
+            try:
+                split = split_entry(entry)
+            except ValueError:
+                malformed.append(entry)
+                continue
+            if split[0] <= now:
+                expired += 1
+            else:
+                self.entries.append(split)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        return expired, malformed
 
 
 class Mailboxes:
@@ -56,6 +85,7 @@ class Mailboxes:
         self.boxes: dict[str, Mailbox] = {}
         self.waiting: dict[str, int] = {}  # list key -> receives waiting on it
         self.receives = Streaming()  # list keys' last receives here, which keep receiving
+        self.drains: dict[str, Drain] = {}  # inbox key -> its drain (all its entries go there)
 
     def box(self, channel: str, key: str) -> Mailbox:
         box = self.boxes.get(channel)
@@ -150,22 +180,31 @@ class Mailboxes:
             if not box.waiters and not box.buffer and not box.returning:
                 del self.boxes[box.channel]
         self.waiting = {key: n for key, n in self.waiting.items() if n}
-        return {box.key for box in self.boxes.values()} | set(self.waiting)
+        return {box.key for box in self.boxes.values()} | set(self.waiting) | set(self.drains)
 
     def clear(self) -> None:
         """Forget entries popped but not yet received (``flush()``)."""
         for box in self.boxes.values():
             box.buffer.clear()
+        for drain in self.drains.values():
+            drain.entries.clear()
 
     def buffered_keys(self) -> set[str]:
-        return {box.key for box in self.boxes.values() if box.buffer}
+        held = {key for key, drain in self.drains.items() if drain.entries}
+        return held | {box.key for box in self.boxes.values() if box.buffer}
 
     def queued(self) -> int:
-        return sum(len(box.buffer) for box in self.boxes.values())
+        held = sum(len(drain.entries) for drain in self.drains.values())
+        return held + sum(len(box.buffer) for box in self.boxes.values())
 
     def leftovers(self) -> list[tuple[str, list[bytes]]]:
-        """Every entry no receive has taken, as list entries again, per list key."""
-        return [(box.key, self.entries(box)) for box in self.boxes.values() if box.buffer]
+        """Every entry no receive (or drain) has taken, as list entries again, per list key."""
+        out = [(box.key, self.entries(box)) for box in self.boxes.values() if box.buffer]
+        for key, drain in self.drains.items():
+            if drain.entries:
+                out.append((key, [make_entry(*entry) for entry in drain.entries]))
+                drain.entries = []
+        return out
 
     def entries(self, box: Mailbox) -> list[bytes]:
         """Empty ``box`` into list entries (an inbox's with their local part)."""

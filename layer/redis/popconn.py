@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
+from layer.redis._compat import writer_of
 from layer.redis.commands import Arg, alive, write
 from layer.redis.connection import Pipe
 from layer.redis.dial import open_connection
@@ -77,7 +78,14 @@ class PopConnection:
             raise
         if stolen:
             await self._settle_stolen(replies, stolen)
-        reply = await replies.reply()
+        try:
+            reply = await replies.reply()
+        except asyncio.CancelledError:
+            # The loop is stopping (close(), or the end of an async_to_sync call's loop): drop
+            # the connection now, or the server, still holding the pop for it, hands the next
+            # entries to a reader that is gone (a LocalRedisChannelLayer inbox is always popped).
+            self.abort()
+            raise
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -94,6 +102,16 @@ class PopConnection:
             self.pipe.release(stolen, lost)
             raise
         self.pipe.release(stolen, got)
+
+    def abort(self) -> None:
+        """Close the socket at once, without a coroutine (the server unblocks a pending pop)."""
+        writer = writer_of(self._conn)
+        if writer is not None:
+            writer.transport.abort()
+        self._conn = None
+        if self._replies is not None:
+            self._replies.close()
+            self._replies = None
 
     async def close(self) -> None:
         if self._replies is not None:

@@ -27,7 +27,7 @@ from layer.messages import Message
 from layer.redis.commands import Arg
 from layer.redis.connection import Pipe
 from layer.redis.entries import Popped, split_entry
-from layer.redis.mailboxes import Mailbox, Mailboxes
+from layer.redis.mailboxes import Drain, Mailbox, Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
 from layer.redis.shard_errors import unavailable
@@ -107,6 +107,28 @@ class Receiver:
             boxes.cancelled(channel, box, waiter)
             raise
 
+    async def drain(self, key: str, routing: str) -> list[tuple[int, bytes, bytes]]:
+        """Wait for entries of this process's inbox ``key`` (``routing`` ends with ``!``) and
+        take them all: ``(expires_at_ms, local parts, payload)``, unexpired, in list order.
+
+        For a caller that routes them on itself (``LocalRedisChannelLayer`` moves them into
+        its host's IPC queues): from the first drain on, the inbox is popped for as long as
+        this receiver lives, and its entries go to the drain, not to per-channel mailboxes.
+        Cancel-safe: what was popped stays for the next drain (or goes back with leftovers)."""
+        drain = self.boxes.drains.get(key)
+        if drain is None:
+            drain = self.boxes.drains[key] = Drain()
+            self._routes[key] = routing
+        if not drain.entries:
+            drain.waiter = self._loop.create_future()
+            self._wanted(key)
+            try:
+                await drain.waiter
+            finally:
+                drain.waiter = None
+        entries, drain.entries = drain.entries, []
+        return entries
+
     def _send_back(self, key: str, entries: list[bytes]) -> None:
         """Push ``entries`` back to the front of ``key`` with the next pop."""
         self._returns.append((key, entries))
@@ -134,6 +156,8 @@ class Receiver:
             for key, count in self.boxes.waiting.items()
             if count > 0
         }
+        for key in self.boxes.drains:  # drained inboxes: always popped, in bulk
+            want[key] = INBOX_BATCH
         if self._armed:  # keep a pop waiting on our own inboxes: replies land without a write
             now = time.monotonic()
             for key, since in list(self._armed.items()):
@@ -247,6 +271,14 @@ class Receiver:
                 self._returns.append((key, entries))
             return
         now = time.time() * 1000
+        drain = self.boxes.drains.get(key)
+        if drain is not None:  # taken whole by its caller (drain())
+            expired, malformed = drain.keep(entries, now)
+            for entry in malformed:
+                log.error("dropped a malformed entry %.40r on %s", entry, key)
+            if expired:
+                self._on_expired(expired)
+            return
         expired = 0
         inbox = routing.endswith("!")
         if not inbox and any(k == key for k, _ in self._returns):

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,14 @@ from harness.ports import free_port
 from harness.redis_server import RedisServer
 from layer import ConfigError, InvalidOption
 from layer.config import parse
+from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
 from layer.local.layer import BOTH, IPC, REDIS
+from layer.messages import encode
 from layer.redis import ShardUnavailable
+from layer.redis.entries import make_entry
 from tests.layer.local_fixtures import LocalFactory
+from tests.layer.redis_fixtures import shard_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,8 +82,8 @@ async def test_cancelled_receives_lose_nothing_from_either_host(
     local_redis_layer_factory: LocalFactory,
 ) -> None:
     """Receives cancelled at random while a neighbour (IPC) and another host (Redis) send:
-    each sender's messages all arrive, once, in order (the leg interrupting an IPC wait, a
-    leg's message waiting for the next receive)."""
+    each sender's messages all arrive, once, in order (the other host's moved into the IPC
+    queue by the inbox's bridge, behind and among the neighbour's)."""
     owner = local_redis_layer_factory(capacity=10_000)
     senders = {"n": local_redis_layer_factory(), "r": local_redis_layer_factory(host=1)}
     reply = await owner.new_channel("reply")
@@ -110,6 +116,91 @@ async def test_group_send_reaches_every_host_once(local_redis_layer_factory: Loc
         got = [await receive_soon(layer, member) for _ in range(2)]  # two senders: any order
         assert sorted(m["from"] for m in got) == sorted((hosts[0].host, hosts[3].host))
         await assert_empty(layer, member)  # a host's own members had no Redis copy
+
+
+async def test_fan_out_to_1000_members_over_two_hosts(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """500 members on each host: every one gets every message once, in order; Redis carries
+    one entry per message for the other host's process, not one per member."""
+    sender = local_redis_layer_factory()
+    here, there = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    members = {
+        layer: [await layer.new_channel("ws") for _ in range(500)] for layer in (here, there)
+    }
+    for layer, channels in members.items():
+        for channel in channels:
+            await layer.group_add("big", channel)
+    for i in range(20):
+        await sender.group_send("big", {"type": "chat", "i": i})
+    assert (await sender.redis.stats())["queued"] == 20
+
+    async def drain(layer: LocalRedisChannelLayer, channel: str) -> list[int]:
+        return [(await receive_soon(layer, channel, 30))["i"] for _ in range(20)]
+
+    for layer, channels in members.items():
+        got = await asyncio.gather(*(drain(layer, channel) for channel in channels))
+        assert got == [list(range(20))] * 500
+        await asyncio.gather(*(assert_empty(layer, channel) for channel in channels[::50]))
+        assert (await layer.stats())["dropped_full"] == 0
+
+
+async def test_messages_from_other_hosts_keep_their_expiry(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """A message that waited in Redis and then in the IPC queue expires when it was sent to:
+    moving it into IPC does not give it a fresh expiry."""
+    owner, remote = local_redis_layer_factory(expiry=1), local_redis_layer_factory(1, expiry=1)
+    reply, other = await owner.new_channel("reply"), await owner.new_channel("reply")
+    await remote.send(reply, {"type": "late"})
+    await asyncio.sleep(0.6)
+    await assert_empty(owner, other, 0.1)  # starts the inbox's bridge: it moves "late" to IPC
+    await asyncio.sleep(0.5)
+    await assert_empty(owner, reply)
+    assert (await owner.stats())["expired"] == 1
+    await remote.send(reply, {"type": "fresh"})
+    assert (await receive_soon(owner, reply))["type"] == "fresh"
+
+
+async def test_a_full_channel_drops_what_other_hosts_send(
+    local_redis_layer_factory: LocalFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other host's send succeeded (its inbox had room); this host's IPC queue is full:
+    the bridge drops the rest, counts it and says so, and keeps the first ones in order."""
+    owner, remote = local_redis_layer_factory(capacity=3), local_redis_layer_factory(1)
+    reply, other = await owner.new_channel("reply"), await owner.new_channel("reply")
+    await assert_empty(owner, other, 0.1)  # the bridge is running
+    for i in range(5):
+        await remote.send(reply, {"type": "r", "i": i})
+    await assert_empty(owner, other, 0.3)
+    assert (await owner.stats())["dropped_full"] == 2
+    assert "dropped 1 message(s) from other hosts for full channels" in caplog.text
+    assert [(await receive_soon(owner, reply))["i"] for _ in range(3)] == [0, 1, 2]
+    await assert_empty(owner, reply)
+
+
+async def test_malformed_inbox_entries_are_dropped_and_logged(
+    local_redis_layer_factory: LocalFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries this layer did not write (no header, names that are no channel's) in a
+    process's inbox: each dropped with a log line; the bridge keeps moving the next ones."""
+    owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    reply = await owner.new_channel("reply")
+    routing = reply[: reply.index("!") + 1]
+    pipe = owner.redis._state().shards[owner.redis.shard_of(reply)].pipe
+    later = int(time.time() * 1000) + 60_000
+    payload = encode({"type": "forged"})
+    for entry in (
+        b"garbage",
+        make_entry(later, payload, b"\xff\xfe"),
+        make_entry(later, payload, b"x" * 200),
+    ):
+        await pipe.call("RPUSH", owner.redis._channel_prefix + routing, entry)
+    await remote.send(reply, {"type": "after"})
+    assert (await receive_soon(owner, reply))["type"] == "after"
+    await assert_empty(owner, reply)
+    assert "malformed entry" in caplog.text
+    assert caplog.text.count("malformed channel") == 2
 
 
 @pytest.mark.parametrize("shards", [1, 3], ids=["one shard", "three shards"])
@@ -164,8 +255,6 @@ async def test_redis_down_leaves_the_host_working(ipc_prefix: str) -> None:
         assert (await receive_soon(layer, reply))["type"] == "g"
     finally:
         await layer.close()
-        from layer.ipc.segment import unlink
-
         unlink(ipc_prefix)
 
 
@@ -222,3 +311,37 @@ def test_check_config_masks_the_redis_password() -> None:
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout
     assert "redis://u:***@127.0.0.1:1/0" in result.stdout  # the shard is still shown
+
+
+def test_async_to_sync_receives_in_fresh_loops_lose_nothing(
+    ipc_prefix: str, redis_shards: list[RedisServer]
+) -> None:
+    """Sync code may run every call in a new event loop: each receive's loop starts a bridge
+    of its own; what one moved into IPC or left popped in Redis reaches the next, once, in
+    order, and the pop a closing loop left waiting on the inbox takes nothing with it."""
+    from asgiref.sync import async_to_sync
+
+    other, redis_prefix = f"t{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
+    owner, remote = (
+        LocalRedisChannelLayer(
+            ipc={"prefix": prefix, "size": "16MB"},
+            redis={"hosts": shard_hosts(redis_shards), "prefix": redis_prefix},
+        )
+        for prefix in (ipc_prefix, other)
+    )
+    try:
+        reply = async_to_sync(owner.new_channel)("reply")
+        got = []
+        for batch in range(4):
+            for i in range(batch * 5, batch * 5 + 5):
+                async_to_sync(remote.send)(reply, {"type": "r", "i": i})
+            got += [async_to_sync(receive_soon)(owner, reply)["i"] for _ in range(3)]
+        got += [async_to_sync(receive_soon)(owner, reply)["i"] for _ in range(8)]
+        assert got == list(range(20))
+        assert async_to_sync(owner.stats)()["queued"] == 0
+    finally:
+        async_to_sync(owner.flush)()
+        for layer in (owner, remote):
+            async_to_sync(layer.close)()
+        for prefix in (ipc_prefix, other):
+            unlink(prefix)
