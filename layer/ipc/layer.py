@@ -100,7 +100,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._keys, self._known = keys, keys.known
         self._wakes = wakes
         self._queues, self._takes = store.queues, store.takes
-        self._parked = self._receivers.local
+        self._local = self._receivers.local  # also read by layer.local (its bridge hands to it)
         self._held = self._ahead.held
         wakes.post(wake)
 
@@ -162,7 +162,7 @@ class IPCChannelLayer(BaseChannelLayer):
     async def _pop(self, channel: str) -> bytes:
         self._streak = False
         ahead = self._ahead
-        if channel not in self._parked:  # else receives here wait already: queue behind them
+        if channel not in self._local:  # else receives here wait already: queue behind them
             key = self._known.get(channel) or self._keys.of(channel)
             now = time.monotonic()
             extra = ahead.extra(channel, now)
@@ -186,7 +186,7 @@ class IPCChannelLayer(BaseChannelLayer):
         try:
             return await future
         except asyncio.CancelledError:
-            payload = handed(future, self._parked.get(channel))
+            payload = handed(future, self._local.get(channel))
             if payload is not None:
                 self._give_back(channel, payload)
             else:
@@ -272,7 +272,7 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        local = self._parked.get(channel)
+        local = self._local.get(channel)
         if local is not None and hand(local, payload):
             return
         if self._receivers.closed:
