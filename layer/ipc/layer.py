@@ -6,7 +6,7 @@ it is atomic for the event loop too). A receive that finds its channel empty wai
 the outbox for the end of the loop turn (``outbox.py``). A receive may take up to 32 messages
 ahead in its critical section (``ahead.py``), which later receives here get without the lock.
 The layer owns its parts (segment, storage, lock, registry record, receivers, outbox, take-ahead)
-and binds what the hot paths call once, at construction.
+and keeps each part its hot paths call one attribute away.
 """
 
 from __future__ import annotations
