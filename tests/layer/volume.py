@@ -1,7 +1,8 @@
 """Cross-process runs at volume for any cross-process backend, driven by the ``v-*`` roles of
-``tests.layer.ipc.worker``: the four producers x four consumers run with most messages expiring
-in the queue, and 1,000+ groups with 1,000+ members in one. Each returns what the backend's own
-test then checks of the storage left behind (``ipc/test_volume.py``, ``redis/test_volume.py``).
+``tests.layer.ipc.volume_roles``: the four producers x four consumers run with most messages
+expiring in the queue, and 1,000+ groups with 1,000+ members in one. Each returns what the
+backend's own test then checks of the storage left behind (``ipc/test_volume.py``,
+``redis/test_volume.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from layer.base import BaseChannelLayer
 from tests.layer.ipc.fixture import Worker
-from tests.layer.ipc.worker import members_of, sending
+from tests.layer.ipc.volume_roles import members_of, sending
 
 PRODUCERS, CONSUMERS, PER_PRODUCER, GROUP_EVERY = 4, 4, 25_000, 20
 EXPIRY = 0.5  # seconds; consumers pause PAUSE of every PERIOD seconds, all at once

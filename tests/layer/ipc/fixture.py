@@ -1,5 +1,6 @@
 """IPC backend fixtures: a unique prefix per test, nothing left in /dev/shm afterwards, and
-worker processes (``tests.layer.ipc.worker``) that tests start and talk to."""
+worker processes (``tests.layer.ipc.worker``, or ``volume_roles`` for the ``v-*`` roles) that
+tests start and talk to."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from layer.ipc import IPCChannelLayer
 
 SHM = "/dev/shm"
 ROOT = Path(__file__).resolve().parents[3]
+_MODULE = {False: "tests.layer.ipc.worker", True: "tests.layer.ipc.volume_roles"}
 
 
 def shm_objects(prefix: str) -> list[str]:
@@ -65,11 +67,12 @@ async def receive_soon(layer: IPCChannelLayer, channel: str) -> dict[str, Any]:
 
 
 class Worker:
-    """A ``tests.layer.ipc.worker`` process speaking lines on stdin/stdout."""
+    """A ``tests.layer.ipc.worker`` (``volume_roles`` for ``v-*`` roles) process speaking lines
+    on stdin/stdout."""
 
     def __init__(self, role: str, prefix: str, *args: object) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.layer.ipc.worker", role, prefix, *map(str, args)],
+            [sys.executable, "-m", _MODULE[role.startswith("v-")], role, prefix, *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
