@@ -21,7 +21,7 @@ from services import wire
 from services.metrics import Metrics
 from services.protocol_server import ProtocolServer
 from services.worker import Worker
-from tests.layer.ipc_fixture import ipc_layer_factory, ipc_prefix
+from tests.layer.ipc.fixture import ipc_layer_factory, ipc_prefix
 
 __all__ = ["ipc_layer_factory", "ipc_prefix"]
 pytestmark = pytest.mark.timeout(30)
