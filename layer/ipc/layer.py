@@ -100,7 +100,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._keys, self._known = keys, keys.known
         self._wakes = wakes
         self._queues, self._takes = store.queues, store.takes
-        self._local = self._receivers.local  # also read by layer.local (its bridge hands to it)
+        self._local = self._receivers.local
         self._held = self._ahead.held
         wakes.post(wake)
 
@@ -270,10 +270,16 @@ class IPCChannelLayer(BaseChannelLayer):
 
     # -- messages going back or out ----------------------------------------------------------
 
+    def hand_to_waiting(self, channel: str, payload: bytes) -> bool:
+        """Give ``payload`` to a receive of this instance waiting on ``channel``, if any: the
+        future a wake would complete (its node stays registered for the next receive). False
+        when none waits. layer.local's bridge delivers other hosts' messages this way."""
+        waiting = self._local.get(channel)
+        return waiting is not None and hand(waiting, payload)
+
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        local = self._local.get(channel)
-        if local is not None and hand(local, payload):
+        if self.hand_to_waiting(channel, payload):
             return
         if self._receivers.closed:
             return

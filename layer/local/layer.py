@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
-from layer.flow import hand
 from layer.ipc import IPCChannelLayer
 from layer.local.bridge import Bridges, opened
 from layer.messages import Message, decode
@@ -63,7 +62,11 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.client_id += self.host  # new_channel() names end their routing part with it
         self._own = self.client_id + "!"  # and receive() accepts those as this client's
         self._bridges = Bridges(
-            self.redis._drain, self._hand, self.ipc._push, self.get_capacity, self.counters
+            self.redis._drain,
+            self.ipc.hand_to_waiting,
+            self.ipc._push,
+            self.get_capacity,
+            self.counters,
         )
 
     def shard_names(self) -> list[str]:
@@ -115,13 +118,6 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         while (message := opened(await self.ipc._pop(channel), self.counters)) is None:
             pass
         return message
-
-    def _hand(self, channel: str, payload: bytes) -> bool:
-        """Give ``payload`` to a receive of this instance waiting on ``channel`` in IPC, if
-        any: the future IPC itself would complete when it wakes that receive (its node stays
-        registered for the next one; a cancelled receive gives it back as one IPC woke)."""
-        waiting = self.ipc._local.get(channel)
-        return waiting is not None and hand(waiting, payload)
 
     async def _group_add(self, group: str, channel: str) -> None:
         # Redis first: the IPC membership then lapses last, so a group send from here in
