@@ -191,7 +191,7 @@ def test_handed_returns_a_cancelled_receives_message_or_leaves_the_line() -> Non
 
 async def _receive_cancelled_after_it_was_handed(layer_name: str) -> None:
     """Every backend's rule end to end: a receive cancelled after it was handed a message
-    puts it back for the next receive, in order (see test_conformance for all backends)."""
+    puts it back for the next receive, in order (see tests/layer/conformance/ for all backends)."""
     from layer.inmemory import InMemoryChannelLayer
 
     layer = InMemoryChannelLayer()

@@ -1,7 +1,7 @@
 """The Local + Redis layer's own rules (docs/layer.md "Local + Redis"): routing by name, two
 simulated hosts (two IPC prefixes) in one process, a Redis that is down, group sends that
 reach a host's own members through its segment only, and the config. The shared contract
-runs in test_conformance.py and test_model.py."""
+runs in tests/layer/conformance/ and test_model.py."""
 
 from __future__ import annotations
 

@@ -62,10 +62,6 @@ async def ipc_layer_factory(ipc_prefix: str) -> AsyncIterator[Callable[..., IPCC
     unlink(ipc_prefix)
 
 
-async def receive_soon(layer: IPCChannelLayer, channel: str) -> dict[str, Any]:
-    return await asyncio.wait_for(layer.receive(channel), 10)
-
-
 class Worker:
     """A ``tests.layer.ipc.worker`` (``volume_roles`` for ``v-*`` roles) process speaking lines
     on stdin/stdout."""

@@ -12,14 +12,11 @@ from layer.ipc import IPCChannelLayer
 from layer.ipc.extents import step_bound
 from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF
 from tests.layer.ipc.fixture import Worker
+from tests.layer.receiving import receive_soon
 
 Factory = Callable[..., IPCChannelLayer]
 # One expired message dropped on its own took a 104-byte record: this many overflowed the journal.
 RECORDS_THAT_OVERFLOWED = (JOURNAL_END - JOURNAL_OFF) // 104 + 1
-
-
-async def receive_soon(layer: IPCChannelLayer, channel: str, wait: float = 5.0) -> dict:
-    return await asyncio.wait_for(layer.receive(channel), wait)
 
 
 async def test_the_reported_fifty_expired_messages(ipc_layer_factory: Factory) -> None:

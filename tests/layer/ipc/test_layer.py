@@ -19,8 +19,9 @@ from layer.exceptions import ChannelFull, ConfigError, InvalidOption
 from layer.ipc import IPCChannelLayer
 from layer.ipc.check import verify
 from layer.ipc.layout import GEOMETRY_OFF, U32
-from tests.layer.ipc.fixture import SHM, Worker, receive_soon, shm_objects
+from tests.layer.ipc.fixture import SHM, Worker, shm_objects
 from tests.layer.ipc.worker import send_retrying
+from tests.layer.receiving import receive_soon
 
 ROOT = Path(__file__).resolve().parents[3]
 Factory = Callable[..., IPCChannelLayer]

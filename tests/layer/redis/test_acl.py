@@ -2,7 +2,7 @@
 docker/redis/layer.acl): what the layer's user is refused, that nobody gets in without a
 password, that the password is nowhere to read on the server's side, and that the health check
 (docker/redis/ready.sh) says ready only on PONG. The layer's whole conformance suite under this
-user is the ``redis_acl`` backend of test_conformance.py.
+user is the ``redis_acl`` backend of tests/layer/conformance/.
 """
 
 from __future__ import annotations
