@@ -83,8 +83,8 @@ def _scope_builder(kind: str) -> Any:
         for i, key in enumerate(_SCOPE_KEYS[kind])
     )
     names: dict[str, Any] = {"extensions": _extensions}
-    source = f"def build(d):\n    return {{{values}, 'extensions': extensions(d[0]), 'state': {{}}}}"
-    exec(source, names)
+    tail = "'extensions': extensions(d[0]), 'state': {}"
+    exec(f"def build(d):\n    return {{{values}, {tail}}}", names)
     return names["build"]
 
 
