@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import MessageTooLarge
+from layer.exceptions import ChannelFull, MessageTooLarge
 from layer.messages import Message
 from services import messages, wire
 from services.eager import eager
@@ -172,7 +172,12 @@ async def deliver(layer: BaseChannelLayer, channel: str, message: Message) -> st
     Any failure but a too-large message counts as the peer being unreachable: an exception
     escaping here would leave the batcher's queue for that peer stuck behind it."""
     try:
-        if await wire.send_patiently(layer, channel, message):
+        try:
+            await layer.send_trusted(channel, message)  # wire.send_patiently's first try, inline
+            return None
+        except ChannelFull:
+            pass
+        if await wire.resend_patiently(layer, channel, message):
             return None
         return "stayed full"
     except MessageTooLarge:
@@ -224,23 +229,20 @@ class Batcher:
                 queue = self._queues.pop(channel, None)
                 if not queue:
                     return
-                await self._send_all(channel, queue)
+                batch: list[Message] = []
+                for message in queue:
+                    if _alone(message):
+                        await self._send(channel, batch)
+                        batch = []
+                        await self._send(channel, [message])
+                    else:
+                        batch.append(message)
+                        if len(batch) == MOST:
+                            await self._send(channel, batch)
+                            batch = []
+                await self._send(channel, batch)
         finally:
             self._busy.discard(channel)
-
-    async def _send_all(self, channel: str, queue: list[Message]) -> None:
-        batch: list[Message] = []
-        for message in queue:
-            if _alone(message):
-                await self._send(channel, batch)
-                batch = []
-                await self._send(channel, [message])
-            else:
-                batch.append(message)
-                if len(batch) == MOST:
-                    await self._send(channel, batch)
-                    batch = []
-        await self._send(channel, batch)
 
     async def _send(self, channel: str, queue: list[Message]) -> None:
         if not queue:

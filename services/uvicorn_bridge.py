@@ -10,7 +10,10 @@ for measured reasons (docs/architecture.md, What a request costs; Third-party in
   is wrapped;
 * limits on clients (services/limits.py): the parser callbacks are extended and the
   connection's request cycle, flow control, parser and keep-alive timeout are read;
-* the runner owns SIGTERM/SIGINT: ``Server.capture_signals`` is replaced by a no-op.
+* the runner owns SIGTERM/SIGINT: ``Server.capture_signals`` is replaced by a no-op;
+* the keep-alive clock: uvicorn arms a timer after every response and cancels it when the next
+  request's bytes arrive (~1 µs of every request); here one timer per connection re-arms
+  itself only when it fires (``on_response_complete`` is uvicorn's, but for that clock).
 
 Other modules use the names below (:class:`HttpProtocol`'s methods, ``answer``,
 ``cut_off``, ...) and never uvicorn's. :data:`HOOKS` lists what is relied on; a uvicorn
@@ -55,6 +58,12 @@ HOOKS: tuple[tuple[str, str, str], ...] = (
     ("HttpToolsProtocol", "on_body(body)", "method"),
     ("HttpToolsProtocol", "on_message_complete()", "method"),
     ("HttpToolsProtocol", "handle_websocket_upgrade()", "method"),
+    ("HttpToolsProtocol", "on_response_complete()", "method"),
+    ("HttpToolsProtocol", "_unset_keepalive_if_required()", "method"),
+    ("HttpToolsProtocol", "_unset_keepalive_if_required", "calls:data_received"),
+    ("HttpToolsProtocol", "timeout_keep_alive_handler()", "method"),
+    ("HttpToolsProtocol", "server_state", "attribute"),
+    ("HttpToolsProtocol", "pipeline", "attribute"),
     ("HttpToolsProtocol", "tasks", "attribute"),
     ("HttpToolsProtocol", "loop", "attribute"),
     ("HttpToolsProtocol", "transport", "attribute"),
@@ -145,6 +154,11 @@ class HttpProtocol(HttpToolsProtocol):
     Subclasses override :meth:`wrap_transport` and :meth:`start_request`, and may extend the
     asyncio and parser callbacks listed in :data:`HOOKS` (calling ``super()``)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle_since: float | None = None  # loop time the last response ended, if idle
+        self._idle_clock: asyncio.TimerHandle | None = None  # the keep-alive clock
+
     # -- what subclasses override ------------------------------------------------------------
 
     def wrap_transport(self, transport: asyncio.Transport) -> asyncio.Transport:
@@ -162,6 +176,47 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Cycle, app: Any) -> None:
         self.start_request(cycle, app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._idle_clock is not None:
+            self._idle_clock.cancel()
+            self._idle_clock = None
+
+    # -- the keep-alive clock: idle time between requests, one timer per connection ------------
+
+    def on_response_complete(self) -> None:
+        """uvicorn's (the next pipelined request starts, else the connection idles), with the
+        keep-alive clock started lazily: a running clock is left to run."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_clock is None:
+            self._idle_clock = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _unset_keepalive_if_required(self) -> None:
+        """Bytes arrived (or the connection ends): not idle; the clock sees it when it fires."""
+        self._idle_since = None
+
+    def _idle_check(self) -> None:
+        """The clock fired: close a connection idle for ``timeout_keep_alive`` s as uvicorn
+        does, else wait out the rest of that time from its last response (none while busy)."""
+        self._idle_clock = None
+        since = self._idle_since
+        if since is None:
+            return  # a request is in progress: its response's end starts the clock again
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self._idle_clock = self.loop.call_later(left, self._idle_check)
+        else:
+            self.timeout_keep_alive_handler()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """uvicorn calls ``_start_asgi_task``: point it at the subclass's ``start_request``

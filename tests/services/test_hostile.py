@@ -222,6 +222,27 @@ def test_an_idle_keep_alive_connection_is_closed(site: Site) -> None:
         assert sock.recv(65536) == b""
 
 
+def test_keep_alive_counts_idle_time_from_the_last_response(site: Site) -> None:
+    """The keep-alive clock (one timer per connection, services/uvicorn_bridge.py) fires while
+    the connection is in use and must not close it then; idle, it closes about a timeout after
+    the last response."""
+    with site.connect() as sock:
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:  # 2.5 timeouts, never idle for 1 s
+            sock.sendall(b"GET /json HTTP/1.1\r\nHost: kit\r\n\r\n")
+            head = b""
+            while b"}" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, "closed while in use"
+                head += chunk
+            assert status_of(head) == 200
+            time.sleep(0.6)
+        last = time.monotonic() - 0.6
+        sock.settimeout(4.5)
+        assert sock.recv(65536) == b""
+        assert 0.9 <= time.monotonic() - last < 3.0  # the timeout after the last response
+
+
 async def _ws_closed_by_limit(url: str, message: str | list[bytes]) -> int:
     async with websockets.connect(url, max_size=None) as ws:
         assert (await ws.recv()).isdigit()  # /whoami says which worker holds it
