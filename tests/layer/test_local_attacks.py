@@ -34,3 +34,54 @@ async def test_a_stream_from_another_host_is_received_in_order_while_it_arrives(
     out_of_order = [(a, b) for a, b in zip(got, got[1:], strict=False) if b != a + 1]
     assert out_of_order == [], f"{len(out_of_order)} inversions, first: {out_of_order[:5]}"
     assert sorted(got) == list(range(N))
+
+
+async def test_a_receive_cancelled_at_the_hand_over_loses_nothing_and_gets_nothing_twice(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """The bridge hands a remote message straight to a waiting receive, and that receive is
+    cancelled before it runs: the message goes to the next receive, once."""
+    owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    reply = await owner.new_channel("reply")
+    caught = 0
+    for i in range(40):
+        task = asyncio.ensure_future(owner.receive(reply))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        waiting = owner.ipc._local.get(reply)
+        assert waiting, "the receive waits in IPC"
+        await remote.send(reply, {"type": "r", "i": i})
+        for _ in range(2000):  # until the bridge took the waiting receive's future
+            if not waiting or task.done():
+                break
+            await asyncio.sleep(0)
+        if not task.done():
+            task.cancel()
+            caught += 1
+        with contextlib.suppress(asyncio.CancelledError):
+            assert (await task)["i"] == i
+            continue
+        assert (await asyncio.wait_for(owner.receive(reply), 2))["i"] == i
+    assert caught > 0, "never cancelled a receive at the hand-over"
+    with contextlib.suppress(TimeoutError):
+        extra = await asyncio.wait_for(owner.receive(reply), 0.3)
+        raise AssertionError(f"delivered twice: {extra}")
+
+
+async def test_close_with_a_bridge_running_leaves_no_task(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """close() while a bridge waits on its inbox and a receive waits on IPC: no bridge task
+    left pending (no "Task was destroyed but it is pending")."""
+    owner = local_redis_layer_factory()
+    reply = await owner.new_channel("reply")
+    receive = asyncio.ensure_future(owner.receive(reply))
+    await asyncio.sleep(0.1)
+    bridges = [t for t in asyncio.all_tasks() if "Bridges._run" in repr(t)]
+    assert bridges, "the receive started a bridge"
+    await owner.close()
+    await asyncio.sleep(0)
+    assert all(t.done() for t in bridges)
+    receive.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await receive
