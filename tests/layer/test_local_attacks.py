@@ -6,6 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+
+import pytest
+
+from harness.redis_server import RedisServer
+from layer.ipc.segment import unlink
+from layer.local import LocalRedisChannelLayer
+from layer.redis import ShardUnavailable
 
 from tests.layer.local_fixtures import LocalFactory
 
@@ -85,3 +93,41 @@ async def test_close_with_a_bridge_running_leaves_no_task(
     receive.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await receive
+
+
+async def test_the_bridge_recovers_when_its_redis_shard_restarts(
+    ipc_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only shard dies while the bridge waits on the inbox, then comes back on its port:
+    the receive loop retries with backoff (a few log lines, no spin), and a message sent
+    after the restart reaches the receive that waited all along."""
+    server = RedisServer().start()
+    other = f"t{uuid.uuid4().hex[:12]}"
+    owner, remote = (
+        LocalRedisChannelLayer(
+            ipc={"prefix": prefix, "size": "16MB"},
+            redis={"hosts": [server.url], "socket_timeout": 1},
+        )
+        for prefix in (ipc_prefix, other)
+    )
+    try:
+        reply = await owner.new_channel("reply")
+        receive = asyncio.ensure_future(owner.receive(reply))
+        await asyncio.sleep(0.2)
+        server.kill()
+        await asyncio.sleep(3)
+        failures = caplog.text.count("receiving failed")
+        assert 1 <= failures <= 10, failures
+        server.start()
+        for _ in range(50):
+            with contextlib.suppress(ShardUnavailable, OSError):
+                await remote.send(reply, {"type": "after"})
+                break
+            await asyncio.sleep(0.1)
+        assert (await asyncio.wait_for(receive, 10))["type"] == "after"
+    finally:
+        for layer in (owner, remote):
+            await layer.close()
+        for prefix in (ipc_prefix, other):
+            unlink(prefix)
+        server.stop()
