@@ -16,6 +16,7 @@ from layer.local import LocalRedisChannelLayer
 from layer.redis import ShardUnavailable
 
 from tests.layer.local_fixtures import LocalFactory
+from tests.layer.test_local import assert_empty
 
 N = 3000
 
@@ -131,3 +132,27 @@ async def test_the_bridge_recovers_when_its_redis_shard_restarts(
         for prefix in (ipc_prefix, other):
             unlink(prefix)
         server.stop()
+
+
+async def test_thousands_from_another_host_into_a_full_channel_are_counted_exactly(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """5,000 messages from another host for a channel of capacity 100 that nobody receives
+    from: the first 100 are kept in order, every other one is dropped and counted once, and
+    nothing piles up anywhere (the inbox, the bridge's drain, IPC)."""
+    owner = local_redis_layer_factory(capacity=100)
+    remote = local_redis_layer_factory(host=1, capacity=100_000)
+    reply, other = await owner.new_channel("reply"), await owner.new_channel("reply")
+    await assert_empty(owner, other, 0.1)  # the bridge is running
+    for i in range(5000):
+        await remote.send(reply, {"type": "r", "i": i})
+    for _ in range(100):
+        if (await owner.stats())["dropped_full"] == 4900:
+            break
+        await asyncio.sleep(0.05)
+    stats = await owner.stats()
+    assert stats["dropped_full"] == 4900
+    assert stats["queued"] == 100  # IPC holds the 100; Redis and the drain nothing
+    assert [(await owner.receive(reply))["i"] for _ in range(100)] == list(range(100))
+    await assert_empty(owner, reply)
+    assert (await owner.stats())["dropped_full"] == 4900
