@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import pytest
@@ -13,10 +14,12 @@ import pytest
 from harness.redis_server import RedisServer
 from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
+from layer.messages import encode
 from layer.redis import ShardUnavailable
+from layer.redis.entries import make_entry
 
 from tests.layer.local_fixtures import LocalFactory
-from tests.layer.test_local import assert_empty
+from tests.layer.test_local import assert_empty, receive_soon
 
 N = 3000
 
@@ -156,3 +159,26 @@ async def test_thousands_from_another_host_into_a_full_channel_are_counted_exact
     assert [(await owner.receive(reply))["i"] for _ in range(100)] == list(range(100))
     await assert_empty(owner, reply)
     assert (await owner.stats())["dropped_full"] == 4900
+
+
+async def test_a_flood_of_forged_inbox_entries_costs_a_few_log_lines(
+    local_redis_layer_factory: LocalFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thousands of entries this layer did not write in a process's inbox (no header; a name
+    that is no channel's): all dropped, the next real message delivered, and the log says so
+    in a few lines, not one per entry (a full channel's drops are throttled the same way)."""
+    owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    reply = await owner.new_channel("reply")
+    routing = reply[: reply.index("!") + 1]
+    await assert_empty(owner, reply, 0.1)  # the bridge is running
+    pipe = owner.redis._state().shards[owner.redis.shard_of(reply)].pipe
+    later = int(time.time() * 1000) + 60_000
+    forged = make_entry(later, encode({"type": "forged"}), b"no channel")
+    for _ in range(4):
+        await pipe.call("RPUSH", owner.redis._channel_prefix + routing, *[b"garbage"] * 500)
+        await pipe.call("RPUSH", owner.redis._channel_prefix + routing, *[forged] * 500)
+    await remote.send(reply, {"type": "after"})
+    assert (await receive_soon(owner, reply))["type"] == "after"
+    await assert_empty(owner, reply)
+    lines = [r for r in caplog.records if r.name.startswith("layer.")]
+    assert 2 <= len(lines) <= 10, f"{len(lines)} log lines for 4,000 forged entries"
