@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 
@@ -17,7 +18,6 @@ from layer.local import LocalRedisChannelLayer
 from layer.messages import encode
 from layer.redis import ShardUnavailable
 from layer.redis.entries import make_entry
-
 from tests.layer.local_fixtures import LocalFactory
 from tests.layer.test_local import assert_empty, receive_soon
 
@@ -43,7 +43,7 @@ async def test_a_stream_from_another_host_is_received_in_order_while_it_arrives(
     sender = asyncio.ensure_future(send())
     got = [(await asyncio.wait_for(owner.receive(reply), 10))["i"] for _ in range(N)]
     await sender
-    out_of_order = [(a, b) for a, b in zip(got, got[1:], strict=False) if b != a + 1]
+    out_of_order = [(a, b) for a, b in itertools.pairwise(got) if b != a + 1]
     assert out_of_order == [], f"{len(out_of_order)} inversions, first: {out_of_order[:5]}"
     assert sorted(got) == list(range(N))
 
@@ -173,7 +173,7 @@ async def test_a_flood_of_forged_inbox_entries_costs_a_few_log_lines(
     await assert_empty(owner, reply, 0.1)  # the bridge is running
     pipe = owner.redis._state().shards[owner.redis.shard_of(reply)].pipe
     later = int(time.time() * 1000) + 60_000
-    forged = make_entry(later, encode({"type": "forged"}), b"no channel")
+    forged = make_entry(later, encode({"type": "forged"}), b"\xff\xfe")
     for _ in range(4):
         await pipe.call("RPUSH", owner.redis._channel_prefix + routing, *[b"garbage"] * 500)
         await pipe.call("RPUSH", owner.redis._channel_prefix + routing, *[forged] * 500)
