@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import itertools
 import time
 import uuid
@@ -19,6 +20,7 @@ from layer.messages import encode
 from layer.redis import ShardUnavailable
 from layer.redis.entries import make_entry
 from tests.layer.local_fixtures import LocalFactory
+from tests.layer.redis_fixtures import shard_hosts
 from tests.layer.test_local import assert_empty, receive_soon
 
 N = 3000
@@ -182,3 +184,55 @@ async def test_a_flood_of_forged_inbox_entries_costs_a_few_log_lines(
     await assert_empty(owner, reply)
     lines = [r for r in caplog.records if r.name.startswith("layer.")]
     assert 2 <= len(lines) <= 10, f"{len(lines)} log lines for 4,000 forged entries"
+
+
+def test_short_lived_loops_receiving_while_another_host_sends_lose_nothing(
+    ipc_prefix: str, redis_shards: list[RedisServer]
+) -> None:
+    """Sync code receives with a short timeout, each call in a fresh event loop
+    (``async_to_sync``), while another host (a thread with its own loop) keeps sending: loops
+    end while their bridge's pop is waiting, has just been answered, or holds a drain. Every
+    message arrives once, in order."""
+    from asgiref.sync import async_to_sync
+
+    other, redis_prefix = f"t{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
+    owner, remote = (
+        LocalRedisChannelLayer(
+            capacity=10_000,
+            ipc={"prefix": prefix, "size": "16MB"},
+            redis={"hosts": shard_hosts(redis_shards), "prefix": redis_prefix},
+        )
+        for prefix in (ipc_prefix, other)
+    )
+    total = 400
+    reply = async_to_sync(owner.new_channel)("reply")
+
+    async def send_all() -> None:
+        for i in range(total):
+            await remote.send(reply, {"type": "r", "i": i})
+            await asyncio.sleep(0.001 if i % 3 else 0.004)
+        await remote.close()
+
+    async def receive(wait: float) -> int | None:
+        with contextlib.suppress(TimeoutError):
+            return int((await asyncio.wait_for(owner.receive(reply), wait))["i"])
+        return None
+
+    sender = threading.Thread(target=asyncio.run, args=(send_all(),))
+    try:
+        sender.start()
+        got: list[int] = []
+        while sender.is_alive():
+            if (i := async_to_sync(receive)(0.003)) is not None:
+                got.append(i)
+        while (i := async_to_sync(receive)(1.0)) is not None:
+            got.append(i)
+        assert got == list(range(total)), (
+            f"{total - len(set(got))} lost, {len(got) - len(set(got))} twice"
+        )
+    finally:
+        sender.join()
+        async_to_sync(owner.flush)()
+        async_to_sync(owner.close)()
+        for prefix in (ipc_prefix, other):
+            unlink(prefix)
