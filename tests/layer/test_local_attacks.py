@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import itertools
+import threading
 import time
 import uuid
 
@@ -16,9 +16,9 @@ import pytest
 from harness.redis_server import RedisServer
 from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
-from layer.messages import encode
-from layer.redis import ShardUnavailable
-from layer.redis.entries import make_entry
+from layer.messages import decode, encode
+from layer.redis import RedisChannelLayer, ShardUnavailable
+from layer.redis.entries import make_entry, split_entry
 from tests.layer.local_fixtures import LocalFactory
 from tests.layer.redis_fixtures import shard_hosts
 from tests.layer.test_local import assert_empty, receive_soon
@@ -236,3 +236,39 @@ def test_short_lived_loops_receiving_while_another_host_sends_lose_nothing(
         async_to_sync(owner.close)()
         for prefix in (ipc_prefix, other):
             unlink(prefix)
+
+
+async def test_a_drains_leftovers_go_back_to_redis_as_they_came(
+    redis_shards: list[RedisServer],
+) -> None:
+    """Entries a drain popped but its caller has not taken yet go back to the front of the
+    inbox when the receiver closes (the loop of an ``async_to_sync`` call ending, close()):
+    each with its own local part and payload, so the next drain routes it as before."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    owner, remote = (
+        RedisChannelLayer(hosts=shard_hosts(redis_shards), prefix=prefix) for _ in range(2)
+    )
+    try:
+        reply = await owner.new_channel("reply")
+        routing, local = reply[: reply.index("!") + 1], reply[reply.index("!") + 1 :]
+        first = asyncio.ensure_future(owner._drain(routing))
+        await remote.send(reply, {"type": "r", "i": 0})
+        assert [split[1] for split in await asyncio.wait_for(first, 2)] == [local.encode()]
+        receiver = owner._state().shards[owner.ring.node_for(routing)].receiver
+        for i in (1, 2):
+            await remote.send(reply, {"type": "r", "i": i})
+        drain = receiver.boxes.drains[owner._channel_prefix + routing]
+        for _ in range(100):
+            if len(drain.entries) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(drain.entries) == 2  # popped for the drain, not taken
+        await owner.close()
+        shard = redis_shards[owner.ring.node_for(routing)]
+        with shard.client() as client:
+            back = client.lrange(owner._channel_prefix + routing, 0, -1)
+        assert [split_entry(entry)[1] for entry in back] == [local.encode()] * 2
+        assert [decode(split_entry(entry)[2])["i"] for entry in back] == [1, 2]
+    finally:
+        await remote.flush()
+        await remote.close()
