@@ -21,7 +21,7 @@ import logging
 import resource
 from collections.abc import Callable
 
-from services.logs import Throttled
+from layer.logs import Throttled
 from services.metrics import Metrics
 
 CONCURRENCY = 256

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from layer.exceptions import ChannelFull
-from services.logs import Throttled
+from layer.logs import Throttled
 
 
 class OneInFlight:

@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull, MessageTooLarge
+from layer.logs import Throttled
 from layer.messages import Message
 from services import messages, wire
 from services.eager import eager
-from services.logs import Throttled
 from services.messages import BadMessage
 from services.metrics import Metrics
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from layer.logs import Throttled
 from services import uvicorn_bridge as bridge
 from services.coalesce import CoalescingHttpToolsProtocol
-from services.logs import Throttled
 
 LINGER = 2.0  # seconds an error answer's connection keeps draining its client before closing
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from layer.base import BaseChannelLayer
+from layer.logs import Throttled
 from layer.names import process_specific, valid_channel_name
 from services.instance import ASGIApp
-from services.logs import Throttled
 
 log = logging.getLogger("layerkit.worker")
 

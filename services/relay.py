@@ -16,11 +16,11 @@ from typing import Any
 
 from layer.base import BaseChannelLayer
 from layer.exceptions import ChannelFull, MessageTooLarge
+from layer.logs import Throttled
 from layer.messages import Message
 from services import messages as msg
 from services import wire
 from services.connection import Conn
-from services.logs import Throttled
 from services.messages import FAIL
 from services.metrics import Metrics
 from services.peer import Peer

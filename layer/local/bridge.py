@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull, InvalidName
+from layer.logs import Throttled
 from layer.names import require_valid_channel_name
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Bridges:
         self._counters = counters
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dropped = 0  # not yet logged
+        self._malformed = Throttled(log)  # forged entries: a few lines, not one each
         self._warned = 0.0
 
     def ensure(self, routing: str) -> None:
@@ -97,7 +99,10 @@ class Bridges:
                     try:
                         require_valid_channel_name(channel)  # cached: a set lookup
                     except InvalidName:  # not written by this layer: it names no channel
-                        log.error("dropped a message for a malformed channel %.120r", channel)
+                        self._malformed(
+                            "channel", logging.ERROR, "dropped a message for a malformed "
+                            "channel %.120r", channel,
+                        )  # fmt: skip
                         continue
                     if hand(channel, message):
                         continue

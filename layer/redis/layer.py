@@ -24,6 +24,7 @@ from typing import Any
 from layer import names
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
+from layer.logs import Throttled
 from layer.messages import Message, decode, encode_trusted
 from layer.options import positive_number
 from layer.redis.connection import Pipe
@@ -84,6 +85,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._crypter = (
             Crypter(symmetric_encryption_keys) if symmetric_encryption_keys is not None else None
         )
+        self._undecryptable = Throttled(log)  # a flood of forged entries: a few lines
         self._channel_prefix = f"{prefix}:c:"
         self._expiry_ms = int(self.expiry * 1000)
         self._ttl_ms = self._expiry_ms + 1000
@@ -205,7 +207,7 @@ class RedisChannelLayer(BaseChannelLayer):
             try:
                 opened.append((expires, local, crypter.decrypt(payload, routing)))
             except UndecryptableMessage as exc:  # one bad message must not stop the inbox
-                log.error("dropped a message: %s", exc)
+                self._undecryptable("drop", logging.ERROR, "dropped a message: %s", exc)
         return opened
 
     def _group_keys(self, group: str) -> tuple[tuple[str, str, str], Pipe, _LoopState]:

@@ -202,7 +202,9 @@ class Mailboxes:
         out = [(box.key, self.entries(box)) for box in self.boxes.values() if box.buffer]
         for key, drain in self.drains.items():
             if drain.entries:
-                out.append((key, [make_entry(*entry) for entry in drain.entries]))
+                out.append(
+                    (key, [make_entry(at, payload, local) for at, local, payload in drain.entries])
+                )
                 drain.entries = []
         return out
 

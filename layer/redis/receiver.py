@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from layer.exceptions import AccessRefused
 from layer.flow import PREFETCH, Every
+from layer.logs import Throttled
 from layer.messages import Message
 from layer.redis.commands import Arg
 from layer.redis.connection import Pipe
@@ -38,6 +39,7 @@ INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 _MAX_BACKOFF = 2.0
 _REFUSED_BACKOFF = 30.0
+_MALFORMED = "dropped a malformed entry %.40r on %s"
 _SETTLE_TURNS = 3  # loop turns the next pop waits for sends to go out with it, after a pop
 
 
@@ -73,6 +75,7 @@ class Receiver:
         self._popped = False  # the last pop returned entries (more may be waiting)
         self._last_popped: bytes | None = None  # the list it took them from
         self._closed = False
+        self._malformed = Throttled(log)  # entries no layer wrote: a flood costs a few lines
 
     # -- the receive side ---------------------------------------------------------------------
 
@@ -275,7 +278,7 @@ class Receiver:
         if drain is not None:  # taken whole by its caller (drain())
             expired, malformed = drain.keep(entries, now)
             for entry in malformed:
-                log.error("dropped a malformed entry %.40r on %s", entry, key)
+                self._malformed("entry", logging.ERROR, _MALFORMED, entry, key)
             if expired:
                 self._on_expired(expired)
             return
@@ -297,7 +300,7 @@ class Receiver:
                     names = local.decode().split(",") if inbox else ("",)
                     boxes = boxes_of[local] = [self.boxes.box(routing + n, key) for n in names]
             except ValueError:  # not written by this layer: skip it, keep the loop alive
-                log.error("dropped a malformed entry %.40r on %s", entry, key)
+                self._malformed("entry", logging.ERROR, _MALFORMED, entry, key)
                 continue
             shared = self.boxes.shared(payload) if len(boxes) > 1 else payload
             for box in boxes:

@@ -183,7 +183,8 @@ async def test_malformed_inbox_entries_are_dropped_and_logged(
     local_redis_layer_factory: LocalFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Entries this layer did not write (no header, names that are no channel's) in a
-    process's inbox: each dropped with a log line; the bridge keeps moving the next ones."""
+    process's inbox: each dropped, with a log line per kind (throttled: a flood of them costs a
+    few lines); the bridge keeps moving the next ones."""
     owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
     reply = await owner.new_channel("reply")
     routing = reply[: reply.index("!") + 1]
@@ -200,7 +201,7 @@ async def test_malformed_inbox_entries_are_dropped_and_logged(
     assert (await receive_soon(owner, reply))["type"] == "after"
     await assert_empty(owner, reply)
     assert "malformed entry" in caplog.text
-    assert caplog.text.count("malformed channel") == 2
+    assert caplog.text.count("malformed channel") == 1  # throttled: the second is held back
 
 
 @pytest.mark.parametrize("shards", [1, 3], ids=["one shard", "three shards"])
