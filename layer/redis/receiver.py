@@ -174,7 +174,12 @@ class Receiver:
         backoff = 0.05
         loop = asyncio.get_running_loop()
         sweeps = Every(loop.time())
+        me = asyncio.current_task()
         while not self._closed:
+            if me is not None and me.cancelling():
+                # Cancelled, but an awaited library swallowed it (a timeout in redis-py's
+                # connect() on Python 3.11): stop as asked, or a closing loop waits forever.
+                raise asyncio.CancelledError
             if sweeps.due(loop.time()):
                 self.prune()
             want = self._want()
