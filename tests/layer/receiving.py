@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from layer.base import BaseChannelLayer
 
@@ -21,3 +24,35 @@ async def assert_empty(layer: BaseChannelLayer, channel: str, wait: float = 0.2)
     """Nothing arrives on ``channel`` within ``wait`` seconds."""
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive(channel), wait)
+
+
+def received_by_short_loops(
+    owner: BaseChannelLayer, remote: BaseChannelLayer, channel: str, total: int
+) -> list[int]:
+    """What sync code gets by receiving on ``channel`` with a 3 ms timeout, each call in a fresh
+    event loop (``async_to_sync``), while ``remote`` (a thread with its own loop) sends ``total``
+    numbered messages and then closes: loops end while a pop is waiting or being answered."""
+
+    async def send_all() -> None:
+        for i in range(total):
+            await remote.send(channel, {"type": "r", "i": i})
+            await asyncio.sleep(0.001 if i % 3 else 0.004)
+        await remote.close()
+
+    async def receive(wait: float) -> int | None:
+        with contextlib.suppress(TimeoutError):
+            return int((await asyncio.wait_for(owner.receive(channel), wait))["i"])
+        return None
+
+    sender = threading.Thread(target=asyncio.run, args=(send_all(),))
+    got: list[int] = []
+    try:
+        sender.start()
+        while sender.is_alive():
+            if (i := async_to_sync(receive)(0.003)) is not None:
+                got.append(i)
+        while (i := async_to_sync(receive)(1.0)) is not None:
+            got.append(i)
+    finally:
+        sender.join()
+    return got

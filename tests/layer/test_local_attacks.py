@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import threading
 import time
 import uuid
 
@@ -20,6 +19,7 @@ from layer.messages import decode, encode
 from layer.redis import RedisChannelLayer, ShardUnavailable
 from layer.redis.entries import make_entry, split_entry
 from tests.layer.local_fixtures import LocalFactory
+from tests.layer.receiving import received_by_short_loops
 from tests.layer.redis_fixtures import shard_hosts
 from tests.layer.test_local import assert_empty, receive_soon
 
@@ -212,32 +212,12 @@ def test_short_lived_loops_receiving_while_another_host_sends_lose_nothing(
     )
     total = 400
     reply = async_to_sync(owner.new_channel)("reply")
-
-    async def send_all() -> None:
-        for i in range(total):
-            await remote.send(reply, {"type": "r", "i": i})
-            await asyncio.sleep(0.001 if i % 3 else 0.004)
-        await remote.close()
-
-    async def receive(wait: float) -> int | None:
-        with contextlib.suppress(TimeoutError):
-            return int((await asyncio.wait_for(owner.receive(reply), wait))["i"])
-        return None
-
-    sender = threading.Thread(target=asyncio.run, args=(send_all(),))
     try:
-        sender.start()
-        got: list[int] = []
-        while sender.is_alive():
-            if (i := async_to_sync(receive)(0.003)) is not None:
-                got.append(i)
-        while (i := async_to_sync(receive)(1.0)) is not None:
-            got.append(i)
+        got = received_by_short_loops(owner, remote, reply, total)
         assert got == list(range(total)), (
             f"{total - len(set(got))} lost, {len(got) - len(set(got))} twice"
         )
     finally:
-        sender.join()
         async_to_sync(owner.flush)()
         async_to_sync(owner.close)()
         for prefix in (ipc_prefix, other):

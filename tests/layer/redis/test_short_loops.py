@@ -3,10 +3,7 @@ does) while another process streams: an open defect, kept visible (see the xfail
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -15,6 +12,7 @@ from asgiref.sync import async_to_sync
 
 from harness.redis_server import RedisServer
 from layer.redis import RedisChannelLayer
+from tests.layer.receiving import received_by_short_loops
 
 TOTAL = 400
 
@@ -39,29 +37,9 @@ def test_short_lived_loops_lose_nothing_and_keep_order(server: RedisServer) -> N
         RedisChannelLayer(hosts=[server.url], prefix=prefix, capacity=10_000) for _ in range(2)
     )
     reply = async_to_sync(owner.new_channel)("reply")
-
-    async def send_all() -> None:
-        for i in range(TOTAL):
-            await remote.send(reply, {"type": "r", "i": i})
-            await asyncio.sleep(0.001 if i % 3 else 0.004)
-        await remote.close()
-
-    async def receive(wait: float) -> int | None:
-        with contextlib.suppress(TimeoutError):
-            return int((await asyncio.wait_for(owner.receive(reply), wait))["i"])
-        return None
-
-    sender = threading.Thread(target=asyncio.run, args=(send_all(),))
-    got: list[int] = []
     try:
-        sender.start()
-        while sender.is_alive():
-            if (i := async_to_sync(receive)(0.003)) is not None:
-                got.append(i)
-        while (i := async_to_sync(receive)(1.0)) is not None:
-            got.append(i)
+        got = received_by_short_loops(owner, remote, reply, TOTAL)
     finally:
-        sender.join()
         async_to_sync(owner.close)()
     twice = [i for i, n in collections.Counter(got).items() if n > 1]
     assert not twice, f"delivered twice: {twice}"  # never twice: this holds today
