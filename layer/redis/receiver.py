@@ -71,7 +71,7 @@ class Receiver:
         self._woken = False
         self._idle: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._conn = PopConnection(pipe, socket_timeout, block_timeout)
+        self._conn = PopConnection(pipe, socket_timeout, block_timeout, wake_key)
         self._popped = False  # the last pop returned entries (more may be waiting)
         self._last_popped: bytes | None = None  # the list it took them from
         self._closed = False
@@ -146,8 +146,7 @@ class Receiver:
         blocking = self._blocking
         if blocking is not None and (key is None or key not in blocking) and not self._woken:
             self._woken = True
-            self.pipe.fire("RPUSH", self._wake_key, b"1")
-            self.pipe.fire("PEXPIRE", self._wake_key, 60_000)
+            self._conn.wake()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -230,10 +229,14 @@ class Receiver:
         if many:
             commands.append(("EVALSHA", MPOP.sha, len(want), *want, *want.values()))
         if commands:
+            # Not retried when they fail: the pushes may have run (at most once, never twice).
             try:
                 got = await self._conn.run(commands)
-            except BaseException:
-                self._returns = returns + self._returns  # try again on the next connection
+            except asyncio.CancelledError:
+                late = self._conn.late()
+                if many and len(late) == len(commands) and late[-1]:
+                    for i in range(0, len(late[-1]), 2):
+                        self._hold(late[-1][i], late[-1][i + 1])
                 raise
             if many and got[-1]:
                 flat: list[Any] = got[-1]
@@ -245,12 +248,29 @@ class Receiver:
         self._blocking, self._woken = set(want), False
         try:
             reply = await self._conn.blocking_pop(self._blocking_pop(want))
+        except asyncio.CancelledError:
+            for late in self._conn.late():
+                if late:
+                    self._hold(*late)
+            raise
         finally:
             self._blocking = None
         if reply is None:
             return []
         self._popped, self._last_popped = True, reply[0]
         return [(reply[0], reply[1])]
+
+    def _hold(self, raw_key: bytes, entries: list[bytes]) -> None:
+        """Entries popped as the loop stops: they go back with the leftovers, behind older
+        ones going back to the same list (the first pushed to the front ends up last)."""
+        key = raw_key.decode()
+        if key == self._wake_key:
+            return
+        for i, (other, older) in enumerate(self._returns):
+            if other == key:
+                self._returns[i] = (key, older + entries)
+                return
+        self._returns.append((key, entries))
 
     def _blocking_pop(self, want: dict[str, int]) -> tuple[Arg, ...]:
         """BLMPOP over the wake list and ``want``. The list popped last goes last (BLMPOP takes
@@ -347,6 +367,7 @@ class Receiver:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
+            await asyncio.wait([self._task])  # it reads the replies due first (popconn.py)
         pushes = [
             self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self.leftovers()
         ]

@@ -187,11 +187,6 @@ async def test_a_flood_of_forged_inbox_entries_costs_a_few_log_lines(
 
 
 @pytest.mark.timeout(60)  # it hung: a swallowed cancellation kept the pop loop going (fixed)
-@pytest.mark.xfail(
-    reason="open defect: entries a blocking pop had already been answered with when its loop "
-    "ended are lost (about 1 in 7 here); the hang this test found is fixed",
-    strict=False,
-)
 def test_short_lived_loops_receiving_while_another_host_sends_lose_nothing(
     ipc_prefix: str, redis_shards: list[RedisServer]
 ) -> None:
