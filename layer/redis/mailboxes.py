@@ -93,6 +93,49 @@ class Mailboxes:
             box = self.boxes[channel] = Mailbox(channel, key, key.endswith("!"))
         return box
 
+    def deliver(self, key: str, routing: str, entries: list[bytes]) -> list[bytes]:
+        """Hand ``entries`` popped from list ``key`` to the receives waiting on their channels
+        (or to the drain of ``key``), else keep them for the next receive; expired ones are
+        dropped and counted. Returns the entries this layer did not write (malformed)."""
+        now = time.time() * 1000
+        drain = self.drains.get(key)
+        if drain is not None:  # taken whole by its caller (Receiver.drain)
+            expired, malformed = drain.keep(entries, now)
+        else:
+            expired, malformed = self._to_boxes(key, routing, entries, now)
+        if expired:
+            self._on_expired(expired)
+        return malformed
+
+    def _to_boxes(
+        self, key: str, routing: str, entries: list[bytes], now: float
+    ) -> tuple[int, list[bytes]]:
+        expired, malformed = 0, []
+        inbox = routing.endswith("!")
+        boxes_of: dict[bytes, list[Mailbox]] = {}  # a group's entries repeat one local part
+        for entry in entries:
+            try:
+                expires_at, local, payload = split_entry(entry)
+                if expires_at <= now:
+                    expired += 1
+                    continue
+                boxes = boxes_of.get(local)
+                if boxes is None:
+                    names = local.decode().split(",") if inbox else ("",)
+                    boxes = boxes_of[local] = [self.box(routing + n, key) for n in names]
+            except ValueError:
+                malformed.append(entry)
+                continue
+            shared = self.shared(payload) if len(boxes) > 1 else payload
+            for box in boxes:
+                if box.waiters:
+                    self.give(box, shared, expires=expires_at)
+                else:  # nobody waiting yet (a busy receiver): keep it for the next receive
+                    box.buffer.append((shared, expires_at))
+                if not inbox:
+                    self.settle(box)
+        return expired, malformed
+
     def take(self, channel: str) -> Popped | None:
         """An entry already popped for ``channel``, if any (the fast path of a receive)."""
         box = self.boxes.get(channel)

@@ -27,8 +27,8 @@ from layer.logs import Throttled
 from layer.messages import Message
 from layer.redis.commands import Arg
 from layer.redis.connection import Pipe
-from layer.redis.entries import Popped, split_entry
-from layer.redis.mailboxes import Drain, Mailbox, Mailboxes
+from layer.redis.entries import Popped
+from layer.redis.mailboxes import Drain, Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
 from layer.redis.shard_errors import unavailable
@@ -298,45 +298,13 @@ class Receiver:
             if key != self._wake_key:  # not ours to keep: back to the front of its list
                 self._returns.append((key, entries))
             return
-        now = time.time() * 1000
-        drain = self.boxes.drains.get(key)
-        if drain is not None:  # taken whole by its caller (drain())
-            expired, malformed = drain.keep(entries, now)
-            for entry in malformed:
-                self._malformed("entry", logging.ERROR, _MALFORMED, entry, key)
-            if expired:
-                self._on_expired(expired)
-            return
-        expired = 0
-        inbox = routing.endswith("!")
-        if not inbox and any(k == key for k, _ in self._returns):
+        if not routing.endswith("!") and any(k == key for k, _ in self._returns):
             # Entries sent back but not yet pushed are older than these: keep them first.
             entries = [e for k, es in self._returns if k == key for e in es] + entries
             self._returns = [(k, es) for k, es in self._returns if k != key]
-        boxes_of: dict[bytes, list[Mailbox]] = {}  # a group's entries repeat one local part
-        for entry in entries:
-            try:
-                expires_at, local, payload = split_entry(entry)
-                if expires_at <= now:
-                    expired += 1
-                    continue
-                boxes = boxes_of.get(local)
-                if boxes is None:
-                    names = local.decode().split(",") if inbox else ("",)
-                    boxes = boxes_of[local] = [self.boxes.box(routing + n, key) for n in names]
-            except ValueError:  # not written by this layer: skip it, keep the loop alive
-                self._malformed("entry", logging.ERROR, _MALFORMED, entry, key)
-                continue
-            shared = self.boxes.shared(payload) if len(boxes) > 1 else payload
-            for box in boxes:
-                if box.waiters:
-                    self.boxes.give(box, shared, expires=expires_at)
-                else:  # nobody waiting yet (a busy receiver): keep it for the next receive
-                    box.buffer.append((shared, expires_at))
-                if not inbox:
-                    self.boxes.settle(box)
-        if expired:
-            self._on_expired(expired)
+        for entry in self.boxes.deliver(key, routing, entries):
+            # Not written by this layer: skipped, and the loop goes on.
+            self._malformed("entry", logging.ERROR, _MALFORMED, entry, key)
 
     def prune(self) -> None:
         """Drop expired entries held for process-specific channels nobody is receiving on,
