@@ -18,6 +18,7 @@ __all__ = [
     "InvalidChannelLayerError",
     "InvalidName",
     "InvalidOption",
+    "LayerClosed",
     "MessageTooLarge",
     "NotOwnChannel",
 ]
@@ -57,3 +58,11 @@ class InvalidChannelLayerError(ConfigError):
 class AccessRefused(ConnectionError):
     """The layer's storage answered but refused this client (a wrong password, an ACL user
     without a permission it needs): a configuration error, which retrying does not fix."""
+
+
+class LayerClosed(RuntimeError):
+    """A call on a layer after its ``close()`` that cannot reopen by itself (an IPC layer's
+    segment is detached for good; a Redis layer reconnects instead)."""
+
+    def __init__(self, message: str = "this channel layer is closed; make a new one") -> None:
+        super().__init__(message)

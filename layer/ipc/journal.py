@@ -21,6 +21,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from layer.exceptions import LayerClosed
 from layer.ipc.layout import (
     B_BITMAP,
     B_SIZE,
@@ -209,7 +210,8 @@ class Lock:
     """
 
     __slots__ = (
-        "__weakref__", "_fd", "_redo_flush", "forked", "journal", "mm", "mutex", "recoveries"
+        "__weakref__", "_fd", "_redo_flush", "closed", "forked", "journal", "mm", "mutex",
+        "recoveries", "usable",
     )  # fmt: skip
 
     def __init__(self, fd: int, mm: mmap.mmap, redo_flush: Callable[[], None]) -> None:
@@ -219,11 +221,20 @@ class Lock:
         self._redo_flush = redo_flush
         self.recoveries = 0
         self.forked = False
+        self.closed = False
+        self.usable = True  # neither: one check on the hot path
         self.mutex = threading.RLock()
         _LOCKS.add(self)
 
+    def close(self) -> None:
+        """The layer is closing: from now on every critical section is refused (its file
+        descriptor is about to be closed, and the number may be reused by another file)."""
+        self.closed, self.usable = True, False
+
     def __enter__(self) -> Journal:
-        if self.forked:
+        if not self.usable:
+            if self.closed:
+                raise LayerClosed
             raise RuntimeError(
                 "this IPC layer was created before os.fork(): parent and child would share one "
                 "lock; create channel layers in the process that uses them"
@@ -288,7 +299,7 @@ class Lock:
 def _mark_forked() -> None:
     """In a fork child every inherited lock is shared with the parent: refuse to use it."""
     for lock in _LOCKS:
-        lock.forked = True
+        lock.forked, lock.usable = True, False
 
 
 _LOCKS: weakref.WeakSet[Lock] = weakref.WeakSet()

@@ -121,7 +121,7 @@ class IPCChannelLayer(BaseChannelLayer):
         streak, self._streak = self._streak, True
         if (
             streak
-            and not self._lock.forked
+            and self._lock.usable
             and out.admit(channel, key, payload, self._queues.slots_for(len(payload)))
         ):
             if out.due():
@@ -244,6 +244,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._wakes.post(self._ahead.close())
         self._receivers.close()
         self._ringer.close()
+        self._lock.close()
         self._segment.close()
         if unlink:
             segment.unlink(self.prefix)

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections import deque
 
+from layer.exceptions import LayerClosed
 from layer.ipc.ahead import TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer, Wakes
 from layer.ipc.journal import Journal, Lock
@@ -66,6 +67,8 @@ class Receivers:
 
     def wait(self, channel: str) -> asyncio.Future[bytes]:
         """Park a receive on ``channel`` (registered in the segment by ``register``)."""
+        if self.closed:  # its doorbell is closed: nothing could wake it
+            raise LayerClosed
         loop = asyncio.get_running_loop()
         local = self.local.get(channel)
         if local is None:

@@ -9,11 +9,12 @@ import random
 import re
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from layer.base import BaseChannelLayer
-from layer.exceptions import ChannelFull, NotOwnChannel
+from layer.exceptions import ChannelFull, LayerClosed, NotOwnChannel
 from tests.layer.conftest import LayerFactory
-from tests.layer.receiving import assert_empty, receive_soon
+from tests.layer.receiving import assert_empty, receive_soon, received_by_short_loops
 
 # -- basics -----------------------------------------------------------------------------------
 
@@ -205,3 +206,41 @@ async def test_receive_with_timeout_loses_nothing(channel_layer: BaseChannelLaye
         except TimeoutError:
             break
     assert got == list(range(0, 200, 2))
+
+
+@pytest.mark.timeout(90)
+def test_sync_code_receiving_in_short_lived_loops_gets_every_message_once(
+    layer_factory: LayerFactory,
+) -> None:
+    """Django's sync code receives through ``async_to_sync`` (a fresh event loop per call,
+    ended as soon as the call returns) with a 3 ms timeout while a thread with its own loop
+    streams: loops end mid-receive, with a pop in flight or just answered,
+    and not one message may be lost, doubled or reordered. (The Redis layer lost and doubled
+    some until stop 29; the Redis-specific tests take it further: tests/layer/redis.)"""
+    layer = layer_factory(capacity=10_000)  # the thread sends through it too, from its loop
+    reply = async_to_sync(layer.new_channel)("reply")
+    got = received_by_short_loops(layer, layer, reply, 400)
+    assert got == list(range(400)), f"{400 - len(set(got))} lost, {len(got) - len(set(got))} twice"
+
+
+async def test_after_close_a_layer_works_again_or_says_it_is_closed(
+    channel_layer: BaseChannelLayer,
+) -> None:
+    """Redis and in-memory layers reopen on the next call; a closed IPC layer (and the IPC
+    half of a Local + Redis one) is closed for good, and says so on every call instead of
+    losing a send or failing with a bare OSError (as it did until stop 29)."""
+    await channel_layer.send("before-close", {"type": "t"})
+    await channel_layer.close()
+    try:
+        await channel_layer.send("after-close", {"type": "t", "n": 1})
+    except LayerClosed:
+        for call in (
+            channel_layer.receive("before-close"),
+            channel_layer.group_add("g", "after-close"),
+            channel_layer.group_send("g", {"type": "t"}),
+            channel_layer.flush(),
+        ):
+            with pytest.raises(LayerClosed):
+                await call
+        return
+    assert await receive_soon(channel_layer, "after-close") == {"type": "t", "n": 1}
