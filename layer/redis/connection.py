@@ -207,6 +207,11 @@ class Pipe:
                     if reply is NOT_ENOUGH_DATA:
                         break
                     self._settle(*pending.popleft(), reply)
+        except asyncio.CancelledError:
+            # close(), or the end of an async_to_sync call's loop: close the connection while
+            # the loop can (a closed loop's connection only warns when it is collected).
+            await conn.disconnect(nowait=True)
+            raise
         except (RedisError, OSError) as exc:
             error = unavailable(self.spec, exc)
             if self._conn is conn:

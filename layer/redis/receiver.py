@@ -170,6 +170,13 @@ class Receiver:
         return want
 
     async def _run(self) -> None:
+        try:
+            await self._pop_until_closed()
+        except asyncio.CancelledError:
+            await self._conn.close()  # its due replies are read (popconn.py): close it now
+            raise
+
+    async def _pop_until_closed(self) -> None:
         backoff = 0.05
         loop = asyncio.get_running_loop()
         sweeps = Every(loop.time())

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import uuid
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -81,3 +83,21 @@ async def test_close_in_the_middle_of_a_stream_loses_nothing(server: RedisServer
         await sender
         await owner.close()
     assert_once_in_order(got, TOTAL)
+
+
+def test_loops_that_end_leave_no_connection_open(server: RedisServer) -> None:
+    """Sync code calling the layer through ``async_to_sync`` (a loop per call, ended after it)
+    leaves no connection behind for the garbage collector: each loop's sockets are closed as
+    it ends. (They were not: 435 ResourceWarnings for these 150 calls, in a Django project's
+    test run, until stop 29.)"""
+    owner, _ = layers(server)
+    channel = async_to_sync(owner.new_channel)("reply")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for i in range(50):
+            async_to_sync(owner.send)(channel, {"type": "r", "i": i})
+            assert async_to_sync(owner.receive)(channel)["i"] == i
+            async_to_sync(owner.group_send)("g", {"type": "r"})
+        gc.collect()
+    unclosed = [str(w.message)[:80] for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not unclosed, f"{len(unclosed)} unclosed, e.g. {unclosed[:3]}"
