@@ -104,6 +104,19 @@ class TakeAhead:
             elif self._sweeps.due(now):
                 self._prune(now)
 
+    def hold(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
+        """Hold a message that reached this process without the segment (layer.local's
+        bridge) for a process-specific ``channel``, after those held; False if ``capacity``
+        are held already. The caller holds ``mutex``."""
+        held = self.held.get(channel)
+        if held is None:
+            self.held[channel] = deque(((payload, expires),))
+        elif len(held) < capacity:
+            held.append((payload, expires))
+        else:
+            return False
+        return True
+
     def unreceive(self, channel: str, payload: bytes, expires: float) -> bool:
         """A cancelled receive's message goes before those held for ``channel``, if any."""
         with self._mutex:
