@@ -317,10 +317,8 @@ class IPCChannelLayer(BaseChannelLayer):
             waiter.set_result(payload)
             return
         with self._mutex:
-            if not self._hand_to_waiting(channel, payload) and not self._ahead.unreceive(
-                channel, payload, expires
-            ):
-                self._ahead.hold(channel, payload, expires, 1)
+            if not self._hand_to_waiting(channel, payload):
+                self._ahead.unreceive(channel, payload, expires)
 
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""

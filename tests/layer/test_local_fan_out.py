@@ -168,6 +168,46 @@ async def test_receives_in_another_threads_loop_get_the_bridges_hand_overs(
     assert (await owner.stats())["dropped_full"] == 0
 
 
+async def test_a_receive_cancelled_at_the_hand_over_keeps_its_message_first(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """The bridge hands a message to a waiting receive that is cancelled before it runs; the
+    same sender's next messages arrive meanwhile and are held: the next receives get all of
+    them once, the handed one first."""
+    owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    reply = await owner.new_channel("reply")
+    caught = 0
+    for n in range(30):
+        task = asyncio.ensure_future(owner.receive(reply))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        waiting = owner.ipc._local.get(reply)
+        assert waiting, "the receive waits in IPC"
+        await remote.send(reply, {"type": "r", "i": 3 * n})
+        for _ in range(2000):  # until the bridge took the waiting receive's future
+            if not waiting or task.done():
+                break
+            await asyncio.sleep(0)
+        want = [3 * n, 3 * n + 1, 3 * n + 2]
+        if task.done():
+            want.pop(0)
+            assert (await task)["i"] == 3 * n
+        else:
+            task.cancel()
+            caught += 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for i in want[-2:]:
+            await remote.send(reply, {"type": "r", "i": i})
+        for _ in range(200):
+            if (await owner.stats())["queued"] == len(want):
+                break
+            await asyncio.sleep(0.01)
+        assert [(await receive_soon(owner, reply))["i"] for _ in want] == want
+    assert caught > 0, "never cancelled a receive at the hand-over"
+    await assert_empty(owner, reply)
+
+
 def _start(config: dict) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.layer.fan_out_worker", json.dumps(config), str(MEMBERS),
