@@ -304,7 +304,12 @@ class IPCChannelLayer(BaseChannelLayer):
                 if loop is asyncio.get_running_loop():
                     waiter.set_result(payload)
                 else:  # a receive in another thread's loop: its loop completes the future
-                    loop.call_soon_threadsafe(self._hand_late, channel, waiter, payload, expires)
+                    try:
+                        loop.call_soon_threadsafe(
+                            self._hand_late, channel, waiter, payload, expires
+                        )
+                    except RuntimeError:  # that loop is closed: its receive never resumes
+                        continue
                 return True
             return self._ahead.hold(channel, payload, expires, capacity)
 

@@ -208,6 +208,36 @@ async def test_a_receive_cancelled_at_the_hand_over_keeps_its_message_first(
     await assert_empty(owner, reply)
 
 
+async def test_a_receive_left_in_a_closed_loop_does_not_stop_the_bridge(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """A thread's event loop was closed while its receive waited (never cancelled): the bridge,
+    finding that receive first in line, passes over it instead of failing, and the messages go
+    to the next receives, in order."""
+    owner, remote = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    channel = await owner.new_channel("ws")
+    bridge = asyncio.ensure_future(owner.receive(await owner.new_channel("ws")))
+    await asyncio.sleep(0.1)  # this loop's bridge runs
+
+    abandoned: list[asyncio.Task[dict]] = []
+
+    def abandon() -> None:
+        loop = asyncio.new_event_loop()
+        abandoned.append(loop.create_task(owner.receive(channel)))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        loop.close()  # the receive is left waiting
+
+    await asyncio.to_thread(abandon)
+    assert owner.ipc.debug_state().parked[channel] == 1
+    for i in range(20):
+        await remote.send(channel, {"type": "r", "i": i})
+    assert [(await receive_soon(owner, channel))["i"] for _ in range(20)] == list(range(20))
+    assert not bridge.done()
+    bridge.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await bridge
+
+
 def _start(config: dict) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.layer.fan_out_worker", json.dumps(config), str(MEMBERS),
