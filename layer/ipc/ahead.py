@@ -104,12 +104,30 @@ class TakeAhead:
             elif self._sweeps.due(now):
                 self._prune(now)
 
+    def hold(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
+        """Hold a message that reached this process without the segment (layer.local's
+        bridge) for a process-specific ``channel``, after those held; False if ``capacity``
+        are held already. The caller holds ``mutex``."""
+        held = self.held.get(channel)
+        if held is None:
+            self.held[channel] = deque(((payload, expires),))
+        elif len(held) < capacity:
+            held.append((payload, expires))
+        else:
+            return False
+        return True
+
     def unreceive(self, channel: str, payload: bytes, expires: float) -> bool:
-        """A cancelled receive's message goes before those held for ``channel``, if any."""
+        """A cancelled receive's message goes before those held for ``channel``: if any are,
+        or always on a process-specific channel (only this process receives it, and messages
+        handed over from elsewhere are held after it: back in the segment it would come after
+        them). False: the caller puts it back at the front of the channel."""
         with self._mutex:
             held = self.held.get(channel)
             if held is None:
-                return False
+                if not process_specific(channel):
+                    return False
+                held = self.held[channel] = deque()
             held.appendleft((payload, expires))
             return True
 

@@ -8,24 +8,27 @@ journal per member.
 from __future__ import annotations
 
 import mmap
+import struct
 from collections.abc import Callable
 
 from layer.exceptions import ChannelFull
+from layer.flow import remember
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
     E_EXPIRES,
     E_NAME,
+    E_OWNER,
     E_WORDS,
     E_WORDS_SIZE,
     ENTRY_SIZE,
     ENTRY_WORDS,
     F64,
     GROUPS,
-    KEY,
     M_HASH,
     M_NEXT,
     NIL,
     OWNER_GROUP,
+    TABLE_GEN,
     U32,
     Geometry,
 )
@@ -34,6 +37,12 @@ from layer.ipc.queues import Queues
 from layer.ipc.table import Key, Table, member_hash
 
 _u32_unpack = U32.unpack_from
+# A member entry from its name length on: length, (prev), next, channel hash, (pad), lapses.
+_MEMBER = struct.Struct("<I4xII12xd")
+_MEMBER_AT = E_OWNER + 4  # the name length (KEY's last word)
+assert _MEMBER_AT + 8 == M_NEXT and _MEMBER_AT + 12 == M_HASH
+assert _MEMBER_AT + _MEMBER.size == E_EXPIRES + 8
+_TARGETS = 16384  # members whose channel key and capacity this process remembers
 
 
 class Groups:
@@ -47,6 +56,10 @@ class Groups:
         self.table = table
         self.pools = pools
         self.queues = queues
+        # member entry -> (its channel's key, capacity), valid for ``_targets_gen``: an entry
+        # never changes its name while it exists, and every delete bumps the generation.
+        self._targets: dict[int, tuple[Key, int]] = {}
+        self._targets_gen = -1
 
     def add(self, j: Journal, group: Key, channel: Key, expires: float) -> None:
         gname, gh = group
@@ -101,18 +114,27 @@ class Groups:
         if gidx == NIL:
             return 0, 0
         mm = self.mm
+        targets = self._targets
+        gen = _u32_unpack(mm, TABLE_GEN)[0]
+        if gen != self._targets_gen:
+            targets.clear()
+            self._targets_gen = gen
+        push, entries = self.queues.push, self.entries
         delivered = dropped = 0
-        midx = _u32_unpack(mm, self.entries + gidx * ENTRY_SIZE + E_WORDS)[0]
+        midx = _u32_unpack(mm, entries + gidx * ENTRY_SIZE + E_WORDS)[0]
         while midx != NIL:
-            off = self.entries + midx * ENTRY_SIZE
-            nxt, ch = _u32_unpack(mm, off + M_NEXT)[0], _u32_unpack(mm, off + M_HASH)[0]
-            if F64.unpack_from(mm, off + E_EXPIRES)[0] <= now:
+            off = entries + midx * ENTRY_SIZE
+            size, nxt, ch, lapses = _MEMBER.unpack_from(mm, off + _MEMBER_AT)
+            if lapses <= now:
                 self._remove_member(j, gidx, midx)
             else:
-                size = KEY.unpack_from(mm, off)[3]
-                name = mm[off + E_NAME : off + E_NAME + size]
+                target = targets.get(midx)
+                if target is None:
+                    name = mm[off + E_NAME : off + E_NAME + size]
+                    target = ((name, ch), capacity_of(name))
+                    remember(targets, midx, target, _TARGETS)
                 try:
-                    waker = self.queues.push(j, (name, ch), payload, expires, capacity_of(name))[0]
+                    waker = push(j, target[0], payload, expires, target[1])[0]
                 except ChannelFull:
                     j.rollback()
                     dropped += 1

@@ -102,6 +102,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._queues, self._takes = store.queues, store.takes
         self._local = self._receivers.local
         self._held = self._ahead.held
+        self._mutex = self._lock.mutex
         wakes.post(wake)
 
     @property
@@ -162,27 +163,32 @@ class IPCChannelLayer(BaseChannelLayer):
     async def _pop(self, channel: str) -> bytes:
         self._streak = False
         ahead = self._ahead
-        if channel not in self._local:  # else receives here wait already: queue behind them
-            key = self._known.get(channel) or self._keys.of(channel)
-            now = time.monotonic()
-            extra = ahead.extra(channel, now)
-            taken: Held = []
-            with self._lock as j:
-                wake = self._flush_out(j) if self._out.items else None
-                if extra:
-                    taken = self._takes.take_run(j, key, now, 1 + extra)
-                    payload = taken[0][0] if taken else None
-                else:
-                    payload = self._takes.take(j, key, now)
-                if payload is None:
-                    self._receivers.register(j, channel, key)
-            if wake:
-                self._wakes.post(wake)
-            if payload is not None:
-                if len(taken) > 1:
-                    ahead.keep(channel, taken[1:])
+        # Under the mutex from the last look at what is held to the wait: ``hand_over`` (from
+        # another thread's loop) either sees this receive waiting or holds before that look.
+        with self._mutex:
+            if channel in self._held and (payload := ahead.take(channel)) is not None:
                 return payload
-        future = self._receivers.wait(channel)
+            if channel not in self._local:  # else receives here wait already: queue behind them
+                key = self._known.get(channel) or self._keys.of(channel)
+                now = time.monotonic()
+                extra = ahead.extra(channel, now)
+                taken: Held = []
+                with self._lock as j:
+                    wake = self._flush_out(j) if self._out.items else None
+                    if extra:
+                        taken = self._takes.take_run(j, key, now, 1 + extra)
+                        payload = taken[0][0] if taken else None
+                    else:
+                        payload = self._takes.take(j, key, now)
+                    if payload is None:
+                        self._receivers.register(j, channel, key)
+                if wake:
+                    self._wakes.post(wake)
+                if payload is not None:
+                    if len(taken) > 1:
+                        ahead.keep(channel, taken[1:])
+                    return payload
+            future = self._receivers.wait(channel)
         try:
             return await future
         except asyncio.CancelledError:
@@ -271,16 +277,57 @@ class IPCChannelLayer(BaseChannelLayer):
 
     # -- messages going back or out ----------------------------------------------------------
 
-    def hand_to_waiting(self, channel: str, payload: bytes) -> bool:
+    def _hand_to_waiting(self, channel: str, payload: bytes) -> bool:
         """Give ``payload`` to a receive of this instance waiting on ``channel``, if any: the
         future a wake would complete (its node stays registered for the next receive). False
-        when none waits. layer.local's bridge delivers other hosts' messages this way."""
+        when none waits."""
         waiting = self._local.get(channel)
         return waiting is not None and hand(waiting, payload)
 
+    def hand_over(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
+        """A message for this instance's process-specific ``channel`` that came another way
+        (layer.local's bridge: from other hosts, over Redis) goes to the receive waiting on it
+        here, else is held for the next one as a message taken ahead is: no lock, nothing
+        written to the segment. ``expires`` is on ``time.monotonic()``'s clock; an expired
+        message is dropped and counted. False if ``capacity`` messages are held for
+        ``channel`` already (the caller drops it)."""
+        if expires <= time.monotonic():
+            self.counters.expired += 1
+            return True
+        with self._mutex:
+            waiting = self._local.get(channel)
+            while waiting:
+                waiter = waiting.popleft()
+                if waiter.done():
+                    continue
+                loop = waiter.get_loop()
+                if loop is asyncio.get_running_loop():
+                    waiter.set_result(payload)
+                else:  # a receive in another thread's loop: its loop completes the future
+                    try:
+                        loop.call_soon_threadsafe(
+                            self._hand_late, channel, waiter, payload, expires
+                        )
+                    except RuntimeError:  # that loop is closed: its receive never resumes
+                        continue
+                return True
+            return self._ahead.hold(channel, payload, expires, capacity)
+
+    def _hand_late(
+        self, channel: str, waiter: asyncio.Future[bytes], payload: bytes, expires: float
+    ) -> None:
+        """``hand_over`` across threads, in the waiter's loop: a waiter cancelled meanwhile
+        leaves the message to the next receive, before those held since."""
+        if not waiter.done():
+            waiter.set_result(payload)
+            return
+        with self._mutex:
+            if not self._hand_to_waiting(channel, payload):
+                self._ahead.unreceive(channel, payload, expires)
+
     def _give_back(self, channel: str, payload: bytes) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        if self.hand_to_waiting(channel, payload):
+        if self._hand_to_waiting(channel, payload):
             return
         if self._receivers.closed:
             return

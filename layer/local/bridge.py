@@ -4,20 +4,22 @@ A process-specific channel this host made gets messages over IPC (senders on thi
 over Redis (senders elsewhere). The Redis layer keeps one inbox list per process (per routing
 name, up to ``!``), and a group send puts one entry in it for all of that process's members
 (their local parts, comma-separated). A *bridge*, one task per inbox and event loop, drains
-that inbox in bulk and hands each message to the receive of this instance waiting on each
-channel it names, if one is (as IPC hands a message to a receive it wakes: no shared memory
-written), else pushes it into the channel's IPC queue (the pushes of a burst share IPC's
-critical sections: its outbox, one per loop turn). A receive on such a channel then waits on
-IPC alone, as any IPC receive does. (Until stop 28 every receive also kept a Redis receive of
-its own per channel and interrupted its IPC wait when that one won: a task, a cancellation
-and two critical sections per delivery, 4x the CPU per broadcast delivery to another host;
+that inbox in bulk and hands each message to the IPC half's ``hand_over``: to the receive of
+this instance waiting on its channel, if one is (as IPC hands a message to a receive it wakes),
+else held in this process for the next receive there, as IPC holds messages a receive took
+ahead. Nothing of it touches the segment: no lock, no shared memory written. A receive on such
+a channel then waits on IPC alone, as any IPC receive does. (Until stop 28 every receive also
+kept a Redis receive of its own per channel; until issue 23 the bridge pushed what no receive
+was waiting for into the channel's IPC queue, and the receive took it out again: two critical
+sections per delivery, most of the receiving process's CPU in a fan-out from another host;
 docs/layer.md, "Local + Redis".)
 
-Guarantees: a bridge moves its inbox's entries in list order, so each remote sender's order
-per channel holds; an entry is popped from Redis once and moved once (at most once); a message
-keeps the expiry it was sent with (stamped into the IPC payload, see :func:`stamped`, and
-checked when it is received); a channel whose IPC queue is full drops it, counted in
-``dropped_full`` and logged, as a group send drops for a full member.
+Guarantees: a bridge moves its inbox's entries in list order, and what it holds for a channel
+comes after what is held already, so each remote sender's order per channel holds (its
+messages take no other path); an entry is popped from Redis once and moved once (at most
+once); a message keeps the expiry it was sent with (on ``time.monotonic()``'s clock from here
+on, checked when it is received); a channel holding ``capacity`` moved messages drops the next,
+counted in ``dropped_full`` and logged, as a group send drops for a full member.
 """
 
 from __future__ import annotations
@@ -28,33 +30,18 @@ import time
 from collections.abc import Awaitable, Callable
 
 from layer.base import Counters
-from layer.exceptions import ChannelFull, InvalidName
+from layer.exceptions import InvalidName
 from layer.logs import Throttled
 from layer.names import require_valid_channel_name
 
 log = logging.getLogger(__name__)
 
-MARK = b"\xc1"  # never the first byte of an encoded message: msgpack leaves 0xc1 unused
 WARN_EVERY = 10.0  # seconds between log lines about messages dropped on full channels
 
 Drain = Callable[[str], Awaitable[list[tuple[int, bytes, bytes]]]]
-Hand = Callable[[str, bytes], bool]  # to a receive of this instance waiting on the channel
-Push = Callable[[str, bytes, int], Awaitable[None]]
-
-
-def stamped(expires_at_ms: int, payload: bytes) -> bytes:
-    """An IPC payload carrying a message from Redis with the expiry it was sent with."""
-    return b"%s%013d%s" % (MARK, expires_at_ms, payload)
-
-
-def opened(payload: bytes, counters: Counters) -> bytes | None:
-    """The message of an IPC payload of a bridged channel; None if it expired (counted)."""
-    if payload[:1] != MARK:
-        return payload  # sent on this host
-    if int(payload[1:14]) <= time.time() * 1000:
-        counters.expired += 1
-        return None
-    return payload[14:]
+# To the receive waiting on the channel or held for the next (expiry on time.monotonic()'s
+# clock, capacity); False when the channel holds ``capacity`` already.
+HandOver = Callable[[str, bytes, float, int], bool]
 
 
 class Bridges:
@@ -63,14 +50,12 @@ class Bridges:
     def __init__(
         self,
         drain: Drain,
-        hand: Hand,
-        push: Push,
+        hand_over: HandOver,
         capacity: Callable[[str], int],
         counters: Counters,
     ) -> None:
         self._drain = drain
-        self._hand = hand
-        self._push = push
+        self._hand_over = hand_over
         self._capacity = capacity
         self._counters = counters
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -90,10 +75,12 @@ class Bridges:
 
     async def _run(self, routing: str) -> None:
         capacity = self._capacity(routing)
-        hand, push = self._hand, self._push
+        hand_over = self._hand_over
         while True:
-            for expires, local, payload in await self._drain(routing):
-                message = stamped(expires, payload)
+            entries = await self._drain(routing)
+            offset = time.monotonic() - time.time()  # an entry's expiry: epoch ms -> monotonic
+            for expires, local, payload in entries:
+                at = expires / 1000 + offset
                 for name in local.decode("ascii", "replace").split(","):
                     channel = routing + name
                     try:
@@ -104,11 +91,7 @@ class Bridges:
                             "channel %.120r", channel,
                         )  # fmt: skip
                         continue
-                    if hand(channel, message):
-                        continue
-                    try:
-                        await push(channel, message, capacity)
-                    except ChannelFull:
+                    if not hand_over(channel, payload, at, capacity):
                         self._full(channel)
 
     def _full(self, channel: str) -> None:
@@ -125,7 +108,7 @@ class Bridges:
 
     async def stop(self) -> None:
         """Cancel the bridges (``close``). A bridge is cancelled while it waits for its inbox
-        (its pushes do not suspend): what the Redis half popped for it since goes back to
+        (its hand-overs do not suspend): what the Redis half popped for it since goes back to
         Redis with that half's leftovers."""
         tasks = list(self._tasks.values())
         self._tasks.clear()

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
 from layer.ipc import IPCChannelLayer
-from layer.local.bridge import Bridges, opened
+from layer.local.bridge import Bridges
 from layer.messages import Message, decode
 from layer.redis import RedisChannelLayer
 
@@ -62,11 +62,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self.client_id += self.host  # new_channel() names end their routing part with it
         self._own = self.client_id + "!"  # and receive() accepts those as this client's
         self._bridges = Bridges(
-            self.redis._drain,
-            self.ipc.hand_to_waiting,
-            self.ipc._push,
-            self.get_capacity,
-            self.counters,
+            self.redis._drain, self.ipc.hand_over, self.get_capacity, self.counters
         )
 
     def shard_names(self) -> list[str]:
@@ -102,10 +98,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
             taken = self.redis._ready(channel)
             return None if taken is None else _opened(taken)
         self._bridges.ensure(channel[: channel.index("!") + 1])
-        while (payload := self.ipc._ready(channel)) is not None:
-            if (message := opened(payload, self.counters)) is not None:
-                return message
-        return None
+        return self.ipc._ready(channel)
 
     async def _pop(self, channel: str) -> Taken:
         route = self.route(channel)
@@ -113,11 +106,9 @@ class LocalRedisChannelLayer(BaseChannelLayer):
             return await self.ipc._pop(channel)
         if route is REDIS:
             return _opened(await self.redis._pop(channel))
-        # This host's: other hosts' messages come into the same IPC queue (bridge.py).
+        # This host's: other hosts' messages are handed to its IPC receives (bridge.py).
         self._bridges.ensure(channel[: channel.index("!") + 1])
-        while (message := opened(await self.ipc._pop(channel), self.counters)) is None:
-            pass
-        return message
+        return await self.ipc._pop(channel)
 
     async def _group_add(self, group: str, channel: str) -> None:
         # Redis first: the IPC membership then lapses last, so a group send from here in
