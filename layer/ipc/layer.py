@@ -17,17 +17,19 @@ from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
-from layer.flow import hand, handed
+from layer.flow import handed
 from layer.ipc import segment, storage
 from layer.ipc.ahead import Held, TakeAhead
 from layer.ipc.debug import DebugState, Parts, debug_state
 from layer.ipc.doorbell import Doorbell, Ringer, Wakes
 from layer.ipc.extents import largest_payload
+from layer.ipc.handing import Handing
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
 from layer.ipc.receivers import SPIN, Receivers
 from layer.ipc.registry import Registry
+from layer.ipc.sizing import sizing
 from layer.ipc.table import Keys
 from layer.options import byte_size, non_negative_number, positive_int
 
@@ -103,6 +105,9 @@ class IPCChannelLayer(BaseChannelLayer):
         self._local = self._receivers.local
         self._held = self._ahead.held
         self._mutex = self._lock.mutex
+        self._handing = Handing(self._mutex, self._receivers, self._ahead, self._lock,
+                                store.queues, keys, wakes, self.counters, self.expiry)  # fmt: skip
+        self.hand_over = self._handing.hand_over  # layer.local's bridge: see handing.py
         wakes.post(wake)
 
     @property
@@ -194,7 +199,7 @@ class IPCChannelLayer(BaseChannelLayer):
         except asyncio.CancelledError:
             payload = handed(future, self._local.get(channel))
             if payload is not None:
-                self._give_back(channel, payload)
+                self._handing.give_back(channel, payload)
             else:
                 self._receivers.drop_idle(channel)
             raise
@@ -256,17 +261,8 @@ class IPCChannelLayer(BaseChannelLayer):
             segment.unlink(self.prefix)
 
     def sizing(self) -> list[str]:
-        g, extents = self._segment.geometry, self._storage.extents
-        arena = g.n_slots * g.slot_size
-        lines = [
-            f"segment: {_size(g.size)}, {g.n_slots:,} slots of {g.slot_size} B ({_size(arena)}),"
-            f" extents up to {_size(g.slot_size << g.max_order)}, {g.n_entries:,} entries",
-            "holds at once, by encoded message size:",
-        ]
-        for n in (extents.one_slot, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 1 << 20):
-            if n <= self.max_message_size:
-                lines.append(f"  {_size(n):>8}: {g.n_slots // extents.slots_for(n):>10,}")
-        return lines
+        """What the segment holds, for ``check-config`` (``layer/ipc/sizing.py``)."""
+        return sizing(self._segment.geometry, self._storage.extents, self.max_message_size)
 
     async def discard(self) -> None:
         """Close; remove the segment and doorbells too if this instance created the segment
@@ -276,73 +272,6 @@ class IPCChannelLayer(BaseChannelLayer):
         await self.close(unlink=created and alone)
 
     # -- messages going back or out ----------------------------------------------------------
-
-    def _hand_to_waiting(self, channel: str, payload: bytes) -> bool:
-        """Give ``payload`` to a receive of this instance waiting on ``channel``, if any: the
-        future a wake would complete (its node stays registered for the next receive). False
-        when none waits."""
-        waiting = self._local.get(channel)
-        return waiting is not None and hand(waiting, payload)
-
-    def hand_over(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
-        """A message for this instance's process-specific ``channel`` that came another way
-        (layer.local's bridge: from other hosts, over Redis) goes to the receive waiting on it
-        here, else is held for the next one as a message taken ahead is: no lock, nothing
-        written to the segment. ``expires`` is on ``time.monotonic()``'s clock; an expired
-        message is dropped and counted. False if ``capacity`` messages are held for
-        ``channel`` already (the caller drops it)."""
-        if expires <= time.monotonic():
-            self.counters.expired += 1
-            return True
-        with self._mutex:
-            waiting = self._local.get(channel)
-            while waiting:
-                waiter = waiting.popleft()
-                if waiter.done():
-                    continue
-                loop = waiter.get_loop()
-                if loop is asyncio.get_running_loop():
-                    waiter.set_result(payload)
-                else:  # a receive in another thread's loop: its loop completes the future
-                    try:
-                        loop.call_soon_threadsafe(
-                            self._hand_late, channel, waiter, payload, expires
-                        )
-                    except RuntimeError:  # that loop is closed: its receive never resumes
-                        continue
-                return True
-            return self._ahead.hold(channel, payload, expires, capacity)
-
-    def _hand_late(
-        self, channel: str, waiter: asyncio.Future[bytes], payload: bytes, expires: float
-    ) -> None:
-        """``hand_over`` across threads, in the waiter's loop: a waiter cancelled meanwhile
-        leaves the message to the next receive, before those held since."""
-        if not waiter.done():
-            waiter.set_result(payload)
-            return
-        with self._mutex:
-            if not self._hand_to_waiting(channel, payload):
-                self._ahead.unreceive(channel, payload, expires)
-
-    def _give_back(self, channel: str, payload: bytes) -> None:
-        """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        if self._hand_to_waiting(channel, payload):
-            return
-        if self._receivers.closed:
-            return
-        self._receivers.drop_idle(channel)
-        expires = time.monotonic() + self.expiry
-        if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
-            return
-        try:
-            with self._lock as j:
-                waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)
-        except ChannelFull:
-            self.counters.dropped_full += 1
-            return
-        if waker != NIL:
-            self._wakes.ring(waker)
 
     def _send_out(self, scheduled: bool = False) -> None:
         """Flush the outbox: it is due, the loop turn that filled it ended (``scheduled``),
@@ -367,10 +296,3 @@ class IPCChannelLayer(BaseChannelLayer):
 
     def _capacity_of(self, name: bytes) -> int:
         return self.get_capacity(name.decode("ascii"))
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.4g} {unit}"
-    return f"{n} B"
