@@ -53,7 +53,8 @@ class CoalescingTransport(asyncio.Transport):
             return
         self._held = []
         if not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+            # writelines: one writev of the pieces, no copy of a large body into a joined one
+            self._transport.writelines(held)
 
     def write_eof(self) -> None:
         self.flush()
