@@ -390,3 +390,58 @@ async def test_debug_state_is_a_snapshot_of_what_the_instance_and_segment_hold(
     assert not layer.debug_state().parked
     await layer.flush()
     assert layer.debug_state().epoch == empty.epoch + 1 and not layer.debug_state().held
+
+
+# -- close() racing other threads ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_close_racing_sends_from_other_threads_says_closed(ipc_prefix: str) -> None:
+    """Threads send (each in its own loop, as async_to_sync does) while another closes: every
+    call either works or raises LayerClosed. Was: EBADF from flock on the closed descriptor,
+    "mmap closed or invalid" inside a critical section, an IndexError in close() when another
+    thread had flushed the outbox first (and close() never finished)."""
+    import threading
+
+    from layer.exceptions import LayerClosed
+    from layer.ipc.segment import unlink
+
+    other: list[str] = []
+    for trial in range(30):
+        layer = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
+        stop = threading.Event()
+        started = threading.Barrier(4)
+
+        async def stream(i: int) -> None:
+            n = 0
+            started.wait()
+            while not stop.is_set():
+                await layer.send(f"c{i}", {"type": "x", "n": n})
+                n += 1
+                if n % 50 == 0:
+                    for _ in range(50):
+                        await asyncio.wait_for(layer.receive(f"c{i}"), 5)
+
+        def sender(i: int) -> None:
+            try:
+                asyncio.run(stream(i))
+            except LayerClosed:
+                pass
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                other.append(repr(exc))
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        threading.Event().wait(0.005 + (trial % 7) * 0.003)
+        try:
+            asyncio.run(layer.close())
+        except Exception as exc:  # noqa: BLE001
+            other.append(f"close: {exc!r}")
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in threads)
+        unlink(ipc_prefix)
+    assert other == []
