@@ -9,16 +9,18 @@ import random
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from layer.config import load
-from layer.exceptions import ChannelFull, ConfigError, InvalidOption
+from layer.exceptions import ChannelFull, ConfigError, InvalidOption, LayerClosed
 from layer.ipc import IPCChannelLayer
 from layer.ipc.check import verify
 from layer.ipc.layout import GEOMETRY_OFF, U32
+from layer.ipc.segment import unlink
 from tests.layer.ipc.fixture import SHM, Worker, shm_objects
 from tests.layer.ipc.worker import send_retrying
 from tests.layer.receiving import receive_soon
@@ -395,53 +397,58 @@ async def test_debug_state_is_a_snapshot_of_what_the_instance_and_segment_hold(
 # -- close() racing other threads ----------------------------------------------------------------
 
 
+def _close_while_threads_send(prefix: str, pause: float) -> list[str]:
+    """Three threads send (each in its own loop, as async_to_sync does) while this one closes
+    the layer; the errors other than LayerClosed."""
+    layer = IPCChannelLayer(prefix=prefix, size="16MB")
+    stop = threading.Event()
+    started = threading.Barrier(4)
+    other: list[str] = []
+
+    async def stream(i: int) -> None:
+        n = 0
+        started.wait()
+        while not stop.is_set():
+            await layer.send(f"c{i}", {"type": "x", "n": n})
+            n += 1
+            if n % 50 == 0:
+                for _ in range(50):
+                    await asyncio.wait_for(layer.receive(f"c{i}"), 5)
+
+    def sender(i: int) -> None:
+        try:
+            asyncio.run(stream(i))
+        except LayerClosed:
+            pass
+        except Exception as exc:
+            other.append(repr(exc))
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    stop.wait(pause)
+    try:
+        asyncio.run(layer.close())
+    except Exception as exc:
+        other.append(f"close: {exc!r}")
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    if any(thread.is_alive() for thread in threads):
+        other.append("a sender thread hangs")
+    unlink(prefix)
+    return other
+
+
 @pytest.mark.timeout(120)
 def test_close_racing_sends_from_other_threads_says_closed(ipc_prefix: str) -> None:
-    """Threads send (each in its own loop, as async_to_sync does) while another closes: every
-    call either works or raises LayerClosed. Was: EBADF from flock on the closed descriptor,
-    "mmap closed or invalid" inside a critical section, an IndexError in close() when another
-    thread had flushed the outbox first (and close() never finished)."""
-    import threading
-
-    from layer.exceptions import LayerClosed
-    from layer.ipc.segment import unlink
-
-    other: list[str] = []
-    for trial in range(30):
-        layer = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
-        stop = threading.Event()
-        started = threading.Barrier(4)
-
-        async def stream(i: int) -> None:
-            n = 0
-            started.wait()
-            while not stop.is_set():
-                await layer.send(f"c{i}", {"type": "x", "n": n})
-                n += 1
-                if n % 50 == 0:
-                    for _ in range(50):
-                        await asyncio.wait_for(layer.receive(f"c{i}"), 5)
-
-        def sender(i: int) -> None:
-            try:
-                asyncio.run(stream(i))
-            except LayerClosed:
-                pass
-            except Exception as exc:  # noqa: BLE001 - what the test looks for
-                other.append(repr(exc))
-
-        threads = [threading.Thread(target=sender, args=(i,)) for i in range(3)]
-        for thread in threads:
-            thread.start()
-        started.wait()
-        threading.Event().wait(0.005 + (trial % 7) * 0.003)
-        try:
-            asyncio.run(layer.close())
-        except Exception as exc:  # noqa: BLE001
-            other.append(f"close: {exc!r}")
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-        assert not any(thread.is_alive() for thread in threads)
-        unlink(ipc_prefix)
+    """Every call either works or raises LayerClosed. Was: EBADF from flock on the closed
+    descriptor, "mmap closed or invalid" inside a critical section, an IndexError in close()
+    when another thread had flushed the outbox first (and close() never finished)."""
+    other = [
+        e
+        for trial in range(30)
+        for e in _close_while_threads_send(ipc_prefix, 0.005 + (trial % 7) * 0.003)
+    ]
     assert other == []
