@@ -228,8 +228,10 @@ class Lock:
 
     def close(self) -> None:
         """The layer is closing: from now on every critical section is refused (its file
-        descriptor is about to be closed, and the number may be reused by another file)."""
-        self.closed, self.usable = True, False
+        descriptor is about to be closed, and the number may be reused by another file).
+        A critical section running in another thread ends first: it holds the mutex."""
+        with self.mutex:
+            self.closed, self.usable = True, False
 
     def __enter__(self) -> Journal:
         if not self.usable:
@@ -241,6 +243,8 @@ class Lock:
             )
         self.mutex.acquire()
         try:
+            if self.closed:  # closed by another thread while this one waited for the mutex
+                raise LayerClosed
             try:
                 _flock(self._fd, _LOCK_TRY)
             except BlockingIOError:

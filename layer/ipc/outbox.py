@@ -79,6 +79,8 @@ class Outbox:
     ) -> None:
         """Push every held send, one committed run per channel stretch (lock held)."""
         items, self.items, self.size = self.items, [], 0
+        if not items:  # another thread's flush (a loop of its own) took them first
+            return
         channel, key, payload = items[0]
         run = [payload]
         for item in items[1:]:

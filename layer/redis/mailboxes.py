@@ -225,6 +225,19 @@ class Mailboxes:
         self.waiting = {key: n for key, n in self.waiting.items() if n}
         return {box.key for box in self.boxes.values()} | set(self.waiting) | set(self.drains)
 
+    def fail(self, error: Exception) -> None:
+        """The loop is closing: end the receives (and drains) still waiting with ``error``;
+        nothing pops for them any more, and what was popped goes back with the leftovers."""
+        for box in self.boxes.values():
+            while box.waiters:
+                waiter = box.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(error)
+        for drain in self.drains.values():
+            if drain.waiter is not None and not drain.waiter.done():
+                drain.waiter.set_exception(error)
+        self.waiting.clear()
+
     def clear(self) -> None:
         """Forget entries popped but not yet received (``flush()``)."""
         for box in self.boxes.values():

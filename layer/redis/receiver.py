@@ -31,7 +31,7 @@ from layer.redis.entries import Popped
 from layer.redis.mailboxes import Drain, Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
-from layer.redis.shard_errors import unavailable
+from layer.redis.shard_errors import ShardUnavailable, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,8 @@ class Receiver:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])  # it reads the replies due first (popconn.py)
+        name = self.pipe.spec.name
+        self.boxes.fail(ShardUnavailable(f"Redis shard {name}: closed while this receive waited"))
         pushes = [
             self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self.leftovers()
         ]

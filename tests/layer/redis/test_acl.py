@@ -164,3 +164,25 @@ def test_the_entrypoint_refuses_to_start_without_a_password(tmp_path: Path) -> N
     )
     assert result.returncode != 0 and "REDIS_PASSWORD" in result.stderr
     assert not (tmp_path / "users.acl").exists()
+
+
+@pytest.mark.timeout(120)
+def test_short_lived_loops_under_the_acl_lose_nothing(server: RedisServer) -> None:
+    """A loop that ends mid-pop wakes it through a one-off connection (its pipe is not
+    connected in a receive-only loop): under the kit's ACL too, and without waiting for
+    ``socket_timeout`` (5 s) at the end of each call."""
+    import time
+
+    from asgiref.sync import async_to_sync
+
+    from tests.layer.receiving import received_by_short_loops
+
+    owner, remote = (RedisChannelLayer(hosts=[server.url], capacity=10_000) for _ in range(2))
+    reply = async_to_sync(owner.new_channel)("reply")
+    started = time.monotonic()
+    try:
+        got = received_by_short_loops(owner, remote, reply, 300)
+    finally:
+        async_to_sync(owner.close)()
+    assert got == list(range(300))
+    assert time.monotonic() - started < 30  # 300 sends 1-4 ms apart, then 1 s of silence

@@ -304,3 +304,31 @@ async def test_back_to_back_sends_to_a_channel_share_one_rpush_in_order(
     for layer in (sender, receiver):
         await layer.flush()
         await layer.close()
+
+
+async def test_close_fails_receives_waiting_in_other_tasks_and_keeps_their_messages(
+    redis_server: RedisServer,
+) -> None:
+    """A receive waiting in another task when close() runs ends with a clear error (it hung
+    for ever: nobody pops for its mailbox any more); what close() returned is received after."""
+    from layer.redis import ShardUnavailable
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    layer, other = make(redis_server, prefix), make(redis_server, prefix)
+    channel = await layer.new_channel("r")
+    waiting = [asyncio.ensure_future(layer.receive(name)) for name in (channel, channel, "work")]
+    await asyncio.sleep(0.05)
+    await layer.close()
+    done, pending = await asyncio.wait(waiting, timeout=5)
+    for task in pending:
+        task.cancel()
+    assert not pending, f"{len(pending)} of 3 receives still wait after close()"
+    for task in done:
+        with pytest.raises(ShardUnavailable, match="closed while this receive waited"):
+            task.result()
+    await other.send(channel, {"type": "m", "n": 1})
+    await other.send("work", {"type": "m", "n": 2})
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["n"] == 1
+    assert (await asyncio.wait_for(layer.receive("work"), 5))["n"] == 2
+    await layer.close()
+    await other.close()
