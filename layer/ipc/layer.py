@@ -89,6 +89,7 @@ class IPCChannelLayer(BaseChannelLayer):
         keys = Keys()
         self._out = Outbox()
         self._streak = False  # the last operation was a send: a next one may be held
+        self._holding = True  # sends may be held in the outbox (until close())
         self._ahead = TakeAhead(self.counters, self._lock, store.queues, self.prefix)
         self._receivers = Receivers(
             store, self._lock, self._registry, me, bell, self._ringer, wakes, self._ahead, keys,
@@ -125,19 +126,23 @@ class IPCChannelLayer(BaseChannelLayer):
         key = self._known.get(channel) or self._keys.of(channel)
         out = self._out
         streak, self._streak = self._streak, True
-        if (
-            streak
-            and self._lock.usable
-            and out.admit(channel, key, payload, self._queues.slots_for(len(payload)))
-        ):
-            if out.due():
-                self._send_out()
-            elif out.loop_token is None or len(out.items) == 1:  # else one is scheduled here
-                loop = asyncio.get_running_loop()  # ~0.25 µs: once per batch, not per send
-                if out.loop_token is not loop:  # one flush per loop turn (and per loop)
-                    out.loop_token = loop
-                    loop.call_soon(self._send_out, True)
-            return
+        if streak:
+            # Under the mutex: other threads' loops hold sends in the same outbox, and close()
+            # flushes it for the last time under it (a send it admits is never left behind).
+            with self._mutex:
+                if (
+                    self._holding
+                    and self._lock.usable
+                    and out.admit(channel, key, payload, self._queues.slots_for(len(payload)))
+                ):
+                    if out.due():
+                        self._send_out()
+                    elif out.loop_token is None or len(out.items) == 1:  # else one is scheduled
+                        loop = asyncio.get_running_loop()  # ~0.25 µs: once per batch
+                        if out.loop_token is not loop:  # one flush per loop turn (and per loop)
+                            out.loop_token = loop
+                            loop.call_soon(self._send_out, True)
+                    return
         wake: list[int] = []
         try:
             with self._lock as j:
@@ -251,7 +256,9 @@ class IPCChannelLayer(BaseChannelLayer):
         segment and doorbells from ``/dev/shm`` (processes still attached keep their view)."""
         if self._receivers.closed:
             return
-        self._send_out()
+        with self._mutex:  # sends from here on go straight to the segment, then are refused
+            self._holding = False
+            self._send_out()
         self._wakes.post(self._ahead.close())
         self._receivers.close()
         self._ringer.close()

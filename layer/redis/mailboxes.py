@@ -18,6 +18,7 @@ from collections.abc import Callable
 from layer.flow import RETURN_DELAY, Streaming, hand, handed, unexpired
 from layer.messages import Message
 from layer.redis.entries import Popped, make_entry, split_entry
+from layer.redis.shard_errors import ShardUnavailable
 
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
@@ -225,9 +226,11 @@ class Mailboxes:
         self.waiting = {key: n for key, n in self.waiting.items() if n}
         return {box.key for box in self.boxes.values()} | set(self.waiting) | set(self.drains)
 
-    def fail(self, error: Exception) -> None:
-        """The loop is closing: end the receives (and drains) still waiting with ``error``;
-        nothing pops for them any more, and what was popped goes back with the leftovers."""
+    def fail(self, why: str) -> None:
+        """The loop is closing: end the receives (and drains) still waiting with
+        ``ShardUnavailable(why)``; nothing pops for them any more, and what was popped goes
+        back with the leftovers."""
+        error = ShardUnavailable(why)
         for box in self.boxes.values():
             while box.waiters:
                 waiter = box.waiters.popleft()

@@ -31,7 +31,7 @@ from layer.redis.entries import Popped
 from layer.redis.mailboxes import Drain, Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
-from layer.redis.shard_errors import ShardUnavailable, unavailable
+from layer.redis.shard_errors import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +225,7 @@ class Receiver:
     async def _fetch(self, want: dict[str, int]) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
         returns, self._returns = self._returns, []
-        commands: list[tuple[Any, ...]] = [
-            ("LPUSH", key, *reversed(entries)) for key, entries in returns
-        ]
+        commands: list[tuple[Any, ...]] = [("LPUSH", k, *reversed(es)) for k, es in returns]
         # Several lists with entries (a burst): one Lua call takes from all of them. Otherwise
         # BLMPOP alone, which returns at once when any list has entries: a second call before
         # every blocking pop would double the round trips of a process waiting on two lists
@@ -343,8 +341,7 @@ class Receiver:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])  # it reads the replies due first (popconn.py)
-        name = self.pipe.spec.name
-        self.boxes.fail(ShardUnavailable(f"Redis shard {name}: closed while this receive waited"))
+        self.boxes.fail(f"Redis shard {self.pipe.spec.name}: closed while this receive waited")
         pushes = [
             self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self.leftovers()
         ]
