@@ -176,7 +176,7 @@ class IPCChannelLayer(BaseChannelLayer):
         # Under the mutex from the last look at what is held to the wait: ``hand_over`` (from
         # another thread's loop) either sees this receive waiting or holds before that look.
         with self._mutex:
-            if channel in self._held and (payload := ahead.take(channel)) is not None:
+            if (payload := self._ready(channel)) is not None:
                 return payload
             if channel not in self._local:  # else receives here wait already: queue behind them
                 key = self._known.get(channel) or self._keys.of(channel)

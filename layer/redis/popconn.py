@@ -16,7 +16,7 @@ on another connection would push entries twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -93,7 +93,7 @@ class PopConnection:
             while len(got) < len(commands):
                 got.append(await replies.reply())
         except asyncio.CancelledError:
-            await self._finish(replies, lambda: self._read(replies, got, len(commands)))
+            await self._finish(self._read(replies, got, len(commands)))
             self._late = got
             raise
         for reply in got:
@@ -114,7 +114,7 @@ class PopConnection:
         try:
             await self._read(replies, sent, len(stolen))
         except asyncio.CancelledError:
-            await self._finish(replies, lambda: self._read(replies, sent, len(stolen)))
+            await self._finish(self._read(replies, sent, len(stolen)))
             self._release(stolen, sent)
             self._late = [await self._woken(replies)]
             raise
@@ -136,12 +136,12 @@ class PopConnection:
         while len(got) < count:
             got.append(await replies.reply())
 
-    async def _finish(self, replies: ReplyReader, read: Callable[[], Awaitable[None]]) -> None:
-        """Run ``read`` (the replies still due) after a cancellation, within ``socket_timeout``;
-        a server that does not answer by then loses the connection."""
+    async def _finish(self, read: Awaitable[None]) -> None:
+        """Await ``read`` (the replies still due) after a cancellation, within
+        ``socket_timeout``; a server that does not answer by then loses the connection."""
         try:
             async with asyncio.timeout(self._socket_timeout):
-                await read()
+                await read
         except (RedisError, OSError):  # TimeoutError is an OSError
             self.abort()
 
@@ -150,7 +150,7 @@ class PopConnection:
         got: list[Any] = []
         if self._conn is None:  # aborted
             return None
-        await self._finish(replies, lambda: self._wake_and_read(replies, got))
+        await self._finish(self._wake_and_read(replies, got))
         return got[0] if got and not isinstance(got[0], ResponseError) else None
 
     async def _wake_and_read(self, replies: ReplyReader, got: list[Any]) -> None:

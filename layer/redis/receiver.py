@@ -240,12 +240,11 @@ class Receiver:
             except asyncio.CancelledError:
                 late = self._conn.late()
                 if many and len(late) == len(commands) and late[-1]:
-                    for i in range(0, len(late[-1]), 2):
-                        self._hold(late[-1][i], late[-1][i + 1])
+                    for key, entries in zip(late[-1][::2], late[-1][1::2], strict=True):
+                        self._hold(key, entries)
                 raise
-            if many and got[-1]:
-                flat: list[Any] = got[-1]
-                return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            if many and got[-1]:  # key, entries, key, entries...
+                return list(zip(got[-1][::2], got[-1][1::2], strict=True))
             want = self._want()  # receivers came and went while those ran
         self._popped = False
         if not want:
