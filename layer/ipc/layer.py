@@ -154,11 +154,14 @@ class IPCChannelLayer(BaseChannelLayer):
                 except ChannelFull:
                     out.refill(channel, capacity, capacity)  # no credit while it is full
                     raise
+                # Under the lock, with the count it read: another thread's loop may flush
+                # held sends to this channel as soon as it is released (a stale count would
+                # credit room they took).
+                out.refill(channel, capacity, count)
                 out.room = self._queues.free_slots() // 2
         finally:
             if wake:
                 self._wakes.post(wake)
-        out.refill(channel, capacity, count)
         if waker != NIL:
             self._wakes.ring(waker)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -139,3 +140,52 @@ def test_sends_from_short_lived_loops_all_arrive(ipc_prefix: str) -> None:
         async_to_sync(sender.close)()
         async_to_sync(receiver.close)()
         unlink(ipc_prefix)
+
+
+def test_senders_in_several_threads_never_overfill_a_channel(ipc_prefix: str) -> None:
+    """One instance, four threads' loops filling one channel while a fifth receives: the
+    segment never holds more than ``capacity``. (The credit after a direct push was granted
+    outside the lock, from a count that another thread's flush had already made stale: up to
+    ``capacity`` + 11 seen. A race: this test failed 2 runs of 3 on that code.)"""
+    import sys
+    import threading
+    import time
+
+    from layer.ipc.segment import unlink
+
+    capacity, threads = 40, 4
+    sender = IPCChannelLayer(prefix=ipc_prefix, size="16MB", capacity=capacity)
+    receiver = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
+    observer = IPCChannelLayer(prefix=ipc_prefix, size="16MB")  # holds nothing taken ahead
+    stop = time.monotonic() + 6.0
+    most = 0
+
+    async def fill() -> None:
+        while time.monotonic() < stop:
+            try:
+                await sender.send("o.cap", {"type": "x"})
+            except ChannelFull:
+                await asyncio.sleep(0)
+
+    async def drain() -> None:
+        nonlocal most
+        while time.monotonic() < stop + 0.2:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(receiver.receive("o.cap"), 0.1)
+            most = max(most, (await observer.stats())["queued"])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: between any two steps of a send
+    try:
+        workers = [threading.Thread(target=asyncio.run, args=(fill(),)) for _ in range(threads)]
+        workers.append(threading.Thread(target=asyncio.run, args=(drain(),)))
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+        for layer in (sender, receiver, observer):
+            asyncio.run(layer.close())
+        unlink(ipc_prefix)
+    assert most == capacity
