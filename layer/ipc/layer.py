@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from threading import get_ident
 from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
@@ -133,7 +134,9 @@ class IPCChannelLayer(BaseChannelLayer):
                 if (
                     self._holding
                     and self._lock.usable
-                    and out.admit(channel, key, payload, self._queues.slots_for(len(payload)))
+                    and out.admit(
+                        channel, key, payload, self._queues.slots_for(len(payload)), get_ident()
+                    )
                 ):
                     if out.due():
                         self._send_out()

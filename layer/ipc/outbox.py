@@ -43,7 +43,7 @@ Item = tuple[str, Key, bytes]
 class Outbox:
     """Admitted sends not yet in the segment, and what each channel may still take."""
 
-    __slots__ = ("credit", "items", "loop_token", "room", "size")
+    __slots__ = ("credit", "items", "loop_token", "room", "size", "thread")
 
     def __init__(self) -> None:
         self.items: list[Item] = []
@@ -51,11 +51,19 @@ class Outbox:
         self.credit = Credit(WINDOW)
         self.room = 0  # slots that admitted sends may still take before a flush
         self.loop_token: object = None  # the loop a flush is scheduled on (None: none is)
+        self.thread = 0  # the thread whose sends are held (whose loop flushes them)
 
-    def admit(self, channel: str, key: Key, payload: bytes, slots: int) -> bool:
-        """Hold a send for the next flush if credit allows; False means "push it now"."""
+    def admit(self, channel: str, key: Key, payload: bytes, slots: int, thread: int) -> bool:
+        """Hold a send for the next flush if credit allows; False means "push it now".
+
+        Only behind sends held by the same ``thread``: those of another thread's event loop
+        wait for the end of its turn, which may be long (an ``async_to_sync`` caller blocked,
+        a busy loop), and a send must not wait for another thread's loop."""
+        if self.items and thread != self.thread:
+            return False
         if slots > self.room or not self.credit.take(channel):
             return False
+        self.thread = thread
         self.room -= slots
         self.items.append((channel, key, payload))
         self.size += len(payload)

@@ -189,3 +189,40 @@ def test_senders_in_several_threads_never_overfill_a_channel(ipc_prefix: str) ->
             asyncio.run(layer.close())
         unlink(ipc_prefix)
     assert most == capacity
+
+
+def test_a_send_never_waits_for_another_threads_busy_loop(ipc_prefix: str) -> None:
+    """Thread A's loop holds two sends and then stands still (sync code in its turn); a send
+    from thread B's loop must reach the segment all the same. (It was held behind A's sends,
+    for the flush at the end of A's turn: a services heartbeat thread's beats waited seconds
+    for its role's busy loop, and the peer gave the role's connections up.)"""
+    import threading
+
+    from layer.ipc.segment import unlink
+
+    sender = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
+    receiver = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
+    held, release = threading.Event(), threading.Event()
+
+    async def busy_turn() -> None:
+        await sender.send("o.a", {"type": "a", "i": 0})
+        await sender.send("o.a", {"type": "a", "i": 1})  # held for the end of this turn
+        held.set()
+        release.wait(30)  # the loop's turn goes on
+
+    busy = threading.Thread(target=asyncio.run, args=(busy_turn(),))
+    busy.start()
+    try:
+        assert held.wait(10)
+
+        async def other_thread() -> list[object]:
+            await sender.send("o.a", {"type": "b", "i": "b"})  # the channel has credit
+            return [(await asyncio.wait_for(receiver.receive("o.a"), 5))["i"] for _ in range(3)]
+
+        assert asyncio.run(other_thread()) == [0, 1, "b"]
+    finally:
+        release.set()
+        busy.join(10)
+        for layer in (sender, receiver):
+            asyncio.run(layer.close())
+        unlink(ipc_prefix)
