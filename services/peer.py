@@ -7,8 +7,9 @@ connection id: an ``k.ack`` opens the connection's send window, anything the con
 sent goes to its inbox, anything else is a malformed message, counted and dropped. A second
 loop keeps the peers alive to each other: each check, every connection's peer that has been
 silent too long (services/liveness.py) is given up, with its connections, and every other one
-is sent a heartbeat. What is the role's own (what a heartbeat tells it, what a connection of it
-may be sent, what to do with a lost peer) it says through the methods a role defines.
+is heart-beaten (from a thread, services/heartbeats.py: a busy loop is not a dead one). What
+is the role's own (what a heartbeat tells it, what a connection of it may be sent, what to do
+with a lost peer) it says through the methods a role defines.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from layer.messages import Message
 from services import batching, wire
 from services import messages as msg
 from services.background import OneInFlight, Vital
+from services.heartbeats import Heartbeats
 from services.liveness import Liveness
 from services.messages import BadMessage
 from services.metrics import Metrics
@@ -63,7 +65,8 @@ class Peer(abc.ABC, Generic[C]):
         self._conns: dict[str, C] = {}
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._loops: list[asyncio.Task[None]] = []
-        self._background = OneInFlight(self.logger)  # heartbeats, announcements
+        self._background = OneInFlight(self.logger)  # announcements
+        self._beats = Heartbeats(layer, heartbeat, self.logger)  # from a thread: heartbeats.py
         self._stopping = False
         self._rejects = batching.Rejects(self.role, metrics, self.logger, self._spoiled)
         self._requests = metrics.http(self.role)  # HTTP statuses and latencies
@@ -95,7 +98,9 @@ class Peer(abc.ABC, Generic[C]):
         self._stopping = True
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, self._background.cancel(), return_exceptions=True)
+        await asyncio.gather(
+            *self._loops, self._background.cancel(), self._beats.stop(), return_exceptions=True
+        )
         if self._batcher is not None:
             await self._batcher.close()
 
@@ -155,8 +160,8 @@ class Peer(abc.ABC, Generic[C]):
     # -- liveness --------------------------------------------------------------------------
 
     async def _liveness(self) -> None:
-        """Each check: give up connections whose peer went silent, heart-beat the other peers,
-        and do the role's periodic work (:meth:`_tick`)."""
+        """Each check: give up connections whose peer went silent, have the other peers
+        heart-beaten, and do the role's periodic work (:meth:`_tick`)."""
         loop = asyncio.get_running_loop()
         peers = self.peers
         ticks = 0
@@ -174,12 +179,15 @@ class Peer(abc.ABC, Generic[C]):
                     self._lose(conn, peer)
                 else:
                     alive.add(peer)
-            beat = self._heartbeat()
-            for peer in alive:  # a send to an unreachable shard can take seconds:
-                self._background.run(peer, self.layer.send_trusted(peer, beat))  # never stall
+            self._beats.update(alive, self._heartbeat())
             self._tick(ticks)
             ticks += 1
             await asyncio.sleep(peers.interval)
+
+    def _depends_on(self, peer: str) -> None:
+        """A connection of ours now depends on ``peer``: heart-beat it at once."""
+        if not wire.same_process(self.layer, peer):
+            self._beats.add(peer, self._heartbeat())
 
     @abc.abstractmethod
     def _watched(self, conn: C, now: float) -> tuple[str, float] | None:

@@ -93,6 +93,7 @@ class ProtocolServer(HttpRelay, WebSocketRelay):
             worker = message[msg.WORKER]
             conn.worker = worker
             conn.assigned = self.worker_seen = self.peers.seen[worker] = self._loop.time()
+            self._depends_on(worker)
         conn.put(message)
 
     def _spoiled(self, conn_id: str, bad: BadMessage) -> None:

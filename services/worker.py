@@ -179,6 +179,7 @@ class Worker(Peer[Instance]):
         if self.lifespan.state:
             inst.scope["state"] = dict(self.lifespan.state)
         self._conns[inst.id] = inst
+        self._depends_on(inst.reply)
         self._fresh.append(inst)
         self.admission.taken()
         return inst
