@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import mmap
 import struct
+import zlib
 from collections.abc import Callable
 
 from layer.exceptions import ChannelFull
 from layer.flow import remember
+from layer.ipc.inbox import fan_out_entry
 from layer.ipc.journal import Journal
 from layer.ipc.layout import (
     E_EXPIRES,
@@ -43,6 +45,8 @@ _MEMBER_AT = E_OWNER + 4  # the name length (KEY's last word)
 assert _MEMBER_AT + 8 == M_NEXT and _MEMBER_AT + 12 == M_HASH
 assert _MEMBER_AT + _MEMBER.size == E_EXPIRES + 8
 _TARGETS = 16384  # members whose channel key and capacity this process remembers
+# A member's queue (its channel's, or its inbox's), capacity, and local part if in an inbox.
+Target = tuple[Key, int, bytes | None]
 
 
 class Groups:
@@ -56,9 +60,9 @@ class Groups:
         self.table = table
         self.pools = pools
         self.queues = queues
-        # member entry -> (its channel's key, capacity), valid for ``_targets_gen``: an entry
-        # never changes its name while it exists, and every delete bumps the generation.
-        self._targets: dict[int, tuple[Key, int]] = {}
+        # member entry -> its target, valid for ``_targets_gen``: an entry never changes its
+        # name while it exists, and every delete bumps the generation.
+        self._targets: dict[int, Target] = {}
         self._targets_gen = -1
 
     def add(self, j: Journal, group: Key, channel: Key, expires: float) -> None:
@@ -108,7 +112,11 @@ class Groups:
         capacity_of: Callable[[bytes], int],
         wake: list[int],
     ) -> tuple[int, int]:
-        """Push to every live member, committing per member; wakers to post go to ``wake``."""
+        """Push to every live member, committing per push; wakers to post go to ``wake``.
+
+        A normal channel gets its own copy; the process-specific members of one inbox share
+        one entry carrying their local parts (``inbox.py``), checked against the inbox's
+        capacity: a full inbox drops it for all of them (counted per member)."""
         gname, gh = group
         gidx = self.table.find(OWNER_GROUP, gname, gh)
         if gidx == NIL:
@@ -119,31 +127,44 @@ class Groups:
         if gen != self._targets_gen:
             targets.clear()
             self._targets_gen = gen
-        push, entries = self.queues.push, self.entries
-        delivered = dropped = 0
+        entries = self.entries
+        inboxes: dict[bytes, tuple[Key, int, list[bytes]]] = {}
+        pushes: list[tuple[Key, int, bytes, int]] = []  # key, capacity, payload, members
         midx = _u32_unpack(mm, entries + gidx * ENTRY_SIZE + E_WORDS)[0]
         while midx != NIL:
             off = entries + midx * ENTRY_SIZE
             size, nxt, ch, lapses = _MEMBER.unpack_from(mm, off + _MEMBER_AT)
             if lapses <= now:
                 self._remove_member(j, gidx, midx)
+                j.commit()
             else:
                 target = targets.get(midx)
                 if target is None:
-                    name = mm[off + E_NAME : off + E_NAME + size]
-                    target = ((name, ch), capacity_of(name))
+                    target = _target(mm[off + E_NAME : off + E_NAME + size], ch, capacity_of)
                     remember(targets, midx, target, _TARGETS)
-                try:
-                    waker = push(j, target[0], payload, expires, target[1])[0]
-                except ChannelFull:
-                    j.rollback()
-                    dropped += 1
+                key, capacity, local = target
+                if local is None:
+                    pushes.append((key, capacity, payload, 1))
+                elif (inbox := inboxes.get(key[0])) is None:
+                    inboxes[key[0]] = (key, capacity, [local])
                 else:
-                    delivered += 1
-                    if waker != NIL:
-                        wake.append(waker)
-            j.commit()
+                    inbox[2].append(local)
             midx = nxt
+        for key, capacity, parts in inboxes.values():
+            pushes.append((key, capacity, fan_out_entry(parts, payload), len(parts)))
+        push = self.queues.push
+        delivered = dropped = 0
+        for key, capacity, data, members in pushes:
+            try:
+                waker = push(j, key, data, expires, capacity)[0]
+            except ChannelFull:
+                j.rollback()
+                dropped += members
+            else:
+                delivered += members
+                if waker != NIL:
+                    wake.append(waker)
+            j.commit()
         return delivered, dropped
 
     def _remove_member(self, j: Journal, gidx: int, midx: int) -> None:
@@ -167,3 +188,12 @@ class Groups:
         if members == 1:
             self.table.delete(j, gidx)
             self.pools.count(GROUPS, -1)
+
+
+def _target(name: bytes, h: int, capacity_of: Callable[[bytes], int]) -> Target:
+    """Where a member's copy goes: its channel's queue, or its inbox with its local part."""
+    bang = name.find(b"!")
+    if bang < 0:
+        return (name, h), capacity_of(name), None
+    inbox = name[: bang + 1]
+    return (inbox, zlib.crc32(inbox)), capacity_of(name), name[bang + 1 :]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull
@@ -19,9 +20,11 @@ from layer.ipc.ahead import TakeAhead
 from layer.ipc.doorbell import Wakes
 from layer.ipc.journal import Lock
 from layer.ipc.layout import NIL
-from layer.ipc.queues import Queues
-from layer.ipc.receivers import Receivers
+from layer.ipc.queues import NO_LIMIT, Queues
 from layer.ipc.table import Keys
+
+if TYPE_CHECKING:
+    from layer.ipc.receivers import Receivers  # which makes a Handing for itself
 
 
 class Handing:
@@ -67,23 +70,37 @@ class Handing:
             self._counters.expired += 1
             return True
         with self._mutex:
-            waiting = self._receivers.local.get(channel)
-            while waiting:
-                waiter = waiting.popleft()
-                if waiter.done():
+            return self._give(channel, payload, expires) or self._ahead.hold(
+                channel, payload, expires, capacity
+            )
+
+    def deliver(self, channel: str, payload: bytes, expires: float) -> None:
+        """A message taken off this instance's inbox (``inbox.py``, under the mutex): to the
+        receive waiting on ``channel`` here, else held for its next receive, however many are
+        held (the inbox's capacity bounded it in the segment; it is this process's now)."""
+        if not self._give(channel, payload, expires):
+            self._ahead.hold(channel, payload, expires, NO_LIMIT)
+
+    def _give(self, channel: str, payload: bytes, expires: float) -> bool:
+        """To the first receive waiting on ``channel`` here (the caller holds the mutex), in
+        its own loop if that is another thread's; False when none waits."""
+        waiting = self._receivers.local.get(channel)
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiting:  # a receive coming next goes to the inbox, not behind a waiter
+                del self._receivers.local[channel]
+            if waiter.done():
+                continue
+            loop = waiter.get_loop()
+            if loop is asyncio.get_running_loop():
+                waiter.set_result(payload)
+            else:  # a receive in another thread's loop: its loop completes the future
+                try:
+                    loop.call_soon_threadsafe(self._hand_late, channel, waiter, payload, expires)
+                except RuntimeError:  # that loop is closed: its receive never resumes
                     continue
-                loop = waiter.get_loop()
-                if loop is asyncio.get_running_loop():
-                    waiter.set_result(payload)
-                else:  # a receive in another thread's loop: its loop completes the future
-                    try:
-                        loop.call_soon_threadsafe(
-                            self._hand_late, channel, waiter, payload, expires
-                        )
-                    except RuntimeError:  # that loop is closed: its receive never resumes
-                        continue
-                return True
-            return self._ahead.hold(channel, payload, expires, capacity)
+            return True
+        return False
 
     def _hand_late(
         self, channel: str, waiter: asyncio.Future[bytes], payload: bytes, expires: float
