@@ -20,7 +20,7 @@ from layer.ipc.ahead import TakeAhead
 from layer.ipc.doorbell import Wakes
 from layer.ipc.journal import Lock
 from layer.ipc.layout import NIL
-from layer.ipc.queues import NO_LIMIT, Queues
+from layer.ipc.queues import Queues
 from layer.ipc.table import Keys
 
 if TYPE_CHECKING:
@@ -74,12 +74,16 @@ class Handing:
                 channel, payload, expires, capacity
             )
 
-    def deliver(self, channel: str, payload: bytes, expires: float) -> None:
-        """A message taken off this instance's inbox (``inbox.py``, under the mutex): to the
-        receive waiting on ``channel`` here, else held for its next receive, however many are
-        held (the inbox's capacity bounded it in the segment; it is this process's now)."""
-        if not self._give(channel, payload, expires):
-            self._ahead.hold(channel, payload, expires, NO_LIMIT)
+    def deliver(self, channel: str, items: list[tuple[bytes, float]]) -> None:
+        """Messages taken off this instance's inbox for ``channel`` (``inbox.py``, under the
+        mutex), in order: to the receives waiting on it here, the rest held for its next
+        receives, however many (the inbox's capacity bounded them in the segment; they are
+        this process's now)."""
+        given = 0
+        while given < len(items) and self._give(channel, *items[given]):
+            given += 1
+        if given < len(items):
+            self._ahead.keep(channel, items[given:] if given else items)
 
     def _give(self, channel: str, payload: bytes, expires: float) -> bool:
         """To the first receive waiting on ``channel`` here (the caller holds the mutex), in

@@ -55,50 +55,75 @@ def fan_out_entry(parts: list[bytes], payload: bytes) -> bytes:
     return HEAD.pack(len(blob)) + blob + payload
 
 
-# Hands one message to the receive waiting on its channel, else holds it (``Handing.deliver``).
-Deliver = Callable[[str, bytes, float], None]
+# Hands messages of one channel, in order, to the receives waiting on it, else holds them
+# (``Handing.deliver``).
+Deliver = Callable[[str, list[tuple[bytes, float]]], None]
+_head = HEAD.unpack_from
 
 
 class Inboxes:
     """Takes runs off this instance's inboxes and hands each message to its channel (every
     method runs under the segment lock, whose mutex also guards the held messages)."""
 
-    def __init__(self, takes: Takes, deliver: Deliver, sweep: Callable[[float], None]) -> None:
+    def __init__(self, takes: Takes, deliver: Deliver) -> None:
         self._takes = takes
         self._deliver = deliver
-        self._sweep = sweep  # expired messages held for channels nobody receives any more
-        self._channels: dict[tuple[str, bytes], list[str] | None] = {}  # entry head -> names
+        self._names: dict[str, dict[bytes, list[str]]] = {}  # inbox -> local parts -> channels
         self._log = Throttled(log)  # entries no layer wrote: a flood costs a few lines
         self.malformed = 0  # such entries dropped (debug_state)
 
-    def take(self, j: Journal, inbox: str, key: Key, most: int = PREFETCH + 1) -> int:
+    def take(
+        self, j: Journal, inbox: str, key: Key, want: str = "", most: int = PREFETCH + 1
+    ) -> tuple[int, bytes | None]:
         """Take up to ``most`` entries of ``inbox`` (one critical section, a journal step per
-        run) and hand their messages out; return how many entries were taken (0: empty)."""
-        now = time.monotonic()
-        taken = self._takes.take_run(j, key, now, most)
-        deliver = self._deliver
+        run) and hand their messages out, per channel in order; return how many entries were
+        taken (0: empty) and the first message for ``want``, which is not handed (a receive of
+        it, with nothing held for it and none of its receives waiting, returns it)."""
+        taken = self._takes.take_run(j, key, time.monotonic(), most)
+        if not taken:
+            return 0, None
+        names = self._names.get(inbox)
+        if names is None:
+            names = self._names[inbox] = {}
+        runs: dict[str, list[tuple[bytes, float]]] = {}
+        got = last = None  # the channel of the last run appended to (most runs are one's)
+        run: list[tuple[bytes, float]] = []
         for entry, expires in taken:
-            opened = self._open(inbox, entry)
-            if opened is None:
-                continue
-            channels, payload = opened
+            try:
+                end = 4 + _head(entry)[0]
+                if end > len(entry):
+                    raise IndexError(end)
+                channels = names[entry[4:end]]  # a large entry is an unhashable bytearray
+            except (struct.error, IndexError, KeyError, TypeError):
+                found = self._names_in(inbox, names, entry)
+                if found is None:
+                    continue
+                channels, end = found, 4 + _head(entry)[0]
+            payload = entry[end:]
             for channel in channels:
-                deliver(channel, payload, expires)
-        self._sweep(now)
-        return len(taken)
+                if channel is last:
+                    run.append((payload, expires))
+                elif channel == want and got is None:
+                    got = payload
+                else:
+                    run = runs.get(channel) or runs.setdefault(channel, [])
+                    run.append((payload, expires))
+                    last = channel
+        for channel, run in runs.items():
+            self._deliver(channel, run)
+        return len(taken), got
 
-    def _open(self, inbox: str, entry: bytes) -> tuple[list[str], bytes] | None:
-        """The channels and payload of an entry; None (logged, counted) if no layer wrote it."""
-        if len(entry) >= 4:
-            end = 4 + HEAD.unpack_from(entry)[0]
-            if end <= len(entry):
-                head = (inbox, entry[4:end])
-                channels = self._channels.get(head)
-                if channels is None and head not in self._channels:
-                    channels = _channels(inbox, head[1])
-                    remember(self._channels, head, channels, _PARTS_CACHE)
-                if channels is not None:
-                    return channels, entry[end:]
+    def _names_in(
+        self, inbox: str, names: dict[bytes, list[str]], entry: bytes
+    ) -> list[str] | None:
+        """The channels an entry's local parts name (remembered); None, logged and counted,
+        if no layer wrote it (no room for its parts, a part that names no channel)."""
+        if len(entry) >= 4 and 4 + _head(entry)[0] <= len(entry):
+            parts = bytes(entry[4 : 4 + _head(entry)[0]])  # a large entry is a bytearray
+            channels = _channels(inbox, parts)
+            if channels is not None:
+                remember(names, parts, channels, _PARTS_CACHE)
+                return channels
         self.malformed += 1
         self._log(
             "entry", logging.ERROR, "dropped a malformed entry %.40r in IPC inbox %s", entry, inbox

@@ -228,13 +228,25 @@ class IPCChannelLayer(BaseChannelLayer):
     def _take_inbox(self, channel: str, inbox: str) -> bytes | None:
         """A receive of a process-specific ``channel`` (under the mutex, none of its receives
         waiting here): take its inbox in runs, handing or holding every message, until one for
-        ``channel`` is held or the inbox is empty (then park this instance's node on it)."""
+        ``channel`` is held or the inbox is empty (then park this instance's node on it).
+
+        With this instance's node on the inbox already (a receive of another of its channels
+        waits) and no sends of its own held, it parks at once, without the lock: the inbox was
+        empty when the node was parked, and an entry pushed since fired it, so a wake will take
+        the inbox for this receive too (a fan-out's members re-arm without a lock round trip).
+        """
+        receivers = self._receivers
+        if inbox in receivers.node_of and not self._out.items and receivers.current():
+            return None
         key = self._known.get(inbox) or self._keys.of(inbox)
         take = self._inboxes.take
         with self._lock as j:
             wake = self._flush_out(j) if self._out.items else None
-            while (payload := self._ready(channel)) is None:
-                if not take(j, inbox, key):
+            while True:
+                taken, payload = take(j, inbox, key, channel)
+                if payload is not None:
+                    break
+                if not taken:
                     self._receivers.register(j, inbox, key)
                     break
                 j.commit()

@@ -72,7 +72,7 @@ class Receivers:
         # Messages handed here without a wake, and this instance's inboxes taken in runs.
         self.handing = Handing(lock.mutex, self, ahead, lock, storage.queues, keys, wakes,
                                counters, expiry)  # fmt: skip
-        self.inboxes = Inboxes(storage.takes, self.handing.deliver, ahead.sweep)
+        self.inboxes = Inboxes(storage.takes, self.handing.deliver)
 
     def wait(self, channel: str) -> asyncio.Future[bytes]:
         """Park a receive on ``channel`` (registered in the segment by ``register``)."""
@@ -100,6 +100,11 @@ class Receivers:
             node = self._waits.register(j, key, self.waker, self.gen, spare)
             self.node_of[channel] = node
             self.chan_of[node] = channel
+
+    def current(self) -> bool:
+        """Whether no flush emptied the segment since this instance's nodes were parked (a
+        hint without the lock: a flush after it is picked up by the next wake or ``POLL``)."""
+        return self._storage.epoch() == self.epoch
 
     def check_epoch(self, j: Journal) -> bool:
         """After a flush every node is gone: forget ours and re-register waiting channels."""
@@ -264,7 +269,7 @@ class Receivers:
         local = self.local.get(channel)
         key = self._keys.known.get(channel) or self._keys.of(channel)
         if channel[-1] == "!":  # an inbox: take runs while a receive of one of its channels waits
-            while self.waiting_on(channel) and self.inboxes.take(j, channel, key):
+            while self.waiting_on(channel) and self.inboxes.take(j, channel, key)[0]:
                 j.commit()
             if self.waiting_on(channel):  # and the inbox is empty
                 self.register(j, channel, key)
