@@ -119,20 +119,20 @@ class Handing:
                 self._ahead.unreceive(channel, payload, expires)
 
     def give_back(self, channel: str, payload: bytes) -> None:
-        """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        if self.to_waiting(channel, payload):
-            return
-        if self._receivers.closed:
-            return
-        self._receivers.drop_idle(channel)
-        expires = time.monotonic() + self._expiry
-        if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
-            return
-        try:
-            with self._lock as j:
-                waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)
-        except ChannelFull:
-            self._counters.dropped_full += 1
-            return
+        """A cancelled receive had already been handed ``payload``: the next waiter gets it
+        (under the mutex: receives of other threads' loops may wait on the same channel)."""
+        with self._mutex:
+            if self.to_waiting(channel, payload) or self._receivers.closed:
+                return
+            self._receivers.drop_idle(channel)
+            expires = time.monotonic() + self._expiry
+            if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
+                return
+            try:
+                with self._lock as j:
+                    waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)
+            except ChannelFull:
+                self._counters.dropped_full += 1
+                return
         if waker != NIL:
             self._wakes.ring(waker)

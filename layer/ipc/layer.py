@@ -218,11 +218,12 @@ class IPCChannelLayer(BaseChannelLayer):
         try:
             return await future
         except asyncio.CancelledError:
-            payload = handed(future, self._local.get(channel))
-            if payload is not None:
-                self._handing.give_back(channel, payload)
-            else:
-                self._receivers.drop_idle(channel)
+            with self._mutex:  # other threads' loops hand over to and wait on these receives
+                payload = handed(future, self._local.get(channel))
+                if payload is not None:
+                    self._handing.give_back(channel, payload)
+                else:
+                    self._receivers.drop_idle(channel)
             raise
 
     def _take_inbox(self, channel: str, inbox: str) -> bytes | None:

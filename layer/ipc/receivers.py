@@ -132,21 +132,21 @@ class Receivers:
         A node that has already fired stays: draining the ring passes its wake on. An inbox's
         node stays while a receive here waits on another of its channels.
         """
-        local = self.local.get(channel)
-        if self.closed or (local and any(not f.done() for f in local)):
-            return
-        self.local.pop(channel, None)
-        inbox = inbox_of(channel)
-        if inbox != channel and self.waiting_on(inbox):
-            return
-        channel = inbox
-        node = self.node_of.get(channel)
-        if node is None:
-            return
-        with self._lock as j:
-            if not self.check_epoch(j) and not self._waits.fired(node):
-                self._waits.unregister(j, node)
-                del self.node_of[channel], self.chan_of[node]
+        with self._lock.mutex:  # receives of other threads' loops share an inbox's node
+            local = self.local.get(channel)
+            if self.closed or (local and any(not f.done() for f in local)):
+                return
+            self.local.pop(channel, None)
+            inbox = inbox_of(channel)
+            if (inbox != channel and self.waiting_on(inbox)) or inbox not in self.node_of:
+                return
+            with self._lock as j:
+                if self.check_epoch(j):
+                    return
+                node = self.node_of.get(inbox)
+                if node is not None and not self._waits.fired(node):
+                    self._waits.unregister(j, node)
+                    del self.node_of[inbox], self.chan_of[node]
 
     def _on_chime(self) -> None:
         """The doorbell rang: deliver first, and consume the chimes one loop turn later.

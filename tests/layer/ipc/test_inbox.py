@@ -278,3 +278,42 @@ async def test_senders_killed_mid_group_send_leave_a_consistent_segment(
         assert runs[members[0]] == runs[members[1]] == runs[members[2]]
         assert runs[members[3]] == runs[members[4]] == runs[members[5]]
     assert verify(ipc_prefix).ok
+
+
+async def test_channels_of_one_inbox_received_by_short_event_loops(
+    ipc_layer_factory: Factory, ipc_prefix: str, workers: list[Worker]
+) -> None:
+    """Sync code in a thread receives three channels of one inbox in turn, each receive in a
+    fresh event loop with a 3 ms timeout (``async_to_sync``: loops end while the inbox's node
+    waits, fired or not), while another process sends 200 to each, direct and grouped: each
+    channel gets its messages once, in order, the others' held meanwhile."""
+    layer = ipc_layer_factory(capacity=10_000)
+    channels = [await layer.new_channel("t") for _ in range(3)]
+    for channel in channels:
+        await layer.group_add("loops", channel)
+    got: dict[str, list[tuple[str, int]]] = {channel: [] for channel in channels}
+
+    def receive_all() -> None:
+        turn = 0
+        while sum(map(len, got.values())) < 3 * 200:  # 100 direct and 100 grouped each
+            channel = channels[turn % 3]
+            turn += 1
+            try:
+                message = asyncio.run(asyncio.wait_for(layer.receive(channel), 0.003))
+            except TimeoutError:
+                continue
+            got[channel].append((message["type"], message["i"]))
+
+    receiving = asyncio.ensure_future(asyncio.to_thread(receive_all))
+    workers.append(Worker("commands", ipc_prefix, 0, 10_000))
+    want: dict[str, list[tuple[str, int]]] = {channel: [] for channel in channels}
+    for i in range(300):
+        target = channels[i % 3]
+        assert (await ask(workers[0], {"send": [[target, i]]}))["ok"] == [True]
+        want[target].append(("m", i))
+        if i % 3 == 0:
+            assert await ask(workers[0], {"group": "loops", "i": i}) == {"dropped": 0}
+            for channel in channels:
+                want[channel].append(("g", i))
+    await asyncio.wait_for(receiving, 60)
+    assert got == want
