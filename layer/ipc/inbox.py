@@ -8,7 +8,8 @@ and demultiplexes in its own memory: each message goes to a receive waiting on i
 else is held for the channel's next receive with the messages taken ahead (``ahead.py``), so a
 receive of ``X!a`` that finds entries for ``X!b`` keeps them here (they are this process's). It
 parks one waiter node on the inbox, not one per channel. The Redis layer's inbox, for IPC
-(docs/redis.md "Layout in Redis"); docs/ipc.md "Group sends" says why every send takes it.
+(docs/redis.md "Layout in Redis"); docs/ipc.md "Group sends and process-specific channels"
+says why every send to such a channel takes it, and what capacity means then.
 """
 
 from __future__ import annotations

@@ -238,8 +238,9 @@ def local_after_close(options: dict[str, Any]) -> None:
 
 def ipc_held(unit: str) -> float:
     """docs/ipc.md "Taking messages ahead": up to PREFETCH held, plus a cancelled receive's;
-    an inbox (docs/ipc.md "Group sends") is taken in runs until the receive's channel gets a
-    message, so any number of its entries may be held for its other channels."""
+    an inbox (docs/ipc.md "Group sends and process-specific channels") is taken in runs until
+    the receive's channel gets a message, so any number of its entries may be held for its
+    other channels."""
     return math.inf if unit.endswith("!") else PREFETCH + 1
 
 
@@ -252,7 +253,8 @@ def local_held(unit: str) -> float:
 REDIS = Profile(True, per_routing_name, True, redis_held)
 PROFILES = {
     "inmemory": Profile(True, per_channel, False, lambda unit: 0),
-    # Capacity per inbox for process-specific channels, as Redis (docs/ipc.md "Group sends").
+    # Capacity per inbox for process-specific channels, as Redis (docs/ipc.md "Group sends and
+    # process-specific channels").
     "ipc": Profile(True, per_routing_name, True, ipc_held, ipc_options, ipc_after_close),
     "redis": REDIS,
     "redis_acl": REDIS,  # the same layer, as the kit's ACL user (docs/redis.md)

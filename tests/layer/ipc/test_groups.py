@@ -43,7 +43,8 @@ async def test_group_send_to_a_thousand_members(ipc_layer_factory: Factory) -> N
     for member in members:
         await layer.group_add("big-room", member)
     await layer.group_send("big-room", {"type": "hi"})
-    # One inbox entry carries all 1,000 local parts (docs/ipc.md "Group sends"), one copy.
+    # One inbox entry carries all 1,000 local parts and one copy of the payload (docs/ipc.md
+    # "Group sends and process-specific channels").
     assert ((await layer.stats())["queued"], layer.debug_state().queued) == (1, 1)
     for member in members:
         assert (await receive_soon(layer, member))["type"] == "hi"
