@@ -50,10 +50,11 @@ def inbox_of(channel: str) -> str:
     return channel if bang < 0 else channel[: bang + 1]
 
 
-def fan_out_entry(parts: list[bytes], payload: bytes) -> bytes:
-    """One group message for several members of one inbox (their local parts)."""
+def entry_head(parts: list[bytes]) -> bytes:
+    """What precedes a group message's payload in the entry for several members of one inbox
+    (their local parts)."""
     blob = b",".join(parts)
-    return HEAD.pack(len(blob)) + blob + payload
+    return HEAD.pack(len(blob)) + blob
 
 
 # Hands messages of one channel, in order, to the receives waiting on it, else holds them
