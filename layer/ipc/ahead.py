@@ -101,8 +101,15 @@ class TakeAhead:
                         target=self._return_idle, name="ipc-take-ahead", daemon=True
                     )
                     self._returner.start()
-            elif self._sweeps.due(now):
-                self._prune(now)
+            else:
+                self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Drop expired messages held for process-specific channels nobody receives on any
+        more (a consumer gone mid-stream), at most every ``PRUNE_EVERY``, so they do not pile up
+        in a long-lived process. The caller holds ``mutex``."""
+        if self._sweeps.due(now):
+            self._prune(now)
 
     def hold(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
         """Hold a message that reached this process without the segment (layer.local's
@@ -200,8 +207,6 @@ class TakeAhead:
                     self._returner = None
 
     def _prune(self, now: float) -> None:
-        """Drop expired messages held for process-specific channels nobody receives on any
-        more (a consumer gone mid-stream), so they do not pile up in a long-lived process."""
         for channel, held in list(self.held.items()):
             kept, dropped = unexpired(held, now)
             if dropped:

@@ -50,6 +50,7 @@ class DebugState:
     recoveries: int  # repairs of a dead holder's mutation by this instance's lock
     segment_recoveries: int  # ... by any instance's
     held: dict[str, int]  # messages taken ahead, per channel
+    malformed: int  # inbox entries no layer wrote, dropped (inbox.py)
     returning: bool  # the thread sending back shared channels' held messages runs
     outbox: int  # sends held for the next flush
     parked: dict[str, int]  # receives waiting, per channel
@@ -74,6 +75,7 @@ def debug_state(parts: Parts) -> DebugState:
             recoveries=parts.lock.recoveries,
             segment_recoveries=int(U32.unpack_from(storage.mm, RECOVERIES)[0]),
             held={channel: len(items) for channel, items in ahead.held.items()},
+            malformed=receivers.inboxes.malformed,
             returning=ahead.returning(),
             outbox=len(parts.outbox.items),
             parked={c: sum(not f.done() for f in fs) for c, fs in receivers.local.items()},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull
@@ -20,8 +21,10 @@ from layer.ipc.doorbell import Wakes
 from layer.ipc.journal import Lock
 from layer.ipc.layout import NIL
 from layer.ipc.queues import Queues
-from layer.ipc.receivers import Receivers
 from layer.ipc.table import Keys
+
+if TYPE_CHECKING:
+    from layer.ipc.receivers import Receivers  # which makes a Handing for itself
 
 
 class Handing:
@@ -67,23 +70,41 @@ class Handing:
             self._counters.expired += 1
             return True
         with self._mutex:
-            waiting = self._receivers.local.get(channel)
-            while waiting:
-                waiter = waiting.popleft()
-                if waiter.done():
+            return self._give(channel, payload, expires) or self._ahead.hold(
+                channel, payload, expires, capacity
+            )
+
+    def deliver(self, channel: str, items: list[tuple[bytes, float]]) -> None:
+        """Messages taken off this instance's inbox for ``channel`` (``inbox.py``, under the
+        mutex), in order: to the receives waiting on it here, the rest held for its next
+        receives, however many (the inbox's capacity bounded them in the segment; they are
+        this process's now)."""
+        given = 0
+        while given < len(items) and self._give(channel, *items[given]):
+            given += 1
+        if given < len(items):
+            self._ahead.keep(channel, items[given:] if given else items)
+
+    def _give(self, channel: str, payload: bytes, expires: float) -> bool:
+        """To the first receive waiting on ``channel`` here (the caller holds the mutex), in
+        its own loop if that is another thread's; False when none waits."""
+        waiting = self._receivers.local.get(channel)
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiting:  # a receive coming next goes to the inbox, not behind a waiter
+                del self._receivers.local[channel]
+            if waiter.done():
+                continue
+            loop = waiter.get_loop()
+            if loop is asyncio.get_running_loop():
+                waiter.set_result(payload)
+            else:  # a receive in another thread's loop: its loop completes the future
+                try:
+                    loop.call_soon_threadsafe(self._hand_late, channel, waiter, payload, expires)
+                except RuntimeError:  # that loop is closed: its receive never resumes
                     continue
-                loop = waiter.get_loop()
-                if loop is asyncio.get_running_loop():
-                    waiter.set_result(payload)
-                else:  # a receive in another thread's loop: its loop completes the future
-                    try:
-                        loop.call_soon_threadsafe(
-                            self._hand_late, channel, waiter, payload, expires
-                        )
-                    except RuntimeError:  # that loop is closed: its receive never resumes
-                        continue
-                return True
-            return self._ahead.hold(channel, payload, expires, capacity)
+            return True
+        return False
 
     def _hand_late(
         self, channel: str, waiter: asyncio.Future[bytes], payload: bytes, expires: float
@@ -98,20 +119,20 @@ class Handing:
                 self._ahead.unreceive(channel, payload, expires)
 
     def give_back(self, channel: str, payload: bytes) -> None:
-        """A cancelled receive had already been handed ``payload``: the next waiter gets it."""
-        if self.to_waiting(channel, payload):
-            return
-        if self._receivers.closed:
-            return
-        self._receivers.drop_idle(channel)
-        expires = time.monotonic() + self._expiry
-        if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
-            return
-        try:
-            with self._lock as j:
-                waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)
-        except ChannelFull:
-            self._counters.dropped_full += 1
-            return
+        """A cancelled receive had already been handed ``payload``: the next waiter gets it
+        (under the mutex: receives of other threads' loops may wait on the same channel)."""
+        with self._mutex:
+            if self.to_waiting(channel, payload) or self._receivers.closed:
+                return
+            self._receivers.drop_idle(channel)
+            expires = time.monotonic() + self._expiry
+            if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
+                return
+            try:
+                with self._lock as j:
+                    waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)
+            except ChannelFull:
+                self._counters.dropped_full += 1
+                return
         if waker != NIL:
             self._wakes.ring(waker)

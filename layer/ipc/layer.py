@@ -24,7 +24,7 @@ from layer.ipc.ahead import Held, TakeAhead
 from layer.ipc.debug import DebugState, Parts, debug_state
 from layer.ipc.doorbell import Doorbell, Ringer, Wakes
 from layer.ipc.extents import largest_payload
-from layer.ipc.handing import Handing
+from layer.ipc.inbox import Route, inbox_of, route
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.outbox import Outbox
@@ -94,7 +94,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._ahead = TakeAhead(self.counters, self._lock, store.queues, self.prefix)
         self._receivers = Receivers(
             store, self._lock, self._registry, me, bell, self._ringer, wakes, self._ahead, keys,
-            spin,
+            spin, self.counters, self.expiry,
         )  # fmt: skip
         self.parts = Parts(self._segment, store, self._lock, self._registry, self._receivers,
                            self._ringer, self._ahead, self._out)  # fmt: skip
@@ -107,8 +107,9 @@ class IPCChannelLayer(BaseChannelLayer):
         self._local = self._receivers.local
         self._held = self._ahead.held
         self._mutex = self._lock.mutex
-        self._handing = Handing(self._mutex, self._receivers, self._ahead, self._lock,
-                                store.queues, keys, wakes, self.counters, self.expiry)  # fmt: skip
+        self._routes: dict[str, Route] = {}  # channel -> the queue its sends go to
+        self._inboxes = self._receivers.inboxes
+        self._handing = self._receivers.handing
         self.hand_over = self._handing.hand_over  # layer.local's bridge: see handing.py
         wakes.post(wake)
 
@@ -124,7 +125,10 @@ class IPCChannelLayer(BaseChannelLayer):
     # -- storage ------------------------------------------------------------------------------
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
-        key = self._known.get(channel) or self._keys.of(channel)
+        # A process-specific channel's sends go to its inbox, each after its local part.
+        channel, key, head = self._routes.get(channel) or self._route(channel)
+        if head:
+            payload = head + payload
         out = self._out
         streak, self._streak = self._streak, True
         if streak:
@@ -185,35 +189,71 @@ class IPCChannelLayer(BaseChannelLayer):
             if (payload := self._ready(channel)) is not None:
                 return payload
             if channel not in self._local:  # else receives here wait already: queue behind them
-                key = self._known.get(channel) or self._keys.of(channel)
-                now = time.monotonic()
-                extra = ahead.extra(channel, now)
-                taken: Held = []
-                with self._lock as j:
-                    wake = self._flush_out(j) if self._out.items else None
-                    if extra:
-                        taken = self._takes.take_run(j, key, now, 1 + extra)
-                        payload = taken[0][0] if taken else None
-                    else:
-                        payload = self._takes.take(j, key, now)
-                    if payload is None:
-                        self._receivers.register(j, channel, key)
-                if wake:
-                    self._wakes.post(wake)
-                if payload is not None:
-                    if len(taken) > 1:
-                        ahead.keep(channel, taken[1:])
-                    return payload
+                bang = channel.find("!")
+                if bang >= 0:
+                    payload = self._take_inbox(channel, channel[: bang + 1])
+                    if payload is not None:
+                        return payload
+                else:
+                    key = self._known.get(channel) or self._keys.of(channel)
+                    now = time.monotonic()
+                    extra = ahead.extra(channel, now)
+                    taken: Held = []
+                    with self._lock as j:
+                        wake = self._flush_out(j) if self._out.items else None
+                        if extra:
+                            taken = self._takes.take_run(j, key, now, 1 + extra)
+                            payload = taken[0][0] if taken else None
+                        else:
+                            payload = self._takes.take(j, key, now)
+                        if payload is None:
+                            self._receivers.register(j, channel, key)
+                    if wake:
+                        self._wakes.post(wake)
+                    if payload is not None:
+                        if len(taken) > 1:
+                            ahead.keep(channel, taken[1:])
+                        return payload
             future = self._receivers.wait(channel)
         try:
             return await future
         except asyncio.CancelledError:
-            payload = handed(future, self._local.get(channel))
-            if payload is not None:
-                self._handing.give_back(channel, payload)
-            else:
-                self._receivers.drop_idle(channel)
+            with self._mutex:  # other threads' loops hand over to and wait on these receives
+                payload = handed(future, self._local.get(channel))
+                if payload is not None:
+                    self._handing.give_back(channel, payload)
+                else:
+                    self._receivers.drop_idle(channel)
             raise
+
+    def _take_inbox(self, channel: str, inbox: str) -> bytes | None:
+        """A receive of a process-specific ``channel`` (under the mutex, none of its receives
+        waiting here): take its inbox in runs, handing or holding every message, until one for
+        ``channel`` is held or the inbox is empty (then park this instance's node on it).
+
+        With this instance's node on the inbox already (a receive of another of its channels
+        waits) and no sends of its own held, it parks at once, without the lock: the inbox was
+        empty when the node was parked, and an entry pushed since fired it, so a wake will take
+        the inbox for this receive too (a fan-out's members re-arm without a lock round trip).
+        """
+        receivers = self._receivers
+        if inbox in receivers.node_of and not self._out.items and receivers.current():
+            return None
+        key = self._known.get(inbox) or self._keys.of(inbox)
+        take = self._inboxes.take
+        with self._lock as j:
+            wake = self._flush_out(j) if self._out.items else None
+            while True:
+                taken, payload = take(j, inbox, key, channel)
+                if payload is not None:
+                    break
+                if not taken:
+                    self._receivers.register(j, inbox, key)
+                    break
+                j.commit()
+        if wake:
+            self._wakes.post(wake)
+        return payload
 
     async def _group_add(self, group: str, channel: str) -> None:
         expires = time.monotonic() + self.group_expiry
@@ -253,7 +293,9 @@ class IPCChannelLayer(BaseChannelLayer):
         held = self._held  # taken ahead: no longer in the segment, not yet received
         with self._lock:  # its mutex guards the held messages too
             queued, channels, groups = self._storage.counts()
-            channels += sum(not self._storage.takes.active(self._keys.of(c)) for c in held)
+            # Held messages count by their queue, an inbox once, as Redis counts list keys.
+            queues = {inbox_of(channel) for channel in held}
+            channels += sum(not self._storage.takes.active(self._keys.of(q)) for q in queues)
             queued += self._ahead.queued()
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
@@ -306,6 +348,12 @@ class IPCChannelLayer(BaseChannelLayer):
         """What this instance and its segment hold now, for tests and debugging (one seam
         instead of reaching into the parts): see ``layer.ipc.debug``."""
         return debug_state(self.parts)
+
+    def _route(self, channel: str) -> Route:
+        found = self._routes[channel] = route(channel)
+        if len(self._routes) > 8192:  # names of past clients: forget them all at once
+            self._routes = {channel: found}
+        return found
 
     def _capacity_of(self, name: bytes) -> int:
         return self.get_capacity(name.decode("ascii"))

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 MAGIC = 0x31435049_5453494B  # b"KISTIPC1" little-endian
 # 2: doorbell FIFOs replace the semaphores; 3: the table generation (cached indexes);
-# 4: messages in extents from a buddy allocator (B block, tags), a 16 KiB header
-VERSION = 4
+# 4: messages in extents from a buddy allocator (B block, tags), a 16 KiB header; 5: one
+# inbox queue per routing name for process-specific channels (entries carry local parts)
+VERSION = 5
 NIL = 0xFFFFFFFF
 
 # -- header ------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class Queues:
             head, tail, count, wait_head, wait_tail = five
             if count >= capacity:
                 j.commit()  # nothing of the push was written; keep what came before
-                raise ChannelFull(f"channel {name.decode()!r} is at its capacity of {capacity}")
+                raise ChannelFull(_at_capacity(name.decode(), capacity))
         g5 = PUSH_POP_WORDS.unpack_from(mm, G_OFF)
         free, nfree, bump, queued, channels = g5
         slots, size = self.slots, self.slot_size
@@ -291,3 +291,9 @@ class Queues:
             j.commit()
             if waker != NIL:
                 wake.append(waker)
+
+
+def _at_capacity(name: str, capacity: int) -> str:
+    if name.endswith("!"):  # an inbox (layer/ipc/inbox.py)
+        return f"inbox {name!r} (its channels {name}*) is at its capacity of {capacity}"
+    return f"channel {name!r} is at its capacity of {capacity}"

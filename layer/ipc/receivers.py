@@ -13,9 +13,12 @@ import asyncio
 import time
 from collections import deque
 
+from layer.base import Counters
 from layer.exceptions import LayerClosed
 from layer.ipc.ahead import TakeAhead
 from layer.ipc.doorbell import Doorbell, Ringer, Wakes
+from layer.ipc.handing import Handing
+from layer.ipc.inbox import Inboxes, inbox_of
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.layout import NIL
 from layer.ipc.registry import Registry
@@ -42,6 +45,8 @@ class Receivers:
         ahead: TakeAhead,
         keys: Keys,
         spin: float,
+        counters: Counters,
+        expiry: float,
     ) -> None:
         self._storage = storage
         self._waits = storage.waits
@@ -64,6 +69,10 @@ class Receivers:
         self.deferred = False  # chimes were left in the FIFO for the next loop turn
         self.closed = False
         self._spin_until = 0.0  # when the current spin ends (0.0: not spinning)
+        # Messages handed here without a wake, and this instance's inboxes taken in runs.
+        self.handing = Handing(lock.mutex, self, ahead, lock, storage.queues, keys, wakes,
+                               counters, expiry)  # fmt: skip
+        self.inboxes = Inboxes(storage.takes, self.handing.deliver)
 
     def wait(self, channel: str) -> asyncio.Future[bytes]:
         """Park a receive on ``channel`` (registered in the segment by ``register``)."""
@@ -83,12 +92,19 @@ class Receivers:
         return future
 
     def register(self, j: Journal, channel: str, key: Key) -> None:
+        """Park this instance's node on ``channel``'s queue (an inbox for every process-specific
+        channel of it: one node however many of them are waited on)."""
         self.check_epoch(j)
         if channel not in self.node_of:
             spare = self.spare.pop() if self.spare else NIL
             node = self._waits.register(j, key, self.waker, self.gen, spare)
             self.node_of[channel] = node
             self.chan_of[node] = channel
+
+    def current(self) -> bool:
+        """Whether no flush emptied the segment since this instance's nodes were parked (a
+        hint without the lock: a flush after it is picked up by the next wake or ``POLL``)."""
+        return self._storage.epoch() == self.epoch
 
     def check_epoch(self, j: Journal) -> bool:
         """After a flush every node is gone: forget ours and re-register waiting channels."""
@@ -100,7 +116,7 @@ class Receivers:
         self.chan_of.clear()
         self.spare.clear()  # the flush emptied the node pool
         waits, table = self._waits, self._storage.table
-        for channel in self.local:
+        for channel in {inbox_of(channel) for channel in self.local}:
             key = self._keys.of(channel)
             self.register(j, channel, key)
             # A send since the flush found no node here: hand its message to a waiter now.
@@ -113,19 +129,24 @@ class Receivers:
     def drop_idle(self, channel: str) -> None:
         """Withdraw this instance's node for ``channel`` if nobody here waits on it any more.
 
-        A node that has already fired stays: draining the ring passes its wake on.
+        A node that has already fired stays: draining the ring passes its wake on. An inbox's
+        node stays while a receive here waits on another of its channels.
         """
-        local = self.local.get(channel)
-        if self.closed or (local and any(not f.done() for f in local)):
-            return
-        self.local.pop(channel, None)
-        node = self.node_of.get(channel)
-        if node is None:
-            return
-        with self._lock as j:
-            if not self.check_epoch(j) and not self._waits.fired(node):
-                self._waits.unregister(j, node)
-                del self.node_of[channel], self.chan_of[node]
+        with self._lock.mutex:  # receives of other threads' loops share an inbox's node
+            local = self.local.get(channel)
+            if self.closed or (local and any(not f.done() for f in local)):
+                return
+            self.local.pop(channel, None)
+            inbox = inbox_of(channel)
+            if (inbox != channel and self.waiting_on(inbox)) or inbox not in self.node_of:
+                return
+            with self._lock as j:
+                if self.check_epoch(j):
+                    return
+                node = self.node_of.get(inbox)
+                if node is not None and not self._waits.fired(node):
+                    self._waits.unregister(j, node)
+                    del self.node_of[inbox], self.chan_of[node]
 
     def _on_chime(self) -> None:
         """The doorbell rang: deliver first, and consume the chimes one loop turn later.
@@ -231,11 +252,30 @@ class Receivers:
         if wake:
             self._wakes.post(wake)
 
+    def waiting_on(self, inbox: str) -> bool:
+        """Whether a receive here waits on a channel of ``inbox``; forgets its channels that
+        only cancelled receives wait on."""
+        waiting = False
+        for channel in [c for c in self.local if c.startswith(inbox)]:
+            if any(not f.done() for f in self.local[channel]):
+                waiting = True
+            else:
+                del self.local[channel]
+        return waiting
+
     def _deliver(self, j: Journal, channel: str, wake: list[int]) -> None:
-        """Hand queued payloads to this instance's receivers on ``channel``; re-arm or pass on."""
+        """Hand queued payloads to this instance's receivers on ``channel`` (or its inbox);
+        re-arm or pass on."""
         local = self.local.get(channel)
         key = self._keys.known.get(channel) or self._keys.of(channel)
-        if local:  # the waiting receives first, in order; then up to PREFETCH more, if allowed
+        if channel[-1] == "!":  # an inbox: take runs while a receive of one of its channels waits
+            while self.waiting_on(channel) and self.inboxes.take(j, channel, key)[0]:
+                j.commit()
+            if self.waiting_on(channel):  # and the inbox is empty
+                self.register(j, channel, key)
+                return
+            local = None
+        elif local:  # the waiting receives first, in order; then up to PREFETCH more, if allowed
             waiting = [future for future in local if not future.done()]
             most = len(waiting) + self._ahead.waiting_extra(channel) if waiting else 0
             taken = self._storage.takes.take_run(j, key, time.monotonic(), most)

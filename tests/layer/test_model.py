@@ -32,7 +32,6 @@ import inspect
 import math
 import os
 import pkgutil
-import re
 import sys
 import time
 import uuid
@@ -237,35 +236,33 @@ def local_after_close(options: dict[str, Any]) -> None:
     ipc_after_close(options["ipc"])
 
 
-# This client's process-specific names on a LocalRedisChannelLayer (new_channel()'s, and the
-# pool's made its own by ``own``): the routing part ends with the client id, hex digits ending
-# in the host's segment id (layer/local/layer.py); no other pool name looks so.
-LOCAL_ROUTE = re.compile(r"[^!]*[0-9a-f]{19,}!")
-
-
-def local_unit(channel: str) -> str:
-    """docs/layer.md "Local + Redis": a process-specific name this layer did not make goes to
-    Redis (its inbox is the unit); every other name, new_channel()'s included, to IPC."""
-    return per_routing_name(channel) if LOCAL_ROUTE.match(channel) is None else channel
+def ipc_held(unit: str) -> float:
+    """docs/ipc.md "Taking messages ahead": up to PREFETCH held, plus a cancelled receive's;
+    an inbox (docs/ipc.md "Group sends and process-specific channels") is taken in runs until
+    the receive's channel gets a message, so any number of its entries may be held for its
+    other channels."""
+    return math.inf if unit.endswith("!") else PREFETCH + 1
 
 
 def local_held(unit: str) -> float:
-    """Redis' rule for a Redis inbox; IPC's for the rest, plus one message a receive racing
-    both halves may keep (docs/layer.md "Local + Redis")."""
-    return redis_held(unit) if unit.endswith("!") else PREFETCH + 2
+    """Either half's inbox (IPC's or Redis'): any number; IPC's rule for a normal channel,
+    plus one message a receive racing both halves may keep (docs/layer.md "Local + Redis")."""
+    return math.inf if unit.endswith("!") else PREFETCH + 2
 
 
 REDIS = Profile(True, per_routing_name, True, redis_held)
 PROFILES = {
     "inmemory": Profile(True, per_channel, False, lambda unit: 0),
-    # docs/ipc.md "Taking messages ahead": up to PREFETCH held, plus a cancelled receive's.
-    "ipc": Profile(
-        True, per_channel, False, lambda unit: PREFETCH + 1, ipc_options, ipc_after_close
-    ),
+    # Capacity per inbox for process-specific channels, as Redis (docs/ipc.md "Group sends and
+    # process-specific channels").
+    "ipc": Profile(True, per_routing_name, True, ipc_held, ipc_options, ipc_after_close),
     "redis": REDIS,
     "redis_acl": REDIS,  # the same layer, as the kit's ACL user (docs/redis.md)
     "redis_sharded": REDIS,
-    "local_redis": Profile(True, local_unit, True, local_held, local_options, local_after_close),
+    # Every process-specific name goes to an inbox: this host's IPC one, or a Redis one.
+    "local_redis": Profile(
+        True, per_routing_name, True, local_held, local_options, local_after_close
+    ),
 }
 # A backend nobody described yet: real time, and the most tolerant reading of every rule.
 UNKNOWN = Profile(False, per_routing_name, True, lambda unit: math.inf)

@@ -242,11 +242,58 @@ async def take_two(layer: IPCChannelLayer, channel: str, then: str) -> bool:
     return True
 
 
+async def commands(layer: IPCChannelLayer, me: int) -> None:
+    """Run JSON commands from stdin, one reply line each, after the loop turn that flushes the
+    sends held meanwhile (so the parent sees the segment as they left it): ``send`` numbered
+    messages to channels (``ok`` per send: False for ChannelFull), ``group`` a numbered group
+    send (``dropped`` members), ``stream`` ``count`` sends spread over channels (retrying while
+    full) with a group send every ``every`` (``dropped``: those a full inbox dropped)."""
+    while line := await asyncio.to_thread(sys.stdin.readline):
+        command = json.loads(line)
+        body = b"x" * command.get("size", 0)
+        if "send" in command:
+            ok = []
+            for channel, i in command["send"]:
+                try:
+                    await layer.send(channel, {"type": "m", "p": me, "i": i, "b": body})
+                    ok.append(True)
+                except ChannelFull:
+                    ok.append(False)
+            await asyncio.sleep(0)
+            say({"ok": ok})
+        elif "group" in command:
+            before = layer.counters.dropped_full
+            await layer.group_send(command["group"], {"type": "g", "p": me, "i": command["i"]})
+            say({"dropped": layer.counters.dropped_full - before})
+        elif "stream" in command:
+            rng = random.Random(command["seed"])
+            channels, dropped = command["stream"], []
+            for i in range(command["count"]):
+                await send_retrying(layer, rng.choice(channels), {"type": "m", "p": me, "i": i})
+                if i % command["every"] == 0:
+                    before = layer.counters.dropped_full
+                    await layer.group_send(command["in"], {"type": "g", "p": me, "i": i})
+                    if layer.counters.dropped_full != before:  # the inbox was full
+                        dropped.append(i)
+            await asyncio.sleep(0)
+            say({"sent": command["count"], "dropped": dropped})
+
+
+async def group_loop(layer: IPCChannelLayer, group: str) -> None:
+    """Numbered group sends until SIGKILLed (the crash tests kill it mid-send)."""
+    say("ready")
+    i = 0
+    while True:
+        await layer.group_send(group, {"type": "g", "i": i})
+        i += 1
+
+
 async def main(role: str, prefix: str, args: list[str]) -> None:
     if role == "start":  # attach only after the parent says go: all at the same instant
         sys.stdin.readline()
     spin = float(os.environ.get("IPC_TEST_SPIN", SPIN))  # tests run both wake paths
-    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=10_000, spin=spin)
+    capacity = int(args[1]) if role == "commands" else 10_000
+    layer = IPCChannelLayer(prefix=prefix, size=SIZE, capacity=capacity, spin=spin)
     close = True
     try:
         if role == "produce":
@@ -271,6 +318,10 @@ async def main(role: str, prefix: str, args: list[str]) -> None:
             await sized(layer, args[0], int(args[1]), int(args[2]))
         elif role == "hold":
             hold(layer, args[0])
+        elif role == "commands":
+            await commands(layer, int(args[0]))
+        elif role == "group-loop":
+            await group_loop(layer, args[0])
         elif role == "start":
             for i in range(50):
                 await layer.send("s.shared", {"type": "s", "pid": os.getpid(), "i": i})
