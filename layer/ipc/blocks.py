@@ -172,6 +172,14 @@ class Blocks:
         cached = sum(count << order for order, count in enumerate(counts))
         return int(nfree + cached + _u32_unpack(mm, B_FREE)[0] + self.n_slots - bump)
 
+    def sure_blocks(self) -> tuple[list[int], int]:
+        """Blocks an allocation is sure to find: each order's cached count (index 0 unused),
+        and the top-order blocks never used yet (past the bump pointer)."""
+        mm = self.mm
+        bump = _u32_unpack(mm, G_OFF + 8)[0]
+        counts = list(_CACHES.unpack_from(mm, B_CACHES)[1::2])
+        return counts, max(0, self.n_slots - bump) >> self.top
+
     def reset(self) -> None:
         """Empty buddy lists, caches and tags (a flush; the G block's part is reset there)."""
         mm = self.mm

@@ -88,7 +88,7 @@ class IPCChannelLayer(BaseChannelLayer):
         self._ringer = Ringer(self.prefix)
         wakes = Wakes(self._ringer, self._registry)
         keys = Keys()
-        self._out = Outbox()
+        self._out = Outbox(geometry.n_slots, 1 << geometry.max_order)
         self._streak = False  # the last operation was a send: a next one may be held
         self._holding = True  # sends may be held in the outbox (until close())
         self._ahead = TakeAhead(self.counters, self._lock, store.queues, self.prefix)
@@ -165,7 +165,7 @@ class IPCChannelLayer(BaseChannelLayer):
                 # held sends to this channel as soon as it is released (a stale count would
                 # credit room they took).
                 out.refill(channel, capacity, count)
-                out.room = self._queues.free_slots() // 2
+                out.seen(self._queues)
         finally:
             if wake:
                 self._wakes.post(wake)

@@ -43,13 +43,30 @@ Item = tuple[str, Key, bytes]
 class Outbox:
     """Admitted sends not yet in the segment, and what each channel may still take."""
 
-    __slots__ = ("credit", "items", "loop_token", "room", "size", "thread")
+    __slots__ = (
+        "cached",
+        "credit",
+        "free",
+        "fresh",
+        "items",
+        "loop_token",
+        "n_slots",
+        "room",
+        "size",
+        "thread",
+        "top",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, n_slots: int, top_block: int) -> None:
         self.items: list[Item] = []
         self.size = 0  # payload bytes in ``items``
         self.credit = Credit(WINDOW)
         self.room = 0  # slots that admitted sends may still take before a flush
+        self.free = 0  # free slots at the last flush, less what was admitted since
+        self.cached: list[int] = []  # blocks cached per order then, less those admitted
+        self.fresh = 0  # top-order blocks never used then, less those admitted
+        self.n_slots = n_slots  # the arena's
+        self.top = top_block  # slots in the largest block (extent)
         self.loop_token: object = None  # the loop a flush is scheduled on (None: none is)
         self.thread = 0  # the thread whose sends are held (whose loop flushes them)
 
@@ -61,13 +78,43 @@ class Outbox:
         a busy loop), and a send must not wait for another thread's loop."""
         if self.items and thread != self.thread:
             return False
-        if slots > self.room or not self.credit.take(channel):
+        if slots > self.room or (slots > 1 and not self._fits(slots)):
+            return False
+        if not self.credit.take(channel):
             return False
         self.thread = thread
         self.room -= slots
+        self.free -= slots
         self.items.append((channel, key, payload))
         self.size += len(payload)
         return True
+
+    def _fits(self, slots: int) -> bool:
+        """Whether a message of ``slots`` (more than one) is sure to find its blocks at the
+        flush, however fragmented the free space: a block of its order cached at the last
+        look, else top-order blocks never used yet, else (with ``F`` free slots left of ``N``
+        and blocks of ``b`` slots) ``F > N - N/b``, which leaves one of the ``N/b`` aligned
+        blocks wholly free (were each touched, ``N/b`` slots would be in use). A held send
+        that finds no room at the flush is dropped, as its sender has returned: counting free
+        slots alone, a lone sender of large messages into a filling segment lost some (the
+        space was there, in pieces)."""
+        if slots <= self.top:  # one extent, of the order whose blocks have ``slots`` slots
+            order = slots.bit_length() - 1
+            if self.cached[order]:
+                self.cached[order] -= 1
+                return True
+        need = -(-slots // self.top)  # top blocks it takes at most from the untouched part
+        if need <= self.fresh:
+            self.fresh -= need
+            return True
+        block = 1 << (min(slots, self.top) - 1).bit_length()
+        return self.free - slots >= self.n_slots - self.n_slots // block
+
+    def seen(self, queues: Queues) -> None:
+        """Look at the segment's free space (under the lock, after a flush or a push)."""
+        self.free = free = queues.free_slots()
+        self.room = free // 2
+        self.cached, self.fresh = queues.blocks.sure_blocks()
 
     def discard(self) -> None:
         """Forget the held sends (a flush of the whole layer is about to empty their queues)."""
@@ -99,7 +146,7 @@ class Outbox:
             channel, key, payload = item
             run = [payload]
         self._push_run(j, queues, channel, key, run, expires, capacity_of, wake)
-        self.room = queues.free_slots() // 2
+        self.seen(queues)
 
     def _push_run(
         self,

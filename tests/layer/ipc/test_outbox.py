@@ -226,3 +226,38 @@ def test_a_send_never_waits_for_another_threads_busy_loop(ipc_prefix: str) -> No
         for layer in (sender, receiver):
             asyncio.run(layer.close())
         unlink(ipc_prefix)
+
+
+async def test_a_held_send_never_meets_a_segment_too_fragmented_for_it(
+    ipc_layer_factory: Factory,
+) -> None:
+    """Half the slots free, but every other one: no two adjacent slots for a 1 KB message.
+    Such a send must raise ``ChannelFull``; held by credit (the free slots counted, not where
+    they lie) it returned and was dropped at the flush (5 of 5 here; a lone sender of large
+    messages into a filling segment lost some: test_extents.py's cross-process test)."""
+    layer = ipc_layer_factory(size="4MB", capacity=1_000_000)
+    other = ipc_layer_factory()
+    await layer.send("o.big", {"type": "b", "i": 0, "body": bytes(1000)})  # credit for it
+    pairs = 0
+    with pytest.raises(ChannelFull):
+        while True:  # one-slot messages on two channels, alternating, until the segment is full
+            await layer.send("o.pin", {"type": "p"})
+            await layer.send("o.gap", {"type": "g"})
+            pairs += 1
+            if pairs % 32 == 0:
+                await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    for _ in range(pairs):  # every other slot free again
+        await other.receive("o.gap")
+    await layer.send("o.x", {"type": "x"})  # a push: the sender sees the free slots
+    returned = 0
+    for i in range(1, 6):
+        with contextlib.suppress(ChannelFull):
+            await layer.send("o.big", {"type": "b", "i": i, "body": bytes(1000)})
+            returned += 1
+    await asyncio.sleep(0)  # the end of the loop turn flushes what was held
+    got = [(await other.receive("o.big"))["i"]]
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append((await asyncio.wait_for(other.receive("o.big"), 0.2))["i"])
+    assert got == list(range(1 + returned))
