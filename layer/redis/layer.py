@@ -30,6 +30,7 @@ from layer.options import positive_number
 from layer.redis.connection import Pipe
 from layer.redis.crypto import Crypter, UndecryptableMessage
 from layer.redis.hosts import ShardSpec, parse_hosts
+from layer.redis.inbox import Inbox
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
 from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN
@@ -89,6 +90,11 @@ class RedisChannelLayer(BaseChannelLayer):
         self._channel_prefix = f"{prefix}:c:"
         self._expiry_ms = int(self.expiry * 1000)
         self._ttl_ms = self._expiry_ms + 1000
+        # This process's own channels' popped entries and receives, per shard, for every loop.
+        self._inboxes = [
+            Inbox(self.expiry, self._count_expired, self._open, self._seal, self._channel_prefix)
+            for _ in self.shards
+        ]
         self._last: tuple[object, _LoopState | Any] = (None, None)  # the loop used last
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
@@ -134,8 +140,7 @@ class RedisChannelLayer(BaseChannelLayer):
             block_timeout=_BLOCK_TIMEOUT,
             expiry=self.expiry,
             on_expired=self._count_expired,
-            open_payload=self._open,
-            seal_message=self._seal,
+            inbox=self._inboxes[index],
         )
         return _Shard(pipe, receiver)
 
@@ -179,17 +184,15 @@ class RedisChannelLayer(BaseChannelLayer):
         return shards[self.ring.node_for(names.non_local_name(channel))].receiver
 
     def _ready(self, channel: str) -> bytes | Message | None:
-        payload = self._receiver(channel).boxes.take(channel)  # already popped: no coroutine
+        receiver = self._receiver(channel)  # already popped: no coroutine
+        payload = (receiver.inbox if "!" in channel else receiver.boxes).take(channel)
         if payload is not None and self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
 
     async def _pop(self, channel: str) -> bytes | Message:
         receiver = self._receiver(channel)
-        payload = receiver.boxes.take(channel)
-        if payload is None:
-            routing = names.non_local_name(channel)
-            payload = await receiver.pop(channel, self._channel_prefix, routing)
+        payload = await receiver.pop(channel, self._channel_prefix + names.non_local_name(channel))
         if self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
@@ -198,7 +201,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Wait for, then take, every entry of this client's inbox ``routing`` (a name up to
         and including ``!``): ``(expires_at_ms, local parts, payload)`` (see Receiver.drain)."""
         receiver = self._state().shards[self.ring.node_for(routing)].receiver
-        entries = await receiver.drain(self._channel_prefix + routing, routing)
+        entries = await receiver.drain(self._channel_prefix + routing)
         crypter = self._crypter
         if crypter is None:
             return entries
@@ -312,8 +315,10 @@ class RedisChannelLayer(BaseChannelLayer):
         for shard in self._state().shards:
             keys = await self._scan(shard.pipe, f"{self._channel_prefix}*")
             lengths = await asyncio.gather(*(shard.pipe.call("LLEN", key) for key in keys))
-            queued += sum(lengths) + shard.receiver.boxes.queued()
-            channels += len(set(keys) | {k.encode() for k in shard.receiver.boxes.buffered_keys()})
+            boxes, inbox = shard.receiver.boxes, shard.receiver.inbox
+            queued += sum(lengths) + boxes.queued() + inbox.queued()
+            held = boxes.buffered_keys() | inbox.buffered_keys()
+            channels += len(set(keys) | {k.encode() for k in held})
             groups += len(await self._scan(shard.pipe, f"{self.prefix}:g:*"))
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 

@@ -238,7 +238,7 @@ async def test_a_drains_leftovers_go_back_to_redis_as_they_came(
         receiver = owner._state().shards[owner.ring.node_for(routing)].receiver
         for i in (1, 2):
             await remote.send(reply, {"type": "r", "i": i})
-        drain = receiver.boxes.drains[owner._channel_prefix + routing]
+        drain = receiver.inbox.drains[owner._channel_prefix + routing]
         for _ in range(100):
             if len(drain.entries) == 2:
                 break
