@@ -119,7 +119,7 @@ class Inbox:
             box = self.boxes.get(channel)
             if box is None:
                 box = self.boxes[channel] = OwnBox(channel, key)
-            payload = self._take(box)
+            payload = self._take(box) if box.buffer else None
             if payload is not None:
                 return payload
             waiter: Waiter = loop.create_future()
@@ -235,11 +235,19 @@ class Inbox:
                 continue
             shared = self._shared(payload) if len(boxes) > 1 else payload
             for box in boxes:
+                waiters = box.waiters
+                if waiters and not box.buffer and waiters[0].get_loop() is loop:
+                    # The fast path: to a receive of this loop, first in line.
+                    waiter = waiters.popleft()
+                    self._unwait(key, waiter)
+                    if not waiter.done():
+                        waiter.set_result(shared.copy() if type(shared) is dict else shared)
+                        continue
                 box.buffer.append((shared, expires_at))
-                touched[box.channel] = box
-        for box in touched.values():
-            if box.waiters:
-                self._kick(box, loop)
+                if waiters:
+                    touched[box.channel] = box
+        for box in touched.values():  # other loops' receives: woken to take theirs
+            self._kick(box, loop)
         return expired
 
     def _box(self, channel: str, key: str) -> OwnBox:
@@ -290,22 +298,29 @@ class Inbox:
         needs (its receives wait, its drain, ``armed``) and no other live loop pops. Lists it
         no longer needs are given up, and the loops waiting for them woken."""
         want: dict[str, int] = {}
+        popper, waiting, drains = self._popper, self.waiting, self.drains
         with self.lock:
-            self._pokes[loop] = poke
-            needed = {key for key, counts in self.waiting.items() if counts.get(loop)}
-            needed.update(key for key, drain in self.drains.items() if drain.owner is loop)
-            needed.update(armed)
+            if self._pokes.get(loop) is not poke:
+                self._pokes[loop] = poke
+            needed = [key for key, counts in waiting.items() if loop in counts]
+            needed += armed
+            if drains:
+                needed += [key for key, drain in drains.items() if drain.owner is loop]
             for key in needed:
-                popper = self._popper.get(key)
-                if popper is None or popper is loop or popper.is_closed():
-                    self._popper[key] = loop
-                    total = sum(self.waiting.get(key, {}).values())
-                    batch = key in self.drains or streaming(key) or not total
-                    want[key] = INBOX_BATCH if batch else total
-            released = [k for k, p in self._popper.items() if p is loop and k not in want]
+                other = popper.get(key)
+                if key in want or (other not in (None, loop) and not other.is_closed()):
+                    continue
+                popper[key] = loop
+                counts = waiting.get(key)
+                total = sum(counts.values()) if counts else 0
+                bulk = not total or key in drains or streaming(key)
+                want[key] = INBOX_BATCH if bulk else total
+            if len(popper) == len(want):  # (the usual case: one loop pops them all)
+                return want
+            released = [key for key, other in popper.items() if other is loop and key not in want]
             woken = self._release(released, loop)
-        for other, key in woken:
-            _poke(other, self._pokes_of(other), key)
+        for other_loop, key in woken:
+            _poke(other_loop, self._pokes_of(other_loop), key)
         return want
 
     def popped_elsewhere(self, key: str, loop: Loop) -> bool:
@@ -360,21 +375,23 @@ class Inbox:
                     drained.set_exception(error)
 
     def give_back(self, loop: Loop) -> list[tuple[str, list[bytes]]]:
-        """Entries held for lists no other live loop pops, as list entries to push back to
-        their front (``close()``); ``loop`` pops those lists until :meth:`leave`, so no other
-        loop pops them before they are back. Those of lists another loop pops stay here, where
-        its receives find them first, in order."""
+        """What is held, as list entries to push back to the front of their lists
+        (``close()``), when no other loop of the process receives here: ``loop`` pops those
+        lists until :meth:`leave`, so none pops them before they are back. While other loops
+        receive, it all stays here, where their receives (and this process's next ones) find
+        it first, in order: only this layer can receive on these channels, and a pushed-back
+        entry another loop is about to take would only make it pop again (and a loop that
+        pops only what its receive needs would pop and push back the same head forever)."""
         out = []
         with self.lock:
+            loops = set(self._pokes) | set(self._popper.values())
+            loops.update(other for counts in self.waiting.values() for other in counts)
+            if any(other is not loop and not other.is_closed() for other in loops):
+                return []
             held = {box.key for box in self.boxes.values() if box.buffer}
             for key in held | {key for key, drain in self.drains.items() if drain.entries}:
-                popper = self._popper.get(key)
-                if popper is not None and popper is not loop and not popper.is_closed():
-                    continue
                 self._popper[key] = loop
-                entries = [
-                    e for box in self.boxes.values() if box.key == key for e in self._entries(box)
-                ]
+                entries = [e for b in self.boxes.values() if b.key == key for e in self._entries(b)]
                 drain = self.drains.get(key)
                 if drain is not None:
                     entries += [

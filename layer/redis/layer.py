@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import weakref
 from collections import defaultdict
@@ -96,6 +97,7 @@ class RedisChannelLayer(BaseChannelLayer):
             for _ in self.shards
         ]
         self._last: tuple[object, _LoopState | Any] = (None, None)  # the loop used last
+        self._states_lock = threading.Lock()
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -122,11 +124,18 @@ class RedisChannelLayer(BaseChannelLayer):
             # async_to_sync may run each call in a fresh loop: forget closed loops' connections
             # (their transports keep the loop alive, so the weak keys alone would not), and
             # push back from here what their receivers had popped and nobody received.
-            state = self._states[loop] = _LoopState(
+            # Under the lock: several threads' new loops at once (threaded WSGI) would each
+            # pop the same closed loop (a KeyError in a receive) or iterate while another adds.
+            state = _LoopState(
                 [self._make_shard(i) for i in range(len(self.shards))], Sends(self.counters)
             )
-            for closed in [other for other in self._states if other.is_closed()]:
-                for shard, old in zip(state.shards, self._states.pop(closed).shards, strict=True):
+            with self._states_lock:
+                self._states[loop] = state
+                gone = [
+                    self._states.pop(other) for other in list(self._states) if other.is_closed()
+                ]
+            for old_state in gone:
+                for shard, old in zip(state.shards, old_state.shards, strict=True):
                     shard.receiver.adopt(old.receiver.leftovers())
         self._last = (loop, state)
         return state
@@ -192,7 +201,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _pop(self, channel: str) -> bytes | Message:
         receiver = self._receiver(channel)
-        payload = await receiver.pop(channel, self._channel_prefix + names.non_local_name(channel))
+        routing = names.non_local_name(channel)
+        key = self._channel_prefix + routing
+        own = routing.endswith("!")
+        payload = await (receiver.own(channel, key) if own else receiver.pop(channel, key))
         if self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
@@ -325,7 +337,8 @@ class RedisChannelLayer(BaseChannelLayer):
     async def close(self) -> None:
         """Return prefetched entries, stop the receive loops, close this loop's connections."""
         loop = asyncio.get_running_loop()
-        state = self._states.pop(loop, None)
+        with self._states_lock:
+            state = self._states.pop(loop, None)
         self._last = (None, None)
         if state is None:
             return

@@ -79,9 +79,7 @@ class Receiver:
     # -- the receive side ---------------------------------------------------------------------
 
     async def pop(self, channel: str, key: str) -> Popped:
-        """The next entry of ``channel`` (its list ``key``): own channels', see :meth:`_own`."""
-        if key.endswith("!"):
-            return await self._own(channel, key)
+        """The next entry of shared ``channel`` (its list ``key``)."""
         boxes = self.boxes
         box = boxes.boxes.get(channel)
         if box is not None and box.buffer:  # the fast path: popped already
@@ -105,7 +103,7 @@ class Receiver:
             boxes.cancelled(channel, box, waiter)
             raise
 
-    async def _own(self, channel: str, key: str) -> Popped:
+    async def own(self, channel: str, key: str) -> Popped:
         """A receive on a channel of this process's inbox ``key``: from what any loop of the
         process popped (inbox.py); woken with None when another loop's pop brought one."""
         # Bulk pops (an armed inbox) only for a receiver that keeps receiving here: a one-off
@@ -308,7 +306,7 @@ class Receiver:
         if key == self._wake_key:
             return
         if key.endswith("!"):
-            self._own_entries(key, entries)
+            self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
             return
         for i, (other, older) in enumerate(self._returns):
             if other == key:
@@ -338,7 +336,7 @@ class Receiver:
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
         if key.endswith("!"):
-            self._own_entries(key, entries)
+            self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
             return
         channel = self._routes.get(key)
         if channel is None:
@@ -350,9 +348,6 @@ class Receiver:
             entries = [e for k, es in self._returns if k == key for e in es] + entries
             self._returns = [(k, es) for k, es in self._returns if k != key]
         self._log_malformed(key, self.boxes.deliver(key, channel, entries))
-
-    def _own_entries(self, key: str, entries: list[bytes]) -> None:
-        self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
 
     def _log_malformed(self, key: str, malformed: list[bytes]) -> None:
         for entry in malformed:  # not written by this layer: skipped, and the loop goes on
