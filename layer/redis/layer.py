@@ -117,8 +117,9 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
-        if loop is self._last[0]:
-            return self._last[1]
+        last = self._last  # read once: another thread's loop may set it in between
+        if loop is last[0]:
+            return last[1]
         state = self._states.get(loop)
         if state is None:
             # async_to_sync may run each call in a fresh loop: forget closed loops' connections
