@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -59,6 +60,7 @@ class Bridges:
         self._capacity = capacity
         self._counters = counters
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lock = threading.Lock()
         self._dropped = 0  # not yet logged
         self._malformed = Throttled(log)  # forged entries: a few lines, not one each
         self._warned = 0.0
@@ -68,10 +70,11 @@ class Bridges:
         loop (thread) runs one, which serves this loop's receives as well, through IPC.
         ``async_to_sync`` may run each call in a fresh loop: a bridge of a loop no longer
         running is replaced. (Cheap: a receive calls it; ``get_running_loop`` is not.)"""
-        task = self._tasks.get(routing)
-        if task is None or task.done() or not task.get_loop().is_running():
-            loop = asyncio.get_running_loop()
-            self._tasks[routing] = loop.create_task(self._run(routing))
+        if _stale(self._tasks.get(routing)):
+            with self._lock:  # two threads' receives at once: one new bridge (else two drain)
+                if _stale(self._tasks.get(routing)):
+                    loop = asyncio.get_running_loop()
+                    self._tasks[routing] = loop.create_task(self._run(routing))
 
     async def _run(self, routing: str) -> None:
         capacity = self._capacity(routing)
@@ -118,3 +121,8 @@ class Bridges:
         mine = [task for task in tasks if task.get_loop() is loop]  # others' loops are gone
         if mine:
             await asyncio.wait(mine)
+
+
+def _stale(task: asyncio.Task[None] | None) -> bool:
+    """No bridge, or one that no running loop will run."""
+    return task is None or task.done() or not task.get_loop().is_running()

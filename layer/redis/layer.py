@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import weakref
 from collections import defaultdict
@@ -30,6 +31,7 @@ from layer.options import positive_number
 from layer.redis.connection import Pipe
 from layer.redis.crypto import Crypter, UndecryptableMessage
 from layer.redis.hosts import ShardSpec, parse_hosts
+from layer.redis.inbox import Inbox
 from layer.redis.receiver import Receiver
 from layer.redis.ring import HashRing
 from layer.redis.scripts import FANOUT, GROUP_ADD, GROUP_DISCARD, GROUP_PLAN
@@ -89,7 +91,13 @@ class RedisChannelLayer(BaseChannelLayer):
         self._channel_prefix = f"{prefix}:c:"
         self._expiry_ms = int(self.expiry * 1000)
         self._ttl_ms = self._expiry_ms + 1000
+        # This process's own channels' popped entries and receives, per shard, for every loop.
+        self._inboxes = [
+            Inbox(self.expiry, self._count_expired, self._open, self._seal, self._channel_prefix)
+            for _ in self.shards
+        ]
         self._last: tuple[object, _LoopState | Any] = (None, None)  # the loop used last
+        self._states_lock = threading.Lock()
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -109,18 +117,26 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
-        if loop is self._last[0]:
-            return self._last[1]
+        last = self._last  # read once: another thread's loop may set it in between
+        if loop is last[0]:
+            return last[1]
         state = self._states.get(loop)
         if state is None:
             # async_to_sync may run each call in a fresh loop: forget closed loops' connections
             # (their transports keep the loop alive, so the weak keys alone would not), and
             # push back from here what their receivers had popped and nobody received.
-            state = self._states[loop] = _LoopState(
+            # Under the lock: several threads' new loops at once (threaded WSGI) would each
+            # pop the same closed loop (a KeyError in a receive) or iterate while another adds.
+            state = _LoopState(
                 [self._make_shard(i) for i in range(len(self.shards))], Sends(self.counters)
             )
-            for closed in [other for other in self._states if other.is_closed()]:
-                for shard, old in zip(state.shards, self._states.pop(closed).shards, strict=True):
+            with self._states_lock:
+                self._states[loop] = state
+                gone = [
+                    self._states.pop(other) for other in list(self._states) if other.is_closed()
+                ]
+            for old_state in gone:
+                for shard, old in zip(state.shards, old_state.shards, strict=True):
                     shard.receiver.adopt(old.receiver.leftovers())
         self._last = (loop, state)
         return state
@@ -134,8 +150,7 @@ class RedisChannelLayer(BaseChannelLayer):
             block_timeout=_BLOCK_TIMEOUT,
             expiry=self.expiry,
             on_expired=self._count_expired,
-            open_payload=self._open,
-            seal_message=self._seal,
+            inbox=self._inboxes[index],
         )
         return _Shard(pipe, receiver)
 
@@ -179,17 +194,18 @@ class RedisChannelLayer(BaseChannelLayer):
         return shards[self.ring.node_for(names.non_local_name(channel))].receiver
 
     def _ready(self, channel: str) -> bytes | Message | None:
-        payload = self._receiver(channel).boxes.take(channel)  # already popped: no coroutine
+        receiver = self._receiver(channel)  # already popped: no coroutine
+        payload = (receiver.inbox if "!" in channel else receiver.boxes).take(channel)
         if payload is not None and self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
 
     async def _pop(self, channel: str) -> bytes | Message:
         receiver = self._receiver(channel)
-        payload = receiver.boxes.take(channel)
-        if payload is None:
-            routing = names.non_local_name(channel)
-            payload = await receiver.pop(channel, self._channel_prefix, routing)
+        routing = names.non_local_name(channel)
+        key = self._channel_prefix + routing
+        own = routing.endswith("!")
+        payload = await (receiver.own(channel, key) if own else receiver.pop(channel, key))
         if self._crypter is not None and type(payload) is bytes:
             payload = self._crypter.decrypt(payload, channel)
         return payload
@@ -198,7 +214,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Wait for, then take, every entry of this client's inbox ``routing`` (a name up to
         and including ``!``): ``(expires_at_ms, local parts, payload)`` (see Receiver.drain)."""
         receiver = self._state().shards[self.ring.node_for(routing)].receiver
-        entries = await receiver.drain(self._channel_prefix + routing, routing)
+        entries = await receiver.drain(self._channel_prefix + routing)
         crypter = self._crypter
         if crypter is None:
             return entries
@@ -312,15 +328,18 @@ class RedisChannelLayer(BaseChannelLayer):
         for shard in self._state().shards:
             keys = await self._scan(shard.pipe, f"{self._channel_prefix}*")
             lengths = await asyncio.gather(*(shard.pipe.call("LLEN", key) for key in keys))
-            queued += sum(lengths) + shard.receiver.boxes.queued()
-            channels += len(set(keys) | {k.encode() for k in shard.receiver.boxes.buffered_keys()})
+            boxes, inbox = shard.receiver.boxes, shard.receiver.inbox
+            queued += sum(lengths) + boxes.queued() + inbox.queued()
+            held = boxes.buffered_keys() | inbox.buffered_keys()
+            channels += len(set(keys) | {k.encode() for k in held})
             groups += len(await self._scan(shard.pipe, f"{self.prefix}:g:*"))
         return StorageCounts(queued=queued, channels=channels, groups=groups)
 
     async def close(self) -> None:
         """Return prefetched entries, stop the receive loops, close this loop's connections."""
         loop = asyncio.get_running_loop()
-        state = self._states.pop(loop, None)
+        with self._states_lock:
+            state = self._states.pop(loop, None)
         self._last = (None, None)
         if state is None:
             return

@@ -68,6 +68,10 @@ class PopConnection:
         self._replies = ReplyReader(conn, self._block_timeout + self._socket_timeout)
         return True
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
     def _live(self) -> tuple[AbstractConnection, ReplyReader]:
         if self._conn is None or self._replies is None:
             raise ShardUnavailable(f"Redis shard {self.pipe.spec.name}: not connected")

@@ -24,18 +24,17 @@ from redis.exceptions import RedisError
 from layer.exceptions import AccessRefused
 from layer.flow import PREFETCH, Every
 from layer.logs import Throttled
-from layer.messages import Message
 from layer.redis.commands import Arg
 from layer.redis.connection import Pipe
 from layer.redis.entries import Popped
-from layer.redis.mailboxes import Drain, Mailboxes
+from layer.redis.inbox import Inbox
+from layer.redis.mailboxes import Mailboxes
 from layer.redis.popconn import PopConnection
 from layer.redis.scripts import MPOP
 from layer.redis.shard_errors import unavailable
 
 log = logging.getLogger(__name__)
 
-INBOX_BATCH = 1000  # entries popped at once from this process's own inbox, when streaming
 ARMED_FOR = 30.0  # seconds this process keeps popping its inbox after its last receive on it
 _MAX_BACKOFF = 2.0
 _REFUSED_BACKOFF = 30.0
@@ -55,16 +54,16 @@ class Receiver:
         block_timeout: float,
         expiry: float,
         on_expired: Callable[[int], None],
-        open_payload: Callable[[bytes], Message],
-        seal_message: Callable[[Message], bytes],
+        inbox: Inbox,
     ) -> None:
         self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
         self.pipe = pipe
         self._wake_key = wake_key
         self._block_timeout = block_timeout
         self._on_expired = on_expired
-        self.boxes = Mailboxes(expiry, on_expired, open_payload, seal_message, self._send_back)
-        self._routes: dict[str, str] = {}  # list key -> channel (shared) or routing prefix
+        self.boxes = Mailboxes(expiry, on_expired, self._send_back)  # shared channels'
+        self.inbox = inbox  # this process's own channels' (every loop's)
+        self._routes: dict[str, str] = {}  # a shared channel's list key -> the channel
         self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
         self._returns: list[tuple[str, list[bytes]]] = []
         self._blocking: set[str] | None = None
@@ -79,7 +78,8 @@ class Receiver:
 
     # -- the receive side ---------------------------------------------------------------------
 
-    async def pop(self, channel: str, key_prefix: str, routing: str) -> Popped:
+    async def pop(self, channel: str, key: str) -> Popped:
+        """The next entry of shared ``channel`` (its list ``key``)."""
         boxes = self.boxes
         box = boxes.boxes.get(channel)
         if box is not None and box.buffer:  # the fast path: popped already
@@ -87,20 +87,13 @@ class Receiver:
             if payload is not None:
                 return payload
         if box is None:
-            key = key_prefix + routing
             box = boxes.box(channel, key)
-            self._routes[key] = routing
-        key = box.key
-        # Bulk pops (prefetch, an armed inbox) only for a receiver that keeps receiving here:
-        # a one-off receive (e.g. async_to_sync, a fresh event loop per call) pops what it
-        # needs, so nothing is left in a loop that is about to close.
-        now = time.monotonic()
-        if boxes.receives.received(key, now) and box.inbox:
-            self._armed[key] = now
+            self._routes[key] = channel
+        boxes.receives.received(key, time.monotonic())
         payload = boxes.take_from(box)
         if payload is not None:
             return payload
-        waiter: asyncio.Future[Popped] = self._loop.create_future()
+        waiter: asyncio.Future[bytes] = self._loop.create_future()
         box.waiters.append(waiter)
         boxes.waiting[key] = boxes.waiting.get(key, 0) + 1
         self._wanted(key)
@@ -110,27 +103,47 @@ class Receiver:
             boxes.cancelled(channel, box, waiter)
             raise
 
-    async def drain(self, key: str, routing: str) -> list[tuple[int, bytes, bytes]]:
-        """Wait for entries of this process's inbox ``key`` (``routing`` ends with ``!``) and
-        take them all: ``(expires_at_ms, local parts, payload)``, unexpired, in list order.
-
-        For a caller that routes them on itself (``LocalRedisChannelLayer`` moves them into
-        its host's IPC queues): from the first drain on, the inbox is popped for as long as
-        this receiver lives, and its entries go to the drain, not to per-channel mailboxes.
-        Cancel-safe: what was popped stays for the next drain (or goes back with leftovers)."""
-        drain = self.boxes.drains.get(key)
-        if drain is None:
-            drain = self.boxes.drains[key] = Drain()
-            self._routes[key] = routing
-        if not drain.entries:
-            drain.waiter = self._loop.create_future()
+    async def own(self, channel: str, key: str) -> Popped:
+        """A receive on a channel of this process's inbox ``key``: from what any loop of the
+        process popped (inbox.py); woken with None when another loop's pop brought one."""
+        # Bulk pops (an armed inbox) only for a receiver that keeps receiving here: a one-off
+        # receive (e.g. async_to_sync, a fresh event loop per call) pops what it needs.
+        now = time.monotonic()
+        if self.boxes.receives.received(key, now):
+            self._armed[key] = now
+        inbox, loop = self.inbox, self._loop
+        while True:
+            got = inbox.take_or_wait(channel, key, loop)
+            if not isinstance(got, asyncio.Future):
+                return got
             self._wanted(key)
             try:
-                await drain.waiter
+                payload = await got
+            except asyncio.CancelledError:
+                inbox.cancelled(channel, key, got, loop)
+                raise
+            if payload is not None:
+                return payload
+
+    async def drain(self, key: str) -> list[tuple[int, bytes, bytes]]:
+        """Wait for entries of this process's inbox ``key`` and take them all:
+        ``(expires_at_ms, local parts, payload)``, unexpired, in list order.
+
+        For a caller that routes them on itself (``LocalRedisChannelLayer`` moves them into
+        its host's IPC queues): from the first drain on, the inbox is popped (by some loop of
+        the process) while the loop of the latest drain lives, and its entries go to the
+        drain, not to per-channel mailboxes. Cancel-safe: what was popped stays for the next
+        drain (or goes back at ``close()``)."""
+        inbox, loop = self.inbox, self._loop
+        while True:
+            got = inbox.drained(key, loop)
+            if not isinstance(got, asyncio.Future):
+                return got
+            self._wanted(key)
+            try:
+                await got
             finally:
-                drain.waiter = None
-        entries, drain.entries = drain.entries, []
-        return entries
+                inbox.drain_done(key, got)
 
     def _send_back(self, key: str, entries: list[bytes]) -> None:
         """Push ``entries`` back to the front of ``key`` with the next pop."""
@@ -144,37 +157,58 @@ class Receiver:
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
         blocking = self._blocking
-        if blocking is not None and (key is None or key not in blocking) and not self._woken:
+        if (
+            blocking is not None
+            and (key is None or key not in blocking)
+            and not self._woken
+            and (key is None or not self.inbox.popped_elsewhere(key, self._loop))
+        ):
             self._woken = True
             self._conn.wake()
 
     # -- the loop -----------------------------------------------------------------------------
 
     def _want(self) -> dict[str, int]:
+        receives = self.boxes.receives
         want = {
-            key: (INBOX_BATCH if self._routes[key].endswith("!") else count + PREFETCH)
-            if self.boxes.receives.streaming(key)
-            else count
+            key: count + PREFETCH if receives.streaming(key) else count
             for key, count in self.boxes.waiting.items()
             if count > 0
         }
-        for key in self.boxes.drains:  # drained inboxes: always popped, in bulk
-            want[key] = INBOX_BATCH
         if self._armed:  # keep a pop waiting on our own inboxes: replies land without a write
             now = time.monotonic()
             for key, since in list(self._armed.items()):
                 if now - since > ARMED_FOR:
                     del self._armed[key]
-                else:
-                    want.setdefault(key, INBOX_BATCH)
+        # The inboxes this loop pops for the whole process (inbox.py: one loop at a time each).
+        want.update(self.inbox.popping(self._loop, self._wanted, self._armed, receives.streaming))
         return want
 
     async def _run(self) -> None:
         try:
             await self._pop_until_closed()
         except asyncio.CancelledError:
-            await self._conn.close()  # its due replies are read (popconn.py): close it now
+            # The loop ends (or close()): its due replies are read (popconn.py); another loop
+            # of the process pops the inboxes now, and shared channels' entries go back.
+            self.inbox.leave(self._loop)
+            await self._push_back()
+            await self._conn.close()
             raise
+
+    async def _push_back(self) -> None:
+        """Push what this loop holds for shared channels back to their lists, on its own
+        connection, as the loop ends (other loops may be receiving there; not retried: at
+        most once). Not connected: they wait for ``close()`` or the next loop (:meth:`adopt`)."""
+        returns = self.leftovers()
+        if not returns or not self._conn.connected:
+            self._returns = returns
+            return
+        try:
+            await self._conn.run([("LPUSH", key, *reversed(es)) for key, es in returns])
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "%d entries popped ahead were lost: %s", sum(len(es) for _, es in returns), exc
+            )
 
     async def _pop_until_closed(self) -> None:
         backoff = 0.05
@@ -265,10 +299,14 @@ class Receiver:
         return [(reply[0], reply[1])]
 
     def _hold(self, raw_key: bytes, entries: list[bytes]) -> None:
-        """Entries popped as the loop stops: they go back with the leftovers, behind older
-        ones going back to the same list (the first pushed to the front ends up last)."""
+        """Entries popped as the loop stops: an inbox's stay in this process (inbox.py); a
+        shared channel's go back with the leftovers, behind older ones going back to the same
+        list (the first pushed to the front ends up last)."""
         key = raw_key.decode()
         if key == self._wake_key:
+            return
+        if key.endswith("!"):
+            self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
             return
         for i, (other, older) in enumerate(self._returns):
             if other == key:
@@ -284,7 +322,7 @@ class Receiver:
         keys = [self._wake_key, *(k for k in want if k != last)]
         if last in want:
             keys.append(last)
-        shared = [n for key, n in want.items() if not self._routes[key].endswith("!")]
+        shared = [n for key, n in want.items() if not key.endswith("!")]
         return (
             "BLMPOP",
             self._block_timeout,
@@ -297,34 +335,42 @@ class Receiver:
 
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
-        routing = self._routes.get(key)
-        if routing is None:
+        if key.endswith("!"):
+            self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
+            return
+        channel = self._routes.get(key)
+        if channel is None:
             if key != self._wake_key:  # not ours to keep: back to the front of its list
                 self._returns.append((key, entries))
             return
-        if not routing.endswith("!") and any(k == key for k, _ in self._returns):
+        if any(k == key for k, _ in self._returns):
             # Entries sent back but not yet pushed are older than these: keep them first.
             entries = [e for k, es in self._returns if k == key for e in es] + entries
             self._returns = [(k, es) for k, es in self._returns if k != key]
-        for entry in self.boxes.deliver(key, routing, entries):
-            # Not written by this layer: skipped, and the loop goes on.
+        self._log_malformed(key, self.boxes.deliver(key, channel, entries))
+
+    def _log_malformed(self, key: str, malformed: list[bytes]) -> None:
+        for entry in malformed:  # not written by this layer: skipped, and the loop goes on
             self._malformed("entry", logging.ERROR, _MALFORMED, entry, key)
 
     def prune(self) -> None:
         """Drop expired entries held for process-specific channels nobody is receiving on,
         and mailboxes left empty."""
-        used = self.boxes.prune() | set(self._armed)
+        used = self.boxes.prune()
+        self.inbox.prune()
         self._routes = {key: r for key, r in self._routes.items() if key in used}
 
     def clear(self) -> None:
         """Forget entries popped but not yet received (``flush()``)."""
         self.boxes.clear()
+        self.inbox.clear()
         self._returns = []
 
     def leftovers(self) -> list[tuple[str, list[bytes]]]:
-        """Take every entry popped here that no receive has taken, as list entries again, to go
-        back to the front of their lists: the loop is closing (``close_pools()``, or a loop of
-        ``async_to_sync`` gone), and the receive they wait for may come in another loop."""
+        """Take every shared channel's entry popped here that no receive has taken, as list
+        entries again, to go back to the front of their lists: the loop is closing
+        (``close_pools()``, or a loop of ``async_to_sync`` gone), and the receive they wait
+        for may come in another loop or process."""
         out, self._returns = self._returns, []
         return out + self.boxes.leftovers()
 
@@ -335,14 +381,17 @@ class Receiver:
             self._wanted(None)
 
     async def close(self) -> None:
-        """Stop the loop; every entry popped but not received goes back to its list."""
+        """Stop the loop; every entry popped but not received goes back to its list (an
+        inbox's only when no other loop of the process pops it: see Inbox.give_back)."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])  # it reads the replies due first (popconn.py)
-        self.boxes.fail(f"Redis shard {self.pipe.spec.name}: closed while this receive waited")
-        pushes = [
-            self.pipe.call("LPUSH", key, *reversed(entries)) for key, entries in self.leftovers()
-        ]
+        why = f"Redis shard {self.pipe.spec.name}: closed while this receive waited"
+        self.boxes.fail(why)
+        self.inbox.fail(self._loop, why)
+        returns = self.leftovers() + self.inbox.give_back(self._loop)
+        pushes = [self.pipe.call("LPUSH", key, *reversed(es)) for key, es in returns if es]
         await asyncio.gather(*pushes, return_exceptions=True)
+        self.inbox.leave(self._loop)  # after the pushes: no other loop popped those lists
         await self._conn.close()

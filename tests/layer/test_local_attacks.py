@@ -22,6 +22,7 @@ from tests.layer.local_fixtures import LocalFactory
 from tests.layer.receiving import received_by_short_loops
 from tests.layer.redis_fixtures import shard_hosts
 from tests.layer.test_local import assert_empty, receive_soon
+from tests.layer.threads import Reader, received_by_threads
 
 N = 3000
 
@@ -238,7 +239,7 @@ async def test_a_drains_leftovers_go_back_to_redis_as_they_came(
         receiver = owner._state().shards[owner.ring.node_for(routing)].receiver
         for i in (1, 2):
             await remote.send(reply, {"type": "r", "i": i})
-        drain = receiver.boxes.drains[owner._channel_prefix + routing]
+        drain = receiver.inbox.drains[owner._channel_prefix + routing]
         for _ in range(100):
             if len(drain.entries) == 2:
                 break
@@ -253,3 +254,41 @@ async def test_a_drains_leftovers_go_back_to_redis_as_they_came(
     finally:
         await remote.flush()
         await remote.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [Reader("short", 1)] * 4,
+        [Reader("short", 2), Reader("batch", 2), Reader("long", 2), Reader("short", 1)],
+    ],
+    ids=["four-short", "mixed"],
+)
+def test_several_threads_loops_receiving_while_another_host_sends(
+    ipc_prefix: str, redis_shards: list[RedisServer], plan: list[Reader]
+) -> None:
+    """Threads receive on this host's channels in short loops, batches and long-lived loops
+    (not close(): the IPC half's is final), while another host streams to them (directly and to a
+    group of them): the bridge of whichever loop drains the inbox hands over to every
+    thread's receives; each channel gets each message once, in the sender's order."""
+    from asgiref.sync import async_to_sync
+
+    other, redis_prefix = f"t{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
+    owner, remote = (
+        LocalRedisChannelLayer(
+            capacity=10_000,
+            ipc={"prefix": prefix, "size": "16MB"},
+            redis={"hosts": shard_hosts(redis_shards), "prefix": redis_prefix},
+        )
+        for prefix in (ipc_prefix, other)
+    )
+    try:
+        outcome = received_by_threads(owner, remote, plan, 250, grouped=25)
+        assert outcome.problems() == []
+    finally:
+        async_to_sync(owner.flush)()
+        async_to_sync(owner.discard)()
+        async_to_sync(remote.discard)()
+        for prefix in (ipc_prefix, other):
+            unlink(prefix)

@@ -110,12 +110,6 @@ def test_loops_that_end_leave_no_connection_open(server: RedisServer) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="one process inbox list for every thread's loop: a loop pops other threads' "
-    "entries and holds them until it ends; a closed loop's leftovers wait for the next new "
-    "loop of the process (reordered, ~110 inversions of 300; 1-3 stranded per channel)",
-)
 def test_short_lived_loops_in_several_threads_at_once_keep_order(server: RedisServer) -> None:
     import threading
 
