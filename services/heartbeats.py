@@ -63,11 +63,15 @@ class Heartbeats:
             )
             self._thread.start()
 
+    def new(self, peer: str) -> bool:
+        """Whether ``add`` would start beating ``peer`` (a set lookup: the role asks for each
+        connection it takes, before it makes a beat)."""
+        return peer not in self._peers and self._inline is None
+
     def add(self, peer: str, beat: Message) -> None:
-        """A connection of the role now depends on ``peer``: beat it from now on, not from the
-        next check (the role's loop may be busy until then)."""
-        if peer not in self._peers and self._inline is None:
-            self.update(self._peers | {peer}, beat)
+        """A connection of the role now depends on ``peer`` (``new``): beat it from now on,
+        not from the next check (the role's loop may be busy until then)."""
+        self.update(self._peers | {peer}, beat)
 
     def stuck(self) -> bool:
         """The role's loop has not checked in for ``STUCK_AFTER`` heartbeats."""

@@ -186,7 +186,7 @@ class Peer(abc.ABC, Generic[C]):
 
     def _depends_on(self, peer: str) -> None:
         """A connection of ours now depends on ``peer``: heart-beat it at once."""
-        if not wire.same_process(self.layer, peer):
+        if self._beats.new(peer) and not wire.same_process(self.layer, peer):
             self._beats.add(peer, self._heartbeat())
 
     @abc.abstractmethod

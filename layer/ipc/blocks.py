@@ -166,19 +166,18 @@ class Blocks:
 
     def free_slots(self) -> int:
         """Slots in no message: the caches, the buddy lists and never used."""
+        return self.space()[0]
+
+    def space(self) -> tuple[int, list[int], int]:
+        """The free slots, and the blocks an allocation is sure to find: each order's cached
+        count (index 0 unused) and the top-order blocks never used yet (past the bump)."""
         mm = self.mm
         nfree, bump = struct.unpack_from("<II", mm, G_OFF + 4)
-        counts = _CACHES.unpack_from(mm, B_CACHES)[1::2]
-        cached = sum(count << order for order, count in enumerate(counts))
-        return int(nfree + cached + _u32_unpack(mm, B_FREE)[0] + self.n_slots - bump)
-
-    def sure_blocks(self) -> tuple[list[int], int]:
-        """Blocks an allocation is sure to find: each order's cached count (index 0 unused),
-        and the top-order blocks never used yet (past the bump pointer)."""
-        mm = self.mm
-        bump = _u32_unpack(mm, G_OFF + 8)[0]
         counts = list(_CACHES.unpack_from(mm, B_CACHES)[1::2])
-        return counts, max(0, self.n_slots - bump) >> self.top
+        cached = sum(count << order for order, count in enumerate(counts))
+        unused = self.n_slots - bump
+        free = int(nfree + cached + _u32_unpack(mm, B_FREE)[0] + unused)
+        return free, counts, unused >> self.top
 
     def reset(self) -> None:
         """Empty buddy lists, caches and tags (a flush; the G block's part is reset there)."""

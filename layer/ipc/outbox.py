@@ -112,9 +112,8 @@ class Outbox:
 
     def seen(self, queues: Queues) -> None:
         """Look at the segment's free space (under the lock, after a flush or a push)."""
-        self.free = free = queues.free_slots()
-        self.room = free // 2
-        self.cached, self.fresh = queues.blocks.sure_blocks()
+        self.free, self.cached, self.fresh = queues.blocks.space()
+        self.room = self.free // 2
 
     def discard(self) -> None:
         """Forget the held sends (a flush of the whole layer is about to empty their queues)."""
