@@ -292,17 +292,30 @@ class Inbox:
     # -- who pops -------------------------------------------------------------------------------
 
     def popping(
-        self, loop: Loop, poke: Poke, armed: Iterable[str], streaming: Callable[[str], bool]
+        self,
+        loop: Loop,
+        poke: Poke,
+        armed: Iterable[str],
+        streaming: Callable[[str], bool],
+        ready: bool,
     ) -> dict[str, int]:
         """The inbox lists ``loop``'s receiver pops now, with how many entries to take: those it
         needs (its receives wait, its drain, ``armed``) and no other live loop pops. Lists it
-        no longer needs are given up, and the loops waiting for them woken."""
+        no longer needs are given up, and the loops waiting for them woken. Only a ``ready``
+        receiver (connected) takes lists over; one still to connect gets those it would take,
+        to connect first: a loop that held the role while it connected would keep every other
+        loop from popping for that long (with a fresh loop per ``async_to_sync`` call, all the
+        time: the connect outlasts a short receive, and the next loop connects in turn)."""
         want: dict[str, int] = {}
         popper, waiting, drains = self._popper, self.waiting, self.drains
         with self.lock:
             if self._pokes.get(loop) is not poke:
                 self._pokes[loop] = poke
-            needed = [key for key, counts in waiting.items() if loop in counts]
+            # A connected receiver pops the lists any loop's receives wait on that nobody pops
+            # (its own may be gone: a short loop's receive ends before its connect does).
+            needed = [
+                key for key, counts in waiting.items() if counts and (ready or loop in counts)
+            ]
             needed += armed
             if drains:
                 needed += [key for key, drain in drains.items() if drain.owner is loop]
@@ -310,12 +323,13 @@ class Inbox:
                 other = popper.get(key)
                 if key in want or (other not in (None, loop) and not other.is_closed()):
                     continue
-                popper[key] = loop
+                if ready:
+                    popper[key] = loop
                 counts = waiting.get(key)
                 total = sum(counts.values()) if counts else 0
                 bulk = not total or key in drains or streaming(key)
                 want[key] = INBOX_BATCH if bulk else total
-            if len(popper) == len(want):  # (the usual case: one loop pops them all)
+            if ready and len(popper) == len(want):  # (the usual case: one loop pops them all)
                 return want
             released = [key for key, other in popper.items() if other is loop and key not in want]
             woken = self._release(released, loop)

@@ -181,7 +181,11 @@ class Receiver:
                 if now - since > ARMED_FOR:
                     del self._armed[key]
         # The inboxes this loop pops for the whole process (inbox.py: one loop at a time each).
-        want.update(self.inbox.popping(self._loop, self._wanted, self._armed, receives.streaming))
+        want.update(
+            self.inbox.popping(
+                self._loop, self._wanted, self._armed, receives.streaming, self._conn.connected
+            )
+        )
         return want
 
     async def _run(self) -> None:
