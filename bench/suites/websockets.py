@@ -49,6 +49,14 @@ SERVED = {"KIT_APP": APP, "DJANGO_SETTINGS_MODULE": "tests.services.djchat.setti
 BROADCASTS = 20
 SPEED = {COMBINED: 0.67, IPC: 1.0, REDIS: 1.0}  # broadcast p50 at most 1.5x / 1x (a)'s
 PATIENCE = 30.0  # seconds a member may take to hear a broadcast before it counts as lost
+# channels_redis's connections per pool (one pool per shard and event loop). Its default is
+# redis-py's, 100 in redis-py 8.2 (redis/redis-py#4082; 2**31 before), and that pool raises
+# when all are in use rather than waiting; each consumer's group_add in connect() takes one
+# while the room joins at once. With the default, 99 of 1,000 (2,000, 5,000) opened, and
+# every other handshake failed with ``redis.exceptions.MaxConnectionsError: Too many
+# connections`` out of group_add. A user raises it through a host given as a dict of pool
+# options (channels_redis's README, ``hosts``); redis-server's maxclients (10,000) bounds it.
+CR_POOL = 10_000
 
 
 def _uvicorn(config: str, **env: str) -> Setup:
@@ -68,10 +76,13 @@ def _direct(ours: bool) -> Iterator[Setup]:
             if ours:
                 setup = _uvicorn("config/redis.yaml", REDIS_URL=server.url)
             else:
+                # A host as a dict of redis-py pool options, as channels_redis's README shows:
+                # its pool's default limit refuses the room (see CR_POOL).
                 config = Path(scratch) / "channels_redis.yaml"
                 config.write_text(
                     "default:\n  BACKEND: channels_redis.core.RedisChannelLayer\n"
-                    f"  CONFIG:\n    hosts: [{server.url!r}]\n"
+                    f"  CONFIG:\n    hosts: [{{address: {server.url!r}, "
+                    f"max_connections: {CR_POOL}}}]\n"
                 )
                 setup = _uvicorn(str(config))
             setup.servers.append(("redis", server.process.pid))
@@ -239,7 +250,12 @@ def run(quick: bool) -> SuiteResult:
         f"that has not heard one within {PATIENCE:.0f} s counts as a lost delivery. RSS is the "
         "servers' growth (uvicorn, or protocol server + worker; not redis-server) per open "
         "connection, 2 s after the last handshake; CPU is theirs during the broadcasts. Every "
-        "subject runs its defaults. Targets (issue 19): (b)-(d) open all N (as many as (a)), "
+        "subject runs its defaults, but for (a2)'s connection pool: channels_redis takes "
+        "redis-py's, which holds 100 connections in redis-py 8.2 and raises when they are all "
+        "in use, so under defaults 99 members of each N opened and the rest failed in the "
+        "consumer's group_add (redis.exceptions.MaxConnectionsError: Too many connections); "
+        f"(a2) gives its host as a dict with max_connections: {CR_POOL:,}, as its README "
+        "allows. Targets (issue 19): (b)-(d) open all N (as many as (a)), "
         "RSS per connection at most 1.25x (a)'s, broadcast p50 at most (a)'s for (c)/(d) and "
         "1.5x for (b). (e), issue 23: members alternate between the two pods' ports (so do "
         "the broadcasts' senders); a broadcast reaches the sender's pod over IPC and the "
