@@ -309,7 +309,7 @@ class Receiver:
         if key.endswith("!"):
             self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
             return
-        self._returns.behind(key, entries)
+        self._returns.add([(key, entries)])
 
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
