@@ -49,6 +49,19 @@ SERVED = {"KIT_APP": APP, "DJANGO_SETTINGS_MODULE": "tests.services.djchat.setti
 BROADCASTS = 20
 SPEED = {COMBINED: 0.67, IPC: 1.0, REDIS: 1.0}  # broadcast p50 at most 1.5x / 1x (a)'s
 PATIENCE = 30.0  # seconds a member may take to hear a broadcast before it counts as lost
+# channels_redis's connections per pool (one pool per shard and event loop). Its default is
+# redis-py's, 100 in redis-py 8.2 (redis/redis-py#4082; 2**31 before), and that pool raises
+# when all are in use rather than waiting; each consumer's group_add in connect() takes one
+# while the room joins at once. With the default, 99 of 1,000 (2,000, 5,000) opened, and
+# every other handshake failed with ``redis.exceptions.MaxConnectionsError: Too many
+# connections`` out of group_add. A user raises it through a host given as a dict of pool
+# options (channels_redis's README, ``hosts``); redis-server's maxclients (10,000) bounds it.
+CR_POOL = 10_000
+# And its connections' read timeout: redis-py 8.2's default is 5 s, the same as the 5 s
+# channels_redis's receive blocks in BZPOPMIN, so an idle receive can time out before the
+# server's empty reply is read (``redis.exceptions.TimeoutError: Timeout reading from ...``
+# out of the consumer's receive, which ends it). Longer than that block, as a user would set.
+CR_READ_TIMEOUT = 15
 
 
 def _uvicorn(config: str, **env: str) -> Setup:
@@ -68,10 +81,13 @@ def _direct(ours: bool) -> Iterator[Setup]:
             if ours:
                 setup = _uvicorn("config/redis.yaml", REDIS_URL=server.url)
             else:
+                # A host as a dict of redis-py options, as channels_redis's README shows: its
+                # defaults refuse the room and end idle receives (CR_POOL, CR_READ_TIMEOUT).
                 config = Path(scratch) / "channels_redis.yaml"
                 config.write_text(
                     "default:\n  BACKEND: channels_redis.core.RedisChannelLayer\n"
-                    f"  CONFIG:\n    hosts: [{server.url!r}]\n"
+                    f"  CONFIG:\n    hosts: [{{address: {server.url!r}, "
+                    f"max_connections: {CR_POOL}, socket_timeout: {CR_READ_TIMEOUT}}}]\n"
                 )
                 setup = _uvicorn(str(config))
             setup.servers.append(("redis", server.process.pid))
@@ -239,7 +255,16 @@ def run(quick: bool) -> SuiteResult:
         f"that has not heard one within {PATIENCE:.0f} s counts as a lost delivery. RSS is the "
         "servers' growth (uvicorn, or protocol server + worker; not redis-server) per open "
         "connection, 2 s after the last handshake; CPU is theirs during the broadcasts. Every "
-        "subject runs its defaults. Targets (issue 19): (b)-(d) open all N (as many as (a)), "
+        "subject runs its defaults, but for two of (a2)'s redis-py connection options, which "
+        "channels_redis takes from redis-py 8.2 unchanged: a pool of 100 connections that "
+        "raises when all are in use (under it 99 members of each N opened, the rest failed "
+        "in the consumer's group_add: redis.exceptions.MaxConnectionsError: Too many "
+        "connections), and a 5 s read timeout, as long as channels_redis's own blocking pop "
+        "(at 5,000 every broadcast was lost: consumers ended with "
+        "redis.exceptions.TimeoutError: Timeout reading from 127.0.0.1:<port> out of their "
+        "receive). (a2) gives its host as a dict, as its README allows, with "
+        f"max_connections: {CR_POOL:,} and socket_timeout: {CR_READ_TIMEOUT}. "
+        "Targets (issue 19): (b)-(d) open all N (as many as (a)), "
         "RSS per connection at most 1.25x (a)'s, broadcast p50 at most (a)'s for (c)/(d) and "
         "1.5x for (b). (e), issue 23: members alternate between the two pods' ports (so do "
         "the broadcasts' senders); a broadcast reaches the sender's pod over IPC and the "

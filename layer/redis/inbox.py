@@ -6,29 +6,27 @@ What was popped from it is therefore kept here, per layer and shard, not per loo
 pops entries for a channel another loop waits on wakes that receive (``call_soon_threadsafe``)
 and the receive takes the entry itself, under the lock; an entry handed straight to a receive
 of the popping loop and then cancelled goes back first in line. Only one loop at a time pops
-each inbox list (its *popper*), so entries arrive here in list order; it gives the role up when
-its own loop stops needing the list (or ends) and wakes the loops still waiting for it. A loop
-that ends leaves what it popped here, for this process's next receive (no push back: nothing
-another process could receive, and no order to break).
+each inbox list, so entries arrive here in list order (which one: poppers.py); an inbox taken
+whole by one caller is a drain (drains.py). A loop that ends leaves what it popped here, for
+this process's next receive (no push back: nothing another process could receive, and no order
+to break).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from layer.messages import Message
+from layer.redis.drains import Drain
 from layer.redis.entries import Popped, make_entry, split_entry
+from layer.redis.poppers import Loop, Poppers, wake
 from layer.redis.shard_errors import ShardUnavailable
 
-Loop = asyncio.AbstractEventLoop
 Waiter = asyncio.Future[Popped | None]  # None: "look again" (woken from another loop)
-Poke = Callable[[str | None], None]  # a receiver's ``_wanted``: pop ``key`` (or look again)
-INBOX_BATCH = 1000  # entries popped at once from an inbox when streaming, or for a drain
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
 
@@ -42,42 +40,6 @@ class OwnBox:
         self.key = key
         self.buffer: deque[tuple[Popped, int]] = deque()  # (payload, expires_at_ms)
         self.waiters: deque[Waiter] = deque()
-
-
-class Drain:
-    """An inbox taken whole by one caller (``Receiver.drain``) instead of per channel:
-    entries ``(expires_at_ms, local parts, payload)`` in list order, and the drain waiting."""
-
-    __slots__ = ("entries", "owner", "waiter")
-
-    def __init__(self, owner: Loop) -> None:
-        self.entries: list[tuple[int, bytes, bytes]] = []
-        self.waiter: asyncio.Future[None] | None = None
-        self.owner = owner  # the loop of its latest caller: it is popped while that one lives
-
-
-def wake(waiter: asyncio.Future[None] | Waiter, loop: Loop) -> bool:
-    """Resolve ``waiter`` with None from ``loop`` (now, if it is the waiter's, else in the
-    waiter's own loop); False when that loop is closed (nobody will ever look)."""
-    if waiter.get_loop() is loop:
-        if not waiter.done():
-            waiter.set_result(None)
-        return True
-    try:
-        waiter.get_loop().call_soon_threadsafe(_look_again, waiter)
-    except RuntimeError:  # its loop is closed
-        return False
-    return True
-
-
-def _look_again(waiter: asyncio.Future[None] | Waiter) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _poke(loop: Loop, poke: Poke, key: str) -> None:
-    with contextlib.suppress(RuntimeError):  # closed: nothing to wake
-        loop.call_soon_threadsafe(poke, key)
 
 
 class Inbox:
@@ -100,8 +62,7 @@ class Inbox:
         self.boxes: dict[str, OwnBox] = {}
         self.waiting: dict[str, dict[Loop, int]] = {}  # list key -> receives waiting, per loop
         self.drains: dict[str, Drain] = {}
-        self._popper: dict[str, Loop] = {}  # list key -> the loop whose receiver pops it
-        self._pokes: dict[Loop, Poke] = {}  # loops with a receive loop running, to wake
+        self.poppers = Poppers(self)  # which loop pops each inbox list (poppers.py)
 
     # -- receives (any loop) ----------------------------------------------------------------
 
@@ -191,22 +152,11 @@ class Inbox:
         counted. Returns the entries this layer did not write (malformed)."""
         now = time.time() * 1000
         routing = key[self._key_prefix :]
-        expired, malformed = 0, []
+        malformed: list[bytes] = []
         with self.lock:
             drain = self.drains.get(key)
             if drain is not None:  # taken whole by its caller (Receiver.drain)
-                for entry in entries:
-                    try:
-                        split = split_entry(entry)
-                    except ValueError:
-                        malformed.append(entry)
-                        continue
-                    if split[0] <= now:
-                        expired += 1
-                    else:
-                        drain.entries.append(split)
-                if drain.waiter is not None:
-                    wake(drain.waiter, loop)
+                expired = drain.add(entries, now, loop, malformed)
             else:
                 expired = self._to_boxes(key, routing, entries, now, loop, malformed)
         if expired:
@@ -289,72 +239,6 @@ class Inbox:
             if drain is not None and drain.waiter is waiter:
                 drain.waiter = None
 
-    # -- who pops -------------------------------------------------------------------------------
-
-    def popping(
-        self, loop: Loop, poke: Poke, armed: Iterable[str], streaming: Callable[[str], bool]
-    ) -> dict[str, int]:
-        """The inbox lists ``loop``'s receiver pops now, with how many entries to take: those it
-        needs (its receives wait, its drain, ``armed``) and no other live loop pops. Lists it
-        no longer needs are given up, and the loops waiting for them woken."""
-        want: dict[str, int] = {}
-        popper, waiting, drains = self._popper, self.waiting, self.drains
-        with self.lock:
-            if self._pokes.get(loop) is not poke:
-                self._pokes[loop] = poke
-            needed = [key for key, counts in waiting.items() if loop in counts]
-            needed += armed
-            if drains:
-                needed += [key for key, drain in drains.items() if drain.owner is loop]
-            for key in needed:
-                other = popper.get(key)
-                if key in want or (other not in (None, loop) and not other.is_closed()):
-                    continue
-                popper[key] = loop
-                counts = waiting.get(key)
-                total = sum(counts.values()) if counts else 0
-                bulk = not total or key in drains or streaming(key)
-                want[key] = INBOX_BATCH if bulk else total
-            if len(popper) == len(want):  # (the usual case: one loop pops them all)
-                return want
-            released = [key for key, other in popper.items() if other is loop and key not in want]
-            woken = self._release(released, loop)
-        for other_loop, key in woken:
-            _poke(other_loop, self._pokes_of(other_loop), key)
-        return want
-
-    def popped_elsewhere(self, key: str, loop: Loop) -> bool:
-        """Whether another live loop pops ``key`` (a receive here need not wake this loop's
-        pop: that loop's brings its entries, and this one is poked when it stops)."""
-        popper = self._popper.get(key)
-        return popper is not None and popper is not loop and not popper.is_closed()
-
-    def leave(self, loop: Loop) -> None:
-        """``loop``'s receive loop stopped: it pops no more; the others waiting are woken."""
-        with self.lock:
-            self._pokes.pop(loop, None)
-            mine = [k for k, p in self._popper.items() if p is loop]
-            woken = self._release(mine, loop)
-            for counts in self.waiting.values():
-                counts.pop(loop, None)
-        for other, key in woken:
-            _poke(other, self._pokes_of(other), key)
-
-    def _pokes_of(self, loop: Loop) -> Poke:
-        return self._pokes.get(loop) or (lambda key: None)
-
-    def _release(self, keys: list[str], loop: Loop) -> list[tuple[Loop, str]]:
-        """Give up popping ``keys``; the other live loops that need them (under the lock)."""
-        woken = []
-        for key in keys:
-            del self._popper[key]
-            needing = set(self.waiting.get(key, {}))
-            drain = self.drains.get(key)
-            if drain is not None:
-                needing.add(drain.owner)
-            woken += [(o, key) for o in needing if o is not loop and o in self._pokes]
-        return woken
-
     # -- the end of a loop, flush, prune ----------------------------------------------------
 
     def fail(self, loop: Loop, why: str) -> None:
@@ -377,20 +261,19 @@ class Inbox:
     def give_back(self, loop: Loop) -> list[tuple[str, list[bytes]]]:
         """What is held, as list entries to push back to the front of their lists
         (``close()``), when no other loop of the process receives here: ``loop`` pops those
-        lists until :meth:`leave`, so none pops them before they are back. While other loops
-        receive, it all stays here, where their receives (and this process's next ones) find
-        it first, in order: only this layer can receive on these channels, and a pushed-back
-        entry another loop is about to take would only make it pop again (and a loop that
-        pops only what its receive needs would pop and push back the same head forever)."""
+        lists until it leaves (``Poppers.leave``), so none pops them before they are back.
+        While other loops receive, it all stays here, where their receives (and this
+        process's next ones) find it first, in order: only this layer can receive on these
+        channels, and a pushed-back entry another loop is about to take would only make it pop
+        again (and a loop that pops only what its receive needs would pop and push back the
+        same head forever)."""
         out = []
         with self.lock:
-            loops = set(self._pokes) | set(self._popper.values())
-            loops.update(other for counts in self.waiting.values() for other in counts)
-            if any(other is not loop and not other.is_closed() for other in loops):
+            if self.poppers.others_live(loop):
                 return []
             held = {box.key for box in self.boxes.values() if box.buffer}
             for key in held | {key for key, drain in self.drains.items() if drain.entries}:
-                self._popper[key] = loop
+                self.poppers.of[key] = loop
                 entries = [e for b in self.boxes.values() if b.key == key for e in self._entries(b)]
                 drain = self.drains.get(key)
                 if drain is not None:
@@ -441,8 +324,7 @@ class Inbox:
                 for key, counts in self.waiting.items()
                 if any(not lp.is_closed() for lp in counts)
             }
-            self._pokes = {lp: p for lp, p in self._pokes.items() if not lp.is_closed()}
-            self._popper = {k: lp for k, lp in self._popper.items() if not lp.is_closed()}
+            self.poppers.prune()
             return {box.key for box in self.boxes.values()} | set(self.waiting) | set(self.drains)
 
     def queued(self) -> int:

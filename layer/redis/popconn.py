@@ -42,6 +42,7 @@ class PopConnection:
         self.pipe = pipe
         self._socket_timeout = socket_timeout
         self._block_timeout = block_timeout
+        self._wake_key = wake_key
         self._wake_commands: list[Sequence[Arg]] = [
             ("RPUSH", wake_key, b"1"),
             ("PEXPIRE", wake_key, _WAKE_TTL_MS),
@@ -105,8 +106,22 @@ class PopConnection:
                 raise reply
         return got
 
-    async def blocking_pop(self, pop: tuple[Arg, ...]) -> Any:
-        """The reply to ``pop`` (a BLMPOP), written after the sends queued on the pipe."""
+    def _blocking_pop(self, want: dict[str, int], last: bytes | None) -> tuple[Arg, ...]:
+        """BLMPOP over the wake list and ``want``. The list popped ``last`` goes last (BLMPOP
+        takes from the first list with entries: no list starves another), and a shared channel
+        is never popped past its own count (one COUNT serves every list)."""
+        latest = last.decode() if last else None
+        keys = [self._wake_key, *(k for k in want if k != latest)]
+        if latest in want:
+            keys.append(latest)
+        shared = [n for key, n in want.items() if not key.endswith("!")]
+        count = max(shared or want.values())
+        return ("BLMPOP", self._block_timeout, len(keys), *keys, "LEFT", "COUNT", count)
+
+    async def blocking_pop(self, want: dict[str, int], last: bytes | None) -> Any:
+        """The reply to a BLMPOP of ``want`` (list key -> count; ``last``: the list popped
+        last), written after the sends queued on the pipe."""
+        pop = self._blocking_pop(want, last)
         conn, replies = self._live()
         stolen = self.pipe.steal()
         try:

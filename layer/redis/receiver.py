@@ -17,19 +17,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from layer.exceptions import AccessRefused
 from layer.flow import PREFETCH, Every
 from layer.logs import Throttled
-from layer.redis.commands import Arg
 from layer.redis.connection import Pipe
 from layer.redis.entries import Popped
 from layer.redis.inbox import Inbox
 from layer.redis.mailboxes import Mailboxes
 from layer.redis.popconn import PopConnection
+from layer.redis.returns import Returns, lpushes
 from layer.redis.scripts import MPOP
 from layer.redis.shard_errors import unavailable
 
@@ -59,13 +58,12 @@ class Receiver:
         self._loop = asyncio.get_running_loop()  # one per event loop, like its pipe
         self.pipe = pipe
         self._wake_key = wake_key
-        self._block_timeout = block_timeout
         self._on_expired = on_expired
         self.boxes = Mailboxes(expiry, on_expired, self._send_back)  # shared channels'
         self.inbox = inbox  # this process's own channels' (every loop's)
         self._routes: dict[str, str] = {}  # a shared channel's list key -> the channel
         self._armed: dict[str, float] = {}  # inbox key -> last receive on it (monotonic)
-        self._returns: list[tuple[str, list[bytes]]] = []
+        self._returns = Returns()
         self._blocking: set[str] | None = None
         self._woken = False
         self._idle: asyncio.Future[None] | None = None
@@ -147,7 +145,7 @@ class Receiver:
 
     def _send_back(self, key: str, entries: list[bytes]) -> None:
         """Push ``entries`` back to the front of ``key`` with the next pop."""
-        self._returns.append((key, entries))
+        self._returns.add([(key, entries)])
         self._wanted(None)
 
     def _wanted(self, key: str | None) -> None:
@@ -161,7 +159,7 @@ class Receiver:
             blocking is not None
             and (key is None or key not in blocking)
             and not self._woken
-            and (key is None or not self.inbox.popped_elsewhere(key, self._loop))
+            and (key is None or not self.inbox.poppers.popped_elsewhere(key, self._loop))
         ):
             self._woken = True
             self._conn.wake()
@@ -181,7 +179,11 @@ class Receiver:
                 if now - since > ARMED_FOR:
                     del self._armed[key]
         # The inboxes this loop pops for the whole process (inbox.py: one loop at a time each).
-        want.update(self.inbox.popping(self._loop, self._wanted, self._armed, receives.streaming))
+        want.update(
+            self.inbox.poppers.popping(
+                self._loop, self._wanted, self._armed, receives.streaming, self._conn.connected
+            )
+        )
         return want
 
     async def _run(self) -> None:
@@ -190,7 +192,7 @@ class Receiver:
         except asyncio.CancelledError:
             # The loop ends (or close()): its due replies are read (popconn.py); another loop
             # of the process pops the inboxes now, and shared channels' entries go back.
-            self.inbox.leave(self._loop)
+            self.inbox.poppers.leave(self._loop)
             await self._push_back()
             await self._conn.close()
             raise
@@ -201,10 +203,10 @@ class Receiver:
         most once). Not connected: they wait for ``close()`` or the next loop (:meth:`adopt`)."""
         returns = self.leftovers()
         if not returns or not self._conn.connected:
-            self._returns = returns
+            self._returns.add(returns)
             return
         try:
-            await self._conn.run([("LPUSH", key, *reversed(es)) for key, es in returns])
+            await self._conn.run(lpushes(returns))
         except (RedisError, OSError) as exc:
             log.warning(
                 "%d entries popped ahead were lost: %s", sum(len(es) for _, es in returns), exc
@@ -258,8 +260,7 @@ class Receiver:
 
     async def _fetch(self, want: dict[str, int]) -> list[tuple[bytes, list[bytes]]]:
         """Return entries already queued; block for new ones only when there are none."""
-        returns, self._returns = self._returns, []
-        commands: list[tuple[Any, ...]] = [("LPUSH", k, *reversed(es)) for k, es in returns]
+        commands = lpushes(self._returns.take())
         # Several lists with entries (a burst): one Lua call takes from all of them. Otherwise
         # BLMPOP alone, which returns at once when any list has entries: a second call before
         # every blocking pop would double the round trips of a process waiting on two lists
@@ -285,7 +286,7 @@ class Receiver:
             return []
         self._blocking, self._woken = set(want), False
         try:
-            reply = await self._conn.blocking_pop(self._blocking_pop(want))
+            reply = await self._conn.blocking_pop(want, self._last_popped)
         except asyncio.CancelledError:
             for late in self._conn.late():
                 if late:
@@ -308,30 +309,7 @@ class Receiver:
         if key.endswith("!"):
             self._log_malformed(key, self.inbox.deliver(key, entries, self._loop))
             return
-        for i, (other, older) in enumerate(self._returns):
-            if other == key:
-                self._returns[i] = (key, older + entries)
-                return
-        self._returns.append((key, entries))
-
-    def _blocking_pop(self, want: dict[str, int]) -> tuple[Arg, ...]:
-        """BLMPOP over the wake list and ``want``. The list popped last goes last (BLMPOP takes
-        from the first list with entries: no list starves another), and a shared channel is
-        never popped past its own count (one COUNT serves every list)."""
-        last = self._last_popped.decode() if self._last_popped else None
-        keys = [self._wake_key, *(k for k in want if k != last)]
-        if last in want:
-            keys.append(last)
-        shared = [n for key, n in want.items() if not key.endswith("!")]
-        return (
-            "BLMPOP",
-            self._block_timeout,
-            len(keys),
-            *keys,
-            "LEFT",
-            "COUNT",
-            max(shared or want.values()),
-        )
+        self._returns.add([(key, entries)])
 
     def _dispatch(self, raw_key: bytes, entries: list[bytes]) -> None:
         key = raw_key.decode()
@@ -341,12 +319,9 @@ class Receiver:
         channel = self._routes.get(key)
         if channel is None:
             if key != self._wake_key:  # not ours to keep: back to the front of its list
-                self._returns.append((key, entries))
+                self._returns.add([(key, entries)])
             return
-        if any(k == key for k, _ in self._returns):
-            # Entries sent back but not yet pushed are older than these: keep them first.
-            entries = [e for k, es in self._returns if k == key for e in es] + entries
-            self._returns = [(k, es) for k, es in self._returns if k != key]
+        entries = self._returns.ahead_of(key, entries)  # those sent back are older
         self._log_malformed(key, self.boxes.deliver(key, channel, entries))
 
     def _log_malformed(self, key: str, malformed: list[bytes]) -> None:
@@ -364,20 +339,19 @@ class Receiver:
         """Forget entries popped but not yet received (``flush()``)."""
         self.boxes.clear()
         self.inbox.clear()
-        self._returns = []
+        self._returns.take()
 
     def leftovers(self) -> list[tuple[str, list[bytes]]]:
         """Take every shared channel's entry popped here that no receive has taken, as list
         entries again, to go back to the front of their lists: the loop is closing
         (``close_pools()``, or a loop of ``async_to_sync`` gone), and the receive they wait
         for may come in another loop or process."""
-        out, self._returns = self._returns, []
-        return out + self.boxes.leftovers()
+        return self._returns.take() + self.boxes.leftovers()
 
     def adopt(self, returns: list[tuple[str, list[bytes]]]) -> None:
         """Push ``returns`` (the leftovers of a closed loop's receiver) back, from this loop."""
         if returns:
-            self._returns += returns
+            self._returns.add(returns)
             self._wanted(None)
 
     async def close(self) -> None:
@@ -391,7 +365,7 @@ class Receiver:
         self.boxes.fail(why)
         self.inbox.fail(self._loop, why)
         returns = self.leftovers() + self.inbox.give_back(self._loop)
-        pushes = [self.pipe.call("LPUSH", key, *reversed(es)) for key, es in returns if es]
+        pushes = [self.pipe.call(*command) for command in lpushes(returns)]
         await asyncio.gather(*pushes, return_exceptions=True)
-        self.inbox.leave(self._loop)  # after the pushes: no other loop popped those lists
+        self.inbox.poppers.leave(self._loop)  # after the pushes: no other loop popped those lists
         await self._conn.close()

@@ -65,7 +65,7 @@ from layer.ipc.layout import JOURNAL_END, JOURNAL_OFF, MSG, RING, Geometry
 from layer.ipc.outbox import BUDGET, WINDOW
 from layer.messages import encode
 from layer.redis.connection import _HIGH_WATER
-from layer.redis.inbox import INBOX_BATCH
+from layer.redis.poppers import INBOX_BATCH
 from layer.redis.sends import WINDOW as REDIS_WINDOW
 from tests.layer.conftest import BACKENDS, LayerFactory
 from tests.layer.ipc.fixture import shm_objects
