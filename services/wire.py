@@ -77,13 +77,15 @@ def _scope_builder(kind: str) -> Any:
     """``import_scope`` of a ``kind`` scope's list form as one dict display (a compiled
     function): half the cost of ``dict(zip(...))`` and the fix-ups after it, per request."""
     values = ", ".join(
-        f"{key!r}: None if d[{i}] is None else tuple(d[{i}])"
-        if key in ("client", "server")  # msgpack makes tuples lists; apps expect tuples
+        # msgpack makes tuples lists; apps expect tuples (pairs: scope_problem() checked it)
+        f"{key!r}: None if d[{i}] is None else (d[{i}][0], d[{i}][1])"
+        if key in ("client", "server")
         else f"{key!r}: d[{i}]"
         for i, key in enumerate(_SCOPE_KEYS[kind])
     )
-    names: dict[str, Any] = {"extensions": _extensions}
-    tail = "'extensions': extensions(d[0]), 'state': {}"
+    # A dict display makes fresh dicts on each call: the app may change its scope's.
+    tail = f"'extensions': {_extensions(kind)!r}, 'state': {{}}"
+    names: dict[str, Any] = {}
     exec(f"def build(d):\n    return {{{values}, {tail}}}", names)
     return names["build"]
 

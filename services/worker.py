@@ -60,7 +60,9 @@ class Worker(Peer[Instance]):
         self.chunk = wire.chunk_size(layer)
         self.lifespan = Lifespan(app)
         self.draining = False
-        self._fresh: list[Instance] = []  # taken, not yet known to their protocol server
+        # Taken and not finished, not yet known to their protocol server (by id): a finished
+        # instance leaves at once, freed while its memory is still in cache.
+        self._fresh: dict[str, Instance] = {}
         self._runners: set[asyncio.Task[None]] = set()
         self._receiving: set[asyncio.Task[None]] = set()  # runners waiting for work right now
         self._drained = asyncio.Event()  # set when draining and the last connection ended
@@ -158,6 +160,7 @@ class Worker(Peer[Instance]):
                 log.exception("serving %s %s failed", inst.kind, inst.id)
             finally:
                 self._finished(inst, started)
+            del inst  # not held while this runner waits for the next one
 
     async def _take(
         self, task: asyncio.Task[None], loop: asyncio.AbstractEventLoop
@@ -180,7 +183,7 @@ class Worker(Peer[Instance]):
             inst.scope["state"] = dict(self.lifespan.state)
         self._conns[inst.id] = inst
         self._depends_on(inst.reply)
-        self._fresh.append(inst)
+        self._fresh[inst.id] = inst
         self.admission.taken()
         return inst
 
@@ -201,6 +204,7 @@ class Worker(Peer[Instance]):
 
     def _finished(self, inst: Instance, started: float) -> None:
         del self._conns[inst.id]
+        self._fresh.pop(inst.id, None)
         self.admission.finished(inst.uncount())
         if self.draining and not self._conns:
             self._drained.set()
@@ -247,14 +251,14 @@ class Worker(Peer[Instance]):
         while True:
             await asyncio.sleep(self.ack_delay)
             due = loop.time() - self.ack_delay
-            fresh, self._fresh = self._fresh, []
-            for inst in fresh:
+            fresh, self._fresh = self._fresh, {}
+            for inst in fresh.values():
                 if inst.known or inst.closed or inst.id not in self._conns:
-                    continue
+                    continue  # (finished while an announcement below was sent)
                 if inst.started <= due:
                     await inst.announce()
                 else:
-                    self._fresh.append(inst)
+                    self._fresh[inst.id] = inst
 
     # -- liveness (services/peer.py checks every heartbeat) --------------------------------
 

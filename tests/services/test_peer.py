@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -301,3 +302,54 @@ async def test_a_worker_that_stops_beating_fails_its_requests_with_502(
     assert beat == msg.protocol_heartbeat(server.channel)  # beaten until given up
     await server.stop()
     assert server.vital.failing() == []
+
+
+def _for(conn: str) -> Callable[[Message], bool]:
+    return lambda m: m.get(msg.CONN) == conn
+
+
+def _http_open(front: Front, conn: str, path: str) -> Message:
+    scope = wire.export_scope({**HTTP_SCOPE, "path": path})
+    return msg.http_open(conn, front.reply, scope, b"", False, time.time() + 60)
+
+
+class Probe:
+    """Something in a scope that a weak reference can watch (instances have no weakref slot)."""
+
+
+async def test_a_finished_request_is_freed_at_once_not_held_until_the_announcement_scan(
+    memory: InMemoryChannelLayer, roles: Roles
+) -> None:
+    """The worker keeps each new request where its ``k.pick`` scan (every ``ack_delay``) finds
+    it; one answered before the scan must leave there as it finishes, else a worker under load
+    holds a scan period's worth of dead instances (and their scopes), out of cache when freed.
+    A slow one is still announced, once the scan comes."""
+    alive: list[weakref.ref[Probe]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return
+        scope["probe"] = probe = Probe()  # lives as long as the instance holding the scope
+        alive.append(weakref.ref(probe))
+        if scope["path"] == "/slow":
+            await asyncio.sleep(0.5)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    worker = Worker(memory, app, Metrics(), drain_timeout=1.0, ack_delay=0.2)
+    await worker.start()
+    roles.append(worker)
+    front = Front(memory, await memory.new_channel("proto"))
+    for wave in range(40):  # 2,000 requests, in waves the channels' capacity takes
+        conns = [f"t.{wave}.{n}" for n in range(50)]
+        for conn in conns:  # (the scope is handed over as it is: no reference kept here)
+            await memory.send_trusted(wire.WORK_CHANNEL, _http_open(front, conn, "/"))
+        for conn in conns:
+            assert (await front.next(_for(conn)))[msg.STATUS] == 200
+    for _ in range(10):  # the runners' last steps after their answers
+        await asyncio.sleep(0)
+    assert len(alive) == 2000
+    assert sum(ref() is not None for ref in alive) == 0
+    await memory.send_trusted(wire.WORK_CHANNEL, _http_open(front, "t.slow", "/slow"))
+    assert (await front.next(_for("t.slow")))[msg.TYPE] == msg.PICKED  # after the scan
+    assert (await front.next(_for("t.slow")))[msg.STATUS] == 200
