@@ -24,13 +24,14 @@ from layer.ipc.journal import Journal
 from layer.ipc.table import Key, make_key
 from layer.ipc.takes import Takes
 from layer.logs import Throttled
+from layer.messages import Message, own, shared
 from layer.names import valid_channel_name
 
 log = logging.getLogger(__name__)
 
 HEAD = struct.Struct("<I")  # the length of an entry's local parts
 Route = tuple[str, Key, bytes]  # the queue a channel's sends go to, its key, their entry head
-_PARTS_CACHE = 1024  # local parts of recent entries (a group's entries repeat theirs)
+PARTS_CACHE = 1024  # local parts of recent entries (a group's entries repeat theirs)
 
 
 def route(channel: str) -> Route:
@@ -58,8 +59,8 @@ def entry_head(parts: list[bytes]) -> bytes:
 
 
 # Hands messages of one channel, in order, to the receives waiting on it, else holds them
-# (``Handing.deliver``).
-Deliver = Callable[[str, list[tuple[bytes, float]]], None]
+# (``Handing.deliver``): payloads, or a fan-out's message decoded once (``shared``).
+Deliver = Callable[[str, list[tuple[bytes | Message, float]]], None]
 _head = HEAD.unpack_from
 
 
@@ -76,20 +77,22 @@ class Inboxes:
 
     def take(
         self, j: Journal, inbox: str, key: Key, want: str = "", most: int = PREFETCH + 1
-    ) -> tuple[int, bytes | None]:
+    ) -> tuple[int, bytes | Message | None]:
         """Take up to ``most`` entries of ``inbox`` (one critical section, a journal step per
         run) and hand their messages out, per channel in order; return how many entries were
         taken (0: empty) and the first message for ``want``, which is not handed (a receive of
-        it, with nothing held for it and none of its receives waiting, returns it)."""
+        it, with nothing held for it and none of its receives waiting, returns it). An entry
+        for several members is decoded once (``shared``: each receive takes its own copy)."""
         taken = self._takes.take_run(j, key, time.monotonic(), most)
         if not taken:
             return 0, None
         names = self._names.get(inbox)
         if names is None:
             names = self._names[inbox] = {}
-        runs: dict[str, list[tuple[bytes, float]]] = {}
-        got = last = None  # the channel of the last run appended to (most runs are one's)
-        run: list[tuple[bytes, float]] = []
+        runs: dict[str, list[tuple[bytes | Message, float]]] = {}
+        got: bytes | Message | None = None
+        last = None  # the channel of the last run appended to (most runs are one's)
+        run: list[tuple[bytes | Message, float]] = []
         for entry, expires in taken:
             try:
                 end = 4 + _head(entry)[0]
@@ -101,12 +104,12 @@ class Inboxes:
                 if found is None:
                     continue
                 channels, end = found, 4 + _head(entry)[0]
-            payload = entry[end:]
+            payload = shared(entry[end:]) if len(channels) > 1 else entry[end:]
             for channel in channels:
                 if channel is last:
                     run.append((payload, expires))
                 elif channel == want and got is None:
-                    got = payload
+                    got = own(payload)
                 else:
                     run = runs.get(channel) or runs.setdefault(channel, [])
                     run.append((payload, expires))
@@ -124,7 +127,7 @@ class Inboxes:
             parts = bytes(entry[4 : 4 + _head(entry)[0]])  # a large entry is a bytearray
             channels = _channels(inbox, parts)
             if channels is not None:
-                remember(names, parts, channels, _PARTS_CACHE)
+                remember(names, parts, channels, PARTS_CACHE)
                 return channels
         self.malformed += 1
         self._log(

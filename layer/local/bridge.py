@@ -32,7 +32,10 @@ from collections.abc import Awaitable, Callable
 
 from layer.base import Counters
 from layer.exceptions import InvalidName
+from layer.flow import remember
+from layer.ipc.inbox import PARTS_CACHE
 from layer.logs import Throttled
+from layer.messages import Message, shared
 from layer.names import require_valid_channel_name
 
 log = logging.getLogger(__name__)
@@ -40,9 +43,9 @@ log = logging.getLogger(__name__)
 WARN_EVERY = 10.0  # seconds between log lines about messages dropped on full channels
 
 Drain = Callable[[str], Awaitable[list[tuple[int, bytes, bytes]]]]
-# To the receive waiting on the channel or held for the next (expiry on time.monotonic()'s
-# clock, capacity); False when the channel holds ``capacity`` already.
-HandOver = Callable[[str, bytes, float, int], bool]
+# To the receive waiting on each channel or held for its next (expiry on time.monotonic()'s
+# clock, capacity); returns the channels that hold ``capacity`` already.
+HandOver = Callable[[list[str], bytes | Message, float, int], list[str]]
 
 
 class Bridges:
@@ -79,23 +82,36 @@ class Bridges:
     async def _run(self, routing: str) -> None:
         capacity = self._capacity(routing)
         hand_over = self._hand_over
+        members: dict[bytes, list[str]] = {}  # local parts -> their channels, all valid
         while True:
             entries = await self._drain(routing)
             offset = time.monotonic() - time.time()  # an entry's expiry: epoch ms -> monotonic
             for expires, local, payload in entries:
-                at = expires / 1000 + offset
-                for name in local.decode("ascii", "replace").split(","):
-                    channel = routing + name
-                    try:
-                        require_valid_channel_name(channel)  # cached: a set lookup
-                    except InvalidName:  # not written by this layer: it names no channel
-                        self._malformed(
-                            "channel", logging.ERROR, "dropped a message for a malformed "
-                            "channel %.120r", channel,
-                        )  # fmt: skip
-                        continue
-                    if not hand_over(channel, payload, at, capacity):
-                        self._full(channel)
+                channels = members.get(local) or self._channels(members, routing, local)
+                # A group send's members here: its message decoded once, a copy each receive.
+                message = shared(payload) if len(channels) > 1 else payload
+                for channel in hand_over(channels, message, expires / 1000 + offset, capacity):
+                    self._full(channel)
+
+    def _channels(self, members: dict[bytes, list[str]], routing: str, local: bytes) -> list[str]:
+        """The channels an entry's local parts name (remembered in ``members`` when they all
+        are channels'); a name that is no channel's was not written by this layer: logged and
+        left out."""
+        channels = []
+        for name in local.decode("ascii", "replace").split(","):
+            channel = routing + name
+            try:
+                require_valid_channel_name(channel)
+            except InvalidName:
+                self._malformed(
+                    "channel", logging.ERROR, "dropped a message for a malformed channel %.120r",
+                    channel,
+                )  # fmt: skip
+                continue
+            channels.append(channel)
+        if len(channels) == local.count(b",") + 1:
+            remember(members, local, channels, PARTS_CACHE)
+        return channels
 
     def _full(self, channel: str) -> None:
         self._counters.dropped_full += 1
