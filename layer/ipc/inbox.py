@@ -3,11 +3,12 @@ in the queue of its routing name ``X!`` (the instance that made it with ``new_ch
 
 An inbox entry is ``<u32 n> <n bytes: local parts, comma-separated> <payload>``: a direct send
 carries its channel's local part, a group send one entry per receiving inbox carrying all of
-that inbox's members (one copy of the payload). The receiving instance takes its inbox in runs
-and demultiplexes in its own memory: each message goes to a receive waiting on its channel,
-else is held for the channel's next receive with the messages taken ahead (``ahead.py``), so a
-receive of ``X!a`` that finds entries for ``X!b`` keeps them here (they are this process's). It
-parks one waiter node on the inbox, not one per channel. The Redis layer's inbox, for IPC
+that inbox's members (one copy of the payload, decoded once for them all when it is taken:
+``layer.messages.shared``). The receiving instance takes its inbox in runs and demultiplexes
+in its own memory: each message goes to a receive waiting on its channel, else is held for the
+channel's next receive with the messages taken ahead (``ahead.py``), so a receive of ``X!a``
+that finds entries for ``X!b`` keeps them here (they are this process's). It parks one waiter
+node on the inbox, not one per channel. The Redis layer's inbox, for IPC
 (docs/redis.md "Layout in Redis"); docs/ipc.md "Group sends and process-specific channels"
 says why every send to such a channel takes it, and what capacity means then.
 """

@@ -4,8 +4,9 @@ A process-specific channel this host made gets messages over IPC (senders on thi
 over Redis (senders elsewhere). The Redis layer keeps one inbox list per process (per routing
 name, up to ``!``), and a group send puts one entry in it for all of that process's members
 (their local parts, comma-separated). A *bridge*, one task per inbox and event loop, drains
-that inbox in bulk and hands each message to the IPC half's ``hand_over``: to the receive of
-this instance waiting on its channel, if one is (as IPC hands a message to a receive it wakes),
+that inbox in bulk and hands each entry's message to the IPC half's ``hand_over``, for all of
+its members at once (decoded once for them: ``layer.messages.shared``): to the receive of this
+instance waiting on each channel, if one is (as IPC hands a message to a receive it wakes),
 else held in this process for the next receive there, as IPC holds messages a receive took
 ahead. Nothing of it touches the segment: no lock, no shared memory written. A receive on such
 a channel then waits on IPC alone, as any IPC receive does. (Until stop 28 every receive also
