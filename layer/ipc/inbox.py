@@ -105,15 +105,15 @@ class Inboxes:
                 if found is None:
                     continue
                 channels, end = found, 4 + _head(entry)[0]
-            payload = shared(entry[end:]) if len(channels) > 1 else entry[end:]
-            for channel in channels:
+            item = (shared(entry[end:]) if len(channels) > 1 else entry[end:], expires)
+            for channel in channels:  # the members share one item (a tuple: nothing to change)
                 if channel is last:
-                    run.append((payload, expires))
+                    run.append(item)
                 elif channel == want and got is None:
-                    got = own(payload)
+                    got = own(item[0])
                 else:
                     run = runs.get(channel) or runs.setdefault(channel, [])
-                    run.append((payload, expires))
+                    run.append(item)
                     last = channel
         for channel, run in runs.items():
             self._deliver(channel, run)
