@@ -116,15 +116,15 @@ class TakeAhead:
         if self._sweeps.due(now):
             self._prune(now)
 
-    def hold(self, channel: str, payload: bytes | Message, expires: float, capacity: int) -> bool:
+    def hold(self, channel: str, item: Held, capacity: int) -> bool:
         """Hold a message that reached this process without the segment (layer.local's
         bridge) for a process-specific ``channel``, after those held; False if ``capacity``
         are held already. The caller holds ``mutex``."""
         held = self.held.get(channel)
         if held is None:
-            self.held[channel] = deque(((payload, expires),))
+            self.held[channel] = deque((item,))
         elif len(held) < capacity:
-            held.append((payload, expires))
+            held.append(item)
         else:
             return False
         return True

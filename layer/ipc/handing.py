@@ -75,13 +75,10 @@ class Handing:
             self._counters.expired += len(channels)
             return []
         full = []
-        hold = self._ahead.hold
+        item, hold = (payload, expires), self._ahead.hold  # one item for all the members held
         with self._mutex:
             for channel in channels:
-                if not (
-                    self._give(channel, payload, expires)
-                    or hold(channel, payload, expires, capacity)
-                ):
+                if not (self._give(channel, payload, expires) or hold(channel, item, capacity)):
                     full.append(channel)
         return full
 
