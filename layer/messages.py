@@ -119,8 +119,12 @@ def shared(payload: bytes) -> bytes | Message:
         message = decode(payload)
     except Exception:  # not a message this layer wrote
         return payload
-    ok = type(message) is dict and _IMMUTABLE.issuperset(map(type, message.values()))
-    return message if ok else payload
+    return message if type(message) is dict and whole_when_shallow(message) else payload
+
+
+def whole_when_shallow(message: Message) -> bool:
+    """Whether a shallow copy of ``message`` is a whole one: every value immutable."""
+    return _IMMUTABLE.issuperset(map(type, message.values()))
 
 
 def own(payload: bytes | Message) -> bytes | Message:
