@@ -18,6 +18,7 @@ Message = dict[str, Any]
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # the spec's floor is 1 MB; leave room for framing
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _LEAVES = frozenset({str, bytes, float, bool, type(None)})
+_IMMUTABLE = _LEAVES | {int}
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _unpackb = msgpack.unpackb
@@ -107,3 +108,26 @@ def decode(payload: bytes) -> Message:
     """The inverse of :func:`encode`: a fresh dict the receiver owns."""
     message: Message = _unpackb(payload, raw=False)
     return message
+
+
+def shared(payload: bytes) -> bytes | Message:
+    """A fan-out payload for several receives of this process, opened once: the message when a
+    shallow copy of it is a whole one (every value immutable, so no two receives share anything
+    they could change; each takes :func:`own`), else the bytes, which each receive decodes (as
+    it does bytes that do not decode: each raises)."""
+    try:
+        message = decode(payload)
+    except Exception:  # not a message this layer wrote
+        return payload
+    return message if type(message) is dict and whole_when_shallow(message) else payload
+
+
+def whole_when_shallow(message: Message) -> bool:
+    """Whether a shallow copy of ``message`` is a whole one: every value immutable."""
+    return _IMMUTABLE.issuperset(map(type, message.values()))
+
+
+def own(payload: bytes | Message) -> bytes | Message:
+    """What one receive takes of a payload several may hold (:func:`shared`): its own shallow
+    copy of a message, made when it is received (a backlog holds one per entry, not per member)."""
+    return payload.copy() if type(payload) is dict else payload

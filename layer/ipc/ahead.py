@@ -24,6 +24,8 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Sequence
+from typing import cast
 
 from layer.base import Counters
 from layer.flow import PREFETCH, Every, Streaming, unexpired
@@ -31,9 +33,12 @@ from layer.ipc.doorbell import Ringer
 from layer.ipc.journal import Journal, Lock
 from layer.ipc.queues import Queues
 from layer.ipc.table import make_key
+from layer.messages import Message, own
 from layer.names import process_specific
 
-Held = list[tuple[bytes, float]]  # payloads with their expiry (time.monotonic()), oldest first
+# A payload with its expiry (time.monotonic()); a process-specific channel's may be a fan-out's
+# message decoded once for all its members here (``shared``), never a shared channel's.
+Held = tuple[bytes | Message, float]
 
 
 class TakeAhead:
@@ -41,7 +46,7 @@ class TakeAhead:
     of shared channels nobody here receives."""
 
     def __init__(self, counters: Counters, lock: Lock, queues: Queues, prefix: str) -> None:
-        self.held: dict[str, deque[tuple[bytes, float]]] = {}  # only channels holding some
+        self.held: dict[str, deque[Held]] = {}  # only channels holding some, oldest first
         self._counters = counters
         self._lock = lock
         self._mutex = lock.mutex
@@ -54,9 +59,9 @@ class TakeAhead:
         self._sweeps = Every(time.monotonic())
         _OPEN.add(self)
 
-    def take(self, channel: str) -> bytes | None:
-        """The oldest unexpired message held for ``channel``; expired ones are dropped and
-        counted."""
+    def take(self, channel: str) -> bytes | Message | None:
+        """The oldest unexpired message held for ``channel`` (a copy of a shared one); expired
+        ones are dropped and counted."""
         with self._mutex:
             held = self.held.get(channel)
             if held is None:  # sent back since the caller looked
@@ -64,7 +69,7 @@ class TakeAhead:
             now = time.monotonic()
             if not process_specific(channel):
                 self._receives.touch(channel, now)
-            payload: bytes | None = None
+            payload: bytes | Message | None = None
             while held:
                 payload, expires = held.popleft()
                 if expires > now:
@@ -73,7 +78,7 @@ class TakeAhead:
                 payload = None
             if not held:
                 del self.held[channel]
-            return payload
+            return None if payload is None else own(payload)
 
     def extra(self, channel: str, now: float) -> int:
         """A receive on ``channel`` goes to the segment: how many it may take ahead."""
@@ -85,7 +90,7 @@ class TakeAhead:
         """How many a wake delivering to ``channel``'s waiting receives may take ahead."""
         return PREFETCH if process_specific(channel) or self._receives.streaming(channel) else 0
 
-    def keep(self, channel: str, items: Held) -> None:
+    def keep(self, channel: str, items: Sequence[Held]) -> None:
         """Hold messages taken ahead (newer than any held already)."""
         with self._mutex:
             held = self.held.get(channel)
@@ -111,20 +116,20 @@ class TakeAhead:
         if self._sweeps.due(now):
             self._prune(now)
 
-    def hold(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
+    def hold(self, channel: str, item: Held, capacity: int) -> bool:
         """Hold a message that reached this process without the segment (layer.local's
         bridge) for a process-specific ``channel``, after those held; False if ``capacity``
         are held already. The caller holds ``mutex``."""
         held = self.held.get(channel)
         if held is None:
-            self.held[channel] = deque(((payload, expires),))
+            self.held[channel] = deque((item,))
         elif len(held) < capacity:
-            held.append((payload, expires))
+            held.append(item)
         else:
             return False
         return True
 
-    def unreceive(self, channel: str, payload: bytes, expires: float) -> bool:
+    def unreceive(self, channel: str, payload: bytes | Message, expires: float) -> bool:
         """A cancelled receive's message goes before those held for ``channel``: if any are,
         or always on a process-specific channel (only this process receives it, and messages
         handed over from elsewhere are held after it: back in the segment it would come after
@@ -167,7 +172,7 @@ class TakeAhead:
         wake: list[int] = []
         now = time.monotonic()
         for channel in channels:
-            items = list(self.held.pop(channel))
+            items = cast(list[tuple[bytes, float]], list(self.held.pop(channel)))  # see Held
             self._queues.push_front_run(j, make_key(channel), items, now, wake)
         return wake
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from layer.base import Counters
 from layer.exceptions import ChannelFull
@@ -22,6 +22,7 @@ from layer.ipc.journal import Lock
 from layer.ipc.layout import NIL
 from layer.ipc.queues import Queues
 from layer.ipc.table import Keys
+from layer.messages import Message, own
 
 if TYPE_CHECKING:
     from layer.ipc.receivers import Receivers  # which makes a Handing for itself
@@ -52,29 +53,36 @@ class Handing:
         self._counters = counters
         self._expiry = expiry
 
-    def to_waiting(self, channel: str, payload: bytes) -> bool:
+    def to_waiting(self, channel: str, payload: bytes | Message) -> bool:
         """Give ``payload`` to a receive of this instance waiting on ``channel``, if any: the
         future a wake would complete (its node stays registered for the next receive). False
         when none waits."""
         waiting = self._receivers.local.get(channel)
         return waiting is not None and hand(waiting, payload)
 
-    def hand_over(self, channel: str, payload: bytes, expires: float, capacity: int) -> bool:
-        """A message for this instance's process-specific ``channel`` that came another way
-        (layer.local's bridge: from other hosts, over Redis) goes to the receive waiting on it
-        here, else is held for the next one as a message taken ahead is: no lock, nothing
-        written to the segment. ``expires`` is on ``time.monotonic()``'s clock; an expired
-        message is dropped and counted. False if ``capacity`` messages are held for
-        ``channel`` already (the caller drops it)."""
+    def hand_over(
+        self, channels: list[str], payload: bytes | Message, expires: float, capacity: int
+    ) -> list[str]:
+        """A message for this instance's process-specific ``channels`` (one, or a group send's
+        members here) that came another way (layer.local's bridge: from other hosts, over
+        Redis) goes to the receive waiting on each here, else is held for its next one as a
+        message taken ahead is: no lock, nothing written to the segment. A message decoded
+        once for them all (``shared``) is handed as it is: each receive takes its own copy.
+        ``expires`` is on ``time.monotonic()``'s clock; an expired message is dropped and
+        counted. Returns the channels that hold ``capacity`` messages already (the caller
+        drops their copy)."""
         if expires <= time.monotonic():
-            self._counters.expired += 1
-            return True
+            self._counters.expired += len(channels)
+            return []
+        full = []
+        item, hold = (payload, expires), self._ahead.hold  # one item for all the members held
         with self._mutex:
-            return self._give(channel, payload, expires) or self._ahead.hold(
-                channel, payload, expires, capacity
-            )
+            for channel in channels:
+                if not (self._give(channel, payload, expires) or hold(channel, item, capacity)):
+                    full.append(channel)
+        return full
 
-    def deliver(self, channel: str, items: list[tuple[bytes, float]]) -> None:
+    def deliver(self, channel: str, items: list[tuple[bytes | Message, float]]) -> None:
         """Messages taken off this instance's inbox for ``channel`` (``inbox.py``, under the
         mutex), in order: to the receives waiting on it here, the rest held for its next
         receives, however many (the inbox's capacity bounded them in the segment; they are
@@ -85,9 +93,10 @@ class Handing:
         if given < len(items):
             self._ahead.keep(channel, items[given:] if given else items)
 
-    def _give(self, channel: str, payload: bytes, expires: float) -> bool:
+    def _give(self, channel: str, payload: bytes | Message, expires: float) -> bool:
         """To the first receive waiting on ``channel`` here (the caller holds the mutex), in
-        its own loop if that is another thread's; False when none waits."""
+        its own loop if that is another thread's, its own copy of a shared message; False when
+        none waits."""
         waiting = self._receivers.local.get(channel)
         while waiting:
             waiter = waiting.popleft()
@@ -95,6 +104,7 @@ class Handing:
                 del self._receivers.local[channel]
             if waiter.done():
                 continue
+            payload = own(payload)
             loop = waiter.get_loop()
             if loop is asyncio.get_running_loop():
                 waiter.set_result(payload)
@@ -107,7 +117,11 @@ class Handing:
         return False
 
     def _hand_late(
-        self, channel: str, waiter: asyncio.Future[bytes], payload: bytes, expires: float
+        self,
+        channel: str,
+        waiter: asyncio.Future[bytes | Message],
+        payload: bytes | Message,
+        expires: float,
     ) -> None:
         """``hand_over`` across threads, in the waiter's loop: a waiter cancelled meanwhile
         leaves the message to the next receive, before those held since."""
@@ -118,7 +132,7 @@ class Handing:
             if not self.to_waiting(channel, payload):
                 self._ahead.unreceive(channel, payload, expires)
 
-    def give_back(self, channel: str, payload: bytes) -> None:
+    def give_back(self, channel: str, payload: bytes | Message) -> None:
         """A cancelled receive had already been handed ``payload``: the next waiter gets it
         (under the mutex: receives of other threads' loops may wait on the same channel)."""
         with self._mutex:
@@ -128,6 +142,7 @@ class Handing:
             expires = time.monotonic() + self._expiry
             if self._ahead.unreceive(channel, payload, expires):  # before those taken ahead
                 return
+            payload = cast(bytes, payload)  # a shared channel's: only inboxes' hold messages
             try:
                 with self._lock as j:
                     waker = self._queues.push_front(j, self._keys.of(channel), payload, expires)

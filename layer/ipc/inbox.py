@@ -3,11 +3,12 @@ in the queue of its routing name ``X!`` (the instance that made it with ``new_ch
 
 An inbox entry is ``<u32 n> <n bytes: local parts, comma-separated> <payload>``: a direct send
 carries its channel's local part, a group send one entry per receiving inbox carrying all of
-that inbox's members (one copy of the payload). The receiving instance takes its inbox in runs
-and demultiplexes in its own memory: each message goes to a receive waiting on its channel,
-else is held for the channel's next receive with the messages taken ahead (``ahead.py``), so a
-receive of ``X!a`` that finds entries for ``X!b`` keeps them here (they are this process's). It
-parks one waiter node on the inbox, not one per channel. The Redis layer's inbox, for IPC
+that inbox's members (one copy of the payload, decoded once for them all when it is taken:
+``layer.messages.shared``). The receiving instance takes its inbox in runs and demultiplexes
+in its own memory: each message goes to a receive waiting on its channel, else is held for the
+channel's next receive with the messages taken ahead (``ahead.py``), so a receive of ``X!a``
+that finds entries for ``X!b`` keeps them here (they are this process's). It parks one waiter
+node on the inbox, not one per channel. The Redis layer's inbox, for IPC
 (docs/redis.md "Layout in Redis"); docs/ipc.md "Group sends and process-specific channels"
 says why every send to such a channel takes it, and what capacity means then.
 """
@@ -24,13 +25,14 @@ from layer.ipc.journal import Journal
 from layer.ipc.table import Key, make_key
 from layer.ipc.takes import Takes
 from layer.logs import Throttled
+from layer.messages import Message, own, shared
 from layer.names import valid_channel_name
 
 log = logging.getLogger(__name__)
 
 HEAD = struct.Struct("<I")  # the length of an entry's local parts
 Route = tuple[str, Key, bytes]  # the queue a channel's sends go to, its key, their entry head
-_PARTS_CACHE = 1024  # local parts of recent entries (a group's entries repeat theirs)
+PARTS_CACHE = 1024  # local parts of recent entries (a group's entries repeat theirs)
 
 
 def route(channel: str) -> Route:
@@ -58,8 +60,8 @@ def entry_head(parts: list[bytes]) -> bytes:
 
 
 # Hands messages of one channel, in order, to the receives waiting on it, else holds them
-# (``Handing.deliver``).
-Deliver = Callable[[str, list[tuple[bytes, float]]], None]
+# (``Handing.deliver``): payloads, or a fan-out's message decoded once (``shared``).
+Deliver = Callable[[str, list[tuple[bytes | Message, float]]], None]
 _head = HEAD.unpack_from
 
 
@@ -76,20 +78,22 @@ class Inboxes:
 
     def take(
         self, j: Journal, inbox: str, key: Key, want: str = "", most: int = PREFETCH + 1
-    ) -> tuple[int, bytes | None]:
+    ) -> tuple[int, bytes | Message | None]:
         """Take up to ``most`` entries of ``inbox`` (one critical section, a journal step per
         run) and hand their messages out, per channel in order; return how many entries were
         taken (0: empty) and the first message for ``want``, which is not handed (a receive of
-        it, with nothing held for it and none of its receives waiting, returns it)."""
+        it, with nothing held for it and none of its receives waiting, returns it). An entry
+        for several members is decoded once (``shared``: each receive takes its own copy)."""
         taken = self._takes.take_run(j, key, time.monotonic(), most)
         if not taken:
             return 0, None
         names = self._names.get(inbox)
         if names is None:
             names = self._names[inbox] = {}
-        runs: dict[str, list[tuple[bytes, float]]] = {}
-        got = last = None  # the channel of the last run appended to (most runs are one's)
-        run: list[tuple[bytes, float]] = []
+        runs: dict[str, list[tuple[bytes | Message, float]]] = {}
+        got: bytes | Message | None = None
+        last = None  # the channel of the last run appended to (most runs are one's)
+        run: list[tuple[bytes | Message, float]] = []
         for entry, expires in taken:
             try:
                 end = 4 + _head(entry)[0]
@@ -101,15 +105,15 @@ class Inboxes:
                 if found is None:
                     continue
                 channels, end = found, 4 + _head(entry)[0]
-            payload = entry[end:]
-            for channel in channels:
+            item = (shared(entry[end:]) if len(channels) > 1 else entry[end:], expires)
+            for channel in channels:  # the members share one item (a tuple: nothing to change)
                 if channel is last:
-                    run.append((payload, expires))
+                    run.append(item)
                 elif channel == want and got is None:
-                    got = payload
+                    got = own(item[0])
                 else:
                     run = runs.get(channel) or runs.setdefault(channel, [])
-                    run.append((payload, expires))
+                    run.append(item)
                     last = channel
         for channel, run in runs.items():
             self._deliver(channel, run)
@@ -124,7 +128,7 @@ class Inboxes:
             parts = bytes(entry[4 : 4 + _head(entry)[0]])  # a large entry is a bytearray
             channels = _channels(inbox, parts)
             if channels is not None:
-                remember(names, parts, channels, _PARTS_CACHE)
+                remember(names, parts, channels, PARTS_CACHE)
                 return channels
         self.malformed += 1
         self._log(

@@ -20,7 +20,7 @@ from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
 from layer.flow import handed
 from layer.ipc import segment, storage
-from layer.ipc.ahead import Held, TakeAhead
+from layer.ipc.ahead import TakeAhead
 from layer.ipc.debug import DebugState, Parts, debug_state
 from layer.ipc.doorbell import Doorbell, Ringer, Wakes
 from layer.ipc.extents import largest_payload
@@ -32,6 +32,7 @@ from layer.ipc.receivers import SPIN, Receivers
 from layer.ipc.registry import Registry
 from layer.ipc.sizing import sizing
 from layer.ipc.table import Keys
+from layer.messages import Message
 from layer.options import byte_size, non_negative_number, positive_int
 
 
@@ -172,7 +173,7 @@ class IPCChannelLayer(BaseChannelLayer):
         if waker != NIL:
             self._wakes.ring(waker)
 
-    def _ready(self, channel: str) -> bytes | None:
+    def _ready(self, channel: str) -> bytes | Message | None:
         """A message an earlier receive here took ahead: no lock and no coroutine.
 
         It leaves ``_streak`` alone: a process receiving what it took ahead is in a burst, so
@@ -180,7 +181,7 @@ class IPCChannelLayer(BaseChannelLayer):
         """
         return self._ahead.take(channel) if channel in self._held else None
 
-    async def _pop(self, channel: str) -> bytes:
+    async def _pop(self, channel: str) -> bytes | Message:
         self._streak = False
         ahead = self._ahead
         # Under the mutex from the last look at what is held to the wait: ``hand_over`` (from
@@ -198,7 +199,7 @@ class IPCChannelLayer(BaseChannelLayer):
                     key = self._known.get(channel) or self._keys.of(channel)
                     now = time.monotonic()
                     extra = ahead.extra(channel, now)
-                    taken: Held = []
+                    taken: list[tuple[bytes, float]] = []
                     with self._lock as j:
                         wake = self._flush_out(j) if self._out.items else None
                         if extra:
@@ -226,7 +227,7 @@ class IPCChannelLayer(BaseChannelLayer):
                     self._receivers.drop_idle(channel)
             raise
 
-    def _take_inbox(self, channel: str, inbox: str) -> bytes | None:
+    def _take_inbox(self, channel: str, inbox: str) -> bytes | Message | None:
         """A receive of a process-specific ``channel`` (under the mutex, none of its receives
         waiting here): take its inbox in runs, handing or holding every message, until one for
         ``channel`` is held or the inbox is empty (then park this instance's node on it).

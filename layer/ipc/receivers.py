@@ -24,6 +24,7 @@ from layer.ipc.layout import NIL
 from layer.ipc.registry import Registry
 from layer.ipc.storage import Storage
 from layer.ipc.table import Key, Keys
+from layer.messages import Message
 
 SPIN = 0.0002  # seconds a parked receive polls before it sleeps (see Receivers._spin)
 POLL = 0.25  # seconds between liveness checks while this instance has waiting receivers
@@ -60,7 +61,7 @@ class Receivers:
         self._keys = keys
         self.spin = spin  # seconds a parked receive polls the wake ring before sleeping
         self.epoch = storage.epoch()
-        self.local: dict[str, deque[asyncio.Future[bytes]]] = {}  # waiting receives
+        self.local: dict[str, deque[asyncio.Future[bytes | Message]]] = {}  # waiting receives
         self.node_of: dict[str, int] = {}
         self.chan_of: dict[int, str] = {}
         self.spare: list[int] = []  # fired nodes kept for the next wait (no free + alloc)
@@ -74,7 +75,7 @@ class Receivers:
                                counters, expiry)  # fmt: skip
         self.inboxes = Inboxes(storage.takes, self.handing.deliver)
 
-    def wait(self, channel: str) -> asyncio.Future[bytes]:
+    def wait(self, channel: str) -> asyncio.Future[bytes | Message]:
         """Park a receive on ``channel`` (registered in the segment by ``register``)."""
         if self.closed:  # its doorbell is closed: nothing could wake it
             raise LayerClosed
@@ -82,7 +83,7 @@ class Receivers:
         local = self.local.get(channel)
         if local is None:
             local = self.local[channel] = deque()
-        future: asyncio.Future[bytes] = loop.create_future()
+        future: asyncio.Future[bytes | Message] = loop.create_future()
         local.append(future)
         if self.loop is not loop:
             self._watch(loop)

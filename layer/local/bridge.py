@@ -4,8 +4,9 @@ A process-specific channel this host made gets messages over IPC (senders on thi
 over Redis (senders elsewhere). The Redis layer keeps one inbox list per process (per routing
 name, up to ``!``), and a group send puts one entry in it for all of that process's members
 (their local parts, comma-separated). A *bridge*, one task per inbox and event loop, drains
-that inbox in bulk and hands each message to the IPC half's ``hand_over``: to the receive of
-this instance waiting on its channel, if one is (as IPC hands a message to a receive it wakes),
+that inbox in bulk and hands each entry's message to the IPC half's ``hand_over``, for all of
+its members at once (decoded once for them: ``layer.messages.shared``): to the receive of this
+instance waiting on each channel, if one is (as IPC hands a message to a receive it wakes),
 else held in this process for the next receive there, as IPC holds messages a receive took
 ahead. Nothing of it touches the segment: no lock, no shared memory written. A receive on such
 a channel then waits on IPC alone, as any IPC receive does. (Until stop 28 every receive also
@@ -32,7 +33,10 @@ from collections.abc import Awaitable, Callable
 
 from layer.base import Counters
 from layer.exceptions import InvalidName
+from layer.flow import remember
+from layer.ipc.inbox import PARTS_CACHE
 from layer.logs import Throttled
+from layer.messages import Message, shared
 from layer.names import require_valid_channel_name
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,9 @@ log = logging.getLogger(__name__)
 WARN_EVERY = 10.0  # seconds between log lines about messages dropped on full channels
 
 Drain = Callable[[str], Awaitable[list[tuple[int, bytes, bytes]]]]
-# To the receive waiting on the channel or held for the next (expiry on time.monotonic()'s
-# clock, capacity); False when the channel holds ``capacity`` already.
-HandOver = Callable[[str, bytes, float, int], bool]
+# To the receive waiting on each channel or held for its next (expiry on time.monotonic()'s
+# clock, capacity); returns the channels that hold ``capacity`` already.
+HandOver = Callable[[list[str], bytes | Message, float, int], list[str]]
 
 
 class Bridges:
@@ -79,23 +83,36 @@ class Bridges:
     async def _run(self, routing: str) -> None:
         capacity = self._capacity(routing)
         hand_over = self._hand_over
+        members: dict[bytes, list[str]] = {}  # local parts -> their channels, all valid
         while True:
             entries = await self._drain(routing)
             offset = time.monotonic() - time.time()  # an entry's expiry: epoch ms -> monotonic
             for expires, local, payload in entries:
-                at = expires / 1000 + offset
-                for name in local.decode("ascii", "replace").split(","):
-                    channel = routing + name
-                    try:
-                        require_valid_channel_name(channel)  # cached: a set lookup
-                    except InvalidName:  # not written by this layer: it names no channel
-                        self._malformed(
-                            "channel", logging.ERROR, "dropped a message for a malformed "
-                            "channel %.120r", channel,
-                        )  # fmt: skip
-                        continue
-                    if not hand_over(channel, payload, at, capacity):
-                        self._full(channel)
+                channels = members.get(local) or self._channels(members, routing, local)
+                # A group send's members here: its message decoded once, a copy each receive.
+                message = shared(payload) if len(channels) > 1 else payload
+                for channel in hand_over(channels, message, expires / 1000 + offset, capacity):
+                    self._full(channel)
+
+    def _channels(self, members: dict[bytes, list[str]], routing: str, local: bytes) -> list[str]:
+        """The channels an entry's local parts name (remembered in ``members`` when they all
+        are channels'); a name that is no channel's was not written by this layer: logged and
+        left out."""
+        channels = []
+        for name in local.decode("ascii", "replace").split(","):
+            channel = routing + name
+            try:
+                require_valid_channel_name(channel)
+            except InvalidName:
+                self._malformed(
+                    "channel", logging.ERROR, "dropped a message for a malformed channel %.120r",
+                    channel,
+                )  # fmt: skip
+                continue
+            channels.append(channel)
+        if len(channels) == local.count(b",") + 1:
+            remember(members, local, channels, PARTS_CACHE)
+        return channels
 
     def _full(self, channel: str) -> None:
         self._counters.dropped_full += 1

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import InvalidOption
+from layer.flow import remember
 from layer.ipc import IPCChannelLayer
 from layer.local.bridge import Bridges
 from layer.messages import Message, decode
@@ -29,6 +30,7 @@ SHARED = frozenset(
 )
 
 Taken = bytes | Message  # what a half's storage hands over: a payload, or a decoded message
+_ROUTES = 8192  # channels whose route is remembered (a send or receive looks it up)
 
 
 class LocalRedisChannelLayer(BaseChannelLayer):
@@ -64,6 +66,7 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         self._bridges = Bridges(
             self.redis._drain, self.ipc.hand_over, self.get_capacity, self.counters
         )
+        self._routes: dict[str, str] = {}  # channel -> route(channel)
 
     def shard_names(self) -> list[str]:
         return self.redis.shard_names()
@@ -78,6 +81,14 @@ class LocalRedisChannelLayer(BaseChannelLayer):
         start = bang - len(self.host)
         return BOTH if start > 0 and channel.startswith(self.host, start) else REDIS
 
+    def _route(self, channel: str) -> str:
+        """``route(channel)``, remembered: the hot paths' lookup."""
+        route = self._routes.get(channel)
+        if route is None:
+            route = self.route(channel)
+            remember(self._routes, channel, route, _ROUTES)
+        return route
+
     def shares_normal_channels(self, channel: str) -> bool:
         """Only a process of this host: normal channels are per-host queues."""
         return self.route(channel) is not REDIS
@@ -85,23 +96,20 @@ class LocalRedisChannelLayer(BaseChannelLayer):
     # -- storage ----------------------------------------------------------------------------------
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
-        if self.route(channel) is REDIS:
+        if self._route(channel) is REDIS:
             await self.redis._push(channel, payload, capacity)
         else:
             await self.ipc._push(channel, payload, capacity)
 
     def _ready(self, channel: str) -> Taken | None:
-        route = self.route(channel)
-        if route is IPC:
-            return self.ipc._ready(channel)
-        if route is REDIS:
+        if self._route(channel) is REDIS:
             taken = self.redis._ready(channel)
             return None if taken is None else _opened(taken)
-        self._bridges.ensure(channel[: channel.index("!") + 1])
+        # This host's: a message held needs no bridge (a receive that waits starts it: _pop).
         return self.ipc._ready(channel)
 
     async def _pop(self, channel: str) -> Taken:
-        route = self.route(channel)
+        route = self._route(channel)
         if route is IPC:
             return await self.ipc._pop(channel)
         if route is REDIS:

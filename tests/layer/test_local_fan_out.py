@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from harness.redis_server import RedisServer
 from layer.ipc.segment import unlink
 from layer.local import LocalRedisChannelLayer
+from tests.layer import copies
 from tests.layer.fan_out_worker import GROUP
 from tests.layer.ipc.fixture import shm_objects
 from tests.layer.local_fixtures import LocalFactory
@@ -255,3 +257,43 @@ def _line(proc: subprocess.Popen[str]) -> str:
     line = proc.stdout.readline()
     assert line, f"worker exited with {proc.wait()} before saying anything"
     return line
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=copies.steps)
+def test_members_get_their_own_copies_of_other_hosts_messages_against_a_model(
+    prefixes: list[str], redis_shards: list[RedisServer], plan: list[copies.Step]
+) -> None:
+    """Group and direct sends from another host, through the bridge, to receives waiting and
+    to messages held: each member gets its messages in order, once, as its own dict; a flat
+    message is decoded once for all the members (tests/layer/copies.py)."""
+
+    async def run() -> None:
+        redis = {"hosts": shard_hosts(redis_shards), "prefix": f"t{uuid.uuid4().hex[:10]}"}
+        sender, receiver = (
+            LocalRedisChannelLayer(ipc={"prefix": prefix, "size": "16MB"}, redis=redis)
+            for prefix in reversed(prefixes)
+        )
+        try:
+            await copies.run_model(sender, receiver, plan)
+            assert (await receiver.stats())["queued"] == 0
+            assert receiver.ipc.debug_state().queued == 0  # the bridge's never enter the segment
+        finally:
+            await sender.flush()
+            await sender.close()
+            await receiver.close()
+
+    asyncio.run(run())
+
+
+async def test_a_thousand_members_each_get_their_own_copy_of_another_hosts_message(
+    local_redis_layer_factory: LocalFactory,
+) -> None:
+    """1,000 members, half of them waiting for the first of 20 group sends from another host:
+    every member gets its own dict of each (mutations stay its own), decoded once by the bridge
+    when every value is immutable."""
+    receiver, sender = local_redis_layer_factory(), local_redis_layer_factory(host=1)
+    await copies.run_model(sender, receiver, copies.at_scale(1000, 20), size=1000)
+    assert (await receiver.stats())["queued"] == 0

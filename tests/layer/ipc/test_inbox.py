@@ -23,6 +23,7 @@ from layer.ipc import IPCChannelLayer
 from layer.ipc.check import verify
 from layer.ipc.segment import unlink
 from layer.ipc.table import make_key
+from tests.layer import copies
 from tests.layer.ipc.fixture import Worker, shm_objects
 from tests.layer.receiving import assert_empty, receive_soon
 
@@ -317,3 +318,38 @@ async def test_channels_of_one_inbox_received_by_short_event_loops(
                 want[channel].append(("g", i))
     await asyncio.wait_for(receiving, 60)
     assert got == want
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=copies.steps)
+def test_members_of_one_group_send_get_their_own_copies_against_a_model(
+    ipc_prefix: str, plan: list[copies.Step]
+) -> None:
+    """Group and direct sends from another instance, receives taking an inbox run, held
+    messages and receives waiting for the next: each member gets its messages in order, once,
+    as its own dict; a flat message is decoded once for all the members (tests/layer/copies.py)."""
+
+    async def run() -> None:
+        sender = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
+        receiver = IPCChannelLayer(prefix=ipc_prefix, size="16MB")
+        try:
+            await copies.run_model(sender, receiver, plan)
+            assert (await receiver.stats())["queued"] == 0
+        finally:
+            await sender.close()
+            await receiver.close()
+            unlink(ipc_prefix)
+
+    asyncio.run(run())
+
+
+async def test_a_thousand_members_each_get_their_own_copy_of_a_message_decoded_once(
+    ipc_layer_factory: Factory,
+) -> None:
+    """1,000 members, half of them waiting for the first of 20 group sends: every member gets
+    its own dict of each (mutations stay its own), decoded once when every value is immutable."""
+    sender, receiver = ipc_layer_factory(size="32MB"), ipc_layer_factory(size="32MB")
+    await copies.run_model(sender, receiver, copies.at_scale(1000, 20), size=1000)
+    assert (await receiver.stats())["queued"] == 0
