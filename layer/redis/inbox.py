@@ -20,14 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from layer.messages import Message
+from layer.messages import Message, whole_when_shallow
 from layer.redis.drains import Drain
 from layer.redis.entries import Popped, make_entry, split_entry
 from layer.redis.poppers import Loop, Poppers, wake
 from layer.redis.shard_errors import ShardUnavailable
 
 Waiter = asyncio.Future[Popped | None]  # None: "look again" (woken from another loop)
-_IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class OwnBox:
@@ -214,7 +213,7 @@ class Inbox:
             message = self._open(payload)
         except Exception:  # undecryptable or malformed: each receive raises, naming its channel
             return payload
-        return message if _IMMUTABLE.issuperset(map(type, message.values())) else payload
+        return message if whole_when_shallow(message) else payload
 
     # -- drains ---------------------------------------------------------------------------------
 
