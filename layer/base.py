@@ -142,7 +142,8 @@ class BaseChannelLayer(ABC):
         payload = encode(message, self.max_message_size)
         try:
             capacity = self._capacity_cache.get(channel) or self.get_capacity(channel)
-            await self._push(channel, payload, capacity)
+            if not self._store(channel, payload, capacity):
+                await self._push(channel, payload, capacity)
         except ChannelFull:
             self.counters.dropped_full += 1
             raise
@@ -267,6 +268,11 @@ class BaseChannelLayer(ABC):
         """Store a trusted ``message`` (see ``send_trusted``), encoded. A backend that never
         leaves this process keeps the object itself instead (``_store_trusted``)."""
         await self._push(channel, encode_trusted(message, self.max_message_size), capacity)
+
+    def _store(self, channel: str, payload: bytes, capacity: int) -> bool:
+        """Store ``payload`` at once if this backend can without waiting (or raise
+        ``ChannelFull``): True when stored. Saves the ``_push`` coroutine on every such send."""
+        return False
 
     def _store_trusted(self, channel: str, message: Message, capacity: int) -> bool:
         """Store a trusted ``message`` at once if this backend can (in-process: the object itself,

@@ -25,6 +25,7 @@ journaled before it changes, so a rollback restores the free lists and the queue
 from __future__ import annotations
 
 import mmap
+import operator
 import struct
 from collections.abc import Callable
 
@@ -45,7 +46,9 @@ from layer.ipc.layout import (
 REFILL = 5  # an empty cache is refilled with 2**REFILL blocks at once (or more)
 DRAIN = 2048  # cached blocks given back to the buddy lists per failed allocation
 _LINKS = struct.Struct("<II")  # a free block's next and prev; a cache's head and count
-_CACHES = struct.Struct(f"<{2 * MAX_ORDERS}I")  # every cache's head and count
+_COUNTS = struct.Struct("<" + "4xI" * MAX_ORDERS)  # every cache's count alone
+_ORDERS = range(MAX_ORDERS)
+_lshift = operator.lshift
 _EMPTY_B = (  # no free block in any list or cache
     struct.pack("<II", 0, 0) + b"\xff" * 4 * MAX_ORDERS + struct.pack("<II", NIL, 0) * MAX_ORDERS
 )
@@ -172,9 +175,9 @@ class Blocks:
         """The free slots, and the blocks an allocation is sure to find: each order's cached
         count (index 0 unused) and the top-order blocks never used yet (past the bump)."""
         mm = self.mm
-        nfree, bump = struct.unpack_from("<II", mm, G_OFF + 4)
-        counts = list(_CACHES.unpack_from(mm, B_CACHES)[1::2])
-        cached = sum(count << order for order, count in enumerate(counts))
+        nfree, bump = _LINKS.unpack_from(mm, G_OFF + 4)
+        counts = list(_COUNTS.unpack_from(mm, B_CACHES))
+        cached = sum(map(_lshift, counts, _ORDERS))  # no generator: every direct send asks
         unused = self.n_slots - bump
         free = int(nfree + cached + _u32_unpack(mm, B_FREE)[0] + unused)
         return free, counts, unused >> self.top

@@ -126,6 +126,11 @@ class IPCChannelLayer(BaseChannelLayer):
     # -- storage ------------------------------------------------------------------------------
 
     async def _push(self, channel: str, payload: bytes, capacity: int) -> None:
+        self._store(channel, payload, capacity)
+
+    def _store(self, channel: str, payload: bytes, capacity: int) -> bool:
+        """Hold or push ``payload`` now: an IPC send never waits (``send`` saves the ``_push``
+        coroutine)."""
         # A process-specific channel's sends go to its inbox, each after its local part.
         channel, key, head = self._routes.get(channel) or self._route(channel)
         if head:
@@ -150,7 +155,7 @@ class IPCChannelLayer(BaseChannelLayer):
                         if out.loop_token is not loop:  # one flush per loop turn (and per loop)
                             out.loop_token = loop
                             loop.call_soon(self._send_out, True)
-                    return
+                    return True
         wake: list[int] = []
         try:
             with self._lock as j:
@@ -172,6 +177,7 @@ class IPCChannelLayer(BaseChannelLayer):
                 self._wakes.post(wake)
         if waker != NIL:
             self._wakes.ring(waker)
+        return True
 
     def _ready(self, channel: str) -> bytes | Message | None:
         """A message an earlier receive here took ahead: no lock and no coroutine.

@@ -197,7 +197,11 @@ class Receivers:
         except BaseException:  # the loop reports it; the doorbell takes over the wakes
             self._end_spin(chime=True)
             raise
-        if self.closed or not self.local or time.monotonic() >= self._spin_until:
+        # Not when no receive waits any more: one that was just served usually parks again
+        # soon (a reply, the next request), and ending the spin here cost a locked drain and
+        # two flag writes per wake, on a ping-pong's critical path. It ends ``spin`` after the
+        # last park all the same.
+        if self.closed or time.monotonic() >= self._spin_until:
             self._end_spin(chime=False)
         else:
             loop.call_soon(self._poll, loop)

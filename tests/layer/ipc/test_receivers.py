@@ -122,6 +122,22 @@ async def test_a_spinning_receiver_is_woken_without_its_doorbell(
     assert layer.debug_state().waker in sender.debug_state().ringing
 
 
+async def test_a_spin_outlasts_the_receive_it_served(ipc_layer_factory: Factory) -> None:
+    """A receive served while spinning leaves the spin on (until ``spin`` after the last park):
+    the next receive polls on without a second locked drain and two flag writes per wake, and
+    its sender still skips the doorbell."""
+    layer, sender = ipc_layer_factory(spin=30), ipc_layer_factory(spin=0)
+    for i in range(3):
+        waiting = asyncio.ensure_future(layer.receive("spin.c"))
+        await asyncio.sleep(0.01)
+        await sender.send("spin.c", {"type": "polled", "i": i})
+        assert (await asyncio.wait_for(waiting, 10))["i"] == i
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert layer.debug_state().spinning
+    assert layer.debug_state().waker not in sender.debug_state().ringing
+
+
 def test_a_layer_waits_in_one_event_loop_after_another(ipc_prefix: str) -> None:
     """The doorbell is watched by the loop of the latest waiting receive (asyncio.run twice)."""
     layer = IPCChannelLayer(prefix=ipc_prefix, size="4MB")
