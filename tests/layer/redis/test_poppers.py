@@ -109,8 +109,7 @@ def test_a_connected_loop_pops_for_short_receives_of_other_loops(server: RedisSe
     async def wait_on_shared() -> None:
         await owner.receive("work.idle")  # popped: its loop is connected
         connected.set()
-        while not done.is_set():  # idle now: nothing to pop for this loop's own receives
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(done.wait)  # idle: nothing to pop for its own receives
 
     long_lived = threading.Thread(target=lambda: asyncio.run(wait_on_shared()))
     long_lived.start()
