@@ -108,6 +108,8 @@ def test_a_connected_loop_pops_for_short_receives_of_other_loops(server: RedisSe
 
     async def wait_on_shared() -> None:
         await owner.receive("work.idle")  # popped: its loop is connected
+        for _ in range(20):  # turns for its receive loop to go idle (nothing wanted)
+            await asyncio.sleep(0)
         connected.set()
         await asyncio.to_thread(done.wait)  # idle: nothing to pop for its own receives
 
