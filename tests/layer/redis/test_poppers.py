@@ -91,12 +91,6 @@ async def _glance(layer: RedisChannelLayer, channel: str) -> Any:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connected loop that is idle (or blocked on other lists) is not told of other loops' "
-    "receives waiting on the inbox: receives shorter than their own loop's connect never "
-    "get entries sitting in Redis",
-)
 def test_a_connected_loop_pops_for_short_receives_of_other_loops(server: RedisServer) -> None:
     """One long-lived loop is connected (it received from a shared channel) and idle; another
     thread receives on its own channel in fresh loops, each receive ending
