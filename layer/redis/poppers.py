@@ -53,6 +53,7 @@ class Poppers:
         self._inbox = inbox  # its lock, its receives waiting (per loop) and its drains
         self.of: dict[str, Loop] = {}  # list key -> the loop whose receiver pops it
         self._pokes: dict[Loop, Poke] = {}  # loops with a receive loop running, to wake
+        self._ready: set[Loop] = set()  # those whose pop connection was connected last look
 
     def popping(
         self,
@@ -77,6 +78,10 @@ class Poppers:
             waiting, drains = inbox.waiting, inbox.drains
             if self._pokes.get(loop) is not poke:
                 self._pokes[loop] = poke
+            if ready:
+                self._ready.add(loop)
+            else:
+                self._ready.discard(loop)
             needed = [
                 key for key, counts in waiting.items() if counts and (ready or loop in counts)
             ]
@@ -106,11 +111,23 @@ class Poppers:
         popper = self.of.get(key)
         return popper is not None and popper is not loop and not popper.is_closed()
 
+    def summon(self, key: str, loop: Loop) -> None:
+        """A receive of ``loop``, whose pop is not connected, waits on ``key`` that no live loop
+        pops: wake the connected loops, one of which takes it. Idle, or blocked on other
+        lists, they would not look (or only at their pop's timeout), and on a loaded host
+        this loop's connect outlasts a short receive: no receive of such loops got anything."""
+        with self._inbox.lock:
+            if self.popped_elsewhere(key, loop):
+                return
+            woken = [(o, key) for o in self._ready if o is not loop and not o.is_closed()]
+        self._wake(woken)
+
     def leave(self, loop: Loop) -> None:
         """``loop``'s receive loop stopped: it pops no more; the others waiting are woken."""
         inbox = self._inbox
         with inbox.lock:
             self._pokes.pop(loop, None)
+            self._ready.discard(loop)
             woken = self._release([k for k, p in self.of.items() if p is loop], loop)
             for counts in inbox.waiting.values():
                 counts.pop(loop, None)
@@ -125,6 +142,7 @@ class Poppers:
     def prune(self) -> None:
         """Forget loops that are closed (under the lock)."""
         self._pokes = {lp: p for lp, p in self._pokes.items() if not lp.is_closed()}
+        self._ready = {lp for lp in self._ready if not lp.is_closed()}
         self.of = {k: lp for k, lp in self.of.items() if not lp.is_closed()}
 
     def _release(self, keys: list[str], loop: Loop) -> list[tuple[Loop, str]]:

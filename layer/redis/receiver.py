@@ -115,6 +115,8 @@ class Receiver:
             if not isinstance(got, asyncio.Future):
                 return got
             self._wanted(key)
+            if not self._conn.connected:  # a connected loop may pop it sooner (poppers.py)
+                inbox.poppers.summon(key, loop)
             try:
                 payload = await got
             except asyncio.CancelledError:
