@@ -24,7 +24,10 @@ from layer.base import BaseChannelLayer
 #   short: each receive in a fresh loop (async_to_sync) with a 3 ms timeout;
 #   batch: a fresh loop per call that receives up to 8 in a row (it keeps receiving: bulk pops);
 #   close: as short, then close() in that loop (channels_redis's close_pools() after a request);
-#   long:  one loop for the thread's whole life, receives with 2-30 ms timeouts.
+#   long:  one loop for the thread's whole life, receives with 2-30 ms timeouts; the loop
+#          lives until every other reader is done (a thread-pool worker's loop outlives the
+#          requests around it). Without one, fresh loops shorter than a connect get nothing
+#          once no connected loop is left: a known limit of the Redis layer (docs/redis.md).
 KINDS = ("short", "batch", "close", "long")
 QUIET = 3.0  # seconds without a message, once the sender is done, after which a reader gives up
 
@@ -133,6 +136,10 @@ def received_by_threads(
 
     def read_in_one_loop(mine: list[str], rng: random.Random) -> None:
         async def main() -> None:
+            await receive_all()
+            await asyncio.to_thread(others_done.wait, 120)  # idle, running, connected
+
+        async def receive_all() -> None:
             quiet_since = None
             for channel in itertools.cycle(mine):
                 if all(len(got[c]) >= expected for c in mine):
@@ -170,13 +177,19 @@ def received_by_threads(
         )
         for k, (reader, mine) in enumerate(zip(readers, owned, strict=True))
     ]
+    others_done = threading.Event()
     for thread in threads:
         thread.start()
     try:
         async_to_sync(send_all)()
     finally:
         sent.set()
+        longs = [t for t, r in zip(threads, readers, strict=True) if r.kind == "long"]
         for thread in threads:
+            if thread not in longs:
+                thread.join(60)
+        others_done.set()
+        for thread in longs:
             thread.join(60)
     late = [c for c in channels if async_to_sync(_take)(owner, c, 0.05) is not None]
     return Outcome(channels, got, direct, grouped, late)
