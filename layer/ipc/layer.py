@@ -18,7 +18,7 @@ from typing import Any
 
 from layer.base import BaseChannelLayer, StorageCounts
 from layer.exceptions import ChannelFull, InvalidOption
-from layer.flow import handed
+from layer.flow import handed, remember
 from layer.ipc import segment, storage
 from layer.ipc.ahead import TakeAhead
 from layer.ipc.debug import DebugState, Parts, debug_state
@@ -34,6 +34,8 @@ from layer.ipc.sizing import sizing
 from layer.ipc.table import Keys
 from layer.messages import Message
 from layer.options import byte_size, non_negative_number, positive_int
+
+_ROUTES = 8192  # channels whose route (queue, key, head) is remembered
 
 
 class IPCChannelLayer(BaseChannelLayer):
@@ -357,9 +359,8 @@ class IPCChannelLayer(BaseChannelLayer):
         return debug_state(self.parts)
 
     def _route(self, channel: str) -> Route:
-        found = self._routes[channel] = route(channel)
-        if len(self._routes) > 8192:  # names of past clients: forget them all at once
-            self._routes = {channel: found}
+        found = route(channel)
+        remember(self._routes, channel, found, _ROUTES)  # past clients' names: forgotten at once
         return found
 
     def _capacity_of(self, name: bytes) -> int:

@@ -21,6 +21,19 @@ from layer.redis import RedisChannelLayer
 LayerFactory = Callable[..., BaseChannelLayer]
 
 
+def owner_and_remote(
+    server: RedisServer, **options: Any
+) -> tuple[RedisChannelLayer, RedisChannelLayer]:
+    """Two layers on one key prefix: this process (``owner``) and a sender standing in for
+    another process (``remote``), as the several-loops tests use them."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    owner, remote = (
+        RedisChannelLayer(hosts=[server.url], prefix=prefix, capacity=10_000, **options)
+        for _ in range(2)
+    )
+    return owner, remote
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()

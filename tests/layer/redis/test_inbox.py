@@ -9,7 +9,6 @@ import asyncio
 import collections
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.redis_server import RedisServer
-from layer.redis import RedisChannelLayer
+from tests.layer.redis_fixtures import owner_and_remote
 from tests.layer.threads import KINDS, Reader, received_by_threads
 
 
@@ -27,15 +26,6 @@ def server() -> Iterator[RedisServer]:
     started = RedisServer().start()
     yield started
     started.stop()
-
-
-def layers(server: RedisServer, **options: object) -> tuple[RedisChannelLayer, RedisChannelLayer]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    owner, remote = (
-        RedisChannelLayer(hosts=[server.url], prefix=prefix, capacity=10_000, **options)
-        for _ in range(2)
-    )
-    return owner, remote
 
 
 # Without "close" (tested below): see test_many_short_loops_and_one_closing_after_each_receive.
@@ -60,7 +50,7 @@ def test_threads_loops_of_every_kind_get_each_message_once_in_order(
     long-lived loop, while another process streams to every
     channel (and to a group of all of them): thousands of messages in all, each channel gets
     each message once, in the sender's order, and nothing is left behind."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     direct = max(60, 2400 // sum(r.channels for r in readers))
     try:
         outcome = received_by_threads(owner, remote, readers, direct, grouped, seed)
@@ -75,7 +65,7 @@ def test_close_from_another_threads_loop_while_others_receive(server: RedisServe
     """Threads receive in short and long-lived loops while other threads call close() after
     each receive (close_pools() at the end of a request): close() pushes back only what no
     other loop pops; the rest stays for this process's receives. Once each, in order."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     plan = [Reader("short", 2), Reader("long", 2), Reader("close", 1), Reader("close", 1)]
     try:
         outcome = received_by_threads(owner, remote, plan, 300, grouped=30)
@@ -91,7 +81,7 @@ def test_many_short_loops_and_one_closing_after_each_receive(server: RedisServer
     loop must connect before it can pop, which on a loaded host outlasts its receive: the
     inbox is popped by whichever loop is connected, for every loop's receives (it stalled
     when a loop held the popper role while connecting and popped only for its own)."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     plan = [Reader("short", n) for n in (1, 2, 3, 2, 1, 1, 1)] + [Reader("close", 1)]
     try:
         outcome = received_by_threads(owner, remote, plan, 200, grouped=40)
@@ -109,7 +99,7 @@ def test_a_shared_channel_received_in_several_threads_loops(server: RedisServer)
     exactly one of them (popped atomically), and what a short loop had popped (ahead) when it ended
     goes back to the list as it ends, for the long-lived loop (not left for a next loop of
     the process that never comes)."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     total, channel = 1500, "work.shared"
     got: list[list[int]] = [[] for _ in range(4)]
     halfway = threading.Event()

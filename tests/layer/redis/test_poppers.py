@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from harness.redis_server import RedisServer
 from layer.redis import RedisChannelLayer
+from tests.layer.redis_fixtures import owner_and_remote
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,6 @@ def server() -> Iterator[RedisServer]:
     started = RedisServer().start()
     yield started
     started.stop()
-
-
-def layers(server: RedisServer) -> tuple[RedisChannelLayer, RedisChannelLayer]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    owner, remote = (
-        RedisChannelLayer(hosts=[server.url], prefix=prefix, capacity=10_000) for _ in range(2)
-    )
-    return owner, remote
 
 
 async def _receive_within(layer: RedisChannelLayer, channel: str, wait: float) -> Any:
@@ -50,7 +42,7 @@ def test_a_loop_stopped_but_not_closed_does_not_hold_the_inbox(server: RedisServ
     thread's loop receives on another channel of the same process, whose message is in Redis.
     The kept loop is not running, so it pops nothing: the second receive must not depend on
     it (it waits forever: ``popped_elsewhere``/``popping`` count it live while not closed)."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     kept = asyncio.new_event_loop()
     try:
         first = kept.run_until_complete(owner.new_channel("reply"))
@@ -96,7 +88,7 @@ def test_a_connected_loop_pops_for_short_receives_of_other_loops(server: RedisSe
     thread receives on its own channel in fresh loops, each receive ending
     before that loop can connect. The connected loop is the one that can pop for them
     (poppers.py): their message, in Redis all along, must reach one of 2,000 such receives."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     done = threading.Event()
     connected = threading.Event()
 

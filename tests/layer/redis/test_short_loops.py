@@ -9,7 +9,6 @@ import asyncio
 import collections
 import contextlib
 import gc
-import uuid
 import warnings
 from collections.abc import Iterator
 
@@ -17,8 +16,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from harness.redis_server import RedisServer
-from layer.redis import RedisChannelLayer
 from tests.layer.receiving import receive_soon, received_by_short_loops
+from tests.layer.redis_fixtures import owner_and_remote
 
 TOTAL = 400
 ROUNDS = 3  # the old defect lost or doubled 0-4 of 400 per round: one round could miss it
@@ -31,14 +30,6 @@ def server() -> Iterator[RedisServer]:
     started.stop()
 
 
-def layers(server: RedisServer) -> tuple[RedisChannelLayer, RedisChannelLayer]:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    owner, remote = (
-        RedisChannelLayer(hosts=[server.url], prefix=prefix, capacity=10_000) for _ in range(2)
-    )
-    return owner, remote
-
-
 def assert_once_in_order(got: list[int], total: int) -> None:
     twice = [i for i, n in collections.Counter(got).items() if n > 1]
     assert not twice, f"delivered twice: {twice}"
@@ -49,7 +40,7 @@ def assert_once_in_order(got: list[int], total: int) -> None:
 @pytest.mark.timeout(90)
 def test_short_lived_loops_lose_nothing_and_keep_order(server: RedisServer) -> None:
     for _ in range(ROUNDS):
-        owner, remote = layers(server)
+        owner, remote = owner_and_remote(server)
         reply = async_to_sync(owner.new_channel)("reply")
         try:
             got = received_by_short_loops(owner, remote, reply, TOTAL)
@@ -63,7 +54,7 @@ async def test_close_in_the_middle_of_a_stream_loses_nothing(server: RedisServer
     """A receiver takes a few messages, closes (its pop armed on the inbox, often just
     answered), and receives again, over and over, while another process streams: close()
     puts back what its pop took, so every message arrives once, in order."""
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     reply = await owner.new_channel("reply")
 
     async def stream() -> None:
@@ -91,7 +82,7 @@ def test_loops_that_end_leave_no_connection_open(server: RedisServer) -> None:
     leaves no connection behind for the garbage collector: each loop's sockets are closed as
     it ends. (They were not: 435 ResourceWarnings for these 150 calls, in a Django project's
     test run, until stop 29.)"""
-    owner, _ = layers(server)
+    owner, _ = owner_and_remote(server)
     channel = async_to_sync(owner.new_channel)("reply")
     gc.collect()  # what earlier tests left (an event loop never closed) warns now, not below
     with warnings.catch_warnings(record=True) as caught:
@@ -113,7 +104,7 @@ def test_loops_that_end_leave_no_connection_open(server: RedisServer) -> None:
 def test_short_lived_loops_in_several_threads_at_once_keep_order(server: RedisServer) -> None:
     import threading
 
-    owner, remote = layers(server)
+    owner, remote = owner_and_remote(server)
     threads, total = 4, 200
     channels = [async_to_sync(owner.new_channel)("reply") for _ in range(threads)]
     got: list[list[int]] = [[] for _ in channels]
